@@ -1,0 +1,1 @@
+"""The worker package: runs inside each AWS Batch job (a container on AWS, a process locally)."""

@@ -1,0 +1,58 @@
+"""Registry of workloads. A workload turns one batch (all rows of some units) into one output table.
+
+A workload module defines a subclass of `Workload` and decorates it with `@register`.
+The worker runtime looks workloads up by name; so does prep (for the schema) on the Airflow side.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from batch_worker.schema import InputSchema
+
+
+class BadData(Exception):
+    """The batch itself is unusable: retrying will not help (the runtime exits with EXIT_BAD_DATA)."""
+
+
+class Workload:
+    name: ClassVar[str]
+    #: Bump when the code's results change: part of every batch's cache key.
+    version: ClassVar[str]
+    schema: ClassVar[InputSchema]
+    default_params: ClassVar[dict[str, Any]] = {}
+
+    def run(self, batch: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def resolve_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        merged = dict(self.default_params)
+        unknown = set(params or {}) - set(merged)
+        if unknown:
+            raise ValueError(f"workload {self.name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(merged)}")
+        merged.update(params or {})
+        return merged
+
+
+_REGISTRY: dict[str, type[Workload]] = {}
+_BUILTIN_MODULES = ("noop", "pricing", "gpu_cases")
+
+
+def register(cls: type[Workload]) -> type[Workload]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_workload(name: str) -> Workload:
+    if name not in _REGISTRY:
+        for module in _BUILTIN_MODULES:
+            try:
+                importlib.import_module(f"batch_worker.workloads.{module}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"batch_worker.workloads.{module}":
+                    raise
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown workload {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]()
