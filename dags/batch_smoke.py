@@ -1,0 +1,66 @@
+"""
+### batch_smoke: proves the stack end to end
+
+Plans a few shards, then runs one AWS Batch **array job per shard** through dynamic task mapping.
+Every child writes `child-NNNNN.json` under `DATA_ROOT/batch_smoke/<run id>/shard-<n>/`, so a look
+at that folder shows which children really ran.
+
+**Params**: `shards` (mapped task instances), `children` (array size per shard, 2..10000; 1 submits
+a plain job), `sleep_s` (seconds each child works), `fail_index` (an array index that fails on
+purpose, -1 for none), `queue` (`airbatch-cpu` or `airbatch-gpu`).
+
+**Triage**: a failed shard's log names the failed children, their reason and the tail of their log.
+"""
+from __future__ import annotations
+
+import os
+
+import pendulum
+
+from airflow.sdk import Param, dag, task
+
+from operators.batch import HouseBatchOperator
+
+
+@dag(
+    dag_id="batch_smoke",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["smoke", "batch"],
+    params={
+        "shards": Param(2, type="integer", minimum=1, maximum=100),
+        "children": Param(50, type="integer", minimum=1, maximum=10000),
+        "sleep_s": Param(0.0, type="number", minimum=0, maximum=3600),
+        "fail_index": Param(-1, type="integer", minimum=-1),
+        "queue": Param("airbatch-cpu", type="string", enum=["airbatch-cpu", "airbatch-gpu"]),
+    },
+)
+def batch_smoke():
+    @task
+    def plan(params=None, run_id=None) -> list[dict]:
+        data_root = os.environ.get("DATA_ROOT", ".data")
+        out = f"{data_root}/batch_smoke/{run_id}".replace(":", "_").replace("+", "_")
+        command = ["python", "-m", "batch_worker.smoke", "--sleep", str(params["sleep_s"]),
+                   "--fail-index", str(params["fail_index"])]
+        shards = []
+        for shard in range(params["shards"]):
+            size = params["children"]
+            shards.append({
+                "job_name": f"batch-smoke-shard-{shard}",
+                "array_properties": {"size": size} if size > 1 else {},
+                "container_overrides": {"command": [*command, "--out", f"{out}/shard-{shard}"]},
+            })
+        return shards
+
+    HouseBatchOperator.partial(
+        task_id="run_shard",
+        job_queue="{{ params.queue }}",
+        job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
+        poll_interval=2,
+        map_index_template="{{ task.job_name }}",
+    ).expand_kwargs(plan())
+
+
+batch_smoke()
