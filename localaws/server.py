@@ -5,6 +5,7 @@ import ipaddress
 import logging
 import os
 import socket
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -78,7 +79,9 @@ class LocalAWS:
 
     def job_environment(self) -> dict[str, str]:
         """What every job process sees of AWS: this endpoint, as a container sees AWS."""
+        bin_dir = os.path.dirname(sys.executable)  # the job's `python` and entry points: this environment's
         return {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "AWS_ENDPOINT_URL": self.url,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,

@@ -1,0 +1,1 @@
+"""Airflow-side operators and helpers of the project."""
