@@ -14,6 +14,7 @@ purpose, -1 for none), `queue` (`airbatch-cpu` or `airbatch-gpu`).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pendulum
 
@@ -54,13 +55,22 @@ def batch_smoke():
             })
         return shards
 
-    HouseBatchOperator.partial(
+    @task
+    def summary(job_ids, params=None, run_id=None) -> dict:
+        data_root = os.environ.get("DATA_ROOT", ".data")
+        out = Path(f"{data_root}/batch_smoke/{run_id}".replace(":", "_").replace("+", "_"))
+        written = sorted(out.rglob("child-*.json"))
+        return {"shards": params["shards"], "children_per_shard": params["children"],
+                "child_files_written": len(written), "batch_job_ids": list(job_ids), "output": str(out)}
+
+    shards = HouseBatchOperator.partial(
         task_id="run_shard",
         job_queue="{{ params.queue }}",
         job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
         poll_interval=2,
         map_index_template="{{ task.job_name }}",
     ).expand_kwargs(plan())
+    summary(shards.output)
 
 
 batch_smoke()

@@ -1,0 +1,34 @@
+# The two commands for a new user are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+ENV := source scripts/env.sh
+
+.PHONY: venv demo up test provision clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml images/worker/pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+## Start the local AWS endpoint, provision Batch, run the main DAG with `airflow dags test`, print its summary.
+demo: $(STAMP)
+	$(ENV) && scripts/demo.sh
+
+## airflow standalone (web UI on http://localhost:8080) plus the local AWS endpoint; Ctrl-C stops both.
+up: $(STAMP)
+	$(ENV) && scripts/up.sh
+
+## Apply config/batch_resources.json to the endpoint of the aws_default connection.
+provision: $(STAMP)
+	$(ENV) && python -m operators.provisioning apply
+
+test: $(STAMP)
+	$(ENV) && python -m pytest -q
+
+clean:
+	rm -rf .airflow .data
