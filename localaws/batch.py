@@ -234,7 +234,8 @@ class Dispatcher:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.wakeup = threading.Condition(self.lock)
-        self.waiting: deque[ProcessJob] = deque()  # SUBMITTED/PENDING/RUNNABLE, in submit order
+        self.pending: list[ProcessJob] = []  # waiting for dependencies
+        self.runnable: dict[str, deque[ProcessJob]] = {}  # per compute environment, in submit order
         self.running: set[ProcessJob] = set()
         self.used_vcpus: dict[str, float] = {}
         self.job_base_environment: dict[str, str] = {}
@@ -246,10 +247,13 @@ class Dispatcher:
 
     def submit(self, job: ProcessJob) -> None:
         with self.lock:
-            job.status = "PENDING" if job.depends_on else "RUNNABLE"
             if job.parent is not None and job.parent.status == "SUBMITTED":
                 job.parent.status = "PENDING"
-            self.waiting.append(job)
+            if job.depends_on:
+                job.status = "PENDING"
+                self.pending.append(job)
+            else:
+                self._make_runnable(job)
             self.wakeup.notify()
 
     def request_stop(self, job: ProcessJob, reason: str, only_before_start: bool) -> None:
@@ -293,35 +297,36 @@ class Dispatcher:
                 self._kill(job)
 
     def _schedule(self) -> None:
-        blocked_ces: set[str] = set()
-        still_waiting: deque[ProcessJob] = deque()
-        while self.waiting:
-            job = self.waiting.popleft()
+        still_pending: list[ProcessJob] = []
+        for job in self.pending:
             if job.status in ENDED:
                 continue
-            if job.status == "PENDING":
-                verdict = self._dependencies(job)
-                if verdict == "failed":
-                    self._finish(job, success=False, reason=DEPENDENCY_FAILED_REASON)
+            verdict = self._dependencies(job)
+            if verdict == "failed":
+                self._finish(job, success=False, reason=DEPENDENCY_FAILED_REASON)
+            elif verdict == "waiting":
+                still_pending.append(job)
+            else:
+                self._make_runnable(job)
+        self.pending = still_pending
+        for ce_key, queue in self.runnable.items():
+            while queue:
+                job = queue[0]
+                if job.status in ENDED:
+                    queue.popleft()
                     continue
-                if verdict == "waiting":
-                    still_waiting.append(job)
-                    continue
-                job.status = "RUNNABLE"
-            ce = job.compute_environment()
-            ce_key = ce.arn if ce else ""
-            if ce_key in blocked_ces:
-                still_waiting.append(job)
-                continue
-            need = job.vcpus()
-            used = self.used_vcpus.get(ce_key, 0.0)
-            if used > 0 and used + need > self.capacity(ce):
-                blocked_ces.add(ce_key)  # first in, first out: later jobs wait behind this one
-                still_waiting.append(job)
-                continue
-            self.used_vcpus[ce_key] = used + need
-            self._launch(job)
-        self.waiting = still_waiting
+                need = job.vcpus()
+                used = self.used_vcpus.get(ce_key, 0.0)
+                if used > 0 and used + need > self.capacity(job.compute_environment()):
+                    break  # first in, first out: later jobs wait behind this one
+                queue.popleft()
+                self.used_vcpus[ce_key] = used + need
+                self._launch(job)
+
+    def _make_runnable(self, job: ProcessJob) -> None:
+        job.status = "RUNNABLE"
+        ce = job.compute_environment()
+        self.runnable.setdefault(ce.arn if ce else "", deque()).append(job)
 
     def _dependencies(self, job: ProcessJob) -> str:
         for dependency in job.depends_on or []:
@@ -415,8 +420,7 @@ class Dispatcher:
         # AWS retries neither a terminated job nor one that ran past its timeout.
         stoppable = job.stop_requested_reason is None
         if stoppable and retry_decision(job.retry_strategy, len(job.attempts), attempt):
-            job.status = "RUNNABLE"
-            self.waiting.append(job)
+            self._make_runnable(job)
             return
         self._finish(job, success=False, reason=status_reason)
 

@@ -23,22 +23,18 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="module")
-def aws():
-    with LocalAWS(port=0) as endpoint:
-        import boto3
+def aws(local_aws):
+    """The session's endpoint plus two compute environments of 2 and 4 vCPUs."""
+    import boto3
 
-        kwargs = dict(endpoint_url=endpoint.url, region_name="us-east-1",
-                      aws_access_key_id="localaws", aws_secret_access_key="localaws")
-        endpoint.batch = boto3.client("batch", **kwargs)
-        endpoint.logs = boto3.client("logs", **kwargs)
-        iam = boto3.client("iam", **kwargs)
-        role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        for name, vcpus in (("ce-two", 2), ("ce-four", 4)):
-            endpoint.batch.create_compute_environment(computeEnvironmentName=name, type="UNMANAGED",
-                                                      unmanagedvCpus=vcpus, serviceRole=role, state="ENABLED")
-            endpoint.batch.create_job_queue(jobQueueName=f"q-{name}", state="ENABLED", priority=1,
-                                            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": name}])
-        yield endpoint
+    iam = boto3.client("iam", **local_aws.client_kwargs)
+    role = iam.create_role(RoleName="contract-batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    for name, vcpus in (("ce-two", 2), ("ce-four", 4)):
+        local_aws.batch.create_compute_environment(computeEnvironmentName=name, type="UNMANAGED",
+                                                   unmanagedvCpus=vcpus, serviceRole=role, state="ENABLED")
+        local_aws.batch.create_job_queue(jobQueueName=f"q-{name}", state="ENABLED", priority=1,
+                                         computeEnvironmentOrder=[{"order": 1, "computeEnvironment": name}])
+    return local_aws
 
 
 def register(aws, script: str, **extra) -> str:
@@ -294,7 +290,7 @@ def test_children_wait_runnable_while_the_environment_is_full(aws, tmp_path):
 
 
 def test_a_large_array_does_not_start_all_children_at_once(aws):
-    jd = register(aws, "pass")
+    jd = register(aws, "", container={"command": ["true"]})  # the cheapest process: this is about scheduling
     parent = submit(aws, jd, queue="q-ce-four", arrayProperties={"size": 3000})
     seen_running = 0
     deadline = time.monotonic() + 300
