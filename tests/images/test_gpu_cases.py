@@ -27,7 +27,9 @@ def cpu_rows():
 
 @pytest.fixture
 def no_cuda(monkeypatch):
+    """No CUDA device, even on a machine that has one."""
     monkeypatch.setattr(gpu_cases, "visible_cupy", lambda: None)
+    monkeypatch.setenv("BATCH_WORKER_XP", "numpy")
 
 
 # --- independent references ------------------------------------------------------------------
@@ -250,6 +252,7 @@ def _fake_cupy(name: bytes, capability: tuple[int, int], seen_compute_types: lis
 @pytest.fixture
 def fake_gpu(monkeypatch):
     def install(name=b"NVIDIA H100 80GB HBM3", capability=(9, 0)):
+        monkeypatch.delenv("BATCH_WORKER_XP", raising=False)
         seen: list = []
         modules = _fake_cupy(name, capability, seen)
         for module_name, module in modules.items():
@@ -286,6 +289,25 @@ def test_tf32_not_applicable_on_older_gpus_and_unknown_peaks(fake_gpu):
     assert f32["status"] == gpu_cases.OK and f32["pct_of_peak"] is None and f32["peak"] is None
     assert tf32["status"].startswith("not applicable: TF32 needs compute capability 8.0+")
     assert tf32["kernel_s"] is None and set(seen) == {linalg.COMPUTE_TYPE_DEFAULT}
+
+
+def test_auto_follows_the_worker_array_backend(fake_gpu, monkeypatch):
+    fake_gpu()
+    (row,) = gpu_cases.run_cases(["gaussian_blur_2048"], small=True, device="auto", repeats=1)
+    assert row["device"] == "gpu: NVIDIA H100 80GB HBM3"
+    monkeypatch.setenv("BATCH_WORKER_XP", "numpy")  # a job pinned to NumPy benchmarks the CPU on "auto" ...
+    (row,) = gpu_cases.run_cases(["gaussian_blur_2048"], small=True, device="auto", repeats=1)
+    assert row["device"].startswith("cpu: ")
+    (row,) = gpu_cases.run_cases(["gaussian_blur_2048"], small=True, device="gpu", repeats=1)
+    assert row["device"].startswith("gpu: ")  # ... but an explicit "gpu" still means the GPU
+
+
+def test_tf32_not_applicable_when_cupy_has_no_compute_type_switch(fake_gpu):
+    linalg, seen = fake_gpu()
+    del linalg.set_compute_type
+    f32, tf32 = gpu_cases.run_cases(["matmul_f32_n1000", "matmul_tf32_n1000"], small=True, device="gpu", repeats=1)
+    assert f32["status"] == gpu_cases.OK
+    assert tf32["status"] == "not applicable: this CuPy has no TF32 compute-type switch"
 
 
 # --- outputs ---------------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Workload "gpu_benchmark": runs a group of `batch_worker.gpu_cases` cases as one Batch job."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from batch_worker import gpu_cases
+from batch_worker.schema import Column, InputSchema
+from batch_worker.workloads import BadData, Workload, register
+
+
+@register
+class GpuBenchmarkWorkload(Workload):
+    """One unit per case id; a batch's cases run in one process, so CUDA warm-up is paid once per job.
+
+    Output: one row per case, columns and dtypes `gpu_cases.ROW_DTYPES`.
+    """
+
+    name = "gpu_benchmark"
+    version = "1"
+    schema = InputSchema(columns=(Column("case_id", "string"),), unit_key=("case_id",))
+    default_params = {"device": "auto", "small": False, "repeats": 3}
+
+    def run(self, batch: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+        params = self.resolve_params(params)
+        case_ids = list(dict.fromkeys(batch["case_id"]))
+        unknown = sorted(set(case_ids) - set(gpu_cases.CASES))
+        if unknown:
+            raise BadData(f"unknown case id(s) {unknown}; known: {list(gpu_cases.CASES)}")
+        rows = gpu_cases.run_cases(case_ids, small=bool(params["small"]), device=params["device"],
+                                   repeats=int(params["repeats"]))
+        return gpu_cases.rows_to_frame(rows)
