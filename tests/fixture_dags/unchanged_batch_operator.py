@@ -2,6 +2,8 @@
 children each write their own file (used by tests/system/test_batch_smoke.py)."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
 
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
@@ -17,8 +19,8 @@ def unchanged_batch_operator():
                  "container_overrides": {"command": ["python", "-m", "batch_worker.smoke", "--sleep", "0.05",
                                                      "--out", params["out"]]}}]
 
-    BatchOperator.partial(task_id="run_shard", job_queue="airbatch-cpu",
-                          job_definition="airbatch-worker-cpu").expand_kwargs(shards())
+    BatchOperator.partial(task_id="run_shard", job_queue="airbatch-cpu", job_definition="airbatch-worker-cpu",
+                          awslogs_enabled=True, awslogs_fetch_interval=timedelta(seconds=1)).expand_kwargs(shards())
 
 
 unchanged_batch_operator()

@@ -31,7 +31,7 @@ def max_overlap(records):
     return peak
 
 
-def test_unchanged_batch_operator_runs_every_child_within_capacity(airflow_db, local_aws, data_root, monkeypatch):
+def test_unchanged_batch_operator_runs_every_child_within_capacity(airflow_db, local_aws, data_root, monkeypatch, capfd):
     # The provider's wait sleeps 1-10 s before each phase; the docstring of BatchClientHook says to tune these.
     monkeypatch.setattr(BatchClientHook, "DEFAULT_DELAY_MIN", 0)
     monkeypatch.setattr(BatchClientHook, "DEFAULT_DELAY_MAX", 0.5)
@@ -44,6 +44,9 @@ def test_unchanged_batch_operator_runs_every_child_within_capacity(airflow_db, l
     assert len({r["pid"] for r in records}) == 120
     assert {r["queue"] for r in records} == {"airbatch-cpu"} and {r["compute_environment"] for r in records} == {"airbatch-cpu"}
     assert max_overlap(records) <= 2  # BATCH_LOCAL_VCPUS=2, one vCPU per child
+    # awslogs_enabled streams the array's log stream (its first child's, as on AWS) into the task log
+    task_log = capfd.readouterr().out
+    assert "child 0 of job" in task_log and "(attempt 1)" in task_log
 
 
 def test_smoke_dag_maps_shards_and_each_child_writes_its_file(airflow_db, local_aws, data_root):
