@@ -327,3 +327,27 @@ def test_depends_on_waits_for_success_and_fails_after_a_failed_dependency(aws, t
     blocked = submit(aws, second, dependsOn=[{"jobId": failing}])
     job = wait_status(aws, blocked)
     assert job["status"] == "FAILED" and job["statusReason"] == "Dependent Job failed" and job["attempts"] == []
+
+
+# -- the other services the pipelines use -----------------------------------------------------------
+
+def test_s3_and_sns_are_served_too(aws):
+    import boto3
+
+    s3 = boto3.client("s3", **aws.client_kwargs)
+    s3.create_bucket(Bucket="contract-bucket")
+    s3.put_object(Bucket="contract-bucket", Key="a/b.txt", Body=b"payload")
+    assert s3.get_object(Bucket="contract-bucket", Key="a/b.txt")["Body"].read() == b"payload"
+    sns = boto3.client("sns", **aws.client_kwargs)
+    topic = sns.create_topic(Name="contract-topic")["TopicArn"]
+    assert sns.publish(TopicArn=topic, Subject="s", Message="m")["MessageId"]
+
+
+def test_a_job_reaches_the_endpoint_as_a_container_reaches_aws(aws):
+    import boto3
+
+    boto3.client("s3", **aws.client_kwargs).create_bucket(Bucket="from-a-job")
+    jd = register(aws, "import boto3; boto3.client('s3').put_object(Bucket='from-a-job', Key='k', Body=b'written by a job')")
+    assert wait_status(aws, submit(aws, jd))["status"] == "SUCCEEDED"
+    body = boto3.client("s3", **aws.client_kwargs).get_object(Bucket="from-a-job", Key="k")["Body"].read()
+    assert body == b"written by a job"
