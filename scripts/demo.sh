@@ -7,6 +7,7 @@ DEMO_CONF="${DEMO_CONF:-{\}}"
 
 trap stop_endpoint EXIT
 start=$(date +%s)
+mkdir -p "$AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/migrate.log" >&2; exit 1; }
 start_endpoint
 python -m operators.provisioning apply
