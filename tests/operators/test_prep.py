@@ -1,0 +1,453 @@
+"""Tests of operators.prep: schema errors, quarantine, bucketing, manifest, window, inputs, s3 and Athena."""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import hashlib
+import json
+import os
+import socket
+
+import boto3
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from batch_worker.schema import Column, InputSchema
+
+from operators.prep import (
+    ATHENA,
+    DUCKDB,
+    SchemaError,
+    SchemaSql,
+    athena_ctas_sql,
+    bucketing_sql,
+    prepare,
+    read_manifest,
+    run_athena_prep,
+)
+
+SCHEMA = InputSchema(
+    columns=(
+        Column("segment", "string"),
+        Column("product", "string"),
+        Column("date", "date"),
+        Column("price", "float", min=0.01),
+        Column("quantity", "float", min=0, max=1000),
+        Column("promo", "string", nullable=True),
+    ),
+    unit_key=("segment", "product"),
+    unique_key=("segment", "product", "date"),
+    time_column="date",
+)
+DAY0 = dt.date(2026, 1, 1)
+
+
+def sales(units: int = 40, days: int = 10, seed: int = 0) -> pd.DataFrame:
+    """Clean rows: every unit (segment, product) on every day, in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    unit = np.repeat(np.arange(units), days)
+    day = np.tile(np.arange(days), units)
+    frame = pd.DataFrame({
+        "segment": [f"S{u % 3}" for u in unit],
+        "product": [f"P{u:03d}" for u in unit],
+        "date": [DAY0 + dt.timedelta(days=int(d)) for d in day],
+        "price": np.round(rng.uniform(1, 50, len(unit)), 2),
+        "quantity": rng.integers(0, 100, len(unit)).astype(float),
+        "promo": rng.choice(["yes", None], len(unit)),
+    })
+    return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def batches(result) -> pd.DataFrame:
+    """Every row of every batch, with its batch_id."""
+    manifest = read_manifest(result.manifest_uri)
+    frames = [pd.read_parquet(uri).assign(batch_id=batch_id)
+              for batch_id, uri in zip(manifest["batch_id"], manifest["uri"])]
+    return pd.concat(frames, ignore_index=True)
+
+
+def expected_bucket(segment: str, product: str, bucket_count: int) -> int:
+    """The documented bucket algorithm, computed without DuckDB."""
+    digest = hashlib.md5(f"{segment}\x1f{product}".encode()).hexdigest()
+    return int(digest[:14], 16) % bucket_count
+
+
+# --- schema ------------------------------------------------------------------------------------------
+
+def test_schema_error_names_every_missing_and_mistyped_column_and_writes_nothing(tmp_path):
+    frame = sales().drop(columns=["product", "promo"])
+    frame["date"] = 20260101  # an integer where a date belongs
+    frame["quantity"] = frame["quantity"] > 5  # a boolean where a float belongs
+    frame.to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(SchemaError) as error:
+        prepare(str(tmp_path / "in.parquet"), SCHEMA, str(out), 8)
+    assert error.value.missing == ("product", "promo")
+    assert error.value.mistyped == (("date", "date", "BIGINT"), ("quantity", "float", "BOOLEAN"))
+    message = str(error.value)
+    for text in ("'product'", "'promo'", "'date' (expected date, found BIGINT)",
+                 "'quantity' (expected float, found BOOLEAN)"):
+        assert text in message
+    assert not out.exists()
+
+
+def test_text_column_with_no_number_is_a_schema_error_but_some_garbage_is_not(tmp_path):
+    frame = sales()
+    frame["price"] = "cheap"
+    frame.to_csv(tmp_path / "words.csv", index=False)
+    with pytest.raises(SchemaError, match=r"'price' \(expected float, found VARCHAR with no parseable float value\)"):
+        prepare(str(tmp_path / "words.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    frame.drop(columns="promo").assign(date="soon").to_csv(tmp_path / "worse.csv", index=False)
+    with pytest.raises(SchemaError) as error:
+        prepare(str(tmp_path / "worse.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    assert error.value.missing == ("promo",)
+    assert [name for name, _, _ in error.value.mistyped] == ["date", "price"]
+    assert not (tmp_path / "out").exists()
+
+    frame = sales()
+    frame["price"] = frame["price"].astype(object)
+    frame.loc[3, "price"] = "cheap"
+    frame.to_csv(tmp_path / "dirty.csv", index=False)
+    result = prepare(str(tmp_path / "dirty.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    assert result.quarantined_by_reason == {"non_numeric:price": 1}
+
+
+def test_bad_schema_keys_and_bucket_counts_are_refused_before_reading(tmp_path):
+    for bucket_count in (0, -1, 10_001, 2.5, True):
+        with pytest.raises(ValueError, match="bucket_count must be an integer in 1..10000"):
+            prepare(str(tmp_path / "absent.parquet"), SCHEMA, str(tmp_path / "out"), bucket_count)
+    bad_key = InputSchema(columns=SCHEMA.columns, unit_key=("segment", "sku"))
+    with pytest.raises(ValueError, match=r"unit_key names column\(s\) \['sku'\]"):
+        prepare(str(tmp_path / "absent.parquet"), bad_key, str(tmp_path / "out"), 8)
+    with pytest.raises(FileNotFoundError, match="absent.parquet"):
+        prepare(str(tmp_path / "absent.parquet"), SCHEMA, str(tmp_path / "out"), 8)
+    assert not (tmp_path / "out").exists()
+
+
+# --- quarantine --------------------------------------------------------------------------------------
+
+def spoiled_csv(path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Clean rows as CSV text plus one or more rows of each bad kind, and the expected counts."""
+    frame = sales().astype({"price": str, "quantity": str, "date": str})
+    frame["note"] = "undeclared column"
+    bad = {
+        "null:segment": [{"segment": None}],
+        "null:quantity": [{"quantity": "nan"}, {"quantity": None}],
+        "non_numeric:price": [{"price": "n/a"}],
+        "non_date:date": [{"date": "yesterday"}],
+        "out_of_range:price": [{"price": "0"}],
+        "out_of_range:quantity": [{"quantity": "1000.5"}, {"quantity": "-1"}],
+    }
+    for i, (reason, changes) in enumerate(bad.items()):
+        for j, change in enumerate(changes):
+            for column, value in change.items():
+                frame.loc[10 * i + j, column] = value
+    duplicates = frame.iloc[[100, 100, 150]].assign(price="99.5")
+    frame = pd.concat([frame, duplicates], ignore_index=True)
+    frame.to_csv(path, index=False)
+    expected = {reason: len(changes) for reason, changes in bad.items()} | {"duplicate": 3}
+    return frame, expected
+
+
+def test_every_quarantine_reason_is_counted_and_the_bad_rows_are_kept_as_read(tmp_path):
+    frame, expected = spoiled_csv(tmp_path / "in.csv")
+    result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
+
+    assert result.quarantined_by_reason == dict(sorted(expected.items()))
+    assert result.rows_in == len(frame)
+    assert result.rows_quarantined == sum(expected.values())
+    assert result.rows_in == result.rows_ok + result.rows_quarantined
+    quarantine = pd.read_parquet(result.quarantine_uri)
+    assert list(quarantine.columns) == [*frame.columns, "reason"]
+    assert quarantine["reason"].value_counts().to_dict() == expected
+    assert set(quarantine.loc[quarantine["reason"] == "non_numeric:price", "price"]) == {"n/a"}
+    assert set(quarantine.loc[quarantine["reason"] == "non_date:date", "date"]) == {"yesterday"}
+    good = batches(result)
+    assert len(good) == result.rows_ok
+    assert list(good.columns) == [*SCHEMA.names, "batch_id"]
+    assert good["price"].dtype == "float64" and good["price"].min() >= 0.01
+    assert good["quantity"].between(0, 1000).all() and not good["quantity"].isna().any()
+    assert not good.duplicated(["segment", "product", "date"]).any()
+
+
+def test_duplicates_keep_the_row_that_sorts_first_whatever_the_input_order(tmp_path):
+    frame = sales()
+    copies = frame.iloc[[5, 5, 7]].assign(price=[0.5, 77.0, 88.0])  # 0.5 sorts first, and is in range
+    kept = []
+    for seed in (1, 2):
+        shuffled = pd.concat([frame, copies]).sample(frac=1, random_state=seed)
+        shuffled.to_parquet(tmp_path / f"in{seed}.parquet")
+        result = prepare(str(tmp_path / f"in{seed}.parquet"), SCHEMA, str(tmp_path / f"out{seed}"), 8)
+        assert result.quarantined_by_reason == {"duplicate": 3}
+        good = batches(result).set_index(["segment", "product", "date"])
+        kept.append(good.loc[tuple(frame.loc[5, ["segment", "product", "date"]]), "price"])
+        quarantined = pd.read_parquet(result.quarantine_uri)
+        assert 0.5 not in set(quarantined["price"])
+    assert kept == [0.5, 0.5]
+
+
+def test_nan_in_parquet_is_quarantined_despite_statistics_without_nan(tmp_path):
+    frame = sales()
+    frame.loc[[3, 4], "quantity"] = np.nan  # writers leave NaN out of the min/max statistics
+    frame.loc[5, "quantity"] = 5000.0
+    table = pa.Table.from_pandas(frame, preserve_index=False)  # from_pandas turns NaN into NULL; put NaN back
+    table = table.set_column(table.schema.get_field_index("quantity"), "quantity",
+                             pa.array(frame["quantity"].to_numpy()))
+    assert table["quantity"].null_count == 0
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = prepare(str(tmp_path / "in.parquet"), SCHEMA, str(tmp_path / "out"), 8)
+    assert result.quarantined_by_reason == {"null:quantity": 2, "out_of_range:quantity": 1}
+    assert not batches(result)["quantity"].isna().any()
+
+
+def test_only_bad_rows_give_no_batches_and_an_empty_manifest(tmp_path):
+    frame = sales(units=3, days=2).assign(price=-1.0)
+    frame.to_parquet(tmp_path / "in.parquet")
+    result = prepare(str(tmp_path / "in.parquet"), SCHEMA, str(tmp_path / "out"), 8)
+    assert (result.rows_ok, result.batches, result.units) == (0, 0, 0)
+    assert result.quarantined_by_reason == {"out_of_range:price": 6}
+    assert read_manifest(result.manifest_uri).empty
+    assert len(pd.read_parquet(result.quarantine_uri)) == 6
+
+
+# --- buckets and manifest ----------------------------------------------------------------------------
+
+def test_a_unit_lands_in_one_stable_bucket(tmp_path):
+    sales().to_parquet(tmp_path / "in.parquet")
+    first = prepare(str(tmp_path / "in.parquet"), SCHEMA, str(tmp_path / "one"), 16)
+    second = prepare(f"file://{tmp_path}/in.parquet", SCHEMA, f"file://{tmp_path}/two", 16)
+    assert first.quarantine_uri is None and first.quarantined_by_reason == {}
+
+    one, two = batches(first), batches(second)
+    assert (one.groupby(["segment", "product"])["batch_id"].nunique() == 1).all()
+    unit_bucket = one.groupby(["segment", "product"])["batch_id"].first()
+    assert unit_bucket.equals(two.groupby(["segment", "product"])["batch_id"].first())
+    assert unit_bucket.to_dict() == {(s, p): expected_bucket(s, p, 16) for s, p in unit_bucket.index}
+    assert first.units == 40 and first.batches == unit_bucket.nunique() > 1
+
+    manifest = read_manifest(first.manifest_uri)
+    assert list(manifest.columns) == ["batch_id", "uri", "rows", "units", "content_hash"]
+    assert manifest["batch_id"].is_monotonic_increasing
+    for batch in manifest.itertuples():
+        rows = one[one["batch_id"] == batch.batch_id]
+        assert batch.uri.startswith(str(tmp_path / "one")) and os.path.isfile(batch.uri)
+        assert batch.rows == len(rows) and batch.units == len(rows.groupby(["segment", "product"]))
+    assert sorted(glob.glob(str(tmp_path / "one" / "batches" / "*" / "*.parquet"))) == sorted(manifest["uri"])
+
+
+def test_content_hashes_ignore_row_order_and_see_every_value(tmp_path):
+    frame = sales()
+    frame.to_parquet(tmp_path / "a.parquet")
+    frame.sample(frac=1, random_state=9).to_parquet(tmp_path / "b.parquet", row_group_size=50)
+    changed = frame.copy()
+    changed.loc[0, "price"] += 0.01
+    changed.to_parquet(tmp_path / "c.parquet")
+    manifests = [read_manifest(prepare(str(tmp_path / f"{name}.parquet"), SCHEMA, str(tmp_path / name), 8).manifest_uri)
+                 .set_index("batch_id")["content_hash"] for name in "abc"]
+
+    assert manifests[0].equals(manifests[1])
+    changed_batch = expected_bucket(frame.loc[0, "segment"], frame.loc[0, "product"], 8)
+    differs = manifests[0] != manifests[2]
+    assert differs[differs].index.tolist() == [changed_batch]
+
+
+def test_a_rerun_replaces_the_earlier_outputs(tmp_path):
+    frame, _ = spoiled_csv(tmp_path / "in.csv")
+    out = tmp_path / "out"
+    prepare(str(tmp_path / "in.csv"), SCHEMA, str(out), 64)
+    sales().to_csv(tmp_path / "clean.csv", index=False)
+    result = prepare(str(tmp_path / "clean.csv"), SCHEMA, str(out), 4)
+    assert result.quarantine_uri is None and not (out / "quarantine.parquet").exists()
+    assert len(os.listdir(out / "batches")) == result.batches <= 4
+    assert len(batches(result)) == len(sales())
+
+
+def test_to_dict_is_small_and_json_serialisable(tmp_path):
+    spoiled_csv(tmp_path / "in.csv")
+    result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
+    assert result.to_dict()["quarantined_by_reason"]["duplicate"] == 3
+
+
+# --- window ------------------------------------------------------------------------------------------
+
+def test_window_keeps_start_drops_end_and_keeps_rows_without_a_date(tmp_path):
+    frame = sales()
+    frame["date"] = frame["date"].astype(str)
+    frame.loc[0, "date"] = None
+    frame.loc[1, "date"] = "someday"
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8, window=("2026-01-03", "2026-01-05"))
+
+    in_window = frame["date"].isin(["2026-01-03", "2026-01-04"])
+    assert result.rows_in == in_window.sum() + 2
+    assert result.quarantined_by_reason == {"non_date:date": 1, "null:date": 1}
+    good = batches(result)
+    assert set(good["date"]) == {dt.date(2026, 1, 3), dt.date(2026, 1, 4)}
+    assert len(good) == in_window.sum()
+
+    aware = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "aware"), 8,
+                    window=("2026-01-03T00:00:00+00:00", "2026-01-05T00:00:00+00:00"))
+    assert (aware.rows_in, aware.rows_ok) == (result.rows_in, result.rows_ok)
+    with pytest.raises(ValueError, match="is not before its end"):
+        prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "x"), 8, window=("2026-01-05", "2026-01-03"))
+
+
+# --- input forms -------------------------------------------------------------------------------------
+
+def test_csv_gzip_parquet_hive_and_glob_inputs_give_identical_batches(tmp_path):
+    frame = sales()
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    frame.to_csv(tmp_path / "in.csv.gz", index=False, compression="gzip")
+    frame.to_parquet(tmp_path / "in.parquet")
+    for day, rows in frame.groupby("date"):
+        directory = tmp_path / "hive" / f"date={day.isoformat()}"
+        directory.mkdir(parents=True)
+        rows.drop(columns="date").to_parquet(directory / "part-0.parquet")
+    (tmp_path / "hive" / "_SUCCESS").touch()
+    for i in range(3):
+        frame.iloc[i::3].to_parquet(tmp_path / f"part-{i}.parquet")
+
+    inputs = ["in.csv", "in.csv.gz", "in.parquet", "hive", "part-*.parquet"]
+    manifests = []
+    for i, name in enumerate(inputs):
+        result = prepare(str(tmp_path / name), SCHEMA, str(tmp_path / f"out{i}"), 8)
+        assert (result.rows_in, result.rows_ok) == (len(frame), len(frame)), name
+        manifests.append(read_manifest(result.manifest_uri).drop(columns="uri"))
+    for name, manifest in zip(inputs[1:], manifests[1:]):
+        pd.testing.assert_frame_equal(manifest, manifests[0], obj=name)
+
+
+def test_hive_partition_values_keep_their_text_for_string_columns(tmp_path):
+    frame = sales().assign(product=lambda f: f["product"].str.replace("P", "1"))  # "1007": text that looks numeric
+    for product, rows in frame.groupby("product"):
+        directory = tmp_path / "hive" / f"product={product}"
+        directory.mkdir(parents=True)
+        rows.drop(columns="product").to_parquet(directory / "part-0.parquet")
+    result = prepare(str(tmp_path / "hive"), SCHEMA, str(tmp_path / "out"), 8)
+    assert result.rows_ok == len(frame)
+    assert set(batches(result)["product"]) == set(frame["product"])
+
+
+def test_a_nullable_unit_key_column_buckets_null_apart_from_empty_text(tmp_path):
+    schema = InputSchema(columns=SCHEMA.columns, unit_key=("segment", "promo"))
+    frame = sales()
+    frame.loc[frame["promo"].isna() & (frame.index % 2 == 0), "promo"] = ""
+    frame.to_parquet(tmp_path / "in.parquet")
+    result = prepare(str(tmp_path / "in.parquet"), schema, str(tmp_path / "out"), 97)
+    good = batches(result)
+    assert len(good) == len(frame) and result.units == 9  # 3 segments x {"yes", "", NULL}
+    for (segment, promo), rows in good.groupby(["segment", "promo"], dropna=False):
+        text = "\x1e" if pd.isna(promo) else promo  # the NULL marker
+        key = hashlib.md5(f"{segment}\x1f{text}".encode()).hexdigest()
+        assert set(rows["batch_id"]) == {int(key[:14], 16) % 97}
+
+
+def test_mixed_formats_are_refused(tmp_path):
+    sales().to_csv(tmp_path / "a.csv", index=False)
+    sales().to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"mixes formats \['csv', 'parquet'\]"):
+        prepare(str(tmp_path), SCHEMA, str(tmp_path / "out"), 8)
+
+
+# --- SQL shared with Athena --------------------------------------------------------------------------
+
+def test_athena_ctas_uses_the_same_checks_window_and_bucket_as_duckdb():
+    window = ("2026-01-01", "2026-02-01")
+    sql = athena_ctas_sql("sales.raw", SCHEMA, "sales.prepped", "s3://lake/prepped/run1/", 3000, window)
+    text_columns = [c.name for c in SCHEMA.columns if c.dtype != "string"]
+    athena, duck = SchemaSql(SCHEMA, ATHENA, text_columns), SchemaSql(SCHEMA, DUCKDB, text_columns)
+
+    assert sql.startswith("CREATE TABLE sales.prepped\nWITH (format = 'PARQUET', "
+                          "external_location = 's3://lake/prepped/run1/', bucketed_by = ARRAY['bucket'], bucket_count = 3000)")
+    assert f"{bucketing_sql(SCHEMA, 3000, 'athena', text_columns)} AS bucket" in sql
+    assert [reason for reason, _ in athena.checks()] == [reason for reason, _ in duck.checks()]
+    assert f"WHERE {athena.valid()}\n  AND {athena.in_scope(window)}" in sql
+    assert "DATE '2026-01-01'" in sql and "DATE '2026-02-01'" in sql
+    assert 'PARTITION BY "segment", "product", "date"' in sql and "_dup_rank = 1" in sql
+    # The two dialects differ only in how functions are spelled, not in what is checked.
+    assert duck.valid().replace("TRY_CAST", "try_cast").replace("isnan", "is_nan").replace("DOUBLE", "double") \
+        .replace("DATE)", "date)") == athena.valid()
+    with pytest.raises(ValueError, match="bucket_count"):
+        athena_ctas_sql("sales.raw", SCHEMA, "sales.prepped", "s3://lake/x/", 10_001)
+    with pytest.raises(ValueError, match="not a \\[database.\\]table name"):
+        athena_ctas_sql("raw; DROP TABLE x", SCHEMA, "sales.prepped", "s3://lake/x/", 8)
+
+
+def test_duckdb_bucket_expression_matches_the_documented_algorithm():
+    keys = pd.DataFrame({"segment": ["S0", "S1", "é", "S2"], "product": ["P1", "P1", "P☃", ""]})
+    with duckdb.connect() as con:
+        con.register("keys", keys)
+        buckets = con.execute(f"SELECT {bucketing_sql(SCHEMA, 977)} FROM keys").fetchall()
+    assert [b for (b,) in buckets] == [expected_bucket(s, p, 977) for s, p in zip(keys["segment"], keys["product"])]
+
+
+# --- s3 and Athena against a local moto server -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A moto server on a free loopback port, with credentials and the Airflow AWS connection pointing at it."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+            "conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"region_name": "us-east-1", "endpoint_url": url}}))
+        yield url
+    server.stop()
+
+
+def test_prepare_reads_and_writes_s3(moto_endpoint, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="prep-test")
+    frame, expected = spoiled_csv(tmp_path / "in.csv")
+    clean = sales()
+    clean.to_parquet(tmp_path / "in.parquet")
+    s3.upload_file(str(tmp_path / "in.csv"), "prep-test", "raw/csv/in.csv")
+    s3.upload_file(str(tmp_path / "in.parquet"), "prep-test", "raw/parquet/2026/in.parquet")
+    options = {"key": "testing", "secret": "testing", "endpoint_url": moto_endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
+
+    from_csv = prepare("s3://prep-test/raw/csv/", SCHEMA, "s3://prep-test/prepped/csv", 8, storage_options=options)
+    from_parquet = prepare("s3://prep-test/raw/parquet/**/*.parquet", SCHEMA, "s3://prep-test/prepped/parquet", 8,
+                           storage_options=options)
+
+    assert from_csv.quarantined_by_reason == dict(sorted(expected.items()))
+    assert from_csv.quarantine_uri == "s3://prep-test/prepped/csv/quarantine.parquet"
+    assert from_parquet.rows_ok == len(clean) and from_parquet.quarantine_uri is None
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="prep-test", Prefix="prepped/")["Contents"]}
+    for result in (from_csv, from_parquet):
+        manifest = read_manifest(result.manifest_uri, storage_options=options)
+        assert len(manifest) == result.batches and manifest["rows"].sum() == result.rows_ok
+        assert all(uri.removeprefix("s3://prep-test/") in keys for uri in manifest["uri"])
+        assert manifest["uri"].str.startswith(result.out_uri + "/batches/bucket=").all()
+    s3.download_file("prep-test", "prepped/csv/quarantine.parquet", str(tmp_path / "q.parquet"))
+    assert len(pd.read_parquet(tmp_path / "q.parquet")) == from_csv.rows_quarantined
+    s3.download_file("prep-test", read_manifest(from_parquet.manifest_uri, options)["uri"][0]
+                     .removeprefix("s3://prep-test/"), str(tmp_path / "batch.parquet"))
+    assert list(pd.read_parquet(tmp_path / "batch.parquet").columns) == list(SCHEMA.names)
+
+
+def test_run_athena_prep_submits_the_generated_ctas(moto_endpoint):
+    window = ("2026-01-01", "2026-01-08")
+    execution_id = run_athena_prep("sales.raw", SCHEMA, "sales.prepped", "s3://lake/prepped/", 64,
+                                   database="sales", output_location="s3://lake/athena-results/",
+                                   window=window, poll_seconds=1)
+    athena = boto3.client("athena", endpoint_url=moto_endpoint, region_name="us-east-1")
+    execution = athena.get_query_execution(QueryExecutionId=execution_id)["QueryExecution"]
+    assert execution["Query"] == athena_ctas_sql("sales.raw", SCHEMA, "sales.prepped", "s3://lake/prepped/", 64, window)
+    assert execution["QueryExecutionContext"]["Database"] == "sales"
+    assert execution["ResultConfiguration"]["OutputLocation"].startswith("s3://lake/athena-results/")
+    assert execution["Status"]["State"] == "SUCCEEDED"
