@@ -143,7 +143,8 @@ def main() -> None:
         if pandas_rows:
             pandas_source = work / "pandas_sample.parquet"
             with duckdb.connect() as con:
-                con.execute(f"COPY (SELECT * FROM '{source}' LIMIT {pandas_rows}) TO '{pandas_source}' (FORMAT parquet)")
+                con.execute(f"COPY (SELECT * FROM '{source}' LIMIT {pandas_rows}) "
+                            f"TO '{pandas_source}' (FORMAT parquet)")
         prep = run_prep(source, args.buckets)
         methods = {
             "prep": prep,

@@ -362,7 +362,8 @@ def test_athena_ctas_uses_the_same_checks_window_and_bucket_as_duckdb():
     athena, duck = SchemaSql(SCHEMA, ATHENA, text_columns), SchemaSql(SCHEMA, DUCKDB, text_columns)
 
     assert sql.startswith("CREATE TABLE sales.prepped\nWITH (format = 'PARQUET', "
-                          "external_location = 's3://lake/prepped/run1/', bucketed_by = ARRAY['bucket'], bucket_count = 3000)")
+                          "external_location = 's3://lake/prepped/run1/', "
+                          "bucketed_by = ARRAY['bucket'], bucket_count = 3000)")
     assert f"{bucketing_sql(SCHEMA, 3000, 'athena', text_columns)} AS bucket" in sql
     assert [reason for reason, _ in athena.checks()] == [reason for reason, _ in duck.checks()]
     assert f"WHERE {athena.valid()}\n  AND {athena.in_scope(window)}" in sql
