@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 from batch_worker.schema import DTYPES, InputSchema
+from batch_worker.storage import Location
 
 BATCHES_DIR = "batches"
 MANIFEST_FILE = "manifest.parquet"
@@ -338,36 +339,7 @@ def run_athena_prep(source_table: str, schema: InputSchema, target_table: str, e
     return execution_id
 
 
-# --- Locations ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Location:
-    """A local path or an s3:// URI, with the fsspec filesystem that reaches it."""
-
-    uri: str  # an absolute local path, or s3://bucket/key without a trailing slash
-    fs: fsspec.AbstractFileSystem
-    remote: bool
-
-    @classmethod
-    def parse(cls, uri: str, storage_options: dict | None) -> _Location:
-        scheme, sep, rest = uri.partition("://")
-        if not sep:
-            return cls(os.path.abspath(uri), fsspec.filesystem("file"), remote=False)
-        if scheme == "file":
-            return cls(os.path.abspath(rest), fsspec.filesystem("file"), remote=False)
-        if scheme in ("s3", "s3a"):
-            import s3fs
-
-            return cls("s3://" + rest.rstrip("/"), s3fs.S3FileSystem(**(storage_options or {})), remote=True)
-        raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r}; use a local path, file:// or s3://")
-
-    def join(self, *parts: str) -> str:
-        return "/".join([self.uri.rstrip("/"), *parts]) if self.remote else os.path.join(self.uri, *parts)
-
-    def full(self, path: str) -> str:
-        """A path as fsspec lists it, made into this location's kind of URI."""
-        return "s3://" + path if self.remote and not path.startswith("s3://") else path
-
+# --- Input files ---------------------------------------------------------------------------------------
 
 def _input_format(path: str) -> str | None:
     name = path.rsplit("/", 1)[-1].lower()
@@ -376,7 +348,7 @@ def _input_format(path: str) -> str | None:
     return next((fmt for suffix, fmt in _INPUT_SUFFIXES.items() if name.endswith(suffix)), None)
 
 
-def _resolve_input(source: _Location) -> tuple[list[str], str]:
+def _resolve_input(source: Location) -> tuple[list[str], str]:
     """The input files (sorted) and their one format."""
     fs = source.fs
     if any(ch in source.uri for ch in "*?["):
@@ -461,8 +433,8 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
     _check_schema_shape(schema)
     if window is not None:
         _window_literals(schema, window)
-    source = _Location.parse(input_uri, storage_options)
-    out = _Location.parse(out_uri, storage_options)
+    source = Location.parse(input_uri, storage_options)
+    out = Location.parse(out_uri, storage_options)
     files, fmt = _resolve_input(source)
     with tempfile.TemporaryDirectory(prefix="prep-") as scratch, closing(duckdb.connect()) as con:
         con.execute(f"SET temp_directory = {_literal(os.path.join(scratch, 'duckdb'))}")
@@ -494,7 +466,7 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
 
         staging = out
         if out.remote:
-            staging = _Location(os.path.join(scratch, "out"), fsspec.filesystem("file"), remote=False)
+            staging = Location(os.path.join(scratch, "out"), fsspec.filesystem("file"), remote=False)
         _clear_outputs(out)
         os.makedirs(staging.uri, exist_ok=True)
         if rows_ok:
@@ -589,7 +561,7 @@ def _write_quarantine(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str
     con.execute(f"COPY ({rows}) TO {_literal(path)} (FORMAT parquet)")
 
 
-def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: _Location, out: _Location,
+def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: Location, out: Location,
               rows_ok: int) -> pd.DataFrame:
     """One row per batch file, read back from what was written.
 
@@ -622,7 +594,7 @@ def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: _Location
     return frame[list(MANIFEST_COLUMNS)]
 
 
-def _clear_outputs(out: _Location) -> None:
+def _clear_outputs(out: Location) -> None:
     """Remove what an earlier prep wrote under `out`, manifest first (it is what marks a complete run)."""
     for name in (MANIFEST_FILE, QUARANTINE_FILE):
         if out.fs.exists(out.join(name)):
@@ -635,7 +607,7 @@ def _clear_outputs(out: _Location) -> None:
         shutil.rmtree(batches)
 
 
-def _upload(staging: _Location, out: _Location) -> None:
+def _upload(staging: Location, out: Location) -> None:
     """Copy the staged outputs to `out`, manifest last."""
     manifest = staging.join(MANIFEST_FILE)
     local, remote = [], []
@@ -652,7 +624,7 @@ def _upload(staging: _Location, out: _Location) -> None:
 
 def read_manifest(manifest_uri: str, storage_options: dict | None = None) -> pd.DataFrame:
     """The manifest `prepare` wrote, sorted by batch_id."""
-    location = _Location.parse(manifest_uri, storage_options)
+    location = Location.parse(manifest_uri, storage_options)
     with location.fs.open(location.uri, "rb") as handle:
         frame = pd.read_parquet(handle)
     return frame[list(MANIFEST_COLUMNS)].sort_values("batch_id", ignore_index=True)

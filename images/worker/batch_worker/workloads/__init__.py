@@ -17,6 +17,10 @@ class BadData(Exception):
     """The batch itself is unusable: retrying will not help (the runtime exits with EXIT_BAD_DATA)."""
 
 
+class TransientError(Exception):
+    """A retry may succeed (a flaky dependency, a throttled call): the runtime exits with EXIT_TRANSIENT."""
+
+
 class Workload:
     name: ClassVar[str]
     #: Bump when the code's results change: part of every batch's cache key.

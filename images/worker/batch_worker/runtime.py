@@ -1,0 +1,220 @@
+"""The worker runtime: what every AWS Batch job (or array child) of the engine runs.
+
+    batch-worker <worklist URI> [--index N]
+
+It reads the worklist (see `batch_worker.cache`), takes its slice by AWS_BATCH_JOB_ARRAY_INDEX (0
+for a plain job), and for each batch in the slice: skips it if a valid done-marker exists, else
+loads the batch, runs the registered workload, writes `result.parquet`, then the done-marker
+(both atomically; the marker last). A batch that fails gets a `_FAILED.json` with its failure
+class and first error line; the other batches of the slice still run.
+
+Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.json`):
+
+    0   every batch of the slice is done
+    75  EX_TEMPFAIL: a transient error (I/O, network, throttling): Batch retries the child, and
+        the retry skips the batches that are already done
+    65  EX_DATAERR: a batch is unusable (`BadData`): retrying cannot help, so Batch does not
+    64  EX_USAGE: the worklist cannot be used (unreadable, or planned for another workload version)
+    1   the workload raised an unexpected error (a bug): not retried either
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, child_slice,
+                                is_valid_done, params_digest)
+from batch_worker.storage import Location
+from batch_worker.workloads import BadData, TransientError, Workload, get_workload
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 64
+EXIT_BAD_DATA = 65
+EXIT_TRANSIENT = 75
+
+log = logging.getLogger("batch_worker")
+
+
+class WorklistError(Exception):
+    """The worklist cannot be used as it is."""
+
+
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ThrottlingException",
+                    "SlowDown", "ServiceUnavailable", "RequestTimeout"}
+
+
+def failure_class(exc: BaseException) -> str:
+    if isinstance(exc, BadData):
+        return "bad_data"
+    if isinstance(exc, (TransientError, ConnectionError, TimeoutError)):
+        return "transient"
+    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
+        return "transient"
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    if code in _TRANSIENT_NAMES:
+        return "transient"
+    return "error"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def load_worklist(uri: str) -> dict[str, Any]:
+    try:
+        worklist = Location.parse(uri).read_json()
+    except FileNotFoundError:
+        raise WorklistError(f"worklist {uri} does not exist") from None
+    except ValueError as exc:
+        raise WorklistError(f"worklist {uri} is not valid JSON: {exc}") from None
+    missing = [k for k in ("format", "workload", "workload_version", "params", "output_root",
+                           "batches_per_child", "items") if k not in worklist]
+    if missing:
+        raise WorklistError(f"worklist {uri} lacks {', '.join(missing)}")
+    if worklist["format"] != WORKLIST_FORMAT:
+        raise WorklistError(f"worklist {uri} has format {worklist['format']}; this worker reads {WORKLIST_FORMAT}")
+    return worklist
+
+
+def resolve(worklist: dict[str, Any]) -> tuple[Workload, dict[str, Any]]:
+    try:
+        workload = get_workload(worklist["workload"])
+    except KeyError as exc:
+        raise WorklistError(str(exc.args[0])) from None
+    if str(workload.version) != str(worklist["workload_version"]):
+        raise WorklistError(
+            f"workload {workload.name!r} here is version {workload.version}, but the worklist was planned for "
+            f"version {worklist['workload_version']}: the worker image and the Airflow side run different code")
+    try:
+        return workload, workload.resolve_params(worklist["params"])
+    except ValueError as exc:
+        raise WorklistError(str(exc)) from None
+
+
+def read_batch(uri: str) -> pd.DataFrame:
+    location = Location.parse(uri)
+    if not location.remote:
+        return pd.read_parquet(location.uri)
+    with location.fs.open(location.uri, "rb") as handle:
+        return pd.read_parquet(handle)
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    return buffer.getvalue()
+
+
+def job_identity() -> dict[str, str]:
+    return {"job_id": os.environ.get("AWS_BATCH_JOB_ID", "local"),
+            "attempt": os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1")}
+
+
+def run_batch(item: dict[str, Any], workload: Workload, params: dict[str, Any], out: Location,
+              worklist: dict[str, Any]) -> tuple[str, str | None]:
+    """Run one batch; return (outcome, error) with outcome done | cached | bad_data | transient | error."""
+    key = item["key"]
+    folder = out.join(key)
+    done_path = out.join(key, DONE_FILE)
+    if is_valid_done(out.read_many([done_path]).get(done_path), key):
+        return "cached", None
+    started = time.perf_counter()
+    try:
+        batch = read_batch(item["uri"])
+        result = workload.run(batch, params)
+        if not isinstance(result, pd.DataFrame):
+            raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
+        out.write_bytes(out.join(key, RESULT_FILE), parquet_bytes(result))
+        seconds = time.perf_counter() - started
+        out.write_json(done_path, {
+            "status": "done", "key": key, "batch_id": item["batch_id"], "content_hash": item.get("content_hash"),
+            "workload": workload.name, "workload_version": str(workload.version),
+            "params_digest": params_digest(params), "rows_in": len(batch), "rows_out": len(result),
+            "units": item.get("units"), "result": RESULT_FILE, "seconds": round(seconds, 6),
+            "finished_at": time.time(), **job_identity(), "run": worklist.get("run", {}),
+        })
+        out.remove(out.join(key, FAILED_FILE))
+        log.info("batch %s: %d rows -> %d rows in %.3f s (%s)", item["batch_id"], len(batch), len(result),
+                 seconds, folder)
+        return "done", None
+    except Exception as exc:  # every failure is recorded and classified; the slice goes on
+        kind = failure_class(exc)
+        error = first_line(exc)
+        log.error("batch %s failed (%s): %s", item["batch_id"], kind, error)
+        if kind == "error":
+            log.error("%s", traceback.format_exc().rstrip())
+        try:
+            out.write_json(out.join(key, FAILED_FILE), {
+                "status": "failed", "key": key, "batch_id": item["batch_id"], "class": kind, "error": error,
+                "at": time.time(), **job_identity(),
+            })
+        except Exception as record_exc:  # the marker is missing either way, so the batch stays pending
+            log.error("could not record the failure of batch %s: %s", item["batch_id"], first_line(record_exc))
+        return kind, error
+
+
+def exit_code(outcomes: Counter) -> int:
+    if outcomes["transient"]:
+        return EXIT_TRANSIENT
+    if outcomes["error"]:
+        return EXIT_ERROR
+    if outcomes["bad_data"]:
+        return EXIT_BAD_DATA
+    return EXIT_OK
+
+
+def run(worklist_uri: str, index: int) -> int:
+    try:
+        worklist = load_worklist(worklist_uri)
+        workload, params = resolve(worklist)
+    except WorklistError as exc:
+        log.error("cannot run: %s", exc)
+        return EXIT_USAGE
+    except (OSError, ConnectionError) as exc:
+        log.error("cannot read the worklist %s: %s", worklist_uri, first_line(exc))
+        return EXIT_TRANSIENT
+    items = child_slice(worklist["items"], int(worklist["batches_per_child"]), index)
+    if not items:
+        log.warning("child %d has no batches (worklist holds %d)", index, len(worklist["items"]))
+        return EXIT_OK
+    out = Location.parse(worklist["output_root"])
+    log.info("child %d: %d batches (%s .. %s) of workload %s v%s", index, len(items), items[0]["batch_id"],
+             items[-1]["batch_id"], workload.name, workload.version)
+    started = time.perf_counter()
+    outcomes: Counter = Counter()
+    for item in items:
+        outcome, _ = run_batch(item, workload, params, out, worklist)
+        outcomes[outcome] += 1
+    code = exit_code(outcomes)
+    log.info("child %d finished in %.2f s: %s; exit %d", index, time.perf_counter() - started,
+             ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), code)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="batch-worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("worklist", help="URI of the worklist JSON (a local path or s3://)")
+    parser.add_argument("--index", type=int, default=None,
+                        help="array index to run (default: AWS_BATCH_JOB_ARRAY_INDEX, 0 for a plain job)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    index = args.index if args.index is not None else int(os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", "0"))
+    return run(args.worklist, index)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

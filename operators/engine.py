@@ -1,0 +1,353 @@
+"""The unit-of-work engine's Airflow side: plan shards, find pending batches, write worklists, collect.
+
+The flow of one run (see docs/engine.md):
+
+    prepare  -> manifest of batches (operators.prep)
+    plan     -> shards: one array job each, descriptors for .expand_kwargs()   plan_shards()
+    run      -> per shard, pending batches -> worklist -> one array job        UnitsOfWorkOperator
+    collect  -> the shards' summaries combined, the dead-letter list written    combine()
+
+Storage layout under DATA_ROOT (a local directory or s3://bucket/prefix):
+
+    runs/<dag_id>/<run_id>/prep/...            batches, manifest, quarantine
+    runs/<dag_id>/<run_id>/worklists/*.json    one per submitted array job
+    runs/<dag_id>/<run_id>/results/shard-N.json  each batch's outcome and output URI
+    runs/<dag_id>/<run_id>/dead_letter.parquet   the units of failed batches (when any failed)
+    outputs/<workload>/<cache key>/            result.parquet + _DONE.json (shared by all runs)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, cache_key, children_needed,
+                                is_valid_done)
+from batch_worker.storage import Location
+from batch_worker.workloads import get_workload
+
+from operators.prep import read_manifest
+
+#: AWS Batch array jobs hold 2 to 10,000 children.
+MAX_ARRAY_SIZE = 10_000
+DEFAULT_BATCHES_PER_SHARD = 1_000
+#: How many failed batch ids a summary in XCom lists; the shard's results file lists all.
+FAILED_IDS_IN_SUMMARY = 100
+
+
+def data_root() -> str:
+    return os.environ.get("DATA_ROOT", ".data").rstrip("/")
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", text)
+
+
+def run_root(dag_id: str, run_id: str, root: str | None = None) -> str:
+    return f"{root or data_root()}/runs/{safe_name(dag_id)}/{safe_name(run_id)}"
+
+
+def output_root(workload: str, root: str | None = None) -> str:
+    return f"{root or data_root()}/outputs/{safe_name(workload)}"
+
+
+def storage_options(aws_conn_id: str | None = "aws_default") -> dict[str, Any]:
+    """s3fs arguments from the Airflow AWS connection: its endpoint (the local one, or none on AWS) and keys."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="s3")
+    creds = hook.get_credentials()
+    options: dict[str, Any] = {"key": creds.access_key, "secret": creds.secret_key,
+                               "client_kwargs": {"region_name": hook.conn_region_name}}
+    if creds.token:
+        options["token"] = creds.token
+    endpoint = hook.conn_config.get_service_endpoint_url("s3")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def location(uri: str, aws_conn_id: str | None = "aws_default") -> Location:
+    return Location.parse(uri, storage_options(aws_conn_id) if uri.startswith(("s3://", "s3a://")) else None)
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+@dataclass
+class ShardSpec:
+    """What one mapped task instance needs; small, so it travels through XCom."""
+
+    index: int
+    label: str
+    manifest: str
+    start: int  # positions in the manifest (sorted by batch_id), [start, stop)
+    stop: int
+    workload: str
+    params: dict[str, Any]
+    output_root: str
+    run_root: str
+    min_success_ratio: float = 1.0
+    batches_per_child: int | None = None
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any] | "ShardSpec") -> "ShardSpec":
+        if isinstance(value, ShardSpec):
+            return value
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(value) - known
+        if unknown:
+            raise ValueError(f"shard descriptor has unknown field(s) {sorted(unknown)}")
+        return cls(**value)
+
+
+def plan_shards(manifest_uri: str, *, workload: str, params: dict[str, Any] | None, out_root: str,
+                run_dir: str, batches_per_shard: int = DEFAULT_BATCHES_PER_SHARD,
+                min_success_ratio: float = 1.0, batches_per_child: int | None = None,
+                aws_conn_id: str | None = "aws_default") -> list[dict[str, Any]]:
+    """Cut the manifest into shards of at most `batches_per_shard` batches; one array job each.
+
+    Returns kwargs for `UnitsOfWorkOperator.partial(...).expand_kwargs(...)`. The workload's
+    parameters are checked here, before anything is submitted.
+    """
+    if not 1 <= batches_per_shard <= MAX_ARRAY_SIZE:
+        raise ValueError(f"batches_per_shard must be 1..{MAX_ARRAY_SIZE}, got {batches_per_shard}")
+    if not 0.0 <= float(min_success_ratio) <= 1.0:
+        raise ValueError(f"min_success_ratio must be within 0..1, got {min_success_ratio}")
+    resolved = get_workload(workload).resolve_params(params)
+    manifest = read_manifest(manifest_uri, options_for(manifest_uri, aws_conn_id))
+    ids = manifest["batch_id"].tolist()
+    shards = []
+    for index, start in enumerate(range(0, len(ids), batches_per_shard)):
+        stop = min(start + batches_per_shard, len(ids))
+        spec = ShardSpec(index=index, label=f"shard {index}: batches {ids[start]}-{ids[stop - 1]}",
+                         manifest=manifest_uri, start=start, stop=stop, workload=workload, params=resolved,
+                         output_root=out_root, run_root=run_dir, min_success_ratio=float(min_success_ratio),
+                         batches_per_child=batches_per_child)
+        shards.append({"shard": asdict(spec)})
+    return shards
+
+
+def options_for(uri: str, aws_conn_id: str | None) -> dict[str, Any] | None:
+    return storage_options(aws_conn_id) if uri.startswith(("s3://", "s3a://")) else None
+
+
+# --- pending batches and worklists ------------------------------------------------------------------
+
+def shard_batches(spec: ShardSpec, aws_conn_id: str | None = "aws_default") -> list[dict[str, Any]]:
+    """The shard's batches with their cache keys, in batch_id order."""
+    workload = get_workload(spec.workload)
+    manifest = read_manifest(spec.manifest, options_for(spec.manifest, aws_conn_id)).iloc[spec.start:spec.stop]
+    return [{"batch_id": int(row.batch_id), "uri": row.uri, "rows": int(row.rows), "units": int(row.units),
+             "content_hash": row.content_hash,
+             "key": cache_key(row.content_hash, workload.name, workload.version, spec.params)}
+            for row in manifest.itertuples(index=False)]
+
+
+def done_markers(out: Location, batches: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Valid done-markers by cache key (read in one round; a marker for another key does not count)."""
+    raw = out.read_many([out.join(b["key"], DONE_FILE) for b in batches])
+    found = {}
+    for batch in batches:
+        data = raw.get(out.join(batch["key"], DONE_FILE))
+        if is_valid_done(data, batch["key"]):
+            found[batch["key"]] = json.loads(data)
+    return found
+
+
+def failure_records(out: Location, batches: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    raw = out.read_many([out.join(b["key"], FAILED_FILE) for b in batches])
+    records = {}
+    for batch in batches:
+        data = raw.get(out.join(batch["key"], FAILED_FILE))
+        try:
+            records[batch["key"]] = json.loads(data) if data else None
+        except ValueError:
+            continue
+    return {k: v for k, v in records.items() if v}
+
+
+def children_plan(pending: int, batches_per_child: int | None = None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(batches per child, children) for `pending` batches.
+
+    An explicit `batches_per_child` wins. Otherwise the environment's defaults apply: at most
+    BATCH_MAX_CHILDREN children (locally a few per vCPU: a child is a process; on AWS hundreds,
+    each a container), each with at least BATCH_MIN_BATCHES_PER_CHILD batches, so a child's run
+    is long enough to amortise its start.
+    """
+    env = os.environ if env is None else env
+    if pending < 1:
+        return 0, 0
+    if batches_per_child:
+        per_child = int(batches_per_child)
+    else:
+        max_children = int(env.get("BATCH_MAX_CHILDREN") or 500)
+        min_per_child = int(env.get("BATCH_MIN_BATCHES_PER_CHILD") or 1)
+        per_child = max(min_per_child, math.ceil(pending / max(1, max_children)))
+    per_child = max(per_child, math.ceil(pending / MAX_ARRAY_SIZE), 1)
+    return per_child, children_needed(pending, per_child)
+
+
+def write_worklist(spec: ShardSpec, pending: list[dict[str, Any]], batches_per_child: int, run: dict[str, Any],
+                   aws_conn_id: str | None = "aws_default") -> str:
+    workload = get_workload(spec.workload)
+    root = location(spec.run_root, aws_conn_id)
+    name = safe_name(f"{run.get('task_id', 'task')}-shard{spec.index}-try{run.get('try_number', 1)}-{time.time_ns()}")
+    uri = root.join("worklists", f"{name}.json")
+    root.write_json(uri, {
+        "format": WORKLIST_FORMAT, "workload": workload.name, "workload_version": str(workload.version),
+        "params": spec.params, "output_root": spec.output_root, "batches_per_child": batches_per_child,
+        "run": run, "items": pending,
+    })
+    return uri
+
+
+# --- outcome of a shard ------------------------------------------------------------------------------
+
+@dataclass
+class ShardOutcome:
+    spec: ShardSpec
+    batches: list[dict[str, Any]]
+    done: dict[str, dict[str, Any]]
+    submitted_keys: set[str]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for b in self.batches if b["key"] in self.done and b["key"] in self.submitted_keys)
+
+    @property
+    def cached(self) -> int:
+        return sum(1 for b in self.batches if b["key"] in self.done and b["key"] not in self.submitted_keys)
+
+    @property
+    def success_ratio(self) -> float:
+        return len(self.done) / len(self.batches) if self.batches else 1.0
+
+    def summary(self, job_ids: list[str], wall_s: float, results_uri: str) -> dict[str, Any]:
+        computed = [self.done[b["key"]]["seconds"] for b in self.batches
+                    if b["key"] in self.done and b["key"] in self.submitted_keys]
+        by_class: dict[str, int] = {}
+        first_errors: dict[str, str] = {}
+        for failure in self.failures:
+            by_class[failure["class"]] = by_class.get(failure["class"], 0) + 1
+            first_errors.setdefault(failure["class"], f"batch {failure['batch_id']}: {failure['error']}")
+        return {
+            "shard": self.spec.index, "label": self.spec.label, "workload": self.spec.workload,
+            "batches": len(self.batches), "succeeded": self.succeeded, "cached": self.cached,
+            "failed": len(self.failures), "success_ratio": round(self.success_ratio, 6),
+            "units": sum(b["units"] for b in self.batches),
+            "units_failed": sum(f["units"] for f in self.failures),
+            "failed_batches": [f["batch_id"] for f in self.failures][:FAILED_IDS_IN_SUMMARY],
+            "failures_by_class": by_class, "first_errors": first_errors, "job_ids": job_ids,
+            "compute_s_per_batch": round(sum(computed) / len(computed), 6) if computed else None,
+            "wall_s": round(wall_s, 3), "results": results_uri,
+        }
+
+    def results(self) -> dict[str, Any]:
+        out = Location.parse(self.spec.output_root)
+        failed = {f["key"]: f for f in self.failures}
+        rows = []
+        for batch in self.batches:
+            status = ("failed" if batch["key"] in failed else
+                      "succeeded" if batch["key"] in self.submitted_keys else "cached")
+            rows.append({"batch_id": batch["batch_id"], "key": batch["key"], "units": batch["units"],
+                         "status": status, "input": batch["uri"],
+                         "output": None if status == "failed" else out.join(batch["key"], RESULT_FILE)})
+        return {"shard": asdict(self.spec), "batches": rows, "failed": self.failures}
+
+
+def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[str], job_id: str | None,
+            child_reasons: dict[str, str], aws_conn_id: str | None = "aws_default") -> ShardOutcome:
+    """Read every batch's marker after a job ended; classify the batches without one.
+
+    A batch's `_FAILED.json` counts when job `job_id` (or one of its children) wrote it. A batch
+    whose child died before recording anything (killed, timed out, host lost) gets the child's
+    Batch-side reason from `child_reasons` (by cache key).
+    """
+    out = location(spec.output_root, aws_conn_id)
+    done = done_markers(out, batches)
+    missing = [b for b in batches if b["key"] not in done]
+    records = failure_records(out, missing)
+    result = ShardOutcome(spec, batches, done, submitted_keys)
+    for batch in missing:
+        record = records.get(batch["key"])
+        if record and job_id and str(record.get("job_id", "")).split(":")[0] == job_id:
+            kind, error = record["class"], record["error"]
+        elif batch["key"] in child_reasons:
+            kind, error = "lost", child_reasons[batch["key"]]
+        elif batch["key"] in submitted_keys:
+            kind, error = "lost", "the job ended without a done-marker for this batch"
+        else:
+            kind, error = "not_run", "no done-marker, and not part of the last submitted job"
+        result.failures.append({"batch_id": batch["batch_id"], "key": batch["key"], "uri": batch["uri"],
+                                "units": batch["units"], "class": kind, "error": error})
+    return result
+
+
+# --- collect --------------------------------------------------------------------------------------------
+
+def combine(summaries: list[dict[str, Any]], *, unit_key: tuple[str, ...] = (), run_dir: str | None = None,
+            aws_conn_id: str | None = "aws_default") -> dict[str, Any]:
+    """One run's summary from its shards' summaries; writes the dead-letter list of failed units."""
+    summaries = [s for s in summaries if s]
+    total = {k: sum(s[k] for s in summaries) for k in ("batches", "succeeded", "cached", "failed", "units",
+                                                        "units_failed")}
+    by_class: dict[str, int] = {}
+    first_errors: dict[str, str] = {}
+    for s in summaries:
+        for kind, n in s["failures_by_class"].items():
+            by_class[kind] = by_class.get(kind, 0) + n
+        for kind, error in s["first_errors"].items():
+            first_errors.setdefault(kind, error)
+    computed = [(s["compute_s_per_batch"], s["succeeded"]) for s in summaries if s["compute_s_per_batch"]]
+    weight = sum(n for _, n in computed)
+    result = {
+        **total, "shards": len(summaries),
+        "success_ratio": round((total["succeeded"] + total["cached"]) / total["batches"], 6) if total["batches"] else 1.0,
+        "failures_by_class": by_class, "first_errors": first_errors,
+        "failed_batches": sorted(b for s in summaries for b in s["failed_batches"])[:FAILED_IDS_IN_SUMMARY],
+        "job_ids": [j for s in summaries for j in s["job_ids"]],
+        "compute_s_per_batch": round(sum(v * n for v, n in computed) / weight, 6) if weight else None,
+        "results": [s["results"] for s in summaries], "dead_letter": None,
+    }
+    if total["failed"] and run_dir:
+        result["dead_letter"] = write_dead_letter(result["results"], unit_key, run_dir, aws_conn_id)
+    return result
+
+
+def read_results(results_uris: list[str], aws_conn_id: str | None = "aws_default") -> list[dict[str, Any]]:
+    return [location(uri, aws_conn_id).read_json() for uri in results_uris]
+
+
+def output_uris(results_uris: list[str], aws_conn_id: str | None = "aws_default") -> list[str]:
+    """The result files of every batch that has one, in batch order: what evaluation reads."""
+    rows = [b for r in read_results(results_uris, aws_conn_id) for b in r["batches"] if b["output"]]
+    return [b["output"] for b in sorted(rows, key=lambda b: b["batch_id"])]
+
+
+def write_dead_letter(results_uris: list[str], unit_key: tuple[str, ...], run_dir: str,
+                      aws_conn_id: str | None = "aws_default") -> str:
+    """The failed batches' units (their key columns), with the batch, failure class and error."""
+    frames = []
+    for shard in read_results(results_uris, aws_conn_id):
+        for failure in shard["failed"]:
+            source = location(failure["uri"], aws_conn_id)
+            if unit_key:
+                with source.fs.open(source.uri, "rb") as handle:
+                    units = pd.read_parquet(handle, columns=list(unit_key)).drop_duplicates()
+            else:
+                units = pd.DataFrame(index=[0])
+            frames.append(units.assign(batch_id=failure["batch_id"], failure_class=failure["class"],
+                                       error=failure["error"]))
+    root = location(run_dir, aws_conn_id)
+    uri = root.join("dead_letter.parquet")
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    from batch_worker.runtime import parquet_bytes
+
+    root.write_bytes(uri, parquet_bytes(frame))
+    return uri

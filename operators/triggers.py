@@ -1,0 +1,77 @@
+"""The house trigger: waits for an AWS Batch job in the triggerer, and terminates it when the task is killed.
+
+The provider's `BatchJobTrigger` has no `on_kill`, so failing or clearing a deferred task leaves its
+Batch job (and every array child) running and paid for. Airflow 3's triggerer calls
+`BaseTrigger.on_kill` exactly when a person acts on the deferred task (mark failed or success,
+clear), never on a triggerer restart or a timeout; this trigger then calls TerminateJob.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+ENDED = ("SUCCEEDED", "FAILED")
+
+
+def progress_line(job: dict[str, Any]) -> str:
+    """A job's status, with the count of array children per status when it is an array job."""
+    summary = job.get("arrayProperties", {}).get("statusSummary")
+    if not summary:
+        return job["status"]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.items()) if n)
+    return f"{job['status']} (children: {counts or 'none yet'})"
+
+
+class BatchJobWaitTrigger(BaseTrigger):
+    """Poll DescribeJobs every `poll_interval` seconds; fire once the job SUCCEEDED or FAILED."""
+
+    def __init__(self, job_id: str, aws_conn_id: str | None = "aws_default", region_name: str | None = None,
+                 poll_interval: float = 10, terminate_on_kill: bool = True):
+        super().__init__()
+        self.job_id = job_id
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.poll_interval = poll_interval
+        self.terminate_on_kill = terminate_on_kill
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("operators.triggers.BatchJobWaitTrigger", {
+            "job_id": self.job_id, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name,
+            "poll_interval": self.poll_interval, "terminate_on_kill": self.terminate_on_kill,
+        })
+
+    def hook(self) -> BatchClientHook:
+        return BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        last = None
+        async with await self.hook().get_async_conn() as client:
+            while True:
+                jobs = (await client.describe_jobs(jobs=[self.job_id]))["jobs"]
+                if not jobs:
+                    yield TriggerEvent({"job_id": self.job_id, "status": "MISSING",
+                                        "reason": f"AWS Batch job {self.job_id} not found"})
+                    return
+                job = jobs[0]
+                progress = progress_line(job)
+                if progress != last:
+                    self.log.info("AWS Batch job %s: %s", self.job_id, progress)
+                    last = progress
+                if job["status"] in ENDED:
+                    yield TriggerEvent({"job_id": self.job_id, "status": job["status"],
+                                        "reason": job.get("statusReason", "")})
+                    return
+                await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        if not self.terminate_on_kill:
+            return
+        self.log.info("Task killed while deferred: terminating AWS Batch job %s", self.job_id)
+        try:
+            async with await self.hook().get_async_conn() as client:
+                await client.terminate_job(jobId=self.job_id, reason="Airflow task killed while deferred")
+        except Exception:
+            self.log.exception("Could not terminate AWS Batch job %s; it may still be running", self.job_id)

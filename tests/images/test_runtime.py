@@ -1,0 +1,157 @@
+"""The worker runtime: slices, markers, idempotence and exit codes (run in-process and as the real CLI)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batch_worker import runtime
+from batch_worker.cache import DONE_FILE, FAILED_FILE, RESULT_FILE, cache_key, child_slice, children_needed
+from batch_worker.workloads import get_workload
+
+
+def make_batches(tmp_path: Path, count: int = 4) -> list[dict]:
+    items = []
+    for batch_id in range(count):
+        frame = pd.DataFrame({"unit_id": [f"u{batch_id}a", f"u{batch_id}b"], "seq": [0, 0],
+                              "value": [1.0 + batch_id, 2.0]})
+        path = tmp_path / "batches" / f"bucket={batch_id}" / "data_0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(path, index=False)
+        content = f"content-{batch_id}"
+        items.append({"batch_id": batch_id, "uri": str(path), "rows": 2, "units": 2, "content_hash": content,
+                      "key": cache_key(content, "noop", "1", {"sleep_s": 0.0, "fail_units": [], "salt": ""})})
+    return items
+
+
+def write_worklist(tmp_path: Path, items: list[dict], per_child: int = 2, **changes) -> str:
+    worklist = {"format": 1, "workload": "noop", "workload_version": "1",
+                "params": {"sleep_s": 0.0, "fail_units": [], "salt": ""}, "output_root": str(tmp_path / "out"),
+                "batches_per_child": per_child, "run": {"dag_id": "t"}, "items": items, **changes}
+    path = tmp_path / f"worklist-{len(list(tmp_path.glob('worklist-*')))}.json"
+    path.write_text(json.dumps(worklist))
+    return str(path)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_each_child_runs_its_slice_and_writes_result_then_marker(tmp_path):
+    items = make_batches(tmp_path, 5)
+    uri = write_worklist(tmp_path, items, per_child=2)
+    assert children_needed(5, 2) == 3
+    assert runtime.run(uri, 1) == runtime.EXIT_OK
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(i["key"] for i in items[2:4])
+    marker = json.loads((out / items[2]["key"] / DONE_FILE).read_text())
+    assert marker["status"] == "done" and marker["key"] == items[2]["key"] and marker["batch_id"] == 2
+    result = pd.read_parquet(out / items[2]["key"] / RESULT_FILE)
+    assert result.to_dict("list") == {"unit_id": ["u2a", "u2b"], "rows": [1, 1], "value_sum": [3.0, 2.0]}
+    assert child_slice(items, 2, 2) == items[4:]
+    assert runtime.run(uri, 7) == runtime.EXIT_OK  # an index past the end has nothing to do
+
+
+def test_running_a_batch_twice_gives_the_same_output_stored_once(tmp_path):
+    items = make_batches(tmp_path, 2)
+    uri = write_worklist(tmp_path, items, per_child=2)
+    assert runtime.run(uri, 0) == 0
+    result = tmp_path / "out" / items[0]["key"] / RESULT_FILE
+    first = digest(result)
+    (tmp_path / "out" / items[0]["key"] / DONE_FILE).unlink()  # as if the marker write had been lost
+    assert runtime.run(uri, 0) == 0
+    assert digest(result) == first
+    assert len(list((tmp_path / "out").rglob(RESULT_FILE))) == 2
+    assert not list((tmp_path / "out").rglob(".tmp-*"))
+
+
+def test_a_done_batch_is_skipped(tmp_path, caplog):
+    items = make_batches(tmp_path, 2)
+    uri = write_worklist(tmp_path, items, per_child=2)
+    assert runtime.run(uri, 0) == 0
+    marker = tmp_path / "out" / items[0]["key"] / DONE_FILE
+    before = marker.stat().st_mtime_ns
+    caplog.set_level("INFO")
+    assert runtime.run(uri, 0) == 0
+    assert marker.stat().st_mtime_ns == before
+    assert "2 cached" in caplog.text
+
+
+def test_a_foreign_or_truncated_marker_is_not_done(tmp_path):
+    items = make_batches(tmp_path, 1)
+    folder = tmp_path / "out" / items[0]["key"]
+    folder.mkdir(parents=True)
+    (folder / DONE_FILE).write_text('{"status": "done", "key": "someone-else"')
+    assert runtime.run(write_worklist(tmp_path, items), 0) == 0
+    assert json.loads((folder / DONE_FILE).read_text())["key"] == items[0]["key"]
+
+
+def test_bad_data_is_recorded_and_exits_65_while_the_rest_of_the_slice_runs(tmp_path):
+    items = make_batches(tmp_path, 3)
+    uri = write_worklist(tmp_path, items, per_child=3,
+                         params={"sleep_s": 0.0, "fail_units": ["u1a"], "salt": ""})
+    assert runtime.run(uri, 0) == runtime.EXIT_BAD_DATA
+    out = tmp_path / "out"
+    assert (out / items[0]["key"] / DONE_FILE).exists() and (out / items[2]["key"] / DONE_FILE).exists()
+    failed = json.loads((out / items[1]["key"] / FAILED_FILE).read_text())
+    assert failed["class"] == "bad_data" and "u1a" in failed["error"]
+    assert not (out / items[1]["key"] / DONE_FILE).exists()
+
+
+def test_transient_errors_exit_75_so_batch_retries(tmp_path, monkeypatch):
+    items = make_batches(tmp_path, 2)
+    uri = write_worklist(tmp_path, items)
+    calls = []
+
+    def flaky(self, batch, params):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset by peer")
+        return batch
+
+    monkeypatch.setattr(type(get_workload("noop")), "run", flaky)
+    assert runtime.run(uri, 0) == runtime.EXIT_TRANSIENT
+    assert runtime.run(uri, 0) == runtime.EXIT_OK  # the retry does only the batch that failed
+    assert len(calls) == 3
+
+
+def test_an_unexpected_error_exits_1_with_its_traceback(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 1)
+    monkeypatch.setattr(type(get_workload("noop")), "run", lambda self, b, p: 1 / 0)
+    assert runtime.run(write_worklist(tmp_path, items), 0) == runtime.EXIT_ERROR
+    assert "ZeroDivisionError" in caplog.text and "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"workload_version": "0"}, "run different code"),
+    ({"workload": "nope"}, "unknown workload 'nope'"),
+    ({"params": {"bogus": 1}}, "unknown parameter(s) ['bogus']"),
+    ({"format": 9}, "has format 9"),
+])
+def test_an_unusable_worklist_exits_64_naming_the_problem(tmp_path, caplog, changes, message):
+    uri = write_worklist(tmp_path, make_batches(tmp_path, 1), **changes)
+    assert runtime.run(uri, 0) == runtime.EXIT_USAGE
+    assert message in caplog.text
+
+
+def test_the_cli_reads_the_array_index_from_aws_batch(tmp_path):
+    items = make_batches(tmp_path, 4)
+    uri = write_worklist(tmp_path, items, per_child=1)
+    done = subprocess.run(["batch-worker", uri], env={"AWS_BATCH_JOB_ARRAY_INDEX": "3", "PATH": _path()},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [items[3]["key"]]
+    missing = subprocess.run(["batch-worker", str(tmp_path / "absent.json")], env={"PATH": _path()},
+                             capture_output=True, text=True)
+    assert missing.returncode == runtime.EXIT_USAGE and "does not exist" in missing.stdout
+
+
+def _path() -> str:
+    import os
+    import sys
+
+    return os.path.dirname(sys.executable) + ":/usr/bin:/bin"

@@ -1,0 +1,121 @@
+"""The engine's Airflow side: shard planning, child sizing, cache keys, and terminate-on-kill."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from batch_worker.cache import cache_key
+from batch_worker.workloads import get_workload
+from operators import engine, noop_data, prep
+
+
+def test_children_plan_packs_batches_so_children_stay_few():
+    assert engine.children_plan(0) == (0, 0)
+    assert engine.children_plan(3000, env={"BATCH_MAX_CHILDREN": "8"}) == (375, 8)
+    assert engine.children_plan(3000, env={}) == (6, 500)  # the AWS default: at most 500 containers
+    assert engine.children_plan(5, env={"BATCH_MAX_CHILDREN": "8"}) == (1, 5)
+    assert engine.children_plan(100, env={"BATCH_MAX_CHILDREN": "50", "BATCH_MIN_BATCHES_PER_CHILD": "10"}) == (10, 10)
+    assert engine.children_plan(10, batches_per_child=3) == (3, 4)
+    # never more than 10,000 children, whatever is asked
+    assert engine.children_plan(20_000, batches_per_child=1) == (2, 10_000)
+
+
+def test_cache_key_changes_with_content_code_version_and_params():
+    base = cache_key("abc", "noop", "1", {"salt": ""})
+    assert base == cache_key("abc", "noop", "1", {"salt": ""})
+    assert len({base, cache_key("abd", "noop", "1", {"salt": ""}), cache_key("abc", "noop", "2", {"salt": ""}),
+                cache_key("abc", "noop", "1", {"salt": "x"}), cache_key("abc", "pricing", "1", {"salt": ""})}) == 5
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    source = noop_data.write(str(tmp_path / "in.parquet"), units=500)
+    result = prep.prepare(source, get_workload("noop").schema, str(tmp_path / "prep"), bucket_count=25)
+    return result.manifest_uri
+
+
+def test_plan_shards_cuts_the_manifest_into_labelled_shards(manifest, tmp_path):
+    shards = engine.plan_shards(manifest, workload="noop", params={"salt": "s"}, out_root=str(tmp_path / "o"),
+                                run_dir=str(tmp_path / "r"), batches_per_shard=10)
+    specs = [engine.ShardSpec.from_dict(s["shard"]) for s in shards]
+    assert [(s.start, s.stop) for s in specs] == [(0, 10), (10, 20), (20, 25)]
+    assert specs[1].label == "shard 1: batches 10-19"
+    assert specs[0].params == {"sleep_s": 0.0, "fail_units": [], "salt": "s"}  # defaults filled in
+    batches = engine.shard_batches(specs[2], aws_conn_id=None)
+    assert [b["batch_id"] for b in batches] == [20, 21, 22, 23, 24]
+    assert sum(b["units"] for s in specs for b in engine.shard_batches(s, aws_conn_id=None)) == 500
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"params": {"speed": 1}}, "unknown parameter(s) ['speed']"),
+    ({"batches_per_shard": 0}, "batches_per_shard must be 1..10000"),
+    ({"min_success_ratio": 1.5}, "min_success_ratio must be within 0..1"),
+])
+def test_plan_shards_refuses_bad_settings_before_anything_runs(manifest, tmp_path, kwargs, message):
+    args = {"workload": "noop", "params": {}, "out_root": str(tmp_path), "run_dir": str(tmp_path), **kwargs}
+    with pytest.raises(ValueError) as err:
+        engine.plan_shards(manifest, **args)
+    assert message in str(err.value)
+
+
+def sleeping_job(local_aws, name: str) -> str:
+    return local_aws.batch.submit_job(
+        jobName=name, jobQueue="airbatch-cpu", jobDefinition="airbatch-worker-cpu",
+        containerOverrides={"command": ["python", "-c", "import time; time.sleep(120)"]})["jobId"]
+
+
+def wait_status(local_aws, job_id: str, wanted: tuple[str, ...], timeout: float = 30) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = local_aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]
+        if job["status"] in wanted:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {wanted}; last {job['status']}")
+
+
+def test_a_deferred_task_killed_by_a_person_terminates_its_job(local_aws):
+    from operators.triggers import BatchJobWaitTrigger
+
+    job_id = sleeping_job(local_aws, "trigger-kill")
+    trigger = BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
+    assert trigger.serialize()[0] == "operators.triggers.BatchJobWaitTrigger"
+
+    async def scenario():
+        waiting = asyncio.ensure_future(trigger.run().__anext__())
+        await asyncio.to_thread(wait_status, local_aws, job_id, ("RUNNING",))
+        assert not waiting.done()
+        waiting.cancel()  # what the triggerer does, then it calls on_kill() on a user action
+        await trigger.on_kill()
+
+    asyncio.run(scenario())
+    job = wait_status(local_aws, job_id, ("FAILED",))
+    assert "killed" in job["statusReason"]
+
+
+def test_the_trigger_fires_once_the_job_ends(local_aws):
+    from operators.triggers import BatchJobWaitTrigger
+
+    job_id = local_aws.batch.submit_job(jobName="trigger-end", jobQueue="airbatch-cpu",
+                                        jobDefinition="airbatch-worker-cpu",
+                                        containerOverrides={"command": ["python", "-c", "pass"]})["jobId"]
+
+    async def first_event():
+        return await BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2).run().__anext__()
+
+    event = asyncio.run(first_event())
+    assert event.payload["status"] == "SUCCEEDED" and event.payload["job_id"] == job_id
+
+
+def test_a_waiting_task_killed_in_sync_mode_terminates_its_job(local_aws):
+    from operators.batch import UnitsOfWorkOperator
+
+    op = UnitsOfWorkOperator(task_id="kill", shard={}, job_queue="airbatch-cpu",
+                             job_definition="airbatch-worker-cpu")
+    op.on_kill()  # nothing submitted yet: nothing to terminate, no error
+    op.job_id = sleeping_job(local_aws, "sync-kill")
+    wait_status(local_aws, op.job_id, ("RUNNING",))
+    op.on_kill()
+    assert wait_status(local_aws, op.job_id, ("FAILED",))["statusReason"] == "Task killed by the user"

@@ -1,0 +1,218 @@
+"""The unit-of-work engine end to end: dag.test() -> prep -> shards -> array jobs -> worker runtime -> collect."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow.utils.state import DagRunState, TaskInstanceState
+
+from operators.batch import UnitsOfWorkOperator
+from tests.system.test_batch_smoke import load_dag
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    monkeypatch.setenv("SHARD_RETRY_DELAY_S", "1")
+
+
+def outputs(data_root: Path) -> tuple[list[Path], list[Path]]:
+    root = data_root / "outputs" / "noop"
+    return sorted(root.glob("*/result.parquet")), sorted(root.glob("*/_DONE.json"))
+
+
+def xcom(run, task_id: str, key: str = "return_value", map_index: int | None = None):
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = select(XComModel.value).where(XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id,
+                                              XComModel.task_id == task_id, XComModel.key == key)
+        if map_index is not None:
+            query = query.where(XComModel.map_index == map_index)
+        values = [json.loads(v) if isinstance(v, str) else v for v in session.scalars(query).all()]
+    return values
+
+
+def task_instances(run, task_id: str):
+    return [ti for ti in run.get_task_instances() if ti.task_id == task_id]
+
+
+def run_dag(conf, **changes):
+    dag = load_dag("units_of_work")
+    for name, value in changes.items():
+        dag.get_task("run_shard").partial_kwargs[name] = value
+    return dag.test(run_conf=conf)
+
+
+def jobs_named(local_aws, prefix: str) -> list[dict]:
+    found = []
+    for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):
+        pages = local_aws.batch.get_paginator("list_jobs").paginate(jobQueue="airbatch-cpu", jobStatus=status)
+        found += [j for page in pages for j in page["jobSummaryList"] if j["jobName"].startswith(prefix)]
+    return found
+
+
+def worker_pids(worklist_part: str = "") -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [c.decode(errors="replace") for c in cmdline]
+        if any(c.endswith("batch-worker") for c in text[:2]) and worklist_part in " ".join(text):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_3000_batches_complete_then_an_identical_run_is_entirely_cached(airflow_db, local_aws, data_root):
+    conf = {"units": 30000, "rows_per_unit": 1, "bucket_count": 3000, "batches_per_shard": 1000}
+    run = run_dag(conf)
+    assert run.state == DagRunState.SUCCESS
+    [summary] = xcom(run, "summary")
+    assert summary["batches"] == 3000 and summary["shards"] == 3
+    assert summary["succeeded"] == 3000 and summary["cached"] == 0 and summary["failed"] == 0
+    assert summary["units"] == 30000 and len(summary["job_ids"]) == 3  # one array job per shard
+    results, markers = outputs(data_root)
+    assert len(results) == len(markers) == 3000
+    assert not list((data_root / "outputs").rglob(".tmp-*"))
+    # mapped instances carry readable names
+    names = sorted(ti.rendered_map_index for ti in task_instances(run, "run_shard"))
+    assert names[0].startswith("shard 0: batches 0-")
+
+    again = run_dag(conf)
+    assert again.state == DagRunState.SUCCESS
+    [cached] = xcom(again, "summary")
+    assert cached["cached"] == 3000 and cached["succeeded"] == 0 and cached["job_ids"] == []
+    assert len(outputs(data_root)[0]) == 3000
+
+
+def test_a_killed_child_fails_the_try_and_the_retry_runs_only_the_missing_batches(airflow_db, local_aws, data_root):
+    conf = {"units": 600, "bucket_count": 40, "batches_per_shard": 40, "batches_per_child": 10, "sleep_s": 0.25}
+    killed: list[int] = []
+
+    def kill_one_child_mid_run():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for pid in worker_pids():
+                time.sleep(1.0)  # let it finish a few of its ten batches
+                try:
+                    os.kill(pid, signal.SIGTERM)  # a crash: Batch reports exit 143 and does not retry it
+                except ProcessLookupError:
+                    continue
+                killed.append(pid)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_child_mid_run, daemon=True)
+    killer.start()
+    run = run_dag(conf)
+    killer.join(timeout=5)
+    assert killed, "no worker process was seen"
+    assert run.state == DagRunState.SUCCESS
+    [ti] = task_instances(run, "run_shard")
+    assert ti.try_number == 2  # try 1 failed on the killed child; the retry resumed
+    [summary] = xcom(run, "summary")
+    assert summary["batches"] == 40 and summary["failed"] == 0
+    assert len(summary["job_ids"]) == 2
+    # the retry's job ran only what the killed child left undone
+    worklists = sorted((data_root / "runs").rglob("worklists/*.json"), key=lambda p: p.stat().st_mtime)
+    first, second = [json.loads(p.read_text()) for p in worklists[-2:]]
+    assert len(first["items"]) == 40
+    assert 0 < len(second["items"]) < 10
+    assert summary["succeeded"] == len(second["items"]) and summary["cached"] == 40 - len(second["items"])
+    results, markers = outputs(data_root)
+    assert len(results) == len(markers) == 40  # every output exactly once
+    assert not list((data_root / "outputs").rglob(".tmp-*"))
+
+
+def test_a_changed_parameter_recomputes_every_batch(airflow_db, local_aws, data_root):
+    conf = {"units": 200, "bucket_count": 20, "batches_per_shard": 20}
+    first = run_dag(conf)
+    assert first.state == DagRunState.SUCCESS
+    salted = run_dag({**conf, "salt": "v2"})
+    assert salted.state == DagRunState.SUCCESS
+    [summary] = xcom(salted, "summary")
+    assert summary["succeeded"] == 20 and summary["cached"] == 0
+    assert len(outputs(data_root)[0]) == 40  # the old outputs stay; the new key has its own
+
+
+def test_a_bad_input_file_fails_at_prep_naming_the_column_with_nothing_fanned_out(airflow_db, local_aws,
+                                                                                    data_root, capfd):
+    bad = data_root / "bad.csv"
+    bad.write_text("unit_id,seq,amount\nu1,0,1.5\nu2,0,2.5\n")
+    before = len(jobs_named(local_aws, "units_of_work"))
+    run = run_dag({"input_uri": str(bad), "bucket_count": 10})
+    assert run.state == DagRunState.FAILED
+    [prepare] = task_instances(run, "prepare")
+    assert prepare.state == TaskInstanceState.FAILED
+    assert {ti.state for ti in task_instances(run, "run_shard")} <= {TaskInstanceState.UPSTREAM_FAILED}
+    assert "missing column(s): 'value'" in capfd.readouterr().out
+    assert len(jobs_named(local_aws, "units_of_work")) == before
+    assert not list((data_root / "runs").rglob("worklists/*.json"))
+
+
+def test_failed_units_below_the_quorum_fail_the_shard_and_above_it_are_dead_lettered(airflow_db, local_aws,
+                                                                                      data_root):
+    conf = {"units": 200, "bucket_count": 20, "batches_per_shard": 20, "fail_units": ["u000007"]}
+    strict = run_dag(conf)
+    assert strict.state == DagRunState.FAILED
+    [ti] = task_instances(strict, "run_shard")
+    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 2  # the retry ran the bad batch again
+    [failed_summary] = xcom(strict, "run_shard", key="summary")
+    assert failed_summary["failed"] == 1 and failed_summary["failures_by_class"] == {"bad_data": 1}
+    assert "u000007" in failed_summary["first_errors"]["bad_data"]
+
+    lenient = run_dag({**conf, "min_success_ratio": 0.9})
+    assert lenient.state == DagRunState.SUCCESS
+    [summary] = xcom(lenient, "summary")
+    assert summary["failed"] == 1 and summary["cached"] == 19 and summary["units_failed"] >= 1
+    import pandas as pd
+
+    dead = pd.read_parquet(summary["dead_letter"])
+    assert "u000007" in set(dead["unit_id"]) and set(dead["failure_class"]) == {"bad_data"}
+    assert len(dead) == summary["units_failed"]
+
+
+def test_a_worker_lost_mid_wait_reattaches_without_a_second_submission(airflow_db, local_aws, data_root,
+                                                                       monkeypatch):
+    original = UnitsOfWorkOperator.wait_until_ended
+    lost: list[str] = []
+
+    def wait_until_ended(self, job_id):
+        if not lost:  # the first try's worker dies while the job runs
+            lost.append(job_id)
+            raise RuntimeError("worker lost mid-wait")
+        return original(self, job_id)
+
+    monkeypatch.setattr(UnitsOfWorkOperator, "wait_until_ended", wait_until_ended)
+    run = run_dag({"units": 300, "bucket_count": 30, "batches_per_shard": 30, "batches_per_child": 5,
+                   "sleep_s": 0.1, "salt": "reattach"})
+    assert run.state == DagRunState.SUCCESS
+    [ti] = task_instances(run, "run_shard")
+    assert ti.try_number == 2
+    [summary] = xcom(run, "summary")
+    assert summary["job_ids"] == lost  # the retry waited for the same job
+    assert summary["succeeded"] == 30
+    assert len(list((data_root / "runs").rglob("worklists/*.json"))) == 1
+
+
+def test_deferrable_mode_waits_in_a_trigger(airflow_db, local_aws, data_root, capfd):
+    run = run_dag({"units": 100, "bucket_count": 10, "batches_per_shard": 10, "salt": "deferred"}, deferrable=True)
+    assert run.state == DagRunState.SUCCESS
+    text = capfd.readouterr().out
+    assert "Pausing task as DEFERRED" in text and "operators.triggers.BatchJobWaitTrigger" in text
+    [summary] = xcom(run, "summary")
+    assert summary["succeeded"] == 10
