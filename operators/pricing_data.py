@@ -346,3 +346,13 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def ensure(root: str | Path, *, rows: int, units: int, start_date: str, seed: int = 0) -> str:
+    """The dataset for these arguments under `root`, generated on first use (a `_COMPLETE` file marks it whole)."""
+    out = Path(root) / f"rows{rows}-units{units}-from{start_date}-seed{seed}"
+    if (out / "_COMPLETE").exists():
+        return str(out)
+    stats = generate(out, rows=rows, units=units, start_date=start_date, seed=seed, overwrite=True)
+    (out / "_COMPLETE").write_text(json.dumps(stats, default=str))
+    return str(out)

@@ -13,10 +13,13 @@ from collections import Counter
 from pathlib import Path
 
 
+#: The task whose result is a DAG's run summary, by convention.
+SUMMARY_TASKS = ("summary", "notify")
+
+
 def latest_run_report(dag_id: str) -> tuple[str, list[str], dict | None]:
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
@@ -30,11 +33,25 @@ def latest_run_report(dag_id: str) -> tuple[str, list[str], dict | None]:
             by_task.setdefault(ti.task_id, Counter())[str(ti.state)] += 1
         lines = [f"  {task}: " + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
                  for task, states in by_task.items()]
-        value = session.scalars(select(XComModel.value).where(
-            XComModel.dag_id == dag_id, XComModel.run_id == run.run_id,
-            XComModel.task_id == "summary", XComModel.key == "return_value")).first()
-        summary = json.loads(value) if isinstance(value, str) else value
+        summary = None
+        for task_id in SUMMARY_TASKS:
+            summary = xcom_value(dag_id, run.run_id, task_id)
+            if summary is not None:
+                break
         return str(run.state), lines, summary
+
+
+def xcom_value(dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+    """One XCom value of a finished run, decoded (None when absent)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalars(select(XComModel.value).where(
+            XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.task_id == task_id,
+            XComModel.key == key)).first()
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def first_error(log: Path) -> str | None:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from airflow.models.dagbag import DagBag
+from airflow.dag_processing.dagbag import DagBag
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.utils.state import DagRunState, TaskInstanceState
 

@@ -1,0 +1,135 @@
+"""Notifications: a summary on success; the failing task, its first error and the failed units on failure.
+
+Every message goes to the local outbox (`DATA_ROOT/outbox/*.json`, one file per message, and the
+task log), which needs no server. When configured, it also goes to
+
+- SNS: `NOTIFY_SNS_TOPIC_ARN` (through the provider's `SnsNotifier` and the `aws_default` connection);
+- SMTP: `NOTIFY_EMAIL_TO` (comma-separated; through `SmtpNotifier` and the `smtp_default` connection,
+  or `NOTIFY_SMTP_CONN_ID`).
+
+No message carries credentials: only run ids, counts, metrics, URIs and the first error line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from operators.engine import data_root, location, safe_name
+
+log = logging.getLogger(__name__)
+#: How many failed batch ids a failure message lists.
+FAILED_BATCHES_SHOWN = 20
+
+
+def channels() -> list[str]:
+    found = ["outbox"]
+    if os.environ.get("NOTIFY_SNS_TOPIC_ARN"):
+        found.append("sns")
+    if os.environ.get("NOTIFY_EMAIL_TO"):
+        found.append("smtp")
+    return found
+
+
+def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict[str, Any] | None = None) -> dict:
+    """Deliver one message on every configured channel; return {"outbox": uri, "channels": [...]}."""
+    dag_id = data.get("dag_id", "dag")
+    outbox = location(f"{data_root()}/outbox")
+    name = safe_name(f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{dag_id}-{kind}")
+    uri = outbox.join(f"{name}.json")
+    outbox.write_json(uri, {"kind": kind, "subject": subject, "body": body, "data": data})
+    log.info("notification (%s): %s\n%s", kind, subject, body)
+    sent = ["outbox"]
+    context = context or {}
+    if os.environ.get("NOTIFY_SNS_TOPIC_ARN"):
+        from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
+
+        SnsNotifier(target_arn=os.environ["NOTIFY_SNS_TOPIC_ARN"], subject=subject[:99],
+                    message=body).notify(context)
+        sent.append("sns")
+    if os.environ.get("NOTIFY_EMAIL_TO"):
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        SmtpNotifier(to=[a.strip() for a in os.environ["NOTIFY_EMAIL_TO"].split(",") if a.strip()],
+                     from_email=os.environ.get("NOTIFY_EMAIL_FROM", "airbatch@localhost"), subject=subject,
+                     html_content=f"<pre>{_escape(body)}</pre>",
+                     smtp_conn_id=os.environ.get("NOTIFY_SMTP_CONN_ID") or None).notify(context)
+        sent.append("smtp")
+    return {"outbox": uri, "channels": sent}
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def success_message(summary: dict[str, Any]) -> tuple[str, str]:
+    decision = summary.get("decision", {})
+    metrics = summary.get("metrics", {})
+    fanout = summary.get("fanout", {})
+    subject = (f"[{summary['dag_id']}] {decision.get('status', 'done')}: version {summary.get('version')} "
+               f"({fanout.get('units', 0)} units)")
+    lines = [
+        f"run {summary['run_id']} succeeded in {summary.get('duration_s', 0):.0f} s",
+        f"data window: {summary.get('window')}",
+        f"units: {fanout.get('units', 0)} in {fanout.get('batches', 0)} batches: {fanout.get('succeeded', 0)} "
+        f"computed, {fanout.get('cached', 0)} cached, {fanout.get('failed', 0)} failed "
+        f"({fanout.get('units_failed', 0)} units dead-lettered"
+        + (f": {fanout['dead_letter']}" if fanout.get("dead_letter") else "") + ")",
+        f"rows: {summary.get('rows_in', 0)} read, {summary.get('rows_quarantined', 0)} quarantined",
+        f"decision: {decision.get('status')} by {decision.get('by')} (proposed {decision.get('proposed')}: "
+        f"{'; '.join(decision.get('reasons', []))})",
+        "metrics: " + ", ".join(f"{k}={_fmt(metrics.get(k))}" for k in (
+            "coverage", "mape_p50", "degenerate_share", "uplift_pct", "price_change_p50")),
+        f"report: {summary.get('report')}",
+    ]
+    if summary.get("published"):
+        lines.append(f"published: {summary['published']}")
+    return subject, "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def failure_message(context: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    ti = context["ti"]
+    exception = context.get("exception")
+    error = f"{type(exception).__name__}: {str(exception).strip().splitlines()[0] if str(exception).strip() else ''}" \
+        if exception is not None else "no exception recorded"
+    failed_batches: list[int] = []
+    units_failed = 0
+    if ti.task_id.endswith("run_shard"):
+        summary = ti.xcom_pull(task_ids=ti.task_id, key="summary", map_indexes=ti.map_index)
+        if isinstance(summary, dict):
+            failed_batches = summary.get("failed_batches", [])
+            units_failed = summary.get("units_failed", 0)
+    subject = f"[{ti.dag_id}] FAILED at {ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+    lines = [f"run {ti.run_id}: task {ti.task_id} (map index {ti.map_index}, try {ti.try_number}) failed",
+             f"first error: {error[:500]}"]
+    if failed_batches:
+        lines.append(f"failed batches ({len(failed_batches)} listed, {units_failed} units): "
+                     f"{failed_batches[:FAILED_BATCHES_SHOWN]}")
+    data = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
+            "error": error[:500], "failed_batches": failed_batches, "units_failed": units_failed}
+    return subject, "\n".join(lines), data
+
+
+class FailureNotifier(BaseNotifier):
+    """`on_failure_callback` for a pipeline's tasks: sends the failing task, first error and failed units."""
+
+    template_fields = ()
+
+    def notify(self, context) -> None:
+        subject, body, data = failure_message(context)
+        send("failure", subject, body, data, context)
+
+
+def notify_success(summary: dict[str, Any], context: dict[str, Any] | None = None) -> dict:
+    subject, body = success_message(summary)
+    return send("success", subject, body, json.loads(json.dumps(summary, default=str)), context)

@@ -1,0 +1,201 @@
+"""The pricing pipeline end to end through dag.test(): windows, fan-out, evaluation, approval, publish, notify."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pendulum
+import pytest
+
+from airflow.utils.state import DagRunState, TaskInstanceState
+
+from tests.system.test_batch_smoke import load_dag
+from tests.system.test_units_of_work import task_instances, xcom
+
+pytestmark = pytest.mark.system
+
+#: 200 units over 60 days from 2026-01-05: windows of 28 days end on the Mondays below.
+SMALL = {"dataset": {"rows": 12_000, "units": 200, "start_date": "2026-01-05", "seed": 3},
+         "bucket_count": 20, "queue": "airbatch-cpu"}
+LOOSE_REJECT = {"reject": {"max_mape_p50": 10, "min_coverage": 0, "max_degenerate_share": 1,
+                           "max_mape_p50_increase": 10, "max_dead_letter_share": 1}}
+ALWAYS_APPROVE = {"approve": {"max_mape_p50": 10, "min_coverage": 0, "max_degenerate_share": 1,
+                              "max_mape_p50_increase": 10, "max_input_shift": 100, "max_dead_letter_share": 1},
+                  **LOOSE_REJECT}
+MONDAY = pendulum.datetime(2026, 2, 16, tz="UTC")
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    monkeypatch.setenv("SHARD_RETRY_DELAY_S", "1")
+
+
+def run_pricing(conf, logical_date=MONDAY):
+    return load_dag("pricing_optimization").test(run_conf={**SMALL, **conf}, logical_date=logical_date)
+
+
+def registry_versions(data_root: Path) -> list[dict]:
+    folder = data_root / "registry" / "pricing" / "versions"
+    return sorted((json.loads(p.read_text()) for p in folder.glob("*/version.json")), key=lambda r: r["created_at"])
+
+
+def current_version(data_root: Path) -> str | None:
+    pointer = data_root / "registry" / "pricing" / "current.json"
+    return json.loads(pointer.read_text())["version"] if pointer.exists() else None
+
+
+def outbox(data_root: Path, kind: str) -> list[dict]:
+    messages = [json.loads(p.read_text()) for p in sorted((data_root / "outbox").glob("*.json"))]
+    return [m for m in messages if m["kind"] == kind]
+
+
+@pytest.mark.parametrize("conf, message", [
+    ({"bucket_count": 0}, "bucket_count"),
+    ({"queue": "airbatch-tpu"}, "queue"),
+    ({"workload_params": {"max_chnage": 0.2}}, "max_chnage"),
+    ({"thresholds": {"approve": {"max_mape_p50": "low"}}}, "thresholds"),
+    ({"lookback_days": 3}, "lookback_days"),
+])
+def test_bad_parameters_are_refused_by_the_form_schema(airflow_db, conf, message):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = load_dag("pricing_optimization")
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dag.params)
+    with pytest.raises(ParamValidationError) as err:
+        for key, value in conf.items():
+            params[key] = value  # what the trigger form and the REST API do with a run's conf
+        params.validate()
+    assert message in str(err.value)
+    # and a run triggered with it is refused before any task runs
+    with pytest.raises(ParamValidationError):
+        dag.test(run_conf=conf)
+
+
+def test_auto_approve_publishes_and_notifies_then_an_identical_run_is_entirely_cached(airflow_db, local_aws,
+                                                                                       data_root):
+    run = run_pricing({"thresholds": ALWAYS_APPROVE})
+    assert run.state == DagRunState.SUCCESS
+    [prepared] = xcom(run, "prepare")
+    assert prepared["window"] == ["2026-01-19", "2026-02-16"]
+    assert prepared["rows_quarantined"] > 0 and sum(prepared["quarantined_by_reason"].values()) == prepared["rows_quarantined"]
+    [summary] = xcom(run, "notify")
+    assert summary["fanout"]["succeeded"] == summary["fanout"]["batches"] == 20
+    assert summary["decision"]["status"] == "Approved" and summary["decision"]["by"] == "thresholds"
+    [version] = registry_versions(data_root)
+    assert version["status"] == "Approved" and current_version(data_root) == version["version"]
+    assert version["lineage"]["window"] == ["2026-01-19", "2026-02-16"]
+    published = pd.read_parquet(data_root / "published" / "pricing" / "current" / "prices.parquet")
+    assert len(published) == version["metrics"]["units_scored"] > 0
+    report = (data_root / "registry" / "pricing" / "versions" / version["version"] / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and "Approved" not in report  # the report shows the proposal
+    [message] = outbox(data_root, "success")
+    assert "Approved by thresholds" in message["body"] and f"version {version['version']}" in message["subject"]
+    assert f"{summary['fanout']['units']} units" in message["subject"] and "report.html" in message["body"]
+
+    again = run_pricing({"thresholds": ALWAYS_APPROVE})
+    assert again.state == DagRunState.SUCCESS
+    [second] = xcom(again, "notify")
+    assert second["fanout"]["cached"] == 20 and second["fanout"]["succeeded"] == 0
+    assert len(registry_versions(data_root)) == 2  # the re-run is a new version; the decided one stays final
+
+
+def test_reject_path_keeps_the_current_version_and_publishes_nothing(airflow_db, local_aws, data_root):
+    first = run_pricing({"thresholds": ALWAYS_APPROVE})
+    assert first.state == DagRunState.SUCCESS
+    approved = current_version(data_root)
+    strict = {"reject": {"max_mape_p50": 0.0001}}
+    run = run_pricing({"thresholds": strict}, logical_date=MONDAY.add(weeks=1))
+    assert run.state == DagRunState.SUCCESS
+    [evaluation] = xcom(run, "evaluate")
+    assert evaluation["proposal"] == "reject" and "mape_p50" in evaluation["reasons"][0]
+    [publish] = task_instances(run, "publish")
+    assert publish.state == TaskInstanceState.SKIPPED
+    assert current_version(data_root) == approved
+    assert registry_versions(data_root)[-1]["status"] == "Rejected"
+    assert "Rejected by thresholds" in outbox(data_root, "success")[-1]["body"]
+
+
+def respond_when_asked(dag_id: str, option: str, user: str, answered: list) -> threading.Thread:
+    """A reviewer: waits for the approval task to park, then answers through the REST API's handler."""
+
+    def reviewer():
+        from sqlalchemy import select
+
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+        from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+        from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            with create_session() as session:
+                ti = session.scalars(select(TaskInstance).where(
+                    TaskInstance.dag_id == dag_id, TaskInstance.task_id == "ask_reviewer",
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT)).first()
+                if ti is not None:
+                    update_hitl_detail(dag_id=dag_id, dag_run_id=ti.run_id, task_id="ask_reviewer",
+                                       update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
+                                       user=SimpleAuthManagerUser(username=user, role="admin"), session=session)
+                    answered.append(ti.run_id)
+                    return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=reviewer, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("option, status", [("Approve", "Approved"), ("Reject", "Rejected")])
+def test_between_the_limits_a_person_decides(airflow_db, local_aws, data_root, option, status):
+    answered: list[str] = []
+    reviewer = respond_when_asked("pricing_optimization", option, "pat", answered)
+    run = run_pricing({"thresholds": LOOSE_REJECT, "review": "always"})
+    reviewer.join(timeout=5)
+    assert answered == [run.run_id]
+    assert run.state == DagRunState.SUCCESS
+    [evaluation] = xcom(run, "evaluate")
+    assert evaluation["proposal"] == "review"
+    [decision] = xcom(run, "decide")
+    assert decision == {**decision, "status": status, "by": "person:pat"}
+    [version] = registry_versions(data_root)
+    assert version["status"] == status and version["decided_by"] == "person:pat"
+    [publish] = task_instances(run, "publish")
+    assert publish.state == (TaskInstanceState.SUCCESS if status == "Approved" else TaskInstanceState.SKIPPED)
+    assert current_version(data_root) == (version["version"] if status == "Approved" else None)
+
+
+def test_three_weekly_intervals_give_three_versions_from_three_windows(airflow_db, local_aws, data_root):
+    ends = [MONDAY, MONDAY.add(weeks=1), MONDAY.add(weeks=2)]
+    for end in ends:
+        run = run_pricing({"thresholds": ALWAYS_APPROVE}, logical_date=end)
+        assert run.state == DagRunState.SUCCESS
+        [interval_end] = [run.data_interval_end]
+        assert interval_end == end
+    versions = registry_versions(data_root)
+    assert len(versions) == 3
+    windows = [v["lineage"]["window"] for v in versions]
+    assert windows == [[(e - dt.timedelta(days=28)).date().isoformat(), e.date().isoformat()] for e in ends]
+    assert len({v["input_stats"]["last_date"] for v in versions}) == 3
+    assert current_version(data_root) == versions[-1]["version"]
+    # the later windows overlap the earlier ones but hold other rows: every batch key is new
+    assert all(v["metrics"]["units_scored"] > 0 for v in versions)
+
+
+def test_a_failing_task_notifies_its_first_error(airflow_db, local_aws, data_root):
+    bad = data_root / "bad" / "date=2026-02-01"
+    bad.mkdir(parents=True)
+    (bad / "part-0.csv").write_text("segment,location,product,date,price,quantity,unit_cost\n"
+                                    "s1,l1,p1,2026-02-01,9.5,3,4\n")
+    run = run_pricing({"input_uri": str(data_root / "bad")})
+    assert run.state == DagRunState.FAILED
+    [message] = outbox(data_root, "failure")
+    assert message["subject"] == "[pricing_optimization] FAILED at prepare"
+    assert "missing column(s): 'current_price'" in message["body"]
+    assert {ti.state for ti in task_instances(run, "run_shard")} <= {TaskInstanceState.UPSTREAM_FAILED}
