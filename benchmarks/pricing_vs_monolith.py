@@ -3,7 +3,7 @@
     python benchmarks/pricing_vs_monolith.py --rows N [--buckets B] [--queue airbatch-cpu|airbatch-gpu]
 
 Generates N rows of synthetic sales (operators.pricing_data; 28 days ending 2026-02-15, so the
-pipeline's window for the week ending Monday 2026-02-16 holds every row; N/28 units), then times
+pipeline's window for the week ending Monday 2026-02-16 holds every row; the fewest units that make N rows in 28 days), then times
 
   monolith  read the dataset with pandas, then `benchmarks.pricing_monolith.run_monolith`: the
             per-unit pandas loop in one process (the "before")
@@ -40,7 +40,6 @@ def main() -> int:
     parser.add_argument("--queue", default="airbatch-cpu", choices=["airbatch-cpu", "airbatch-gpu"])
     parser.add_argument("--vcpus", type=int, default=2)
     args = parser.parse_args()
-    units = max(1, args.rows // DAYS)
 
     from localaws.stack import configure, migrate, running_endpoint
 
@@ -56,6 +55,7 @@ def main() -> int:
     from benchmarks.pricing_monolith import run_monolith
     from operators import pricing_data
 
+    units, _ = pricing_data.plan(args.rows, None, DAYS)
     with tempfile.TemporaryDirectory(prefix="pricing-bench-") as scratch:
         data = Path(scratch) / "sales"
         started = time.perf_counter()

@@ -221,7 +221,7 @@ Report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}""",
 
     @task(outlets=[CURRENT_PRICES])
     def publish(evaluation: dict, decision: dict, outlet_events=None) -> str:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from operators import engine, registry
 

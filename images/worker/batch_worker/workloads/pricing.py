@@ -76,20 +76,32 @@ def usable_rows(batch: pd.DataFrame) -> pd.DataFrame:
     rows are kept here (they still carry the unit's latest price and cost).
     """
     batch = batch.reset_index(drop=True)
-    frame = pd.DataFrame({key: batch[key] for key in UNIT_KEY})
-    for column in NUMERIC_COLUMNS:
-        frame[column] = pd.to_numeric(batch[column], errors="coerce").astype("float64")
-    dates = pd.to_datetime(batch["date"], errors="coerce")
+    # Built from NumPy arrays in one go: per-column pandas assignment dominated small batches.
+    numbers = {column: _float_array(batch[column]) for column in NUMERIC_COLUMNS}
+    dates = batch["date"]
+    if not pd.api.types.is_datetime64_any_dtype(dates.dtype):
+        dates = pd.to_datetime(dates, errors="coerce")
     if isinstance(dates.dtype, pd.DatetimeTZDtype):
         dates = dates.dt.tz_localize(None)
-    valid = frame[list(UNIT_KEY)].notna().all(axis=1) & dates.notna()
-    valid &= np.isfinite(frame[list(NUMERIC_COLUMNS)]).all(axis=1)
-    valid &= (frame["price"] > 0) & (frame["current_price"] > 0)
-    valid &= (frame["quantity"] >= 0) & (frame["unit_cost"] >= 0)
-    if not valid.all():  # filtering copies every column; prep usually leaves nothing to drop
-        frame, dates = frame[valid.to_numpy()], dates[valid.to_numpy()]
-    frame["day"] = dates.to_numpy(dtype="datetime64[D]").astype(np.int64)
-    return frame
+    days = dates.to_numpy(dtype="datetime64[D]")
+    checks = [batch[key].notna().to_numpy() for key in UNIT_KEY]
+    checks.append(~np.isnat(days))
+    checks += [np.isfinite(values) for values in numbers.values()]
+    with np.errstate(invalid="ignore"):
+        checks += [numbers["price"] > 0, numbers["current_price"] > 0, numbers["quantity"] >= 0,
+                   numbers["unit_cost"] >= 0]
+    valid = np.logical_and.reduce(checks)
+    keep = slice(None) if valid.all() else valid  # filtering copies every column; prep usually leaves nothing to drop
+    columns = {key: batch[key].to_numpy()[keep] for key in UNIT_KEY}
+    columns.update({column: values[keep] for column, values in numbers.items()})
+    columns["day"] = days[keep].astype(np.int64)
+    return pd.DataFrame(columns)
+
+
+def _float_array(column: pd.Series) -> np.ndarray:
+    if not pd.api.types.is_numeric_dtype(column.dtype):
+        column = pd.to_numeric(column, errors="coerce")
+    return column.to_numpy(dtype="float64", na_value=np.nan)
 
 
 def check_params(params: dict[str, Any]) -> None:
@@ -289,11 +301,12 @@ class PricingWorkload(Workload):
                 *(xp.asarray(rows[column].to_numpy()) for column in NUMERIC_COLUMNS),
                 params,
             )
-        out = units.astype("str")
+        columns = {key: units[key].astype("str").to_numpy() for key in UNIT_KEY}
         for name in OUTPUT_COLUMNS[len(UNIT_KEY) : -2]:
-            out[name] = to_numpy(result[name])
-        out["n_points"] = out["n_points"].astype(np.int64)
+            columns[name] = to_numpy(result[name])
+        columns["n_points"] = columns["n_points"].astype(np.int64)
         reason_code = to_numpy(result["reason_code"])
-        out["status"] = np.where(reason_code == 0, "ok", "degenerate")
-        out["reason"] = pd.Series(np.asarray(REASONS, dtype=object)[reason_code], dtype="str")
-        return out
+        columns["status"] = np.where(reason_code == 0, "ok", "degenerate")
+        columns["reason"] = pd.Series(np.asarray(REASONS, dtype=object)[reason_code], dtype="str")
+        out = pd.DataFrame(columns)
+        return out.astype({**dict.fromkeys(UNIT_KEY, "str"), "status": "str"})
