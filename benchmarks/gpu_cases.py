@@ -16,20 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from batch_worker import gpu_cases
-
-
-def _fmt(value: float | None, spec: str = ".4g", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
-def format_table(table: list[dict[str, Any]]) -> str:
-    """The comparison table as fixed-width text."""
-    header = ("case", "cpu s", "gpu s", "speedup", "gpu kernel s", "% of peak", "status")
-    lines = [(row["case"], _fmt(row["cpu_s"]), _fmt(row["gpu_s"]), _fmt(row["speedup"], ".3g", "x"),
-              _fmt(row["gpu_kernel_s"]), _fmt(row["pct_of_peak"], ".1f"), row["status"]) for row in table]
-    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(len(header) - 1)]
-    return "\n".join("  ".join([*(str(c).ljust(w) for c, w in zip(cells, widths)), cells[-1]])
-                     for cells in [header, *lines])
+from batch_worker.gpu_cases import fmt_number as _fmt
+from batch_worker.gpu_cases import format_table
 
 
 def first_call_line(rows: list[dict[str, Any]]) -> str | None:

@@ -35,7 +35,7 @@ from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from operators.approval import REVIEW_KEY, ReviewApprovalOperator
-from operators.batch import SHARD_LABEL, UnitsOfWorkOperator
+from operators.batch import run_shards
 from operators.notify import FailureNotifier
 
 WORKLOAD = "pricing"
@@ -261,15 +261,7 @@ Report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}""",
 
     source = dataset()
     prepared = prepare(source)
-    shards = UnitsOfWorkOperator.partial(
-        task_id="run_shard",
-        job_queue="{{ params.queue }}",
-        job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
-        poll_interval=2,
-        map_index_template=SHARD_LABEL,
-        retries=1,
-        retry_delay=timedelta(seconds=float(os.environ.get("SHARD_RETRY_DELAY_S", "30"))),
-    ).expand_kwargs(plan(prepared))
+    shards = run_shards(plan(prepared), poll_interval=2)
     fanout = collect(shards.output, prepared)
     evaluated = evaluate(fanout, prepared)
     branch = gate(evaluated)

@@ -21,14 +21,12 @@ of each, the failed children's Batch reason and log tail; its results file lists
 """
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 
 import pendulum
 
 from airflow.sdk import Param, dag, task
 
-from operators.batch import SHARD_LABEL, UnitsOfWorkOperator
+from operators.batch import run_shards
 
 WORKLOAD = "noop"
 
@@ -100,17 +98,7 @@ def units_of_work():
                 "quarantined_by_reason": prepared["quarantined_by_reason"], **combined}
 
     prepared = prepare()
-    shards = UnitsOfWorkOperator.partial(
-        task_id="run_shard",
-        job_queue="{{ params.queue }}",
-        job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
-        poll_interval=1,
-        map_index_template=SHARD_LABEL,
-        # A retry resumes only the batches that are not done; Spot and host losses never reach it
-        # (Batch's own retry strategy takes those).
-        retries=1,
-        retry_delay=timedelta(seconds=float(os.environ.get("SHARD_RETRY_DELAY_S", "30"))),
-    ).expand_kwargs(plan(prepared))
+    shards = run_shards(plan(prepared), poll_interval=1)
     summary(shards.output, prepared)
 
 

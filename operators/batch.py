@@ -286,3 +286,25 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         """Terminate the shard's job (every array child) when the task is failed or cleared while it waits."""
         if self.job_id:
             super().on_kill()
+
+
+def run_shards(shards, *, task_id: str = "run_shard", poll_interval: float = 2, **kwargs: Any):
+    """The mapped shard task of a pipeline whose `queue` param names the Batch queue (airbatch-cpu/-gpu).
+
+    The job definition follows the queue (the GPU one asks for a GPU). A retry resumes only the
+    batches that are not done; Spot and host losses never reach it (Batch's retry strategy takes
+    them). SHARD_RETRY_DELAY_S sets the delay before that retry (default 30 s).
+    """
+    import os
+    from datetime import timedelta
+
+    return UnitsOfWorkOperator.partial(
+        task_id=task_id,
+        job_queue="{{ params.queue }}",
+        job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
+        poll_interval=poll_interval,
+        map_index_template=SHARD_LABEL,
+        retries=kwargs.pop("retries", 1),
+        retry_delay=timedelta(seconds=float(os.environ.get("SHARD_RETRY_DELAY_S", "30"))),
+        **kwargs,
+    ).expand_kwargs(shards)

@@ -19,8 +19,6 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from operators.engine import data_root, location, safe_name
-
 log = logging.getLogger(__name__)
 #: How many failed batch ids a failure message lists.
 FAILED_BATCHES_SHOWN = 20
@@ -37,6 +35,8 @@ def channels() -> list[str]:
 
 def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict[str, Any] | None = None) -> dict:
     """Deliver one message on every configured channel; return {"outbox": uri, "channels": [...]}."""
+    from operators.engine import data_root, location, safe_name  # pandas and DuckDB stay out of DAG parsing
+
     dag_id = data.get("dag_id", "dag")
     outbox = location(f"{data_root()}/outbox")
     name = safe_name(f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{dag_id}-{kind}")

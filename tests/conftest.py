@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from localaws.stack import REPO, configure, local_bundle, local_env, migrate, running_endpoint
+from localaws.stack import REPO, configure, local_bundle, migrate, running_endpoint
 
 TEST_HOME = REPO / ".airflow" / "tests"
-
-__all__ = ["local_env"]
 
 # The product's DAGs plus DAGs that exist only for tests.
 configure(TEST_HOME, extra_bundles=[local_bundle("test-dags", REPO / "tests" / "fixture_dags")])

@@ -574,6 +574,20 @@ def compare(cpu_rows: list[dict[str, Any]], gpu_rows: list[dict[str, Any]],
     return table
 
 
+def fmt_number(value: float | None, spec: str = ".4g", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """The comparison table as fixed-width text."""
+    header = ("case", "cpu s", "gpu s", "speedup", "gpu kernel s", "% of peak", "status")
+    lines = [(row["case"], fmt_number(row["cpu_s"]), fmt_number(row["gpu_s"]), fmt_number(row["speedup"], ".3g", "x"),
+              fmt_number(row["gpu_kernel_s"]), fmt_number(row["pct_of_peak"], ".1f"), row["status"]) for row in table]
+    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(str(c).ljust(w) for c, w in zip(cells, widths)), cells[-1]])
+                     for cells in [header, *lines])
+
+
 def suite_speedup(table: list[dict[str, Any]]) -> float | None:
     """Total CPU seconds over total GPU seconds, over the cases measured on both; None if there are none."""
     both = [row for row in table if row["cpu_s"] and row["gpu_s"]]
