@@ -155,3 +155,32 @@ def _path() -> str:
     import sys
 
     return os.path.dirname(sys.executable) + ":/usr/bin:/bin"
+
+
+def test_the_runtime_reads_and_writes_s3_through_the_endpoint(local_aws, tmp_path):
+    """What a container does on AWS: worklist, batches and outputs on S3, found through AWS_ENDPOINT_URL."""
+    import os
+
+    s3 = local_aws.s3
+    s3.create_bucket(Bucket="airbatch-runtime")
+    items = make_batches(tmp_path, 3)
+    for item in items:
+        key = f"batches/bucket={item['batch_id']}/data_0.parquet"
+        s3.upload_file(item["uri"], "airbatch-runtime", key)
+        item["uri"] = f"s3://airbatch-runtime/{key}"
+    worklist = json.loads(Path(write_worklist(tmp_path, items, per_child=3)).read_text())
+    worklist["output_root"] = "s3://airbatch-runtime/outputs/noop"
+    s3.put_object(Bucket="airbatch-runtime", Key="worklists/w.json", Body=json.dumps(worklist).encode())
+    env = {"PATH": _path(), "AWS_ENDPOINT_URL": local_aws.url, "AWS_ACCESS_KEY_ID": "localaws",
+           "AWS_SECRET_ACCESS_KEY": "localaws", "AWS_DEFAULT_REGION": local_aws.region, "HOME": os.environ["HOME"]}
+    done = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket="airbatch-runtime", Prefix="outputs/")["Contents"]}
+    assert listed == {f"outputs/noop/{i['key']}/{name}" for i in items for name in (RESULT_FILE, DONE_FILE)}
+    marker = json.loads(s3.get_object(Bucket="airbatch-runtime", Key=f"outputs/noop/{items[0]['key']}/{DONE_FILE}")
+                        ["Body"].read())
+    assert marker["key"] == items[0]["key"] and marker["status"] == "done"
+    again = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "3 cached" in again.stdout
