@@ -174,8 +174,9 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         pending = [b for b in batches if b["key"] not in done]
         self.log.info("%s: %d batches, %d already done (cached), %d pending", spec.label, len(batches),
                       len(batches) - len(pending), len(pending))
-        if not pending:
-            result = engine.outcome(spec, batches, set(), None, {}, self.aws_conn_id)
+        if not pending:  # cached, or computed by an earlier try's job that ended while no worker watched
+            earlier = self.submitted_keys(state) if state else set()
+            result = engine.outcome(spec, batches, earlier, state["job_id"] if state else None, {}, self.aws_conn_id)
             return self.finish(context, spec, result, job_ids, started)
 
         requested = self.batches_per_child if self.batches_per_child not in (None, "", "None", 0, "0") else None
@@ -195,7 +196,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                       "array job" if children > 1 else "job", len(pending), children, per_child, worklist)
         self.submit_job(context)
         state = {"job_id": self.job_id, "worklist": worklist, "job_ids": [*job_ids, self.job_id],
-                 "submitted_at": started}
+                 "worklists": [*(state.get("worklists", []) if state else []), worklist], "submitted_at": started}
         if store is not None:
             store.set(STATE_KEY, state)
         return self.wait_and_collect(context, spec, state, batches, started)
@@ -230,9 +231,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         if job["status"] == "FAILED":
             self.explain_failure(job)
         worklist = engine.location(state["worklist"], self.aws_conn_id).read_json()
-        submitted = {item["key"] for item in worklist["items"]}
         reasons = self.child_reasons(job, worklist) if job["status"] == "FAILED" else {}
-        result = engine.outcome(spec, batches, submitted, job["jobId"], reasons, self.aws_conn_id)
+        result = engine.outcome(spec, batches, self.submitted_keys(state), job["jobId"], reasons, self.aws_conn_id)
         return self.finish(context, spec, result, list(state["job_ids"]), started)
 
     def finish(self, context, spec, result, job_ids: list[str], started: float) -> dict[str, Any]:
@@ -261,6 +261,15 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         return summary
 
     # --- Batch helpers ----------------------------------------------------------------------------
+
+    def submitted_keys(self, state: dict[str, Any]) -> set[str]:
+        """Batches this task instance submitted in any of its tries: done ones count as succeeded, not cached."""
+        from operators import engine
+
+        keys: set[str] = set()
+        for uri in state.get("worklists") or [state["worklist"]]:
+            keys |= {item["key"] for item in engine.location(uri, self.aws_conn_id).read_json()["items"]}
+        return keys
 
     def describe_or_none(self, job_id: str) -> dict[str, Any] | None:
         jobs = self.hook.client.describe_jobs(jobs=[job_id])["jobs"]
