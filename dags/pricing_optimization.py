@@ -115,8 +115,8 @@ def pricing_optimization():
         window = ((end - timedelta(days=params["lookback_days"])).isoformat(), end.isoformat())
         root = engine.run_root(dag.dag_id, run_id)
         out = f"{root}/prep"
-        result = prep.prepare(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"], window=window,
-                              storage_options=engine.options_for(out, "aws_default"))
+        result = prep.prepare_configured(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"],
+                                         window=window, storage_options=engine.options_for(out, "aws_default"))
         if not result.rows_ok:
             raise ValueError(f"no usable rows in the window [{window[0]}, {window[1]}) of {input_uri} "
                              f"({result.rows_in} rows in the window, {result.rows_quarantined} quarantined)")
@@ -166,7 +166,8 @@ def pricing_optimization():
         workload = get_workload(WORKLOAD)
         lineage = {"dag_id": dag.dag_id, "run_id": run_id, "logical_date": str(logical_date),
                    "window": prepared["window"], "input_uri": prepared["input_uri"], "workload": WORKLOAD,
-                   "workload_version": workload.version, "workload_params": workload.resolve_params(params["workload_params"]),
+                   "workload_version": workload.version,
+                   "workload_params": workload.resolve_params(params["workload_params"]),
                    "image": os.environ.get("WORKER_IMAGE", ""), "job_ids": fanout["job_ids"],
                    "manifest": prepared["manifest_uri"]}
         version = models.register(version, metrics=metrics, input_stats=prepared["input_stats"], lineage=lineage,

@@ -67,7 +67,7 @@ def units_of_work():
             input_uri = noop_data.write(target, params["units"], params["rows_per_unit"],
                                         engine.options_for(target, "aws_default"))
         out = f"{root}/prep"
-        result = prep.prepare(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"],
+        result = prep.prepare_configured(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"],
                               storage_options=engine.options_for(out, "aws_default"))
         print(f"prepared {result.rows_ok} rows of {result.units} units into {result.batches} batches; "
               f"{result.rows_quarantined} rows quarantined {result.quarantined_by_reason}")

@@ -339,6 +339,115 @@ def run_athena_prep(source_table: str, schema: InputSchema, target_table: str, e
     return execution_id
 
 
+def athena_manifest_sql(target_table: str, schema: InputSchema) -> str:
+    """One manifest row per file of the CTAS output: its batch (bucket), rows, units and an order-free hash.
+
+    Athena's `checksum` aggregate is independent of row order, like the DuckDB path's content hash.
+    A bucket written as several files gives several batches with the same bucket id.
+    """
+    if not _TABLE_NAME.match(target_table):
+        raise ValueError(f"target_table {target_table!r} is not a [database.]table name")
+    sql = SchemaSql(schema, ATHENA)
+    row_text = sql.key_text(schema.names)
+    return (f'SELECT "$path" AS uri, {BUCKET_COLUMN} AS bucket, count(*) AS rows, '
+            f"count(DISTINCT {sql.key_text(schema.unit_key)}) AS units, "
+            f"to_hex(checksum({row_text})) AS content_hash\n"
+            f'FROM {target_table}\nGROUP BY "$path", {BUCKET_COLUMN}\nORDER BY {BUCKET_COLUMN}, uri')
+
+
+def athena_quarantine_sql(source_table: str, schema: InputSchema, window: tuple[str, str] | None = None) -> str:
+    """Counts of the rows the CTAS leaves out, by reason (the DuckDB path's quarantine reasons)."""
+    sql = SchemaSql(schema, ATHENA, (c.name for c in schema.columns if c.dtype != "string"))
+    where = f"\nWHERE {sql.in_scope(window)}" if window else ""
+    return (f"SELECT reason, count(*) AS n FROM (SELECT {sql.reason()} AS reason FROM {source_table}{where})\n"
+            f"WHERE reason IS NOT NULL GROUP BY reason ORDER BY reason")
+
+
+def _athena_rows(hook, execution_id: str) -> list[dict[str, str | None]]:
+    rows: list[list[str | None]] = []
+    for page in hook.get_query_results_paginator(execution_id):
+        rows += [[cell.get("VarCharValue") for cell in row["Data"]] for row in page["ResultSet"]["Rows"]]
+    if not rows:
+        return []
+    header, *data = rows
+    return [dict(zip(header, values)) for values in data]
+
+
+def prepare_athena(source_table: str, schema: InputSchema, out_uri: str, bucket_count: int, *, database: str,
+                   output_location: str, window: tuple[str, str] | None = None, workgroup: str = "primary",
+                   aws_conn_id: str = "aws_default", poll_seconds: int = 10,
+                   storage_options: dict | None = None) -> PrepResult:
+    """`prepare` at scale: the same checks and buckets as an Athena CTAS into `out_uri`/batches/.
+
+    Three queries through the provider's AthenaHook (what its AthenaOperator runs): the CTAS
+    (`athena_ctas_sql`), the counts of left-out rows by reason (`athena_quarantine_sql`; the rows
+    themselves stay in the source table, and duplicates the CTAS drops are not counted), and the
+    manifest (`athena_manifest_sql`), written as `out_uri`/manifest.parquet.
+    """
+    from airflow.providers.amazon.aws.hooks.athena import AthenaHook
+
+    out = Location.parse(out_uri, storage_options)
+    if not out.remote:
+        raise ValueError(f"the Athena prep writes to S3; out_uri must be s3://, got {out_uri!r}")
+    target = f"{database}.prep_{re.sub(r'[^a-z0-9]', '_', out.uri.lower())[-60:].strip('_')}"
+    run_athena_prep(source_table, schema, target, out.join(BATCHES_DIR) + "/", bucket_count, database=database,
+                    output_location=output_location, window=window, workgroup=workgroup, aws_conn_id=aws_conn_id,
+                    poll_seconds=poll_seconds)
+    hook = AthenaHook(aws_conn_id=aws_conn_id)
+
+    def query(text: str) -> list[dict[str, str | None]]:
+        execution_id = hook.run_query(text, query_context={"Database": database},
+                                      result_configuration={"OutputLocation": output_location}, workgroup=workgroup)
+        state = hook.poll_query_status(execution_id, sleep_time=poll_seconds)
+        if state != "SUCCEEDED":
+            raise RuntimeError(f"Athena query {execution_id} ended {state}: {hook.get_state_change_reason(execution_id)}")
+        return _athena_rows(hook, execution_id)
+
+    by_reason = {row["reason"]: int(row["n"]) for row in query(athena_quarantine_sql(source_table, schema, window))}
+    files = query(athena_manifest_sql(target, schema))
+    manifest = pd.DataFrame({
+        "batch_id": range(len(files)),
+        "uri": [row["uri"] for row in files],
+        "rows": [int(row["rows"]) for row in files],
+        "units": [int(row["units"]) for row in files],
+        "content_hash": [f"athena-{row['bucket']}-{row['content_hash']}" for row in files],
+    }, columns=list(MANIFEST_COLUMNS))
+    from batch_worker.runtime import parquet_bytes
+
+    out.write_bytes(out.join(MANIFEST_FILE), parquet_bytes(manifest))
+    rows_ok = int(manifest["rows"].sum())
+    rows_quarantined = sum(by_reason.values())
+    return PrepResult(out_uri=out.uri, manifest_uri=out.join(MANIFEST_FILE), quarantine_uri=None,
+                      rows_in=rows_ok + rows_quarantined, rows_ok=rows_ok, rows_quarantined=rows_quarantined,
+                      quarantined_by_reason=dict(sorted(by_reason.items())), units=int(manifest["units"].sum()),
+                      batches=len(manifest), bucket_count=bucket_count)
+
+
+ATHENA_SCHEME = "athena://"
+
+
+def prepare_configured(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int,
+                       window: tuple[str, str] | None = None, storage_options: dict | None = None,
+                       env: Mapping[str, str] | None = None) -> PrepResult:
+    """`prepare` (DuckDB), or `prepare_athena` when the input is `athena://database.table`.
+
+    The Athena path reads ATHENA_OUTPUT_LOCATION (query results, s3://) and ATHENA_WORKGROUP
+    (default primary) from the environment; the database is the table's.
+    """
+    env = os.environ if env is None else env
+    if not input_uri.startswith(ATHENA_SCHEME):
+        return prepare(input_uri, schema, out_uri, bucket_count, window=window, storage_options=storage_options)
+    table = input_uri.removeprefix(ATHENA_SCHEME)
+    if "." not in table or not _TABLE_NAME.match(table):
+        raise ValueError(f"{input_uri!r}: expected athena://database.table")
+    if not env.get("ATHENA_OUTPUT_LOCATION", "").startswith("s3://"):
+        raise ValueError("the Athena prep needs ATHENA_OUTPUT_LOCATION=s3://bucket/prefix/ for query results")
+    return prepare_athena(table, schema, out_uri, bucket_count, database=table.split(".")[0],
+                          output_location=env["ATHENA_OUTPUT_LOCATION"], window=window,
+                          workgroup=env.get("ATHENA_WORKGROUP", "primary"), storage_options=storage_options,
+                          poll_seconds=int(env.get("ATHENA_POLL_SECONDS", "5")))
+
+
 # --- Input files ---------------------------------------------------------------------------------------
 
 def _input_format(path: str) -> str | None:

@@ -452,3 +452,59 @@ def test_run_athena_prep_submits_the_generated_ctas(moto_endpoint):
     assert execution["QueryExecutionContext"]["Database"] == "sales"
     assert execution["ResultConfiguration"]["OutputLocation"].startswith("s3://lake/athena-results/")
     assert execution["Status"]["State"] == "SUCCEEDED"
+
+
+def athena_result(header: list[str], rows: list[list[str]]) -> dict:
+    return {"rows": [{"Data": [{"VarCharValue": v} for v in values]} for values in [header, *rows]],
+            "column_info": [{"Name": h, "Type": "varchar"} for h in header]}
+
+
+def test_prepare_configured_runs_the_athena_path_for_an_athena_table(moto_endpoint):
+    """The Athena path's API calls against the endpoint: CTAS, quarantine counts, manifest query, manifest file.
+
+    moto runs no SQL, so the query results Athena would return are queued through moto's API.
+    """
+    import requests
+
+    from operators.prep import athena_manifest_sql, athena_quarantine_sql, prepare_configured
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="lake")
+    files = [["s3://lake/prep/run1/batches/q_bucket-00003", "3", "120", "7", "a1"],
+             ["s3://lake/prep/run1/batches/q_bucket-00005", "5", "80", "4", "b2"]]
+    requests.post(f"{moto_endpoint}/moto-api/static/athena/query-results", json={"results": [
+        athena_result(["rows"], []),  # the CTAS
+        athena_result(["reason", "n"], [["null:segment", "3"], ["out_of_range:price", "2"]]),
+        athena_result(["uri", "bucket", "rows", "units", "content_hash"], files),
+    ]}).raise_for_status()
+    options = {"key": "testing", "secret": "testing", "endpoint_url": moto_endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    window = ("2026-01-01", "2026-01-08")
+    result = prepare_configured("athena://sales.raw", SCHEMA, "s3://lake/prep/run1", 64, window=window,
+                                storage_options=options,
+                                env={"ATHENA_OUTPUT_LOCATION": "s3://lake/athena-results/", "ATHENA_POLL_SECONDS": "1"})
+    assert (result.rows_ok, result.rows_quarantined, result.units, result.batches) == (200, 5, 11, 2)
+    assert result.quarantined_by_reason == {"null:segment": 3, "out_of_range:price": 2}
+    manifest = read_manifest(result.manifest_uri, options)
+    assert manifest["uri"].tolist() == [f[0] for f in files] and manifest["rows"].tolist() == [120, 80]
+    assert manifest["content_hash"].tolist() == ["athena-3-a1", "athena-5-b2"]
+
+    athena = boto3.client("athena", endpoint_url=moto_endpoint, region_name="us-east-1")
+    ids = athena.list_query_executions()["QueryExecutionIds"]
+    queries = [athena.get_query_execution(QueryExecutionId=i)["QueryExecution"]["Query"] for i in ids]
+    target = next(q.split()[2] for q in queries if q.startswith("CREATE TABLE sales.prep_"))
+    assert athena_ctas_sql("sales.raw", SCHEMA, target, "s3://lake/prep/run1/batches/", 64, window) in queries
+    assert athena_quarantine_sql("sales.raw", SCHEMA, window) in queries
+    assert athena_manifest_sql(target, SCHEMA) in queries
+
+
+@pytest.mark.parametrize("uri, env, message", [
+    ("athena://raw", {"ATHENA_OUTPUT_LOCATION": "s3://x/"}, "expected athena://database.table"),
+    ("athena://sales.raw", {}, "ATHENA_OUTPUT_LOCATION"),
+])
+def test_the_athena_path_names_what_is_missing(uri, env, message):
+    from operators.prep import prepare_configured
+
+    with pytest.raises(ValueError) as err:
+        prepare_configured(uri, SCHEMA, "s3://lake/x", 8, env=env)
+    assert message in str(err.value)
