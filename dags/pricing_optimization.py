@@ -1,9 +1,11 @@
 """
 ### pricing_optimization: a price per (segment, location, product), weekly, approved before it is used
 
-1. **dataset**: the input: `input_uri` (CSV/Parquet, partitioned by `date=`), or, when empty, a
-   synthetic dataset (`dataset.rows` rows of `dataset.units` units from `dataset.start_date`),
-   generated once under `DATA_ROOT/datasets/`.
+1. **dataset**: the input. This is `input_uri` (CSV/Parquet, partitioned by `date=`), or, when
+   that is empty, a synthetic dataset generated once under `DATA_ROOT/datasets/`:
+   `dataset.rows` rows of `dataset.units` units from `dataset.start_date`. An empty start date
+   makes the data end where the run's interval ends, so scheduled runs and backfills work out of
+   the box.
 2. **prepare**: the run's window: the `lookback_days` days before the end of its data interval
    (weekly, Monday to Monday). Validated against the pricing schema; bad rows are quarantined
    and counted. Units are bucketed into `bucket_count` batches.
@@ -59,13 +61,14 @@ _limits = {"type": "object", "additionalProperties": False, "properties": {
     default_args={"on_failure_callback": FailureNotifier()},
     params={
         "input_uri": Param("", type="string", description="CSV/Parquet input partitioned by date=; empty: synthetic"),
-        "dataset": Param({"rows": 4_200_000, "units": 100_000, "start_date": "2026-01-05", "seed": 0}, type="object",
+        "dataset": Param({"rows": 4_200_000, "units": 100_000, "start_date": "", "seed": 0}, type="object",
                          additionalProperties=False, required=["rows", "units", "start_date", "seed"],
                          properties={"rows": {"type": "integer", "minimum": 10_000, "maximum": 50_000_000},
                                      "units": {"type": "integer", "minimum": 1, "maximum": 5_000_000},
-                                     "start_date": {"type": "string", "format": "date"},
+                                     "start_date": {"type": "string", "pattern": "^([0-9]{4}-[0-9]{2}-[0-9]{2})?$"},
                                      "seed": {"type": "integer", "minimum": 0}},
-                         description="the synthetic dataset used when input_uri is empty"),
+                         description="the synthetic dataset used when input_uri is empty; an empty start_date "
+                                     "makes it end where the run's data interval ends"),
         "lookback_days": Param(28, type="integer", minimum=7, maximum=730),
         "bucket_count": Param(3000, type="integer", minimum=1, maximum=10_000),
         "batches_per_shard": Param(1000, type="integer", minimum=1, maximum=10_000),
@@ -90,7 +93,7 @@ _limits = {"type": "object", "additionalProperties": False, "properties": {
 )
 def pricing_optimization():
     @task
-    def dataset(params=None) -> dict:
+    def dataset(params=None, data_interval_end=None) -> dict:
         import time
 
         from operators import pricing_data
@@ -100,8 +103,12 @@ def pricing_optimization():
         if params["input_uri"]:
             return {"uri": params["input_uri"], "started_at": started}
         spec = params["dataset"]
+        start = spec["start_date"]
+        if not start:  # as many days as rows/units make, ending the day before the interval ends
+            _, days = pricing_data.plan(spec["rows"], spec["units"], None)
+            start = (data_interval_end.date() - timedelta(days=days)).isoformat()
         uri = pricing_data.ensure(f"{data_root()}/datasets/pricing", rows=spec["rows"], units=spec["units"],
-                                  start_date=spec["start_date"], seed=spec["seed"])
+                                  start_date=start, seed=spec["seed"])
         return {"uri": uri, "started_at": started}
 
     @task

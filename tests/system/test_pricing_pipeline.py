@@ -199,3 +199,13 @@ def test_a_failing_task_notifies_its_first_error(airflow_db, local_aws, data_roo
     assert message["subject"] == "[pricing_optimization] FAILED at prepare"
     assert "missing column(s): 'current_price'" in message["body"]
     assert {ti.state for ti in task_instances(run, "run_shard")} <= {TaskInstanceState.UPSTREAM_FAILED}
+
+
+def test_the_default_synthetic_dataset_ends_where_the_run_interval_ends(airflow_db, local_aws, data_root):
+    late_monday = pendulum.datetime(2026, 11, 16, tz="UTC")  # a scheduled run's week, far from SMALL's dates
+    conf = {"dataset": {**SMALL["dataset"], "start_date": ""}, "thresholds": ALWAYS_APPROVE}
+    run = run_pricing(conf, logical_date=late_monday)
+    assert run.state == DagRunState.SUCCESS
+    [prepared] = xcom(run, "prepare")
+    assert prepared["window"] == ["2026-10-19", "2026-11-16"] and prepared["rows_ok"] > 5000
+    assert prepared["input_stats"]["last_date"] == "2026-11-15"
