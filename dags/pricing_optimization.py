@@ -160,7 +160,7 @@ def pricing_optimization():
 
         from operators import engine, evaluation, registry, report
 
-        prices = evaluation.load_prices(engine.output_uris(fanout["results"]))
+        prices = engine.read_outputs(engine.output_uris(fanout["results"]))
         metrics = evaluation.metrics(prices, prepared["units"], fanout["units_failed"])
         models = registry.Registry(engine.data_root(), MODEL)
         previous = models.current()

@@ -330,6 +330,17 @@ def output_uris(results_uris: list[str], aws_conn_id: str | None = "aws_default"
     return [b["output"] for b in sorted(rows, key=lambda b: b["batch_id"])]
 
 
+def read_outputs(output_uris: list[str], aws_conn_id: str | None = "aws_default") -> pd.DataFrame:
+    """The result files of `output_uris` as one table (empty when there are none)."""
+    import pyarrow.dataset as ds
+
+    if not output_uris:
+        return pd.DataFrame()
+    first = location(output_uris[0], aws_conn_id)
+    paths = [u.removeprefix("s3://") for u in output_uris] if first.remote else output_uris
+    return ds.dataset(paths, format="parquet", filesystem=first.fs if first.remote else None).to_table().to_pandas()
+
+
 def write_dead_letter(results_uris: list[str], unit_key: tuple[str, ...], run_dir: str,
                       aws_conn_id: str | None = "aws_default") -> str:
     """The failed batches' units (their key columns), with the batch, failure class and error."""

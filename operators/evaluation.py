@@ -140,10 +140,9 @@ def input_stats(prepared: dict[str, Any], window: tuple[str, str] | None) -> dic
     """Size and distribution of the prepared input (the good rows in the batches) for shift detection."""
     import duckdb
 
-    from operators.engine import options_for
-    from batch_worker.storage import Location
+    from operators.engine import location
 
-    batches = Location.parse(prepared["out_uri"], options_for(prepared["out_uri"], "aws_default"))
+    batches = location(prepared["out_uri"])
     stats: dict[str, Any] = {"rows": prepared["rows_ok"], "units": prepared["units"], "rows_in": prepared["rows_in"],
                              "rows_quarantined": prepared["rows_quarantined"],
                              "quarantined_by_reason": prepared["quarantined_by_reason"],
@@ -161,15 +160,3 @@ def input_stats(prepared: dict[str, Any], window: tuple[str, str] | None) -> dic
     stats.update(mean_log_price=row[0], mean_log_quantity=row[1], first_date=str(row[2]), last_date=str(row[3]))
     return stats
 
-
-def load_prices(output_uris: list[str]) -> pd.DataFrame:
-    """Every unit's result row, from the batches' result files."""
-    import pyarrow.dataset as ds
-
-    from operators.engine import location
-
-    if not output_uris:
-        return pd.DataFrame()
-    first = location(output_uris[0])
-    paths = [u.removeprefix("s3://") if first.remote else u for u in output_uris]
-    return ds.dataset(paths, format="parquet", filesystem=first.fs if first.remote else None).to_table().to_pandas()

@@ -61,12 +61,9 @@ def report(shard_summaries: list[dict[str, Any]], out_dir: str, aws_conn_id: str
     rows: dict[str, list[dict[str, Any]]] = {"cpu": [], "gpu": []}
     for summary in shard_summaries:
         device = "cpu" if summary["label"].startswith("cpu") else "gpu"
-        for uri in engine.output_uris([summary["results"]], aws_conn_id):
-            source = engine.location(uri, aws_conn_id)
-            with source.fs.open(source.uri, "rb") as handle:
-                frame = pd.read_parquet(handle)
-            rows[device] += [{k: (None if pd.isna(v) else v) for k, v in r.items()}
-                             for r in frame.astype(object).to_dict("records")]
+        frame = engine.read_outputs(engine.output_uris([summary["results"]], aws_conn_id), aws_conn_id)
+        rows[device] += [{k: (None if pd.isna(v) else v) for k, v in r.items()}
+                         for r in frame.astype(object).to_dict("records")]
     table = gpu_cases.compare(rows["cpu"], rows["gpu"])
     out = engine.location(out_dir, aws_conn_id)
     with tempfile.TemporaryDirectory() as scratch:

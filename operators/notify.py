@@ -11,6 +11,7 @@ No message carries credentials: only run ids, counts, metrics, URIs and the firs
 """
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -56,16 +57,10 @@ def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict
 
         SmtpNotifier(to=[a.strip() for a in os.environ["NOTIFY_EMAIL_TO"].split(",") if a.strip()],
                      from_email=os.environ.get("NOTIFY_EMAIL_FROM", "airbatch@localhost"), subject=subject,
-                     html_content=f"<pre>{_escape(body)}</pre>",
+                     html_content=f"<pre>{html.escape(body)}</pre>",
                      smtp_conn_id=os.environ.get("NOTIFY_SMTP_CONN_ID") or None).notify(context)
         sent.append("smtp")
     return {"outbox": uri, "channels": sent}
-
-
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
 
 
 def success_message(summary: dict[str, Any]) -> tuple[str, str]:

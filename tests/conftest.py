@@ -5,7 +5,6 @@ The environment is set before anything imports Airflow. The Airflow metadata DB 
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,3 @@ def data_root(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("DATA_ROOT", str(root))
     return root
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
