@@ -108,14 +108,19 @@ class ProcessJob(moto_batch.Job):
         self.children_failed: list[ProcessJob] = []
         self.children_started = 0
 
-    # moto's ManagedState advances statuses on reads; here the dispatcher alone moves them.
+    # moto's ManagedState advances statuses on reads, and moto's describe() writes SUCCEEDED from child
+    # counts; here the dispatcher alone moves statuses (set_status, under its lock), so writes through
+    # the attribute are ignored.
     @property
     def status(self) -> str:  # type: ignore[override]
         return self._state
 
     @status.setter
     def status(self, value: str) -> None:
-        self._state = str(getattr(value, "value", value))
+        pass
+
+    def set_status(self, value: str) -> None:
+        self._state = value
 
     @property
     def is_parent(self) -> bool:
@@ -142,11 +147,7 @@ class ProcessJob(moto_batch.Job):
 
     def describe(self) -> dict[str, Any]:
         children = self._child_jobs
-        self._child_jobs = None  # moto's describe would force SUCCEEDED from child counts
-        try:
-            result = super().describe()
-        finally:
-            self._child_jobs = children
+        result = super().describe()
         result["status"] = self.status
         if self.job_stopped_reason:
             result["statusReason"] = self.job_stopped_reason
@@ -195,8 +196,8 @@ class ProcessJob(moto_batch.Job):
         return [str(part) for part in self._add_parameters_to_command(command)]
 
     def process_environment(self, attempt_number: int) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(dispatcher().job_base_environment)
+        """Built from nothing, as a container's: nothing of the endpoint's own environment leaks in."""
+        env = dict(dispatcher().job_base_environment)
         for item in self._get_container_property("environment", []):
             env[item["name"]] = str(item["value"])
         env["AWS_BATCH_JOB_ID"] = self.job_id
@@ -207,25 +208,20 @@ class ProcessJob(moto_batch.Job):
         if self.array_index is not None:
             env["AWS_BATCH_JOB_ARRAY_INDEX"] = str(self.array_index)
             env["AWS_BATCH_JOB_ARRAY_SIZE"] = str(len(self.parent._child_jobs or [])) if self.parent else ""
-        else:
-            env.pop("AWS_BATCH_JOB_ARRAY_INDEX", None)
         return env
 
     # -- termination ------------------------------------------------------------------------
 
     def terminate(self, reason: str) -> None:
-        if self.is_parent:
-            for child in self._child_jobs or []:
-                child.terminate(reason)
-            return
-        dispatcher().request_stop(self, reason, only_before_start=False)
+        self._stop(reason, only_before_start=False)
 
     def cancel(self, reason: str) -> None:
-        if self.is_parent:
-            for child in self._child_jobs or []:
-                child.cancel(reason)
-            return
-        dispatcher().request_stop(self, reason, only_before_start=True)
+        self._stop(reason, only_before_start=True)
+
+    def _stop(self, reason: str, only_before_start: bool) -> None:
+        with dispatcher().lock:
+            for job in self._child_jobs if self.is_parent else [self]:
+                dispatcher().request_stop(job, reason, only_before_start=only_before_start)
 
 
 class Dispatcher:
@@ -248,9 +244,9 @@ class Dispatcher:
     def submit(self, job: ProcessJob) -> None:
         with self.lock:
             if job.parent is not None and job.parent.status == "SUBMITTED":
-                job.parent.status = "PENDING"
+                job.parent.set_status("PENDING")
             if job.depends_on:
-                job.status = "PENDING"
+                job.set_status("PENDING")
                 self.pending.append(job)
             else:
                 self._make_runnable(job)
@@ -324,7 +320,7 @@ class Dispatcher:
                 self._launch(job)
 
     def _make_runnable(self, job: ProcessJob) -> None:
-        job.status = "RUNNABLE"
+        job.set_status("RUNNABLE")
         ce = job.compute_environment()
         self.runnable.setdefault(ce.arn if ce else "", deque()).append(job)
 
@@ -340,7 +336,7 @@ class Dispatcher:
         return "ready"
 
     def _launch(self, job: ProcessJob) -> None:
-        job.status = "STARTING"
+        job.set_status("STARTING")
         attempt_number = len(job.attempts) + 1
         job.log_stream_name = f"{job.job_definition.name}/default/{uuid.uuid4().hex}"
         job.job_started_at = datetime.now()
@@ -351,7 +347,7 @@ class Dispatcher:
             job.parent.children_started += 1
             if job.parent.status in ("SUBMITTED", "PENDING", "RUNNABLE"):
                 job.parent.job_started_at = job.job_started_at
-                job.parent.status = "RUNNING"
+                job.parent.set_status("RUNNING")
         ensure_log_stream(job.backend, job.log_stream_name)
         try:
             process = subprocess.Popen(
@@ -370,7 +366,7 @@ class Dispatcher:
         job.process = process
         duration = job._get_attempt_duration()
         job.attempt_deadline = time.monotonic() + duration if duration else None
-        job.status = "RUNNING"
+        job.set_status("RUNNING")
         self.running.add(job)
         threading.Thread(target=self._watch, args=(job, process), name=f"localaws-{job.job_id}", daemon=True).start()
 
@@ -428,7 +424,7 @@ class Dispatcher:
         job.job_stopped_reason = reason
         job.job_stopped = True
         job.job_stopped_at = datetime.now()
-        job.status = "SUCCEEDED" if success else "FAILED"
+        job.set_status("SUCCEEDED" if success else "FAILED")
         if job.latest_attempt and "stoppedAt" not in job.latest_attempt:
             job.latest_attempt["stoppedAt"] = _now_ms()
         parent = job.parent
@@ -453,7 +449,7 @@ class Dispatcher:
         parent.job_stopped_reason = reason
         parent.job_stopped = True
         parent.job_stopped_at = datetime.now()
-        parent.status = "FAILED" if failed else "SUCCEEDED"
+        parent.set_status("FAILED" if failed else "SUCCEEDED")
 
     def _kill(self, job: ProcessJob) -> None:
         process = job.process
@@ -553,11 +549,20 @@ def _cancel_job(self: moto_batch.BatchBackend, job_id: str, reason: str) -> None
         job.cancel(reason)
 
 
+def _call_action(self: moto_batch_responses.BatchResponse):
+    # Every Batch API call sees and changes job state under the lock the dispatcher and the job
+    # watchers hold: no call observes a half-made change (a submit whose children are not all
+    # attached yet, a parent between its last child's end and its own).
+    with dispatcher().lock:
+        return _ORIGINALS["call_action"](self)
+
+
 def _reset(self: moto_batch.BatchBackend) -> None:
-    for job in list(self._jobs.values()):
-        if isinstance(job, ProcessJob) and not job.is_parent and job.status not in ENDED:
-            job.terminate("endpoint reset")
-    BaseBackend.reset(self)
+    with dispatcher().lock:
+        for job in list(self._jobs.values()):
+            if isinstance(job, ProcessJob) and not job.is_parent and job.status not in ENDED:
+                job.terminate("endpoint reset")
+        BaseBackend.reset(self)
 
 
 def install(job_environment: dict[str, str] | None = None) -> None:
@@ -571,6 +576,7 @@ def install(job_environment: dict[str, str] | None = None) -> None:
     _ORIGINALS["updatecomputeenvironment"] = moto_batch_responses.BatchResponse.updatecomputeenvironment
     _ORIGINALS["describe_compute_environments"] = moto_batch.BatchBackend.describe_compute_environments
     _ORIGINALS["cancel_job"] = moto_batch.BatchBackend.cancel_job
+    _ORIGINALS["call_action"] = moto_batch_responses.BatchResponse.call_action
     moto_batch.Job = ProcessJob
     moto_batch_responses.BatchResponse.submitjob = _submitjob
     moto_batch_responses.BatchResponse.createcomputeenvironment = _createcomputeenvironment
@@ -578,3 +584,4 @@ def install(job_environment: dict[str, str] | None = None) -> None:
     moto_batch.BatchBackend.describe_compute_environments = _describe_compute_environments
     moto_batch.BatchBackend.cancel_job = _cancel_job
     moto_batch.BatchBackend.reset = _reset
+    moto_batch_responses.BatchResponse.call_action = _call_action
