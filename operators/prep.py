@@ -7,24 +7,54 @@ connection and writes, under `out_uri`:
   is a stable md5 of its unit key modulo `bucket_count`, so every row of a unit lands in the same
   batch, on every run and on every engine (`bucketing_sql`). Only the schema's columns are written,
   typed (columns that arrived as text, e.g. from CSV, are parsed).
-- `quarantine.parquet`: the bad rows, every input column as read plus `reason` (only when there are
-  bad rows). Reasons: `null:<col>` (NULL, or NaN in a float column, where the schema forbids it),
-  `non_numeric:<col>` / `non_date:<col>` (text that does not parse), `out_of_range:<col>` (outside
-  Column.min/max) and `duplicate` (a repeated `unique_key` among otherwise good rows; of each group
-  the row that sorts first on all its values is kept).
+- `quarantine.parquet`: the bad rows (only when there are some): every input column as read, then
+  `_prep_reason`, `_prep_file` and, for a CSV line that could not be parsed, `_prep_line` (its line
+  number) and `_prep_raw` (its text). Reasons, the first that applies:
+  `malformed:<kind>` (a CSV line that does not parse: `missing_columns`, `too_many_columns`,
+  `unquoted_value`, `invalid_encoding` for bytes that are not UTF-8, `line_size_over_maximum`),
+  `null:<col>` (missing where the schema forbids it: NULL, an empty field, or NaN, which means
+  "missing" in every numeric column; a nullable float column gets NULL for NaN),
+  `non_finite:<col>` (infinity in a numeric column: inf, Infinity, +inf, -inf, 1e400, any case),
+  `non_numeric:<col>` / `non_date:<col>` (text that does not parse), `out_of_range:<col>`
+  (outside Column.min/max), then, among the rows that passed, `duplicate` (rows sharing a
+  `unique_key` with the same value in every schema column: the one that sorts first on all its
+  values is kept) and `conflicting_duplicate` (rows sharing a `unique_key` that differ in some
+  schema column: all of them are quarantined, since none is known to be right).
 - `manifest.parquet`: one row per batch (batch_id, uri, rows, units, content_hash), written last.
+
+rows_in = rows_ok + rows_quarantined, counting every unparseable CSV line as one row.
+
+Reading: exactly the files listed, each once, whatever characters their names hold (DuckDB
+treats every path as a glob, so prep escapes them). CSV is RFC 4180 with a header line: the
+delimiter is taken from the header (`,`, `;`, tab or `|`), the quote and escape are `"`, nothing
+is guessed from a sample, every value is read as text and parsed per the schema. String columns
+of the unit and unique keys lose leading and trailing blanks (space, tab, CR, LF) in both SQL
+dialects. A `key=value` folder above the files gives a column `key` when the files lack one; when
+the files carry that column too, their values are used and a value that disagrees with its folder
+is an error naming the file.
+
+Names: every column prep adds starts with `_prep_` (`batch_worker.schema.RESERVED_PREFIX`); an
+input or schema column with that prefix is refused before anything is computed.
+
+Limits: when more than `max_quarantined_share` of the rows (in the window) are quarantined, or a
+window holds no usable row, `prepare` writes the quarantine, no batches and no manifest, and
+raises `PrepError` with the counts by reason, where each reason first occurs and what to do.
 
 Rows outside the optional `window` on `schema.time_column` are not part of the run; rows whose
 time value is missing or unparseable stay in it, to be quarantined. Every step is set-based SQL;
 only a 64-bit hash per row leaves DuckDB, to look for duplicate keys (see `_duplicate_key_hashes`).
 
-`athena_ctas_sql` builds the same predicates and the same bucket expression for Athena (a CTAS that
-writes the good rows bucketed by that expression); `run_athena_prep` submits it.
+`athena_ctas_sql` builds the same predicates, duplicate rule and bucket expression for Athena (a
+CTAS that writes the good rows bucketed by that expression); `run_athena_prep` submits it.
+`prepare_configured` is the entry point for a user-given `input_uri`: it allows only data under
+DATA_ROOT and the prefixes in AIRBATCH_INPUT_PREFIXES.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
+import difflib
 import math
 import os
 import re
@@ -39,15 +69,27 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from batch_worker.schema import DTYPES, InputSchema
+from batch_worker.schema import DTYPES, RESERVED_PREFIX, InputSchema, is_reserved
 from batch_worker.storage import Location
 
 BATCHES_DIR = "batches"
 MANIFEST_FILE = "manifest.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
+#: The partition folder of a batch (`bucket=<id>`); the batch files themselves hold only schema columns.
 BUCKET_COLUMN = "bucket"
-REASON_COLUMN = "reason"
+REASON_COLUMN = RESERVED_PREFIX + "reason"
+FILE_COLUMN = RESERVED_PREFIX + "file"
+LINE_COLUMN = RESERVED_PREFIX + "line"
+RAW_COLUMN = RESERVED_PREFIX + "raw"
+RANK_COLUMN = RESERVED_PREFIX + "rank"
+CONFLICT_COLUMN = RESERVED_PREFIX + "conflict"
+ROW_HASH_COLUMN = RESERVED_PREFIX + "row_hash"
+DUPLICATE = "duplicate"
+CONFLICTING_DUPLICATE = "conflicting_duplicate"
 MAX_BUCKETS = 10_000
+DEFAULT_MAX_QUARANTINED_SHARE = 0.1
+#: Comma-separated local folders and s3://bucket/prefix that `input_uri` may name, besides DATA_ROOT.
+INPUT_PREFIXES_SETTING = "AIRBATCH_INPUT_PREFIXES"
 #: Hex digits of the unit key's md5 that pick its bucket: 56 bits stay non-negative in Athena's
 #: signed BIGINT, so both engines compute the same modulo.
 KEY_HEX_DIGITS = 14
@@ -56,6 +98,12 @@ MANIFEST_COLUMNS = ("batch_id", "uri", "rows", "units", "content_hash")
 _INPUT_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv"}
 _KEY_SEPARATOR = "chr(31)"  # ASCII unit separator between key values
 _NULL_KEY_MARKER = "chr(30)"  # stands for a NULL key value, which would otherwise vanish from the text
+_BLANKS = "chr(32) || chr(9) || chr(10) || chr(13)"  # trimmed from key strings
+_INFINITY_WORDS = ("inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
+_NAN_WORDS = ("nan", "+nan", "-nan")
+_CSV_DELIMITERS = (",", ";", "\t", "|")
+_MAX_HEADER_BYTES = 1 << 20
+_GLOB_CHARACTERS = re.compile(r"([\[\]*?{}])")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -78,19 +126,44 @@ class PrepResult:
         return dataclasses.asdict(self)
 
 
-class SchemaError(ValueError):
+class PrepError(ValueError):
+    """The input cannot be prepared as it is; the message says where and what to do."""
+
+
+class SchemaError(PrepError):
     """The input's columns do not match the schema; the message names every problem."""
 
-    def __init__(self, missing: Sequence[str], mistyped: Sequence[tuple[str, str, str]]):
+    def __init__(self, missing: Sequence[str], mistyped: Sequence[tuple[str, str, str]],
+                 near: Mapping[str, Sequence[str]] | None = None, source: str = ""):
         self.missing = tuple(missing)
         self.mistyped = tuple(mistyped)  # (column, expected dtype, found type)
+        self.near = {name: tuple(found) for name, found in (near or {}).items() if found}
         problems = []
         if self.missing:
-            problems.append("missing column(s): " + ", ".join(repr(name) for name in self.missing))
+            problems.append("missing column(s): " + ", ".join(
+                repr(name) + (f" (the input has {', '.join(map(repr, self.near[name]))})" if name in self.near else "")
+                for name in self.missing))
         if self.mistyped:
             problems.append("mistyped column(s): " + ", ".join(
                 f"{name!r} (expected {expected}, found {found})" for name, expected, found in self.mistyped))
-        super().__init__("input does not match the schema: " + "; ".join(problems))
+        advice = []
+        if self.near:
+            advice.append("rename the input's columns to the schema's names (names are compared exactly)")
+        if self.mistyped:
+            advice.append("write each column with its schema type")
+        where = f"input {source} " if source else "input "
+        super().__init__(where + "does not match the schema: " + "; ".join(problems)
+                         + ("; " + " and ".join(advice) if advice else ""))
+
+
+def near_matches(name: str, found: Iterable[str]) -> list[str]:
+    """Columns of `found` that look like `name`: equal but for case and blanks first, then close spellings."""
+    found = list(found)
+    squeezed = re.sub(r"[\s_-]", "", name).lower()
+    same = [other for other in found if re.sub(r"[\s_-]", "", other).lower() == squeezed]
+    close = difflib.get_close_matches(name.lower(), [other.lower() for other in found], n=3, cutoff=0.75)
+    similar = [other for other in found if other.lower() in close and other not in same]
+    return same + similar
 
 
 # --- SQL shared by the DuckDB and the Athena paths -------------------------------------------------
@@ -103,6 +176,8 @@ class Dialect:
     types: Mapping[str, str]  # schema dtype -> the engine's type a text value is parsed to
     try_cast: str  # format string with {expr} and {type}
     is_nan: str  # format string with {expr}
+    is_infinite: str  # format string with {expr}
+    trim: str  # remove {chars} from both ends of {expr}
     md5_hex: str  # lowercase hex md5 of a string; format string with {expr}
     hex_prefix_to_int: str  # the first KEY_HEX_DIGITS hex digits as an integer; format string with {expr}
     text: str  # a value as text; format string with {expr}
@@ -113,6 +188,8 @@ DUCKDB = Dialect(
     types={"string": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "date": "DATE"},
     try_cast="TRY_CAST({expr} AS {type})",
     is_nan="isnan({expr})",
+    is_infinite="isinf({expr})",
+    trim="trim({expr}, {chars})",
     md5_hex="md5({expr})",
     hex_prefix_to_int=f"CAST('0x' || left({{expr}}, {KEY_HEX_DIGITS}) AS UBIGINT)",
     text="CAST({expr} AS VARCHAR)",
@@ -122,6 +199,8 @@ ATHENA = Dialect(
     types={"string": "varchar", "int": "bigint", "float": "double", "date": "date"},
     try_cast="try_cast({expr} AS {type})",
     is_nan="is_nan({expr})",
+    is_infinite="is_infinite({expr})",
+    trim="trim({chars} FROM {expr})",
     md5_hex="lower(to_hex(md5(to_utf8({expr}))))",
     hex_prefix_to_int=f"from_base(substr({{expr}}, 1, {KEY_HEX_DIGITS}), 16)",
     text="CAST({expr} AS varchar)",
@@ -176,39 +255,79 @@ class SchemaSql:
 
     `text_columns` are the non-string columns whose source values are text and must be parsed
     (TRY_CAST); a failed parse is a bad row, not an error. Every check is a two-valued predicate
-    (never NULL), true for a bad row, so `NOT (check)` can filter safely.
+    (never NULL), true for a bad row, so `NOT (check)` can filter safely. String key columns are
+    trimmed; NaN is "missing" and infinity is "non-finite" in every numeric column, whether the
+    engine parsed it or it is spelled out in text the engine does not parse (Athena's cast reads
+    "Infinity" but not "inf").
     """
 
     def __init__(self, schema: InputSchema, dialect: Dialect | str = DUCKDB, text_columns: Iterable[str] = ()):
         self.schema = schema
         self.dialect = DIALECTS[dialect] if isinstance(dialect, str) else dialect
         self.text_columns = frozenset(text_columns)
+        self.key_columns = frozenset(schema.unit_key) | frozenset(schema.unique_key)
 
-    def value(self, name: str) -> str:
-        """The typed value of a column."""
+    def parsed(self, name: str) -> str:
+        """The column's value in its schema type (NULL where text does not parse)."""
         column = self.schema.column(name)
         if name in self.text_columns:
             return self.dialect.try_cast.format(expr=_ident(name), type=self.dialect.types[column.dtype])
+        if column.dtype == "string" and name in self.key_columns:
+            return self.dialect.trim.format(expr=_ident(name), chars=_BLANKS)
         return _ident(name)
 
+    def value(self, name: str) -> str:
+        """The typed value of a column as the batches hold it: NaN becomes NULL in a nullable float column."""
+        column = self.schema.column(name)
+        if column.dtype == "float" and column.nullable:
+            return f"CASE WHEN {self.missing(name)} THEN NULL ELSE {self.parsed(name)} END"
+        return self.parsed(name)
+
+    def _spelled(self, name: str, words: Sequence[str]) -> str | None:
+        """True where a numeric text column holds one of `words` (any case, blanks around)."""
+        if name not in self.text_columns or self.schema.column(name).dtype not in ("int", "float"):
+            return None
+        text = "lower(" + self.dialect.trim.format(expr=_ident(name), chars=_BLANKS) + ")"
+        return f"coalesce({text} IN ({', '.join(map(_literal, words))}), false)"
+
+    def missing(self, name: str) -> str:
+        tests = [f"{_ident(name)} IS NULL"]
+        if self.schema.column(name).dtype == "float":
+            tests.append(f"coalesce({self.dialect.is_nan.format(expr=self.parsed(name))}, false)")
+        tests += [spelled for spelled in [self._spelled(name, _NAN_WORDS)] if spelled]
+        return "(" + " OR ".join(tests) + ")" if len(tests) > 1 else tests[0]
+
+    def non_finite(self, name: str) -> str | None:
+        tests = []
+        if self.schema.column(name).dtype == "float":
+            tests.append(f"coalesce({self.dialect.is_infinite.format(expr=self.parsed(name))}, false)")
+        tests += [spelled for spelled in [self._spelled(name, _INFINITY_WORDS)] if spelled]
+        return ("(" + " OR ".join(tests) + ")" if len(tests) > 1 else tests[0]) if tests else None
+
     def checks(self) -> list[tuple[str, str]]:
-        """(reason, predicate true for a bad row), most fundamental first: nulls, parse errors, ranges."""
-        nulls, parse_errors, ranges = [], [], []
+        """(reason, predicate true for a bad row), most fundamental first: nulls, infinities, parse errors, ranges."""
+        nulls, infinite, parse_errors, ranges = [], [], [], []
         for column in self.schema.columns:
-            raw, value = _ident(column.name), self.value(column.name)
-            nan = f"coalesce({self.dialect.is_nan.format(expr=value)}, false)" if column.dtype == "float" else None
+            name, raw, parsed = column.name, _ident(column.name), self.parsed(column.name)
             if not column.nullable:
-                nulls.append((f"null:{column.name}", f"({raw} IS NULL OR {nan})" if nan else f"{raw} IS NULL"))
-            if column.name in self.text_columns:
+                nulls.append((f"null:{name}", self.missing(name)))
+            non_finite = self.non_finite(name)
+            if non_finite:
+                infinite.append((f"non_finite:{name}", non_finite))
+            if name in self.text_columns:
                 kind = "non_date" if column.dtype == "date" else "non_numeric"
-                parse_errors.append((f"{kind}:{column.name}", f"({raw} IS NOT NULL AND {value} IS NULL)"))
+                spelled = self._spelled(name, _NAN_WORDS + _INFINITY_WORDS)
+                unparsed = f"{raw} IS NOT NULL AND {parsed} IS NULL" + (f" AND NOT {spelled}" if spelled else "")
+                parse_errors.append((f"{kind}:{name}", f"({unparsed})"))
             if column.dtype in ("int", "float") and (column.min is not None or column.max is not None):
+                value = self.value(name)
                 outside = [f"{value} < {_number(column.min)}"] if column.min is not None else []
                 outside += [f"{value} > {_number(column.max)}"] if column.max is not None else []
                 test = " OR ".join(outside)
-                test = f"NOT {nan} AND ({test})" if nan else test
-                ranges.append((f"out_of_range:{column.name}", f"coalesce({test}, false)"))
-        return nulls + parse_errors + ranges
+                if column.dtype == "float" and not column.nullable:  # NaN compares above every number
+                    test = f"NOT {self.missing(name)} AND ({test})"
+                ranges.append((f"out_of_range:{name}", f"coalesce({test}, false)"))
+        return nulls + infinite + parse_errors + ranges
 
     def valid(self) -> str:
         """Predicate true for a good row."""
@@ -251,6 +370,22 @@ class SchemaSql:
         digest = self.dialect.md5_hex.format(expr=self.key_text(self.schema.unit_key))
         return f"{self.dialect.hex_prefix_to_int.format(expr=digest)} % {bucket_count}"
 
+    def duplicate_window(self, tie_breakers: Sequence[str] = ()) -> str:
+        """Two columns over good rows grouped by unique_key: RANK_COLUMN (1 is the row kept, the first in
+        the order of its typed values, then `tie_breakers`) and CONFLICT_COLUMN (the group's rows differ
+        in some schema column, so none is kept)."""
+        group = "PARTITION BY " + ", ".join(self.value(name) for name in self.schema.unique_key)
+        order = ", ".join([self.value(name) for name in self.schema.names] + list(tie_breakers))
+        row = self.key_text(self.schema.names)
+        return (f"row_number() OVER ({group} ORDER BY {order}) AS {RANK_COLUMN}, "
+                f"min({row}) OVER ({group}) IS DISTINCT FROM max({row}) OVER ({group}) AS {CONFLICT_COLUMN}")
+
+    @staticmethod
+    def duplicate_reason() -> str:
+        """The reason of a row ranked by `duplicate_window`, NULL for the row kept."""
+        return (f"CASE WHEN {CONFLICT_COLUMN} THEN {_literal(CONFLICTING_DUPLICATE)} "
+                f"WHEN {RANK_COLUMN} > 1 THEN {_literal(DUPLICATE)} END")
+
 
 def bucketing_sql(schema: InputSchema, bucket_count: int, dialect: Dialect | str = DUCKDB,
                   text_columns: Iterable[str] = ()) -> str:
@@ -268,6 +403,12 @@ def _check_bucket_count(bucket_count: int) -> None:
         raise ValueError(f"bucket_count must be an integer in 1..{MAX_BUCKETS}, got {bucket_count!r}")
 
 
+def _check_share(max_quarantined_share: float) -> None:
+    if (isinstance(max_quarantined_share, bool) or not isinstance(max_quarantined_share, (int, float))
+            or not 0 <= max_quarantined_share <= 1):
+        raise ValueError(f"max_quarantined_share must be a number in 0..1, got {max_quarantined_share!r}")
+
+
 def _check_schema_shape(schema: InputSchema) -> None:
     if not schema.unit_key:
         raise ValueError("schema.unit_key is empty: prep needs a unit key to bucket rows")
@@ -277,8 +418,10 @@ def _check_schema_shape(schema: InputSchema) -> None:
         unknown = [key for key in keys if key not in names]
         if unknown:
             raise ValueError(f"schema.{role} names column(s) {unknown} that are not in schema.columns")
-    if BUCKET_COLUMN in names:
-        raise ValueError(f"schema column {BUCKET_COLUMN!r} clashes with the partition column prep writes")
+    clashes = [name for name in schema.names if name.lower() == BUCKET_COLUMN or is_reserved(name)]
+    if clashes:
+        raise ValueError(f"schema column(s) {clashes} clash with the names prep uses ({BUCKET_COLUMN!r} and the "
+                         f"prefix {RESERVED_PREFIX!r}); rename them")
 
 
 # --- Athena ------------------------------------------------------------------------------------------
@@ -287,12 +430,12 @@ def athena_ctas_sql(source_table: str, schema: InputSchema, target_table: str, e
                     bucket_count: int, window: tuple[str, str] | None = None) -> str:
     """A CTAS that writes the good rows of `source_table` as Parquet, bucketed like `prepare` does.
 
-    Same checks, window and bucket expression as the DuckDB path (`SchemaSql` in the Athena
-    dialect). Every non-string column is try_cast to its type, so string-typed source tables (CSV
-    tables) are parsed as `prepare` parses CSV. The table is bucketed by the computed `bucket`
-    column: with Hive bucketing an integer v < bucket_count lands in bucket file v, so Athena's
-    buckets are `prepare`'s batch ids. Duplicates on unique_key keep the row that sorts first.
-    Bad rows are left out (no quarantine table).
+    Same checks, window, duplicate rule and bucket expression as the DuckDB path (`SchemaSql` in
+    the Athena dialect). Every non-string column is try_cast to its type, so string-typed source
+    tables (CSV tables) are parsed as `prepare` parses CSV. The table is bucketed by the computed
+    `bucket` column: with Hive bucketing an integer v < bucket_count lands in bucket file v, so
+    Athena's buckets are `prepare`'s batch ids. Of rows sharing a unique_key, the first is kept
+    when they are identical and none when they conflict. Bad rows are left out (no quarantine table).
     """
     _check_schema_shape(schema)
     _check_bucket_count(bucket_count)
@@ -308,10 +451,9 @@ def athena_ctas_sql(source_table: str, schema: InputSchema, target_table: str, e
     query = (f"SELECT {typed}, {sql.bucket(bucket_count)} AS {BUCKET_COLUMN}\n"
              f"FROM {source_table}\nWHERE " + "\n  AND ".join(where))
     if schema.unique_key:
-        unique = ", ".join(_ident(name) for name in schema.unique_key)
         query = (f"SELECT {columns}, {BUCKET_COLUMN} FROM (\n"
-                 f"SELECT *, row_number() OVER (PARTITION BY {unique} ORDER BY {columns}) AS _dup_rank\n"
-                 f"FROM (\n{query}\n)) WHERE _dup_rank = 1")
+                 f"SELECT *, {SchemaSql(schema, ATHENA).duplicate_window()}\n"
+                 f"FROM (\n{query}\n)) WHERE {RANK_COLUMN} = 1 AND NOT {CONFLICT_COLUMN}")
     return (f"CREATE TABLE {target_table}\n"
             f"WITH (format = 'PARQUET', external_location = {_literal(external_location)}, "
             f"bucketed_by = ARRAY['{BUCKET_COLUMN}'], bucket_count = {bucket_count})\nAS\n{query}")
@@ -356,11 +498,19 @@ def athena_manifest_sql(target_table: str, schema: InputSchema) -> str:
 
 
 def athena_quarantine_sql(source_table: str, schema: InputSchema, window: tuple[str, str] | None = None) -> str:
-    """Counts of the rows the CTAS leaves out, by reason (the DuckDB path's quarantine reasons)."""
+    """Counts of the rows the CTAS leaves out, by reason (the DuckDB path's reasons, duplicates included)."""
     sql = SchemaSql(schema, ATHENA, (c.name for c in schema.columns if c.dtype != "string"))
     where = f"\nWHERE {sql.in_scope(window)}" if window else ""
-    return (f"SELECT reason, count(*) AS n FROM (SELECT {sql.reason()} AS reason FROM {source_table}{where})\n"
-            f"WHERE reason IS NOT NULL GROUP BY reason ORDER BY reason")
+    typed = ", ".join(f"{sql.value(name)} AS {_ident(name)}" for name in schema.names)
+    checked = f"SELECT {sql.reason()} AS {REASON_COLUMN}, {typed} FROM {source_table}{where}"
+    rows = f"SELECT {REASON_COLUMN} FROM ({checked})"
+    if schema.unique_key:
+        ranked = (f"SELECT {SchemaSql(schema, ATHENA).duplicate_window()} FROM ({checked}) "
+                  f"WHERE {REASON_COLUMN} IS NULL")
+        rows = (f"SELECT {REASON_COLUMN} FROM ({checked}) WHERE {REASON_COLUMN} IS NOT NULL\n"
+                f"UNION ALL SELECT {SchemaSql.duplicate_reason()} AS {REASON_COLUMN} FROM ({ranked})")
+    return (f"SELECT {REASON_COLUMN} AS reason, count(*) AS n FROM ({rows})\n"
+            f"WHERE {REASON_COLUMN} IS NOT NULL GROUP BY {REASON_COLUMN} ORDER BY {REASON_COLUMN}")
 
 
 def _athena_rows(hook, execution_id: str) -> list[dict[str, str | None]]:
@@ -376,16 +526,18 @@ def _athena_rows(hook, execution_id: str) -> list[dict[str, str | None]]:
 def prepare_athena(source_table: str, schema: InputSchema, out_uri: str, bucket_count: int, *, database: str,
                    output_location: str, window: tuple[str, str] | None = None, workgroup: str = "primary",
                    aws_conn_id: str = "aws_default", poll_seconds: int = 10,
-                   storage_options: dict | None = None) -> PrepResult:
+                   storage_options: dict | None = None,
+                   max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> PrepResult:
     """`prepare` at scale: the same checks and buckets as an Athena CTAS into `out_uri`/batches/.
 
     Three queries through the provider's AthenaHook (what its AthenaOperator runs): the CTAS
     (`athena_ctas_sql`), the counts of left-out rows by reason (`athena_quarantine_sql`; the rows
-    themselves stay in the source table, and duplicates the CTAS drops are not counted), and the
-    manifest (`athena_manifest_sql`), written as `out_uri`/manifest.parquet.
+    themselves stay in the source table), and the manifest (`athena_manifest_sql`), written as
+    `out_uri`/manifest.parquet unless the quarantined share is above `max_quarantined_share`.
     """
     from airflow.providers.amazon.aws.hooks.athena import AthenaHook
 
+    _check_share(max_quarantined_share)
     out = Location.parse(out_uri, storage_options)
     if not out.remote:
         raise ValueError(f"the Athena prep writes to S3; out_uri must be s3://, got {out_uri!r}")
@@ -414,9 +566,11 @@ def prepare_athena(source_table: str, schema: InputSchema, out_uri: str, bucket_
     }, columns=list(MANIFEST_COLUMNS))
     from batch_worker.runtime import parquet_bytes
 
-    out.write_bytes(out.join(MANIFEST_FILE), parquet_bytes(manifest))
     rows_ok = int(manifest["rows"].sum())
     rows_quarantined = sum(by_reason.values())
+    _check_limits(f"athena://{source_table}", schema, window, rows_ok + rows_quarantined, rows_ok, by_reason,
+                  max_quarantined_share)
+    out.write_bytes(out.join(MANIFEST_FILE), parquet_bytes(manifest))
     return PrepResult(out_uri=out.uri, manifest_uri=out.join(MANIFEST_FILE), quarantine_uri=None,
                       rows_in=rows_ok + rows_quarantined, rows_ok=rows_ok, rows_quarantined=rows_quarantined,
                       quarantined_by_reason=dict(sorted(by_reason.items())), units=int(manifest["units"].sum()),
@@ -428,15 +582,19 @@ ATHENA_SCHEME = "athena://"
 
 def prepare_configured(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int,
                        window: tuple[str, str] | None = None, storage_options: dict | None = None,
-                       env: Mapping[str, str] | None = None) -> PrepResult:
-    """`prepare` (DuckDB), or `prepare_athena` when the input is `athena://database.table`.
+                       env: Mapping[str, str] | None = None,
+                       max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> PrepResult:
+    """`prepare` (DuckDB) of data under the allowed prefixes, or `prepare_athena` for `athena://database.table`.
 
-    The Athena path reads ATHENA_OUTPUT_LOCATION (query results, s3://) and ATHENA_WORKGROUP
-    (default primary) from the environment; the database is the table's.
+    This is the entry point for a user-given `input_uri`: a path or s3:// URI must lie under
+    DATA_ROOT or a prefix of AIRBATCH_INPUT_PREFIXES (`input_prefixes`), and so must every file a
+    folder or glob leads to. The Athena path reads ATHENA_OUTPUT_LOCATION (query results, s3://)
+    and ATHENA_WORKGROUP (default primary) from the environment; the database is the table's.
     """
     env = os.environ if env is None else env
     if not input_uri.startswith(ATHENA_SCHEME):
-        return prepare(input_uri, schema, out_uri, bucket_count, window=window, storage_options=storage_options)
+        return prepare(input_uri, schema, out_uri, bucket_count, window=window, storage_options=storage_options,
+                       max_quarantined_share=max_quarantined_share, allowed_prefixes=input_prefixes(env))
     table = input_uri.removeprefix(ATHENA_SCHEME)
     if "." not in table or not _TABLE_NAME.match(table):
         raise ValueError(f"{input_uri!r}: expected athena://database.table")
@@ -445,7 +603,70 @@ def prepare_configured(input_uri: str, schema: InputSchema, out_uri: str, bucket
     return prepare_athena(table, schema, out_uri, bucket_count, database=table.split(".")[0],
                           output_location=env["ATHENA_OUTPUT_LOCATION"], window=window,
                           workgroup=env.get("ATHENA_WORKGROUP", "primary"), storage_options=storage_options,
-                          poll_seconds=int(env.get("ATHENA_POLL_SECONDS", "5")))
+                          poll_seconds=int(env.get("ATHENA_POLL_SECONDS", "5")),
+                          max_quarantined_share=max_quarantined_share)
+
+
+# --- Where input may come from -------------------------------------------------------------------------
+
+def input_prefixes(env: Mapping[str, str] | None = None) -> list[str]:
+    """DATA_ROOT and the prefixes of AIRBATCH_INPUT_PREFIXES: where a user-given input_uri may point."""
+    env = os.environ if env is None else env
+    root = env.get("DATA_ROOT")
+    if not root:
+        from operators.engine import data_root
+
+        root = data_root()
+    extra = [prefix.strip() for prefix in env.get(INPUT_PREFIXES_SETTING, "").split(",")]
+    return [root, *(prefix for prefix in extra if prefix)]
+
+
+def _normalised_prefix(prefix: str) -> str:
+    if prefix.startswith("s3://"):
+        return prefix.rstrip("/")
+    if "://" in prefix:
+        raise ValueError(f"{INPUT_PREFIXES_SETTING}/DATA_ROOT entry {prefix!r}: use a local path or s3://bucket/prefix")
+    return os.path.realpath(prefix)
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    separator = "/" if prefix.startswith("s3://") else os.sep
+    return path == prefix or path.startswith(prefix.rstrip(separator) + separator)
+
+
+def _outside_message(what: str, prefixes: Sequence[str]) -> str:
+    return (f"{what} is outside the allowed input locations ({', '.join(prefixes)}): put the data under "
+            f"DATA_ROOT, or add its folder or s3://bucket/prefix to {INPUT_PREFIXES_SETTING} (comma-separated)")
+
+
+def check_input_uri(input_uri: str, prefixes: Sequence[str]) -> None:
+    """Refuse an input_uri that is not a local path or s3:// URI under one of `prefixes`.
+
+    Local paths are compared after resolving `..` and symbolic links; an s3:// URI may not hold `.`
+    or `..` segments. Files found under an allowed folder are checked again as they are listed.
+    """
+    scheme, sep, rest = input_uri.partition("://")
+    if sep and scheme != "s3":
+        raise PrepError(f"input_uri {input_uri!r}: scheme {scheme}:// is not accepted; give a local path or an "
+                        f"s3:// URI under DATA_ROOT or {INPUT_PREFIXES_SETTING}")
+    allowed = [_normalised_prefix(prefix) for prefix in prefixes]
+    if sep:
+        if any(part in (".", "..") for part in rest.split("/")):
+            raise PrepError(f"input_uri {input_uri!r} holds a '.' or '..' segment; give the plain s3:// URI")
+        target = "s3://" + rest.rstrip("/")
+    else:
+        target = os.path.realpath(_literal_part(input_uri))
+    if not any(_is_under(target, prefix) for prefix in allowed if prefix.startswith("s3://") == bool(sep)):
+        raise PrepError(_outside_message(f"input_uri {input_uri!r}" + (f" (resolved: {target})" if not sep else ""),
+                                         prefixes))
+
+
+def _literal_part(path: str) -> str:
+    """The path itself if it exists, else the folders before its first glob character."""
+    if os.path.lexists(path) or not re.search(r"[*?\[{]", path):
+        return path
+    head = re.split(r"[*?\[{]", path, maxsplit=1)[0]
+    return os.path.dirname(head) or "."
 
 
 # --- Input files ---------------------------------------------------------------------------------------
@@ -457,18 +678,51 @@ def _input_format(path: str) -> str | None:
     return next((fmt for suffix, fmt in _INPUT_SUFFIXES.items() if name.endswith(suffix)), None)
 
 
-def _resolve_input(source: Location) -> tuple[list[str], str]:
-    """The input files (sorted) and their one format."""
+def _local_files(root: str, allowed: Sequence[str] | None) -> list[str]:
+    """Files under a local folder; a link is followed only where it resolves inside an allowed prefix."""
+    found, seen, folders = [], set(), [root]
+    while folders:
+        folder = folders.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
+        _require_allowed(folder, real, allowed)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    folders.append(entry.path)
+                elif entry.is_file() and _input_format(entry.path):
+                    found.append(entry.path)
+    return found
+
+
+def _require_allowed(path: str, real: str, allowed: Sequence[str] | None) -> None:
+    if allowed is not None and not any(_is_under(real, prefix) for prefix in map(_normalised_prefix, allowed)
+                                       if not prefix.startswith("s3://")):
+        raise PrepError(_outside_message(f"{path} (resolved: {real})", allowed))
+
+
+def _resolve_input(source: Location, allowed: Sequence[str] | None = None) -> tuple[list[str], str]:
+    """The input files (sorted) and their one format. An existing path is taken as itself, whatever
+    characters its name holds; only a path that does not exist is a glob."""
     fs = source.fs
-    if any(ch in source.uri for ch in "*?["):
-        paths = [p for p in fs.glob(source.uri) if fs.isfile(p)]
-    elif fs.isdir(source.uri):
-        paths = fs.find(source.uri)
+    if fs.isdir(source.uri):
+        paths = (_local_files(source.uri, allowed) if not source.remote
+                 else [source.full(p) for p in fs.find(source.uri)])
     elif fs.isfile(source.uri):
         paths = [source.uri]
+    elif re.search(r"[*?\[]", source.uri):
+        paths = [source.full(p) for p in fs.glob(source.uri) if fs.isfile(p)]
     else:
         raise FileNotFoundError(f"input {source.uri!r} does not exist")
-    files = sorted(source.full(p) for p in paths if _input_format(p))
+    files = sorted({p for p in paths if _input_format(p)})
+    for path in files:
+        if source.remote:
+            if allowed is not None and not any(_is_under(path, _normalised_prefix(prefix)) for prefix in allowed):
+                raise PrepError(_outside_message(path, allowed))
+        else:
+            _require_allowed(path, os.path.realpath(path), allowed)
     if not files:
         raise FileNotFoundError(f"input {source.uri!r} holds no {', '.join(_INPUT_SUFFIXES)} files")
     formats = {_input_format(f) for f in files}
@@ -477,17 +731,139 @@ def _resolve_input(source: Location) -> tuple[list[str], str]:
     return files, formats.pop()
 
 
-def _read_sql(files: list[str], fmt: str) -> str:
-    paths = "[" + ", ".join(_literal(f) for f in files) + "]"
-    options = "union_by_name = true, hive_types_autocast = false"
-    # Hive partition values stay text: a declared string like product=007 must not become 7; typed
-    # columns are parsed with the other text columns. CSV is all text for the same reason, and so
-    # that a stray "n/a" past the sniffer's sample is a bad row rather than a failed read.
-    if fmt == "csv":
-        return f"read_csv({paths}, header = true, all_varchar = true, {options})"
-    # Parquet writers leave NaN out of min/max statistics; without can_have_nan DuckDB trusts them
-    # and drops NaN rows from filters such as isnan(x) (duckdb/duckdb#25521).
-    return f"read_parquet({paths}, {options}, can_have_nan = true)"
+def _as_glob_literal(path: str) -> str:
+    """A path DuckDB's globbing (local, or fsspec's for s3://) matches only to itself."""
+    return _GLOB_CHARACTERS.sub(r"[\1]", path)
+
+
+def _path_list(files: Sequence[str]) -> str:
+    return "[" + ", ".join(_literal(_as_glob_literal(f)) for f in files) + "]"
+
+
+def _csv_header(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, tuple[str, ...]]:
+    """(delimiter, column names) from a CSV file's first line, read as RFC 4180."""
+    with fs.open(path, "rb", compression="infer") as handle:
+        line = handle.read(_MAX_HEADER_BYTES).split(b"\n", 1)[0]
+    try:
+        text = line.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise PrepError(f"{path}: the header line is not UTF-8 (byte {exc.object[exc.start]:#04x} at byte "
+                        f"{exc.start}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    if not text.strip():
+        raise PrepError(f"{path}: line 1 is empty; the first line of a CSV file must name its columns")
+    outside_quotes = re.sub(r'"[^"]*"', "", text)
+    delimiter = max(_CSV_DELIMITERS, key=outside_quotes.count)
+    delimiter = delimiter if outside_quotes.count(delimiter) else ","
+    try:
+        names = tuple(next(csv.reader([text], delimiter=delimiter, quotechar='"', doublequote=True, strict=True)))
+    except csv.Error as exc:
+        raise PrepError(f"{path}: line 1 (the header) is not valid CSV ({exc}); quote names with \"\"") from None
+    blank = [i + 1 for i, name in enumerate(names) if not name.strip()]
+    if blank:
+        raise PrepError(f"{path}: line 1 (the header) has no name for column(s) {blank}; name every column")
+    lowered = [name.lower() for name in names]
+    repeated = sorted({name for name in names if lowered.count(name.lower()) > 1})
+    if repeated:
+        raise PrepError(f"{path}: line 1 (the header) repeats column(s) {repeated} (names are compared without "
+                        "case); give each column its own name")
+    return delimiter, names
+
+
+def _partition_keys(files: Sequence[str]) -> list[str]:
+    """The `key=value` folder names every file sits under, in path order."""
+    per_file = [[part.split("=", 1)[0] for part in re.split(r"[/\\]", path)[:-1] if "=" in part.strip("=")]
+                for path in files]
+    return [key for key in dict.fromkeys(per_file[0]) if all(key in keys for keys in per_file[1:])]
+
+
+def _folder_value(key: str) -> str:
+    """SQL: the value of `key=` in the row's file path, NULL where the folder has none."""
+    pattern = r"(^|[/\\])" + re.escape(key) + r"=([^/\\]*)[/\\]"
+    return f"nullif(regexp_extract({FILE_COLUMN}, {_literal(pattern)}, 2), '')"
+
+
+class _Input:
+    """One input's files read into the temporary table or view `_source` (input columns plus FILE_COLUMN,
+    and a column per partition folder the files lack) and its unparseable CSV lines into `_prep_rejected`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, source: Location, files: list[str], fmt: str):
+        self.con, self.source, self.files, self.fmt = con, source, files, fmt
+        if fmt == "csv":
+            groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+            for path in files:
+                groups.setdefault(_csv_header(source.fs, path), []).append(path)
+            self.reads = [self._csv_sql(paths, delimiter, names, i)
+                          for i, ((delimiter, names), paths) in enumerate(sorted(groups.items()))]
+            self.file_columns = list(dict.fromkeys(name for delimiter, names in groups for name in names))
+        else:
+            # Parquet writers leave NaN out of min/max statistics; without can_have_nan DuckDB trusts them
+            # and drops NaN rows from filters such as isnan(x) (duckdb/duckdb#25521).
+            self.reads = [f"SELECT * FROM read_parquet({_path_list(files)}, union_by_name = true, "
+                          f"hive_partitioning = false, can_have_nan = true, filename = {_literal(FILE_COLUMN)})"]
+            described = con.execute(f"DESCRIBE {self.reads[0]}").fetchall()
+            self.file_columns = [name for name, *_ in described if name != FILE_COLUMN]
+        file_names = {name.lower() for name in self.file_columns}
+        keys = _partition_keys(files)
+        self.partition_columns = [key for key in keys if key.lower() not in file_names]
+        self.partitions_in_files = [key for key in keys if key.lower() in file_names]
+        self.columns = self.file_columns + self.partition_columns
+
+    @staticmethod
+    def _csv_sql(paths: list[str], delimiter: str, names: tuple[str, ...], group: int) -> str:
+        columns = "{" + ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in names) + "}"
+        return (f"SELECT * FROM read_csv({_path_list(paths)}, header = true, auto_detect = false, "
+                f"columns = {columns}, delim = {_literal(delimiter)}, quote = '\"', escape = '\"', "
+                f"strict_mode = true, store_rejects = true, rejects_table = '_prep_rejects_{group}', "
+                f"rejects_scan = '_prep_scans_{group}', hive_partitioning = false, "
+                f"filename = {_literal(FILE_COLUMN)})")
+
+    def check_names(self) -> None:
+        reserved = [name for name in self.columns if is_reserved(name)]
+        if reserved:
+            raise PrepError(f"input {self.source.uri}: column(s) {reserved} start with {RESERVED_PREFIX!r}, which "
+                            "prep reserves for the columns it adds (reason, file, line); rename them in the input")
+
+    def load(self, schema: InputSchema) -> None:
+        """Create `_source` and `_prep_rejected`; refuse files whose own column disagrees with its folder."""
+        added = "".join(f", {_folder_value(key)} AS {_ident(key)}" for key in self.partition_columns)
+        union = "\nUNION ALL BY NAME\n".join(self.reads)
+        # A local Parquet scan is cheap enough to repeat; CSV parsing and remote reads are done once.
+        kind = "TEMP TABLE" if self.fmt == "csv" or self.source.remote else "TEMP VIEW"
+        self.con.execute(f"CREATE {kind} _source AS SELECT *{added} FROM ({union})")
+        self.con.execute(f"CREATE TEMP TABLE _prep_rejected ({FILE_COLUMN} VARCHAR, {LINE_COLUMN} BIGINT, "
+                         f"{REASON_COLUMN} VARCHAR, {RAW_COLUMN} VARCHAR)")
+        if self.fmt == "csv":
+            for group in range(len(self.reads)):
+                self.con.execute(f"""
+                    INSERT INTO _prep_rejected
+                    SELECT s.file_path, e.line,
+                           'malformed:' || lower(replace(arg_min(e.error_type, e.column_idx), ' ', '_')),
+                           arg_min(e.csv_line, e.column_idx)
+                    FROM _prep_rejects_{group} e JOIN _prep_scans_{group} s USING (scan_id, file_id)
+                    GROUP BY s.file_path, e.line""")
+        for key in self.partitions_in_files:
+            self._check_folder_agrees(schema, key)
+
+    def _check_folder_agrees(self, schema: InputSchema, key: str) -> None:
+        column = next(name for name in self.file_columns if name.lower() == key.lower())
+        dtype = schema.column(column).dtype if column in schema.names else "string"
+        def typed(expr: str) -> str:
+            return (DUCKDB.text.format(expr=expr) if dtype == "string"
+                    else DUCKDB.try_cast.format(expr=expr, type=DUCKDB.types[dtype]))
+        folder = _folder_value(key)
+        row = self.con.execute(f"""
+            SELECT {FILE_COLUMN}, {folder}, CAST({_ident(column)} AS VARCHAR), count(*) OVER ()
+            FROM _source WHERE {typed(folder)} IS DISTINCT FROM {typed(_ident(column))} LIMIT 1""").fetchone()
+        if row:
+            path, folder_value, file_value, count = row
+            raise PrepError(
+                f"{path}: column {column!r} holds {file_value!r} but the file sits in folder {key}={folder_value} "
+                f"({count} such row(s) in the input); prep reads the files' own {column!r} values, so move each "
+                f"file to the folder of its values, or drop the {key}= folders or the column from the files")
+
+    def rejected_by_reason(self) -> dict[str, int]:
+        return dict(self.con.execute(
+            f"SELECT {REASON_COLUMN}, count(*) FROM _prep_rejected GROUP BY {REASON_COLUMN}").fetchall())
 
 
 # --- Schema check ------------------------------------------------------------------------------------
@@ -517,7 +893,7 @@ def _unparseable_columns(con: duckdb.DuckDBPyConnection, sql: SchemaSql, relatio
     names = [name for name in sql.schema.names if name in sql.text_columns]
     if not names:
         return []
-    counts = ", ".join(f"count({_ident(n)}), count({sql.value(n)})" for n in names)
+    counts = ", ".join(f"count({_ident(n)}), count({sql.parsed(n)})" for n in names)
     row = con.execute(f"SELECT {counts} FROM {relation}").fetchone()
     return [(name, sql.schema.column(name).dtype, f"VARCHAR with no parseable {sql.schema.column(name).dtype} value")
             for i, name in enumerate(names) if row[2 * i] > 0 and row[2 * i + 1] == 0]
@@ -530,60 +906,74 @@ def _in_schema_order(schema: InputSchema, mistyped: list[tuple[str, str, str]]) 
 # --- prepare -----------------------------------------------------------------------------------------
 
 def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int,
-            window: tuple[str, str] | None = None, storage_options: dict | None = None) -> PrepResult:
+            window: tuple[str, str] | None = None, storage_options: dict | None = None,
+            max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
+            allowed_prefixes: Sequence[str] | None = None) -> PrepResult:
     """Validate, quarantine and bucket `input_uri` into batches under `out_uri` (see the module doc).
 
     `window` is [start, end) in ISO dates (or date-times) on `schema.time_column`. `storage_options`
-    are `s3fs.S3FileSystem` arguments for s3:// URIs. Raises SchemaError, naming every missing or
-    mistyped column, before anything is written; replaces batches, manifest and quarantine left
-    under `out_uri` by an earlier run.
+    are `s3fs.S3FileSystem` arguments for s3:// URIs. `allowed_prefixes` (None: anywhere) limits the
+    input and every file under it (see `check_input_uri`). Raises SchemaError, naming every missing
+    or mistyped column, before anything is written, and PrepError when more than
+    `max_quarantined_share` of the rows are quarantined or the window holds no usable row (the
+    quarantine is written, batches and manifest are not). Replaces batches, manifest and quarantine
+    left under `out_uri` by an earlier run.
     """
     _check_bucket_count(bucket_count)
     _check_schema_shape(schema)
+    _check_share(max_quarantined_share)
     if window is not None:
         _window_literals(schema, window)
+    if allowed_prefixes is not None:
+        check_input_uri(input_uri, allowed_prefixes)
     source = Location.parse(input_uri, storage_options)
     out = Location.parse(out_uri, storage_options)
-    files, fmt = _resolve_input(source)
+    files, fmt = _resolve_input(source, allowed_prefixes)
     with tempfile.TemporaryDirectory(prefix="prep-") as scratch, closing(duckdb.connect()) as con:
         con.execute(f"SET temp_directory = {_literal(os.path.join(scratch, 'duckdb'))}")
         if source.remote:
             con.register_filesystem(source.fs)
-        read = _read_sql(files, fmt)
-        types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {read})").fetchall())
+        data = _Input(con, source, files, fmt)
+        data.check_names()
+        data.load(schema)
+        types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _source)").fetchall())
+        types.pop(FILE_COLUMN, None)
         missing, mistyped, text_columns = _check_types(schema, types)
         sql = SchemaSql(schema, DUCKDB, text_columns)
+        mistyped = _in_schema_order(schema, mistyped + _unparseable_columns(con, sql, "_source"))
         if missing or mistyped:
-            raise SchemaError(missing, _in_schema_order(schema, mistyped + _unparseable_columns(con, sql, read)))
-        # A local Parquet scan is cheap enough to repeat; CSV parsing and remote reads are done once.
-        kind = "TEMP TABLE" if fmt == "csv" or source.remote else "TEMP VIEW"
-        con.execute(f"CREATE {kind} _source AS SELECT * FROM {read}")
-        unparseable = _unparseable_columns(con, sql, "_source")
-        if unparseable:
-            raise SchemaError([], unparseable)
+            raise SchemaError(missing, mistyped, {name: near_matches(name, types) for name in missing}, source.uri)
         scope = sql.in_scope(window)
 
         by_reason = dict(con.execute(
             f"SELECT reason, count(*) FROM (SELECT {sql.reason()} AS reason FROM _source WHERE {scope}) GROUP BY reason"
         ).fetchall())
-        rows_in = sum(by_reason.values())
         rows_ok = by_reason.pop(None, 0)
-        duplicates = _stage_duplicates(con, sql, scope)
-        if duplicates:
-            by_reason["duplicate"] = duplicates
-            rows_ok -= duplicates
+        by_reason.update(data.rejected_by_reason())
+        rows_in = rows_ok + sum(by_reason.values())
+        for reason, count in _stage_duplicates(con, sql, scope).items():
+            by_reason[reason] = count
+            rows_ok -= count
 
         staging = out
         if out.remote:
             staging = Location(os.path.join(scratch, "out"), fsspec.filesystem("file"), remote=False)
         _clear_outputs(out)
         os.makedirs(staging.uri, exist_ok=True)
-        if rows_ok:
-            _write_batches(con, sql, scope, staging.join(BATCHES_DIR), bucket_count)
         quarantine_uri = None
         if by_reason:
-            _write_quarantine(con, sql, scope, staging.join(QUARANTINE_FILE))
+            _write_quarantine(con, sql, scope, staging.join(QUARANTINE_FILE), data.columns)
             quarantine_uri = out.join(QUARANTINE_FILE)
+        try:
+            _check_limits(source.uri, schema, window, rows_in, rows_ok, by_reason, max_quarantined_share,
+                          quarantine=(con, staging.join(QUARANTINE_FILE), quarantine_uri),
+                          time_range=lambda: _time_range(con, sql))
+        except PrepError:
+            if out.remote and quarantine_uri:
+                out.fs.put(staging.join(QUARANTINE_FILE), quarantine_uri)
+            raise
+        if rows_ok:
+            _write_batches(con, sql, scope, staging.join(BATCHES_DIR), bucket_count)
         manifest = _manifest(con, sql, staging, out, rows_ok)
         con.register("_manifest_frame", manifest)
         con.execute(f"COPY _manifest_frame TO {_literal(staging.join(MANIFEST_FILE))} (FORMAT parquet)")
@@ -606,6 +996,83 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
     )
 
 
+# --- Limits and the errors that explain them ---------------------------------------------------------
+
+_ADVICE = {
+    "malformed:invalid_encoding": "the file is not UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+    "malformed:": "the line does not parse as RFC 4180 CSV: give it as many fields as the header and quote "
+                  "(\"...\") any field holding the delimiter, a quote (doubled) or a line break",
+    "null:": "fill the column, or declare it nullable in the workload's schema",
+    "non_finite:": "replace infinite values by finite numbers",
+    "non_numeric:": "write numbers (a dot for decimals, no units or thousands separators)",
+    "non_date:": "write dates as YYYY-MM-DD",
+    "out_of_range:": "the values lie outside the column's min/max in the workload's schema",
+    DUPLICATE: "identical rows share a unique key: one of each is kept; remove the copies",
+    CONFLICTING_DUPLICATE: "rows share a unique key but differ: none is kept; keep one row per key",
+}
+
+
+def _advice(reason: str) -> str:
+    for prefix, text in _ADVICE.items():
+        if reason == prefix or (prefix.endswith(":") and reason.startswith(prefix)):
+            return text
+    return ""
+
+
+def _reason_lines(by_reason: Mapping[str, int], firsts: Mapping[str, str]) -> str:
+    return "\n".join(f"  {reason}: {count}" + (f" (first: {firsts[reason]})" if reason in firsts else "")
+                     + (f"; {_advice(reason)}" if _advice(reason) else "")
+                     for reason, count in sorted(by_reason.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _first_occurrences(con: duckdb.DuckDBPyConnection, path: str) -> dict[str, str]:
+    """Per reason, the first file (and line) of a quarantined row, from the written quarantine."""
+    rows = con.execute(f"""
+        SELECT {REASON_COLUMN}, first({FILE_COLUMN} ORDER BY {FILE_COLUMN}, {LINE_COLUMN} NULLS LAST),
+               first({LINE_COLUMN} ORDER BY {FILE_COLUMN}, {LINE_COLUMN} NULLS LAST)
+        FROM read_parquet({_literal(_as_glob_literal(path))}) GROUP BY {REASON_COLUMN}""").fetchall()
+    return {reason: f"{file}" + (f" line {line}" if line is not None else "") for reason, file, line in rows}
+
+
+def _time_range(con: duckdb.DuckDBPyConnection, sql: SchemaSql) -> tuple[str, str, int] | None:
+    """(first, last, rows) of the input's parseable time values, all rows, window or not."""
+    value = sql.value(sql.schema.time_column)
+    first, last, count = con.execute(f"SELECT min({value}), max({value}), count({value}) FROM _source").fetchone()
+    return (str(first), str(last), count) if count else None
+
+
+def _check_limits(input_uri: str, schema: InputSchema, window: tuple[str, str] | None, rows_in: int, rows_ok: int,
+                  by_reason: Mapping[str, int], max_quarantined_share: float, *,
+                  quarantine: tuple | None = None, time_range=None) -> None:
+    """Raise PrepError when the window is empty, too much is quarantined, or nothing in the window is usable."""
+    scope = f"in the window [{window[0]}, {window[1]}) of {input_uri}" if window else f"of {input_uri}"
+    if window and not rows_in:
+        span = time_range() if time_range else None
+        found = (f"its {schema.time_column!r} values run from {span[0]} to {span[1]} ({span[2]} rows)" if span
+                 else f"it has no row with a valid {schema.time_column!r}")
+        raise PrepError(f"no rows {scope}: {found}. Point input_uri at data for this window, or choose a run "
+                        "whose data interval (and lookback) falls inside the data's dates")
+    quarantined = rows_in - rows_ok
+    share = quarantined / rows_in if rows_in else 0.0
+    over = share > max_quarantined_share
+    if not over and (rows_ok or not window):
+        return
+    firsts, kept = {}, ""
+    if quarantine:
+        con, staged, final = quarantine
+        firsts = _first_occurrences(con, staged)
+        kept = f" The quarantined rows are in {final} with their reason, file and line."
+    lines = _reason_lines(by_reason, firsts)
+    if over:
+        raise PrepError(f"{quarantined} of {rows_in} rows {scope} were quarantined "
+                        f"({share:.1%}), more than max_quarantined_share={max_quarantined_share}:\n{lines}\n"
+                        f"Fix the input, or raise the run parameter max_quarantined_share (0..1) if this share "
+                        f"of bad rows is expected.{kept}")
+    raise PrepError(f"no usable rows {scope}: all {rows_in} were quarantined:\n{lines}\nFix the input.{kept}")
+
+
+# --- Duplicates, batches, quarantine, manifest ---------------------------------------------------------
+
 def _duplicate_key_hashes(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str) -> np.ndarray:
     """Hashes of unique keys that occur more than once among good rows (plus rare hash collisions).
 
@@ -618,29 +1085,29 @@ def _duplicate_key_hashes(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope:
     return np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
 
 
-def _stage_duplicates(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str) -> int:
-    """Rank the good rows whose unique key hash repeats into `_dup_rows`; return how many are duplicates.
+def _stage_duplicates(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str) -> dict[str, int]:
+    """Rank the good rows whose unique key hash repeats into `_dup_rows`; return the duplicates by reason.
 
-    `_dup_rank` 1 is the row kept for its key (the first in the order of all its values). The
-    batches take every other good row from `_source` and these rows from `_dup_rows`.
+    The batches take every other good row from `_source` and, from `_dup_rows`, the rows ranked 1 of
+    keys without conflict (`SchemaSql.duplicate_window`).
     """
     con.execute("CREATE OR REPLACE TEMP TABLE _dup_hashes (h UBIGINT)")
     if not sql.schema.unique_key:
-        return 0
+        return {}
     repeated = _duplicate_key_hashes(con, sql, scope)
     if not len(repeated):
-        return 0
+        return {}
     con.register("_repeated_hashes", pa.table({"h": pa.array(repeated, pa.uint64())}))
     con.execute("INSERT INTO _dup_hashes SELECT h FROM _repeated_hashes")
     key = ", ".join(sql.value(name) for name in sql.schema.unique_key)
-    typed = [sql.value(name) for name in sql.schema.names]
     raw = [_ident(name) for name in _source_columns(con)]
     con.execute(f"""
         CREATE TEMP TABLE _dup_rows AS
-        SELECT *, row_number() OVER (PARTITION BY {key} ORDER BY {', '.join(typed + raw)}) AS _dup_rank
+        SELECT *, {sql.duplicate_window(raw)}
         FROM _source
         WHERE {scope} AND {sql.valid()} AND hash({key}) IN (SELECT h FROM _dup_hashes)""")
-    return con.execute("SELECT count(*) FROM _dup_rows WHERE _dup_rank > 1").fetchone()[0]
+    return dict(con.execute(f"SELECT reason, count(*) FROM (SELECT {sql.duplicate_reason()} AS reason FROM _dup_rows) "
+                            "WHERE reason IS NOT NULL GROUP BY reason").fetchall())
 
 
 def _source_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -659,15 +1126,20 @@ def _write_batches(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str, d
     if _has_duplicates(con):
         key = ", ".join(sql.value(name) for name in sql.schema.unique_key)
         rows += (f" AND hash({key}) NOT IN (SELECT h FROM _dup_hashes)"
-                 f" UNION ALL {select} FROM _dup_rows WHERE _dup_rank = 1")
+                 f" UNION ALL {select} FROM _dup_rows WHERE {RANK_COLUMN} = 1 AND NOT {CONFLICT_COLUMN}")
     con.execute(f"COPY ({rows}) TO {_literal(directory)} (FORMAT parquet, PARTITION_BY ({BUCKET_COLUMN}))")
 
 
-def _write_quarantine(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str, path: str) -> None:
-    rows = f"SELECT *, {sql.reason()} AS {REASON_COLUMN} FROM _source WHERE {scope} AND NOT ({sql.valid()})"
+def _write_quarantine(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str, path: str,
+                      input_columns: Sequence[str]) -> None:
+    parts = [f"SELECT *, {sql.reason()} AS {REASON_COLUMN} FROM _source WHERE {scope} AND NOT ({sql.valid()})"]
     if _has_duplicates(con):
-        rows += f" UNION ALL SELECT * EXCLUDE (_dup_rank), 'duplicate' FROM _dup_rows WHERE _dup_rank > 1"
-    con.execute(f"COPY ({rows}) TO {_literal(path)} (FORMAT parquet)")
+        parts.append(f"SELECT * EXCLUDE ({RANK_COLUMN}, {CONFLICT_COLUMN}), {sql.duplicate_reason()} AS {REASON_COLUMN} "
+                     f"FROM _dup_rows WHERE {RANK_COLUMN} > 1 OR {CONFLICT_COLUMN}")
+    parts.append("SELECT * FROM _prep_rejected")
+    columns = ", ".join(_ident(name) for name in [*input_columns, REASON_COLUMN, FILE_COLUMN, LINE_COLUMN, RAW_COLUMN])
+    union = "\nUNION ALL BY NAME\n".join(f"({part})" for part in parts)
+    con.execute(f"COPY (SELECT {columns} FROM ({union})) TO {_literal(path)} (FORMAT parquet)")
 
 
 def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: Location, out: Location,
@@ -686,14 +1158,14 @@ def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: Location,
     columns = ", ".join(_ident(name) for name in sql.schema.names)
     unit = ", ".join(_ident(name) for name in sql.schema.unit_key)
     engine = _literal("duckdb-" + duckdb.__version__)
-    files = _literal(staging.join(BATCHES_DIR, f"{BUCKET_COLUMN}=*", "*.parquet"))
+    files = _literal(_as_glob_literal(staging.join(BATCHES_DIR)) + f"/{BUCKET_COLUMN}=*/*.parquet")
     frame = con.execute(f"""
-        SELECT CAST({BUCKET_COLUMN} AS BIGINT) AS batch_id, min(_file) AS uri, count(DISTINCT _file) AS files,
-               count(*) AS "rows", count(DISTINCT ({unit})) AS units,
-               md5(concat_ws('|', {engine}, count(*), sum(_row_hash), bit_xor(_row_hash))) AS content_hash
-        FROM (SELECT {BUCKET_COLUMN}, filename AS _file, {unit}, hash({columns}) AS _row_hash
+        SELECT CAST({BUCKET_COLUMN} AS BIGINT) AS batch_id, min({FILE_COLUMN}) AS uri,
+               count(DISTINCT {FILE_COLUMN}) AS files, count(*) AS "rows", count(DISTINCT ({unit})) AS units,
+               md5(concat_ws('|', {engine}, count(*), sum({ROW_HASH_COLUMN}), bit_xor({ROW_HASH_COLUMN}))) AS content_hash
+        FROM (SELECT {BUCKET_COLUMN}, {FILE_COLUMN}, {unit}, hash({columns}) AS {ROW_HASH_COLUMN}
               FROM read_parquet({files}, hive_partitioning = true, hive_types = {{'{BUCKET_COLUMN}': 'BIGINT'}},
-                                filename = true))
+                                filename = {_literal(FILE_COLUMN)}))
         GROUP BY {BUCKET_COLUMN} ORDER BY {BUCKET_COLUMN}""").df()
     split = frame[frame["files"] != 1]
     if len(split):

@@ -145,10 +145,11 @@ def spoiled_csv(path) -> tuple[pd.DataFrame, dict[str, int]]:
         for j, change in enumerate(changes):
             for column, value in change.items():
                 frame.loc[10 * i + j, column] = value
-    duplicates = frame.iloc[[100, 100, 150]].assign(price="99.5")
-    frame = pd.concat([frame, duplicates], ignore_index=True)
+    copies = frame.iloc[[100, 100]]  # the same values twice more: duplicates, one row of three kept
+    conflicting = frame.iloc[[150]].assign(price="99.5")  # the same key, another price: neither row kept
+    frame = pd.concat([frame, copies, conflicting], ignore_index=True)
     frame.to_csv(path, index=False)
-    expected = {reason: len(changes) for reason, changes in bad.items()} | {"duplicate": 3}
+    expected = {reason: len(changes) for reason, changes in bad.items()} | {"duplicate": 2, "conflicting_duplicate": 2}
     return frame, expected
 
 
@@ -161,32 +162,38 @@ def test_every_quarantine_reason_is_counted_and_the_bad_rows_are_kept_as_read(tm
     assert result.rows_quarantined == sum(expected.values())
     assert result.rows_in == result.rows_ok + result.rows_quarantined
     quarantine = pd.read_parquet(result.quarantine_uri)
-    assert list(quarantine.columns) == [*frame.columns, "reason"]
-    assert quarantine["reason"].value_counts().to_dict() == expected
-    assert set(quarantine.loc[quarantine["reason"] == "non_numeric:price", "price"]) == {"n/a"}
-    assert set(quarantine.loc[quarantine["reason"] == "non_date:date", "date"]) == {"yesterday"}
+    assert list(quarantine.columns) == [*frame.columns, "_prep_reason", "_prep_file", "_prep_line", "_prep_raw"]
+    assert quarantine["_prep_reason"].value_counts().to_dict() == expected
+    assert set(quarantine["_prep_file"]) == {str(tmp_path / "in.csv")}
+    assert set(quarantine.loc[quarantine["_prep_reason"] == "non_numeric:price", "price"]) == {"n/a"}
+    assert set(quarantine.loc[quarantine["_prep_reason"] == "non_date:date", "date"]) == {"yesterday"}
     good = batches(result)
     assert len(good) == result.rows_ok
     assert list(good.columns) == [*SCHEMA.names, "batch_id"]
     assert good["price"].dtype == "float64" and good["price"].min() >= 0.01
     assert good["quantity"].between(0, 1000).all() and not good["quantity"].isna().any()
     assert not good.duplicated(["segment", "product", "date"]).any()
+    conflicting_key = tuple(frame.loc[150, ["segment", "product", "date"]])
+    assert conflicting_key not in set(zip(good["segment"], good["product"], good["date"].astype(str)))
 
 
-def test_duplicates_keep_the_row_that_sorts_first_whatever_the_input_order(tmp_path):
-    frame = sales()
-    copies = frame.iloc[[5, 5, 7]].assign(price=[0.5, 77.0, 88.0])  # 0.5 sorts first, and is in range
-    kept = []
+def test_identical_duplicates_keep_one_row_and_conflicting_ones_keep_none_whatever_the_input_order(tmp_path):
+    frame = sales().assign(note="first")
+    identical = frame.iloc[[5, 5]].assign(note=["second", "third"])  # an undeclared column may differ
+    conflicting = frame.iloc[[7, 7]].assign(price=[0.5, 77.0])
+    key = ["segment", "product", "date"]
     for seed in (1, 2):
-        shuffled = pd.concat([frame, copies]).sample(frac=1, random_state=seed)
+        shuffled = pd.concat([frame, identical, conflicting]).sample(frac=1, random_state=seed)
         shuffled.to_parquet(tmp_path / f"in{seed}.parquet")
         result = prepare(str(tmp_path / f"in{seed}.parquet"), SCHEMA, str(tmp_path / f"out{seed}"), 8)
-        assert result.quarantined_by_reason == {"duplicate": 3}
-        good = batches(result).set_index(["segment", "product", "date"])
-        kept.append(good.loc[tuple(frame.loc[5, ["segment", "product", "date"]]), "price"])
+        assert result.quarantined_by_reason == {"conflicting_duplicate": 3, "duplicate": 2}
+        assert (result.rows_in, result.rows_ok) == (len(shuffled), len(frame) - 1)
+        good = batches(result).set_index(key)
+        assert tuple(frame.loc[5, key]) in good.index and tuple(frame.loc[7, key]) not in good.index
         quarantined = pd.read_parquet(result.quarantine_uri)
-        assert 0.5 not in set(quarantined["price"])
-    assert kept == [0.5, 0.5]
+        assert sorted(quarantined.loc[quarantined["_prep_reason"] == "duplicate", "note"]) == ["second", "third"]
+        assert sorted(quarantined.loc[quarantined["_prep_reason"] == "conflicting_duplicate", "price"]) == sorted(
+            [0.5, 77.0, frame.loc[7, "price"]])
 
 
 def test_nan_in_parquet_is_quarantined_despite_statistics_without_nan(tmp_path):
@@ -206,7 +213,7 @@ def test_nan_in_parquet_is_quarantined_despite_statistics_without_nan(tmp_path):
 def test_only_bad_rows_give_no_batches_and_an_empty_manifest(tmp_path):
     frame = sales(units=3, days=2).assign(price=-1.0)
     frame.to_parquet(tmp_path / "in.parquet")
-    result = prepare(str(tmp_path / "in.parquet"), SCHEMA, str(tmp_path / "out"), 8)
+    result = prepare(str(tmp_path / "in.parquet"), SCHEMA, str(tmp_path / "out"), 8, max_quarantined_share=1)
     assert (result.rows_ok, result.batches, result.units) == (0, 0, 0)
     assert result.quarantined_by_reason == {"out_of_range:price": 6}
     assert read_manifest(result.manifest_uri).empty
@@ -269,7 +276,7 @@ def test_to_dict_is_small_and_json_serialisable(tmp_path):
     spoiled_csv(tmp_path / "in.csv")
     result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
     assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
-    assert result.to_dict()["quarantined_by_reason"]["duplicate"] == 3
+    assert result.to_dict()["quarantined_by_reason"]["duplicate"] == 2
 
 
 # --- window ------------------------------------------------------------------------------------------
@@ -368,10 +375,15 @@ def test_athena_ctas_uses_the_same_checks_window_and_bucket_as_duckdb():
     assert [reason for reason, _ in athena.checks()] == [reason for reason, _ in duck.checks()]
     assert f"WHERE {athena.valid()}\n  AND {athena.in_scope(window)}" in sql
     assert "DATE '2026-01-01'" in sql and "DATE '2026-02-01'" in sql
-    assert 'PARTITION BY "segment", "product", "date"' in sql and "_dup_rank = 1" in sql
+    unique = ", ".join(SchemaSql(SCHEMA, ATHENA).value(name) for name in SCHEMA.unique_key)
+    assert f"PARTITION BY {unique}" in sql and "_prep_rank = 1 AND NOT _prep_conflict" in sql
     # The two dialects differ only in how functions are spelled, not in what is checked.
-    assert duck.valid().replace("TRY_CAST", "try_cast").replace("isnan", "is_nan").replace("DOUBLE", "double") \
-        .replace("DATE)", "date)") == athena.valid()
+    blanks = "chr(32) || chr(9) || chr(10) || chr(13)"
+    duck_in_athena_spelling = duck.valid()
+    for old, new in (("TRY_CAST", "try_cast"), ("isnan", "is_nan"), ("isinf", "is_infinite"), ("DOUBLE", "double"),
+                     ("DATE)", "date)"), *((f'trim("{n}", {blanks})', f'trim({blanks} FROM "{n}")') for n in SCHEMA.names)):
+        duck_in_athena_spelling = duck_in_athena_spelling.replace(old, new)
+    assert duck_in_athena_spelling == athena.valid()
     with pytest.raises(ValueError, match="bucket_count"):
         athena_ctas_sql("sales.raw", SCHEMA, "sales.prepped", "s3://lake/x/", 10_001)
     with pytest.raises(ValueError, match="not a \\[database.\\]table name"):

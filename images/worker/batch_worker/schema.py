@@ -11,6 +11,14 @@ DTYPES: dict[str, tuple[str, ...]] = {
     "date": ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S"),
 }
 
+#: Prefix of the columns prep adds (quarantine reason, file, line, ranks). No schema or input column may
+#: use it, compared without case as DuckDB and Athena compare names.
+RESERVED_PREFIX = "_prep_"
+
+
+def is_reserved(name: str) -> bool:
+    return name.lower().startswith(RESERVED_PREFIX)
+
 
 @dataclass(frozen=True)
 class Column:
@@ -23,6 +31,9 @@ class Column:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"column {self.name!r}: unknown dtype {self.dtype!r}; expected one of {sorted(DTYPES)}")
+        if is_reserved(self.name):
+            raise ValueError(f"column {self.name!r}: names starting with {RESERVED_PREFIX!r} are reserved for "
+                             "the columns prep adds; rename the column")
 
 
 @dataclass(frozen=True)
