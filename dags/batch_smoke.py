@@ -23,6 +23,12 @@ from airflow.sdk import Param, dag, task
 from operators.batch import HouseBatchOperator
 
 
+def output_folder(run_id: str) -> str:
+    from operators.engine import safe_name
+
+    return f"{os.environ.get('DATA_ROOT', '.data')}/batch_smoke/{safe_name(run_id)}"
+
+
 @dag(
     dag_id="batch_smoke",
     schedule=None,
@@ -41,8 +47,9 @@ from operators.batch import HouseBatchOperator
 def batch_smoke():
     @task
     def plan(params=None, run_id=None) -> list[dict]:
-        data_root = os.environ.get("DATA_ROOT", ".data")
-        out = f"{data_root}/batch_smoke/{run_id}".replace(":", "_").replace("+", "_")
+        from operators import engine
+
+        out = output_folder(run_id)
         command = ["python", "-m", "batch_worker.smoke", "--sleep", str(params["sleep_s"]),
                    "--fail-index", str(params["fail_index"])]
         shards = []
@@ -50,6 +57,8 @@ def batch_smoke():
             size = params["children"]
             shards.append({
                 "job_name": f"batch-smoke-shard-{shard}",
+                "job_queue": params["queue"],
+                "job_definition": engine.JOB_DEFINITIONS[params["queue"]],
                 "array_properties": {"size": size} if size > 1 else {},
                 "container_overrides": {"command": [*command, "--out", f"{out}/shard-{shard}"]},
             })
@@ -57,16 +66,13 @@ def batch_smoke():
 
     @task
     def summary(job_ids, params=None, run_id=None) -> dict:
-        data_root = os.environ.get("DATA_ROOT", ".data")
-        out = Path(f"{data_root}/batch_smoke/{run_id}".replace(":", "_").replace("+", "_"))
+        out = Path(output_folder(run_id))
         written = sorted(out.rglob("child-*.json"))
         return {"shards": params["shards"], "children_per_shard": params["children"],
                 "child_files_written": len(written), "batch_job_ids": list(job_ids), "output": str(out)}
 
     shards = HouseBatchOperator.partial(
         task_id="run_shard",
-        job_queue="{{ params.queue }}",
-        job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
         poll_interval=2,
         map_index_template="{{ task.job_name }}",
     ).expand_kwargs(plan())

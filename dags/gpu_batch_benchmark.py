@@ -44,7 +44,7 @@ def gpu_batch_benchmark():
         from operators import engine, gpu_benchmark
 
         return gpu_benchmark.plan(params["cases"], small=params["small"], repeats=params["repeats"],
-                                  run_dir=engine.run_root(dag.dag_id, run_id),
+                                  run_dir=engine.own_run_root(dag.dag_id, run_id),
                                   out_root=engine.output_root("gpu_benchmark"), nonce=run_id)
 
     @task

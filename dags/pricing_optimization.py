@@ -89,6 +89,8 @@ _limits = {"type": "object", "additionalProperties": False, "properties": {
         "review": Param("auto", type="string", enum=["auto", "always"],
                         description="auto: a person decides only between the limits; always: every version"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1),
+        "shard_timeout_minutes": Param(360, type="number", exclusiveMinimum=0, maximum=7 * 24 * 60,
+                                       description="a shard still running then has its Batch job terminated"),
     },
 )
 def pricing_optimization():
@@ -120,7 +122,7 @@ def pricing_optimization():
         input_uri = source["uri"]
         end = data_interval_end.date()
         window = ((end - timedelta(days=params["lookback_days"])).isoformat(), end.isoformat())
-        root = engine.run_root(dag.dag_id, run_id)
+        root = engine.own_run_root(dag.dag_id, run_id)
         out = f"{root}/prep"
         result = prep.prepare_configured(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"],
                                          window=window, storage_options=engine.options_for(out, "aws_default"))
@@ -140,9 +142,9 @@ def pricing_optimization():
 
         return engine.plan_shards(
             prepared["manifest_uri"], workload=WORKLOAD, params=params["workload_params"],
-            out_root=engine.output_root(WORKLOAD), run_dir=prepared["run_root"],
+            out_root=engine.output_root(WORKLOAD), run_dir=prepared["run_root"], queue=params["queue"],
             batches_per_shard=params["batches_per_shard"], min_success_ratio=params["min_success_ratio"],
-            batches_per_child=params["batches_per_child"] or None)
+            batches_per_child=params["batches_per_child"] or None, timeout_minutes=params["shard_timeout_minutes"])
 
     @task
     def collect(shard_summaries, prepared: dict) -> dict:

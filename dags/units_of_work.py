@@ -14,7 +14,8 @@ change `salt` (or any workload parameter) to recompute everything.
 **Params**: `input_uri` (a CSV/Parquet file or folder, local or s3://; empty generates `units`
 units of `rows_per_unit` rows), `bucket_count` (1..10000), `batches_per_shard`, `batches_per_child`
 (0: the environment's default), `min_success_ratio`, `sleep_s` (work per batch), `fail_units`
-(unit ids whose batches fail as bad data), `salt`, `queue`.
+(unit ids whose batches fail as bad data), `salt`, `queue`, `shard_timeout_minutes` (a shard task
+still waiting then terminates its Batch job and fails).
 
 **Triage**: a failed shard's log lists the failed batches by failure class with the first error
 of each, the failed children's Batch reason and log tail; its results file lists every batch.
@@ -51,6 +52,8 @@ WORKLOAD = "noop"
         "fail_units": Param([], type="array", items={"type": "string"}),
         "salt": Param("", type="string"),
         "queue": Param("airbatch-cpu", type="string", enum=["airbatch-cpu", "airbatch-gpu"]),
+        "shard_timeout_minutes": Param(360, type="number", exclusiveMinimum=0, maximum=7 * 24 * 60,
+                                       description="a shard still running then has its Batch job terminated"),
     },
 )
 def units_of_work():
@@ -60,7 +63,7 @@ def units_of_work():
 
         from operators import engine, noop_data, prep
 
-        root = engine.run_root(dag.dag_id, run_id)
+        root = engine.own_run_root(dag.dag_id, run_id)
         input_uri = params["input_uri"]
         if not input_uri:
             target = f"{root}/input/noop.parquet"
@@ -80,9 +83,9 @@ def units_of_work():
         shards = engine.plan_shards(
             prepared["manifest_uri"], workload=WORKLOAD,
             params={"sleep_s": params["sleep_s"], "fail_units": params["fail_units"], "salt": params["salt"]},
-            out_root=engine.output_root(WORKLOAD), run_dir=prepared["run_root"],
+            out_root=engine.output_root(WORKLOAD), run_dir=prepared["run_root"], queue=params["queue"],
             batches_per_shard=params["batches_per_shard"], min_success_ratio=params["min_success_ratio"],
-            batches_per_child=params["batches_per_child"] or None)
+            batches_per_child=params["batches_per_child"] or None, timeout_minutes=params["shard_timeout_minutes"])
         print(f"{prepared['batches']} batches in {len(shards)} shard(s)")
         return shards
 

@@ -5,17 +5,20 @@ Each default has its reason next to it. DAG files pass only what differs per pip
 from __future__ import annotations
 
 import time
-from typing import Any
+from datetime import timedelta
+from typing import Any, Sequence
 
 from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
-from operators.triggers import ENDED, progress_line
+from operators.triggers import ENDED, TIMEOUT, progress_line
 
 #: How many failed children are shown, with their reason and the tail of their log.
 FAILED_CHILDREN_SHOWN = 3
 LOG_TAIL_LINES = 40
+#: How long a Batch task may wait when its DAG gives no execution_timeout: a wait never runs unbounded.
+DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=6)
 
 
 class HouseBatchOperator(BatchOperator):
@@ -25,7 +28,15 @@ class HouseBatchOperator(BatchOperator):
     minutes; a steady `poll_interval` keeps the task's view fresh at one DescribeJobs call per poll.
     On failure the task log shows, for the first failed children, their status reason, exit code
     and the tail of their CloudWatch log, so nobody has to open the Batch console to triage.
+
+    No field is a Jinja template. The values that reach a Batch job (name, queue, definition,
+    parameters, overrides) are built by an upstream task from run params and passed as they are:
+    rendering them would let a param such as "{{ conn.aws_default.password }}" read secrets into
+    files and job descriptions. `execution_timeout` defaults to DEFAULT_EXECUTION_TIMEOUT; when it
+    fires, Airflow calls `on_kill`, which terminates the job.
     """
+
+    template_fields: Sequence[str] = ()
 
     def __init__(
         self,
@@ -33,16 +44,17 @@ class HouseBatchOperator(BatchOperator):
         poll_interval: float = 10,
         aws_conn_id: str | None = "aws_default",  # local endpoint or AWS, chosen by the connection
         awslogs_enabled: bool = True,  # job output belongs in the task log
+        execution_timeout: timedelta | None = None,
         **kwargs: Any,
     ):
-        super().__init__(poll_interval=poll_interval, aws_conn_id=aws_conn_id,
-                         awslogs_enabled=awslogs_enabled, **kwargs)
+        super().__init__(poll_interval=poll_interval, aws_conn_id=aws_conn_id, awslogs_enabled=awslogs_enabled,
+                         execution_timeout=execution_timeout or DEFAULT_EXECUTION_TIMEOUT, **kwargs)
 
     def monitor_job(self, context) -> None:
         if not self.job_id:
             raise ValueError("AWS Batch job - job_id was not found")
         self._persist_links(context)
-        job = self.wait_until_ended(self.job_id)
+        job = self.wait_until_ended(self.job_id, deadline=time.time() + self.execution_timeout.total_seconds())
         self._persist_cloudwatch_link(context)
         if job["status"] == "FAILED":
             self.explain_failure(job)
@@ -57,7 +69,8 @@ class HouseBatchOperator(BatchOperator):
             raise AirflowException(f"AWS Batch job {job_id} not found")
         return jobs[0]
 
-    def wait_until_ended(self, job_id: str) -> dict[str, Any]:
+    def wait_until_ended(self, job_id: str, deadline: float, terminate_at_deadline: bool = True) -> dict[str, Any]:
+        """Poll until the job SUCCEEDED or FAILED; at `deadline` (epoch s) terminate it and raise AirflowTaskTimeout."""
         last_progress = None
         while True:
             job = self.describe(job_id)
@@ -67,7 +80,13 @@ class HouseBatchOperator(BatchOperator):
                 last_progress = progress
             if job["status"] in ENDED:
                 return job
-            time.sleep(self.poll_interval)
+            if time.time() >= deadline:
+                if terminate_at_deadline:
+                    self.log.error("Timeout: terminating AWS Batch job %s (%s)", job_id, job["status"])
+                    self.hook.client.terminate_job(jobId=job_id, reason="Airflow shard timeout")
+                raise AirflowTaskTimeout(f"AWS Batch job {job_id} was still {job['status']} at the task's timeout"
+                                         + ("; it was terminated" if terminate_at_deadline else ""))
+            time.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
 
     progress_line = staticmethod(progress_line)
 
@@ -114,36 +133,54 @@ class HouseBatchOperator(BatchOperator):
 
 #: task_state_store key holding the submitted job of the current shard (survives retries and worker deaths).
 STATE_KEY = "batch_job"
+#: Names each mapped instance. A template the project writes: `task.shard.label` is built by
+#: `plan_shards` from batch ids, and a rendered value is never rendered again.
 SHARD_LABEL = "{{ task.shard.label }}"
 ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+#: Failure classes a retry can fix; a shard whose failed batches are all of other classes fails without retry.
+RETRYABLE_CLASSES = ("transient", "lost", "not_run")
+#: The failure class of a child that ended with this exit code without recording its batches
+#: (batch_worker.runtime's exit codes); any other code (killed, lost host, timeout) is "lost".
+EXIT_CLASSES = {1: "error", 64: "configuration", 65: "bad_data", 75: "transient", 77: "permission_denied"}
+#: How many failed children's logs are read for their own error lines.
+CHILD_LOGS_READ = 5
 
 
 class UnitsOfWorkOperator(HouseBatchOperator):
     """Runs one shard of a unit-of-work pipeline as ONE AWS Batch array job, resuming what is not done.
 
-    `shard` is a descriptor from `operators.engine.plan_shards` (mapped with `.expand_kwargs()`;
-    pass `map_index_template=SHARD_LABEL` to `.partial()` to name each instance "shard 3: batches ...").
-    On every try it
+    `shard` is a descriptor from `operators.engine.plan_shards` (mapped with `.expand_kwargs()`,
+    together with `job_queue` and `job_definition`; pass `map_index_template=SHARD_LABEL` to
+    `.partial()` to name each instance "shard 3: batches ..."). On every try it
 
     - reattaches to the job an earlier try submitted if that job is still active (the job id is
       kept in Airflow's `task_state_store`), so a dead Airflow worker never causes a duplicate;
     - otherwise lists the shard's batches without a valid done-marker (cache key = batch content
-      hash + workload version + parameters), writes a worklist and submits one array job whose
-      children each take a slice of it (nothing is submitted when every batch is cached);
-    - waits (in the triggerer when `deferrable`), terminating the job if the task is killed;
+      hash + workload version + parameters). Batches that another run's active job is computing
+      (its claim under `<output root>/_claims/`) are waited for, not computed again; the rest go
+      into a worklist and one array job, claimed while it runs (nothing is submitted when every
+      batch is cached);
+    - waits (in the triggerer when `deferrable`), terminating its job if the task is killed or
+      the shard's `timeout_s` (its execution_timeout) passes;
     - reads every batch's marker and pushes a summary (also under XCom key `summary` when it fails).
 
-    The task fails when fewer than `min_success_ratio` of the shard's batches are done; a retry or
-    a clear then resumes only the failed batches. At or above the ratio it succeeds, and the failed
-    batches are listed in the summary and the shard's results file: the dead-letter list.
+    The task fails when fewer than `min_success_ratio` of the shard's batches are done: with a
+    retry when some failed batch may pass on a retry (transient, lost), without one when none can
+    (bad data, configuration, permission). A retry or a clear resumes only the failed batches. At
+    or above the ratio it succeeds, and the failed batches are listed in the summary and the
+    shard's results file: the dead-letter list.
     """
 
-    template_fields = (*HouseBatchOperator.template_fields, "shard", "min_success_ratio", "batches_per_child")
+    # Nothing is templated: the shard descriptor carries run params (salt, fail_units, ...).
+    template_fields: Sequence[str] = ()
 
     def __init__(self, *, shard: dict[str, Any], job_name: str = "units-of-work",
-                 min_success_ratio: float | str | None = None, batches_per_child: int | str | None = None,
-                 **kwargs: Any):
-        super().__init__(job_name=job_name, **kwargs)
+                 min_success_ratio: float | None = None, batches_per_child: int | None = None,
+                 execution_timeout: timedelta | None = None, **kwargs: Any):
+        timeout_s = (shard or {}).get("timeout_s")
+        if execution_timeout is None and timeout_s:
+            execution_timeout = timedelta(seconds=float(timeout_s))
+        super().__init__(job_name=job_name, execution_timeout=execution_timeout, **kwargs)
         self.shard = shard
         self.min_success_ratio = min_success_ratio
         self.batches_per_child = batches_per_child
@@ -155,37 +192,80 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
         spec = engine.ShardSpec.from_dict(self.shard)
         started = time.time()
-        batches = engine.shard_batches(spec, self.aws_conn_id)
+        deadline = started + self.execution_timeout.total_seconds()
+        ti = context["ti"]
+        engine.check_run_owner(spec.run_root, ti.dag_id, ti.run_id, self.aws_conn_id)
         store = context.get("task_state_store")
-        state = store.get(STATE_KEY) if store is not None else None
-        if state:
-            job = self.describe_or_none(state["job_id"])
+        earlier = (store.get(STATE_KEY) if store is not None else None) or {}
+        state = {"job_id": earlier.get("job_id"), "worklist": earlier.get("worklist"),
+                 "job_ids": list(earlier.get("job_ids", [])), "worklists": list(earlier.get("worklists", [])),
+                 "this_try": [], "waiting_for": None, "claim": None, "submitted_at": started}
+        if earlier.get("job_id"):
+            job = self.describe_or_none(earlier["job_id"])
             if job is not None and job["status"] in ACTIVE:
                 self.log.info("Reattaching to AWS Batch job %s (%s) submitted by an earlier try; not submitting "
-                              "again", state["job_id"], job["status"])
-                self.job_id = state["job_id"]
-                return self.wait_and_collect(context, spec, state, batches, started)
+                              "again", earlier["job_id"], job["status"])
+                state["this_try"] = [{"job_id": earlier["job_id"], "worklist": earlier["worklist"]}]
+                state["claim"] = earlier.get("claim")
+                return self.wait_for(context, spec, state, earlier["job_id"], mine=True, deadline=deadline)
             self.log.info("The earlier try's AWS Batch job %s ended %s; resuming the batches without a done-marker",
-                          state["job_id"], job["status"] if job else "(no longer known to Batch)")
-        job_ids = list(state["job_ids"]) if state else []
+                          earlier["job_id"], job["status"] if job else "(no longer known to Batch)")
+        return self.advance(context, spec, state, deadline)
 
+    def advance(self, context, spec, state: dict[str, Any], deadline: float):
+        """Submit what nobody computes, wait for what another run computes, until nothing is left to try."""
+        from operators import engine
+
+        batches = engine.shard_batches(spec, self.aws_conn_id)
         out = engine.location(spec.output_root, self.aws_conn_id)
-        done = engine.done_markers(out, batches)
-        pending = [b for b in batches if b["key"] not in done]
-        self.log.info("%s: %d batches, %d already done (cached), %d pending", spec.label, len(batches),
-                      len(batches) - len(pending), len(pending))
-        if not pending:  # cached, or computed by an earlier try's job that ended while no worker watched
-            earlier = self.submitted_keys(state) if state else set()
-            result = engine.outcome(spec, batches, earlier, state["job_id"] if state else None, {}, self.aws_conn_id)
-            return self.finish(context, spec, result, job_ids, started)
+        tried = self.keys_of(e["worklist"] for e in state["this_try"])
+        while True:
+            done = engine.done_markers(out, batches)
+            todo = [b for b in batches if b["key"] not in done and b["key"] not in tried]
+            if not todo:
+                return self.collect(context, spec, state, batches)
+            busy = self.claimed_elsewhere(out, {b["key"] for b in todo}, context["ti"])
+            mine = [b for b in todo if b["key"] not in busy]
+            self.log.info("%s: %d batches, %d done (cached or computed), %d to compute here, %d being computed by "
+                          "another run", spec.label, len(batches), len(done), len(mine), len(todo) - len(mine))
+            if mine:
+                job_id = self.submit(context, spec, state, out, mine)
+                if job_id:
+                    return self.wait_for(context, spec, state, job_id, mine=True, deadline=deadline)
+                continue  # an earlier claim took them meanwhile
+            other = next((job for job in busy.values() if job), None)
+            if other:
+                self.log.info("Waiting for AWS Batch job %s of another run, which is computing %d of this shard's "
+                              "batches; then computing only what it leaves undone", other,
+                              sum(1 for job in busy.values() if job == other))
+                return self.wait_for(context, spec, state, other, mine=False, deadline=deadline)
+            if time.time() >= deadline:
+                raise AirflowTaskTimeout(f"{spec.label}: another run's claim on {len(busy)} batches was not "
+                                         "submitted before the task's timeout")
+            time.sleep(self.poll_interval)  # another run is about to submit them
 
-        requested = self.batches_per_child if self.batches_per_child not in (None, "", "None", 0, "0") else None
-        per_child, children = engine.children_plan(len(pending), int(requested) if requested else spec.batches_per_child)
+    def submit(self, context, spec, state: dict[str, Any], out, pending: list[dict[str, Any]]) -> str | None:
+        """Claim `pending`, give up those an earlier claim holds, submit one job for the rest; its job id."""
+        from operators import engine
+
         ti = context["ti"]
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
                "try_number": ti.try_number}
+        claim = engine.new_claim(out, (b["key"] for b in pending), run)
+        # Two runs may claim the same batches at the same moment: the earlier claim keeps them.
+        taken = self.claimed_elsewhere(out, set(claim["keys"]), ti, before=claim)
+        if taken:
+            pending = [b for b in pending if b["key"] not in taken]
+            self.log.info("%d batches were claimed by another run at the same moment; leaving them to it", len(taken))
+            if not pending:
+                out.remove(claim["uri"])
+                return None
+            claim["keys"] = sorted(b["key"] for b in pending)
+            engine.write_claim(out, claim)
+        requested = self.batches_per_child if self.batches_per_child not in (None, "", "None", 0, "0") else None
+        per_child, children = engine.children_plan(len(pending), int(requested) if requested else spec.batches_per_child)
         worklist = engine.write_worklist(spec, pending, per_child, run, self.aws_conn_id)
-        self.job_name = engine.safe_name(f"{ti.dag_id}-{ti.task_id}-shard{spec.index}").replace(".", "-")[:128]
+        self.job_name = engine.batch_job_name(f"{ti.dag_id}-{ti.task_id}-shard{spec.index}")
         self.array_properties = {"size": children} if children > 1 else {}
         self.parameters = {"worklist": worklist}
         if self.retry_strategy is None:
@@ -194,46 +274,98 @@ class UnitsOfWorkOperator(HouseBatchOperator):
             self.retry_strategy = load_spec()["retry_strategy"]
         self.log.info("Submitting one %s for %d pending batches: %d child(ren) of up to %d batches; worklist %s",
                       "array job" if children > 1 else "job", len(pending), children, per_child, worklist)
-        self.submit_job(context)
-        state = {"job_id": self.job_id, "worklist": worklist, "job_ids": [*job_ids, self.job_id],
-                 "worklists": [*(state.get("worklists", []) if state else []), worklist], "submitted_at": started}
+        try:
+            self.submit_job(context)
+        except BaseException:
+            out.remove(claim["uri"])
+            raise
+        claim["job_id"] = self.job_id
+        engine.write_claim(out, claim)
+        state.update(job_id=self.job_id, worklist=worklist, claim=claim["uri"], job_ids=[*state["job_ids"], self.job_id],
+                     worklists=[*state["worklists"], worklist],
+                     this_try=[*state["this_try"], {"job_id": self.job_id, "worklist": worklist}])
+        self.save_state(context, state)
+        return self.job_id
+
+    @staticmethod
+    def save_state(context, state: dict[str, Any]) -> None:
+        store = context.get("task_state_store")
         if store is not None:
             store.set(STATE_KEY, state)
-        return self.wait_and_collect(context, spec, state, batches, started)
 
-    def wait_and_collect(self, context, spec, state: dict[str, Any], batches: list[dict[str, Any]], started: float):
+    def wait_for(self, context, spec, state: dict[str, Any], job_id: str, *, mine: bool, deadline: float):
+        """Wait for a job (this task's own, or another run's), then go on with `advance`."""
+        state["waiting_for"] = {"job_id": job_id, "mine": mine}
+        self.save_state(context, state)
+        if mine:
+            self.job_id = job_id
         if self.deferrable:
             from operators.triggers import BatchJobWaitTrigger
 
-            self.defer(trigger=BatchJobWaitTrigger(job_id=state["job_id"], aws_conn_id=self.aws_conn_id,
-                                                   region_name=self.region_name, poll_interval=self.poll_interval),
-                       method_name="execute_complete", kwargs={"state": state, "started": started})
-        job = self.wait_until_ended(state["job_id"])
-        return self.collect(context, spec, state, job, batches, started)
+            self.defer(trigger=BatchJobWaitTrigger(job_id=job_id, aws_conn_id=self.aws_conn_id,
+                                                   region_name=self.region_name, poll_interval=self.poll_interval,
+                                                   terminate_on_kill=mine, deadline=deadline),
+                       method_name="execute_complete", kwargs={"state": state, "deadline": deadline},
+                       # the trigger fires at the deadline itself; this is the scheduler's backstop
+                       timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 10 * self.poll_interval + 60))
+        job = self.wait_until_ended(job_id, deadline, terminate_at_deadline=mine)
+        return self.after_wait(context, spec, state, job, deadline)
 
     def execute_complete(self, context, event: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
-                         started: float | None = None):
+                         deadline: float | None = None, **_: Any):
         from operators import engine
 
         spec = engine.ShardSpec.from_dict(self.shard)
         if state is None:  # the triggerer path keeps next_kwargs; the state store has it either way
             state = context["task_state_store"].get(STATE_KEY)
-        self.job_id = state["job_id"]
-        job = self.describe_or_none(state["job_id"]) or {"jobId": state["job_id"], "status": "FAILED",
-                                                           "statusReason": (event or {}).get("reason", "job not found")}
-        return self.collect(context, spec, state, job, engine.shard_batches(spec, self.aws_conn_id),
-                            started or state.get("submitted_at") or time.time())
+        waiting = state.get("waiting_for") or {"job_id": state["job_id"], "mine": True}
+        if (event or {}).get("status") == TIMEOUT:
+            raise AirflowTaskTimeout(f"{spec.label}: {event['reason']}"
+                                     + ("; the job was terminated" if waiting["mine"] else ""))
+        job = self.describe_or_none(waiting["job_id"]) or {
+            "jobId": waiting["job_id"], "status": "FAILED", "statusReason": (event or {}).get("reason", "job not found")}
+        return self.after_wait(context, spec, state, job, deadline or time.time() + self.execution_timeout.total_seconds())
 
-    def collect(self, context, spec, state: dict[str, Any], job: dict[str, Any], batches: list[dict[str, Any]],
-                started: float):
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context):
+        """The scheduler's trigger timeout resumes the task to fail it without calling on_kill: terminate first."""
+        if next_method == "__fail__":
+            state = (next_kwargs or {}).get("state") or (context.get("task_state_store").get(STATE_KEY)
+                                                         if context.get("task_state_store") is not None else None)
+            waiting = (state or {}).get("waiting_for") or {}
+            if waiting.get("mine") and waiting.get("job_id"):
+                self.job_id = waiting["job_id"]
+                self.log.error("Deferred wait failed or timed out: terminating AWS Batch job %s", self.job_id)
+                self.on_kill()
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def after_wait(self, context, spec, state: dict[str, Any], job: dict[str, Any], deadline: float):
         from operators import engine
 
-        if job["status"] == "FAILED":
-            self.explain_failure(job)
-        worklist = engine.location(state["worklist"], self.aws_conn_id).read_json()
-        reasons = self.child_reasons(job, worklist) if job["status"] == "FAILED" else {}
-        result = engine.outcome(spec, batches, self.submitted_keys(state), job["jobId"], reasons, self.aws_conn_id)
-        return self.finish(context, spec, result, list(state["job_ids"]), started)
+        waiting = state.get("waiting_for") or {"mine": True}
+        state["waiting_for"] = None
+        if waiting["mine"]:
+            if job["status"] == "FAILED":
+                self.explain_failure(job)
+            if state.get("claim"):
+                engine.location(state["claim"], self.aws_conn_id).remove(state["claim"])
+                state["claim"] = None
+        else:
+            self.log.info("AWS Batch job %s of another run ended %s; checking what it left undone", job["jobId"],
+                          job["status"])
+        return self.advance(context, spec, state, deadline)
+
+    def collect(self, context, spec, state: dict[str, Any], batches: list[dict[str, Any]]):
+        from operators import engine
+
+        reasons: dict[str, tuple[str, str]] = {}
+        for entry in state["this_try"]:
+            job = self.describe_or_none(entry["job_id"])
+            if job is not None and job["status"] == "FAILED":
+                worklist = engine.location(entry["worklist"], self.aws_conn_id).read_json()
+                reasons.update(self.child_reasons(job, worklist))
+        result = engine.outcome(spec, batches, self.keys_of(state["worklists"]),
+                                [e["job_id"] for e in state["this_try"]], reasons, self.aws_conn_id)
+        return self.finish(context, spec, result, list(state["job_ids"]), state["submitted_at"])
 
     def finish(self, context, spec, result, job_ids: list[str], started: float) -> dict[str, Any]:
         from operators import engine
@@ -251,10 +383,16 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                       else spec.min_success_ratio)
         if result.success_ratio < ratio:
             context["ti"].xcom_push(key="summary", value=summary)
-            raise AirflowException(
-                f"{spec.label}: {summary['failed']} of {summary['batches']} batches failed "
-                f"({100 * result.success_ratio:.1f}% done, min_success_ratio {ratio}); first errors: "
-                f"{summary['first_errors']}. A retry or a clear of this task resumes only the failed batches.")
+            message = (f"{spec.label}: {summary['failed']} of {summary['batches']} batches failed "
+                       f"({100 * result.success_ratio:.1f}% done, min_success_ratio {ratio}); first errors: "
+                       f"{summary['first_errors']}.")
+            classes = set(summary["failures_by_class"])
+            if not classes & set(RETRYABLE_CLASSES):
+                raise AirflowFailException(
+                    f"{message} Not retried: every failed batch failed for a reason a retry cannot fix "
+                    f"({', '.join(sorted(classes))}). Fix the data, the parameters or the store's permissions, then "
+                    "clear this task: it resumes only the failed batches.")
+            raise AirflowException(f"{message} A retry or a clear of this task resumes only the failed batches.")
         if summary["failed"]:
             self.log.warning("%d failed batches are dead-lettered (min_success_ratio %s): %s", summary["failed"],
                              ratio, summary["failed_batches"])
@@ -262,55 +400,108 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     # --- Batch helpers ----------------------------------------------------------------------------
 
-    def submitted_keys(self, state: dict[str, Any]) -> set[str]:
-        """Batches this task instance submitted in any of its tries: done ones count as succeeded, not cached."""
+    def keys_of(self, worklist_uris) -> set[str]:
+        """The batches of these worklists (this task instance's jobs)."""
         from operators import engine
 
         keys: set[str] = set()
-        for uri in state.get("worklists") or [state["worklist"]]:
+        for uri in worklist_uris:
             keys |= {item["key"] for item in engine.location(uri, self.aws_conn_id).read_json()["items"]}
         return keys
+
+    def claimed_elsewhere(self, out, keys: set[str], ti, before: dict[str, Any] | None = None) -> dict[str, str | None]:
+        """Of `keys`, those another task's in-flight claim holds: key -> its job id (None: not submitted yet).
+
+        In flight: its job is active, or it has no job yet and is younger than CLAIM_SUBMIT_GRACE_S.
+        Claims of ended or abandoned jobs are removed. With `before`, only claims older than it count.
+        """
+        from operators import engine
+
+        me = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        claims = [c for c in engine.read_claims(out)
+                  if tuple((c.get("run") or {}).get(k) for k in ("dag_id", "run_id", "task_id", "map_index")) != me
+                  and (before is None or engine.claim_order(c) < engine.claim_order(before))]
+        statuses = self.statuses([c["job_id"] for c in claims if c.get("job_id")])
+        busy: dict[str, str | None] = {}
+        now = time.time_ns()
+        for claim in claims:
+            if claim.get("job_id"):
+                live = statuses.get(claim["job_id"]) in ACTIVE
+            else:
+                live = now - int(claim["created_ns"]) < engine.CLAIM_SUBMIT_GRACE_S * 1e9
+            if not live:
+                out.remove(claim["uri"])
+                continue
+            for key in keys.intersection(claim["keys"]):
+                busy.setdefault(key, claim.get("job_id"))
+        return busy
+
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        found = {}
+        for start in range(0, len(job_ids), 100):  # DescribeJobs takes up to 100 ids
+            for job in self.hook.client.describe_jobs(jobs=job_ids[start:start + 100])["jobs"]:
+                found[job["jobId"]] = job["status"]
+        return found
 
     def describe_or_none(self, job_id: str) -> dict[str, Any] | None:
         jobs = self.hook.client.describe_jobs(jobs=[job_id])["jobs"]
         return jobs[0] if jobs else None
 
-    def child_reasons(self, job: dict[str, Any], worklist: dict[str, Any]) -> dict[str, str]:
-        """The Batch-side reason for each batch whose child FAILED, by cache key."""
+    def child_reasons(self, job: dict[str, Any], worklist: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        """(failure class, error) for each batch whose child FAILED, by cache key.
+
+        The class follows the child's exit code (EXIT_CLASSES; "lost" for a kill or a lost host).
+        The error is the child's own, from the failure lines in its log when it could not write
+        `_FAILED.json` (read for the first CHILD_LOGS_READ children), else Batch's reason.
+        """
+        from batch_worker.cache import parse_failure_line
+
         items, per_child = worklist["items"], int(worklist["batches_per_child"])
-        if not job.get("arrayProperties", {}).get("size"):
-            reason = job.get("statusReason", "job FAILED")
-            return {item["key"]: reason for item in items}
-        reasons = {}
-        for child in self.failed_children(job["jobId"]):
-            index = child.get("arrayProperties", {}).get("index", 0)
+        if job.get("arrayProperties", {}).get("size"):
+            children = [(c.get("arrayProperties", {}).get("index", 0), c) for c in self.failed_children(job["jobId"])]
+        else:
+            children = [(0, job)]
+        reasons: dict[str, tuple[str, str]] = {}
+        for number, (index, child) in enumerate(children):
             exit_code = child.get("container", {}).get("exitCode")
+            kind = EXIT_CLASSES.get(exit_code, "lost")
             text = f"child {index}: {child.get('statusReason', 'FAILED')}" + (
                 f" (exit code {exit_code})" if exit_code is not None else "")
+            reported: dict[Any, dict[str, Any]] = {}
+            if number < CHILD_LOGS_READ and kind != "lost":
+                full = child if "attempts" in child else self.describe(child["jobId"])
+                attempts = full.get("attempts") or []
+                stream = (attempts[-1].get("container", {}).get("logStreamName") if attempts
+                          else full.get("container", {}).get("logStreamName"))
+                for line in self.log_lines(stream) if stream else []:
+                    record = parse_failure_line(line)
+                    if record:
+                        reported[record.get("key")] = record
+            fallback = next(iter(reported.values()), None)
             for item in items[index * per_child:(index + 1) * per_child]:
-                reasons[item["key"]] = text
+                record = reported.get(item["key"]) or fallback
+                reasons[item["key"]] = ((record["class"], f"child {index}: {record['error']}") if record
+                                        else (kind, text))
         return reasons
 
     def on_kill(self) -> None:
-        """Terminate the shard's job (every array child) when the task is failed or cleared while it waits."""
+        """Terminate the shard's job (every array child) when the task is failed, cleared or timed out while it waits."""
         if self.job_id:
             super().on_kill()
 
 
 def run_shards(shards, *, task_id: str = "run_shard", poll_interval: float = 2, **kwargs: Any):
-    """The mapped shard task of a pipeline whose `queue` param names the Batch queue (airbatch-cpu/-gpu).
+    """The mapped shard task of a pipeline: `shards` from `engine.plan_shards` (descriptor, queue, job definition).
 
-    The job definition follows the queue (the GPU one asks for a GPU). A retry resumes only the
-    batches that are not done; Spot and host losses never reach it (Batch's retry strategy takes
-    them). SHARD_RETRY_DELAY_S sets the delay before that retry (default 30 s).
+    A retry resumes only the batches that are not done; Spot and host losses never reach it
+    (Batch's retry strategy takes them), and failures a retry cannot fix fail without one.
+    SHARD_RETRY_DELAY_S sets the delay before that retry (default 30 s). Each shard's
+    execution_timeout comes from its descriptor (`shard_timeout_minutes` of the run).
     """
     import os
-    from datetime import timedelta
 
     return UnitsOfWorkOperator.partial(
         task_id=task_id,
-        job_queue="{{ params.queue }}",
-        job_definition="{{ 'airbatch-worker-gpu' if params.queue == 'airbatch-gpu' else 'airbatch-worker-cpu' }}",
         poll_interval=poll_interval,
         map_index_template=SHARD_LABEL,
         retries=kwargs.pop("retries", 1),

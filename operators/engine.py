@@ -17,13 +17,14 @@ Storage layout under DATA_ROOT (a local directory or s3://bucket/prefix):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, cache_key, children_needed,
@@ -36,6 +37,10 @@ from operators.prep import read_manifest
 #: AWS Batch array jobs hold 2 to 10,000 children.
 MAX_ARRAY_SIZE = 10_000
 DEFAULT_BATCHES_PER_SHARD = 1_000
+#: How long a shard task may run (submit, wait, collect) before its job is terminated and the task fails.
+DEFAULT_SHARD_TIMEOUT_MINUTES = 360
+#: The job definition of each queue: the GPU one asks for a GPU.
+JOB_DEFINITIONS = {"airbatch-cpu": "airbatch-worker-cpu", "airbatch-gpu": "airbatch-worker-gpu"}
 #: How many failed batch ids a summary in XCom lists; the shard's results file lists all.
 FAILED_IDS_IN_SUMMARY = 100
 
@@ -44,12 +49,62 @@ def data_root() -> str:
     return os.environ.get("DATA_ROOT", ".data").rstrip("/")
 
 
+_SAFE = re.compile(r"[A-Za-z0-9_.=-]+")
+#: Separates a readable slug from the hash of the exact text; never part of a name kept as it is.
+_HASH_SEPARATOR = "~"
+
+
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]", "_", text)
+    """A file or S3 key name for `text`: readable, and different texts always give different names.
+
+    A text of safe characters only (and not "." or "..") is kept as it is. Any other text becomes
+    its slug (unsafe characters as "_") + "~" + a hash of the exact text; "~" never occurs in a
+    kept name, so a slug cannot collide with a kept name, nor two slugs with each other unless
+    their hashes do.
+    """
+    if _SAFE.fullmatch(text) and text not in (".", ".."):
+        return text
+    slug = re.sub(r"[^A-Za-z0-9_.=-]", "_", text).strip(".")[:80]
+    return f"{slug}{_HASH_SEPARATOR}{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def batch_job_name(text: str) -> str:
+    """An AWS Batch job name (letters, digits, hyphens, underscores; at most 128)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:128]
 
 
 def run_root(dag_id: str, run_id: str, root: str | None = None) -> str:
     return f"{root or data_root()}/runs/{safe_name(dag_id)}/{safe_name(run_id)}"
+
+
+#: The record of which run a run folder belongs to, written when the folder is first used.
+OWNER_FILE = "_OWNER.json"
+
+
+def own_run_root(dag_id: str, run_id: str, aws_conn_id: str | None = "aws_default") -> str:
+    """The run folder of (dag_id, run_id), recorded as this run's; refuses a folder that belongs to another run."""
+    root = run_root(dag_id, run_id)
+    check_run_owner(root, dag_id, run_id, aws_conn_id)
+    return root
+
+
+def check_run_owner(root: str, dag_id: str, run_id: str, aws_conn_id: str | None = "aws_default") -> None:
+    """Record (dag_id, run_id) as the owner of `root` if nobody is; raise if another run owns it."""
+    folder = location(root, aws_conn_id)
+    path = folder.join(OWNER_FILE)
+    raw = folder.read_many([path]).get(path)
+    mine = {"dag_id": dag_id, "run_id": run_id}
+    if raw is None:
+        folder.write_json(path, mine)
+        return
+    try:
+        owner = json.loads(raw)
+    except ValueError:
+        owner = None
+    if not isinstance(owner, dict) or {k: owner.get(k) for k in mine} != mine:
+        raise ValueError(f"run folder {root} belongs to another run ({path} holds {raw[:200].decode(errors='replace')}),"
+                         f" not to run {run_id!r} of {dag_id!r}; nothing was written there. Trigger this run with "
+                         f"another run id, or move that folder away if it is no longer needed")
 
 
 def output_root(workload: str, root: str | None = None) -> str:
@@ -93,6 +148,8 @@ class ShardSpec:
     run_root: str
     min_success_ratio: float = 1.0
     batches_per_child: int | None = None
+    #: The shard task's execution_timeout; at that point its Batch job is terminated.
+    timeout_s: float = DEFAULT_SHARD_TIMEOUT_MINUTES * 60
 
     @classmethod
     def from_dict(cls, value: dict[str, Any] | "ShardSpec") -> "ShardSpec":
@@ -106,18 +163,24 @@ class ShardSpec:
 
 
 def plan_shards(manifest_uri: str, *, workload: str, params: dict[str, Any] | None, out_root: str,
-                run_dir: str, batches_per_shard: int = DEFAULT_BATCHES_PER_SHARD,
+                run_dir: str, queue: str = "airbatch-cpu", batches_per_shard: int = DEFAULT_BATCHES_PER_SHARD,
                 min_success_ratio: float = 1.0, batches_per_child: int | None = None,
+                timeout_minutes: float = DEFAULT_SHARD_TIMEOUT_MINUTES,
                 aws_conn_id: str | None = "aws_default") -> list[dict[str, Any]]:
     """Cut the manifest into shards of at most `batches_per_shard` batches; one array job each.
 
-    Returns kwargs for `UnitsOfWorkOperator.partial(...).expand_kwargs(...)`. The workload's
-    parameters are checked here, before anything is submitted.
+    Returns kwargs for `UnitsOfWorkOperator.partial(...).expand_kwargs(...)`: the shard descriptor,
+    the queue and its job definition. The workload's parameters and the settings are checked here,
+    before anything is submitted.
     """
     if not 1 <= batches_per_shard <= MAX_ARRAY_SIZE:
         raise ValueError(f"batches_per_shard must be 1..{MAX_ARRAY_SIZE}, got {batches_per_shard}")
     if not 0.0 <= float(min_success_ratio) <= 1.0:
         raise ValueError(f"min_success_ratio must be within 0..1, got {min_success_ratio}")
+    if not float(timeout_minutes) > 0:
+        raise ValueError(f"shard_timeout_minutes must be above 0, got {timeout_minutes}")
+    if queue not in JOB_DEFINITIONS:
+        raise ValueError(f"queue must be one of {sorted(JOB_DEFINITIONS)}, got {queue!r}")
     resolved = get_workload(workload).resolve_params(params)
     manifest = read_manifest(manifest_uri, options_for(manifest_uri, aws_conn_id))
     ids = manifest["batch_id"].tolist()
@@ -127,8 +190,8 @@ def plan_shards(manifest_uri: str, *, workload: str, params: dict[str, Any] | No
         spec = ShardSpec(index=index, label=f"shard {index}: batches {ids[start]}-{ids[stop - 1]}",
                          manifest=manifest_uri, start=start, stop=stop, workload=workload, params=resolved,
                          output_root=out_root, run_root=run_dir, min_success_ratio=float(min_success_ratio),
-                         batches_per_child=batches_per_child)
-        shards.append({"shard": asdict(spec)})
+                         batches_per_child=batches_per_child, timeout_s=float(timeout_minutes) * 60)
+        shards.append({"shard": asdict(spec), "job_queue": queue, "job_definition": JOB_DEFINITIONS[queue]})
     return shards
 
 
@@ -261,14 +324,15 @@ class ShardOutcome:
         return {"shard": asdict(self.spec), "batches": rows, "failed": self.failures}
 
 
-def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[str], job_id: str | None,
-            child_reasons: dict[str, str], aws_conn_id: str | None = "aws_default") -> ShardOutcome:
-    """Read every batch's marker after a job ended; classify the batches without one.
+def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[str], job_ids: Iterable[str],
+            child_reasons: dict[str, tuple[str, str]], aws_conn_id: str | None = "aws_default") -> ShardOutcome:
+    """Read every batch's marker after this try's jobs ended; classify the batches without one.
 
-    A batch's `_FAILED.json` counts when job `job_id` (or one of its children) wrote it. A batch
-    whose child died before recording anything (killed, timed out, host lost) gets the child's
-    Batch-side reason from `child_reasons` (by cache key).
+    A batch's `_FAILED.json` counts when one of `job_ids` (or one of its children) wrote it. A batch
+    whose child ended without such a record (killed, timed out, host lost, or unable to write to
+    the store) gets the (class, error) its child reported or Batch gave, from `child_reasons`.
     """
+    job_ids = set(job_ids)
     out = location(spec.output_root, aws_conn_id)
     done = done_markers(out, batches)
     missing = [b for b in batches if b["key"] not in done]
@@ -276,10 +340,10 @@ def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[
     result = ShardOutcome(spec, batches, done, submitted_keys)
     for batch in missing:
         record = records.get(batch["key"])
-        if record and job_id and str(record.get("job_id", "")).split(":")[0] == job_id:
+        if record and str(record.get("job_id", "")).split(":")[0] in job_ids:
             kind, error = record["class"], record["error"]
         elif batch["key"] in child_reasons:
-            kind, error = "lost", child_reasons[batch["key"]]
+            kind, error = child_reasons[batch["key"]]
         elif batch["key"] in submitted_keys:
             kind, error = "lost", "the job ended without a done-marker for this batch"
         else:
@@ -287,6 +351,45 @@ def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[
         result.failures.append({"batch_id": batch["batch_id"], "key": batch["key"], "uri": batch["uri"],
                                 "units": batch["units"], "class": kind, "error": error})
     return result
+
+
+# --- claims: batches a job is computing now, so that another run waits instead of computing them twice ----
+
+CLAIMS_DIR = "_claims"
+#: A claim whose job is not submitted yet counts as in flight for this long, then as abandoned.
+CLAIM_SUBMIT_GRACE_S = 300
+
+
+def write_claim(out: Location, claim: dict[str, Any]) -> str:
+    """Write (or rewrite) `claim` under the output root; returns its URI."""
+    uri = out.join(CLAIMS_DIR, f"{claim['claim_id']}.json")
+    out.write_json(uri, {k: v for k, v in claim.items() if k != "uri"})
+    return uri
+
+
+def new_claim(out: Location, keys: Iterable[str], run: dict[str, Any]) -> dict[str, Any]:
+    created = time.time_ns()
+    claim = {"claim_id": f"{created}-{os.urandom(4).hex()}", "created_ns": created, "job_id": None,
+             "keys": sorted(keys), "run": run}
+    claim["uri"] = write_claim(out, claim)
+    return claim
+
+
+def read_claims(out: Location) -> list[dict[str, Any]]:
+    """Every readable claim under the output root, each with its `uri`."""
+    claims = []
+    for uri, raw in out.read_many(out.list_files(out.join(CLAIMS_DIR))).items():
+        try:
+            claim = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(claim, dict) and isinstance(claim.get("keys"), list) and "created_ns" in claim:
+            claims.append({**claim, "uri": uri})
+    return claims
+
+
+def claim_order(claim: dict[str, Any]) -> tuple[int, str]:
+    return int(claim["created_ns"]), str(claim["claim_id"])
 
 
 # --- collect --------------------------------------------------------------------------------------------

@@ -4,16 +4,22 @@ The provider's `BatchJobTrigger` has no `on_kill`, so failing or clearing a defe
 Batch job (and every array child) running and paid for. Airflow 3's triggerer calls
 `BaseTrigger.on_kill` exactly when a person acts on the deferred task (mark failed or success,
 clear), never on a triggerer restart or a timeout; this trigger then calls TerminateJob.
+
+A timeout is the trigger's own `deadline`: the scheduler's trigger timeout resumes the task
+without calling `on_kill`, and `dag.test()` ignores it, so the trigger terminates the job itself
+and fires a TIMEOUT event.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 ENDED = ("SUCCEEDED", "FAILED")
+TIMEOUT = "TIMEOUT"
 
 
 def progress_line(job: dict[str, Any]) -> str:
@@ -26,21 +32,27 @@ def progress_line(job: dict[str, Any]) -> str:
 
 
 class BatchJobWaitTrigger(BaseTrigger):
-    """Poll DescribeJobs every `poll_interval` seconds; fire once the job SUCCEEDED or FAILED."""
+    """Poll DescribeJobs every `poll_interval` seconds; fire once the job SUCCEEDED or FAILED, or at `deadline`.
+
+    `deadline` (epoch seconds) ends the wait with a TIMEOUT event, after terminating the job when
+    `terminate_on_kill` (the job is this task's own; a job of another run is only waited for).
+    """
 
     def __init__(self, job_id: str, aws_conn_id: str | None = "aws_default", region_name: str | None = None,
-                 poll_interval: float = 10, terminate_on_kill: bool = True):
+                 poll_interval: float = 10, terminate_on_kill: bool = True, deadline: float | None = None):
         super().__init__()
         self.job_id = job_id
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.poll_interval = poll_interval
         self.terminate_on_kill = terminate_on_kill
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("operators.triggers.BatchJobWaitTrigger", {
             "job_id": self.job_id, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name,
             "poll_interval": self.poll_interval, "terminate_on_kill": self.terminate_on_kill,
+            "deadline": self.deadline,
         })
 
     def hook(self) -> BatchClientHook:
@@ -64,7 +76,15 @@ class BatchJobWaitTrigger(BaseTrigger):
                     yield TriggerEvent({"job_id": self.job_id, "status": job["status"],
                                         "reason": job.get("statusReason", "")})
                     return
-                await asyncio.sleep(self.poll_interval)
+                if self.deadline is not None and time.time() >= self.deadline:
+                    reason = f"the shard's timeout passed while AWS Batch job {self.job_id} was {job['status']}"
+                    if self.terminate_on_kill:
+                        self.log.warning("%s: terminating it", reason)
+                        await client.terminate_job(jobId=self.job_id, reason="Airflow shard timeout")
+                    yield TriggerEvent({"job_id": self.job_id, "status": TIMEOUT, "reason": reason})
+                    return
+                remaining = self.deadline - time.time() if self.deadline is not None else self.poll_interval
+                await asyncio.sleep(max(0.0, min(self.poll_interval, remaining)))
 
     async def on_kill(self) -> None:
         if not self.terminate_on_kill:

@@ -171,8 +171,10 @@ def test_the_runtime_reads_and_writes_s3_through_the_endpoint(local_aws, tmp_pat
     worklist = json.loads(Path(write_worklist(tmp_path, items, per_child=3)).read_text())
     worklist["output_root"] = "s3://airbatch-runtime/outputs/noop"
     s3.put_object(Bucket="airbatch-runtime", Key="worklists/w.json", Body=json.dumps(worklist).encode())
-    env = {"PATH": _path(), "AWS_ENDPOINT_URL": local_aws.url, "AWS_ACCESS_KEY_ID": "localaws",
-           "AWS_SECRET_ACCESS_KEY": "localaws", "AWS_DEFAULT_REGION": local_aws.region, "HOME": os.environ["HOME"]}
+    env = {"PATH": _path(), "AWS_ENDPOINT_URL": local_aws.url,
+           "AWS_ACCESS_KEY_ID": local_aws.client_kwargs["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": local_aws.client_kwargs["aws_secret_access_key"],
+           "AWS_DEFAULT_REGION": local_aws.region, "HOME": os.environ["HOME"]}
     done = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

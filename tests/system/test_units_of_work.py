@@ -217,3 +217,35 @@ def test_deferrable_mode_waits_in_a_trigger(airflow_db, local_aws, data_root, ca
     assert "Pausing task as DEFERRED" in text and "operators.triggers.BatchJobWaitTrigger" in text
     [summary] = xcom(run, "summary")
     assert summary["succeeded"] == 10
+
+
+CANARY = "canary-7f3e9b1d-not-for-files"
+
+
+def test_template_syntax_in_every_string_param_reaches_the_files_literally(airflow_db, local_aws, data_root,
+                                                                           monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CANARY", json.dumps({"conn_type": "generic", "login": CANARY,
+                                                            "password": CANARY}))
+    secret = "{{ conn.canary.password }}"
+    arithmetic = "{{ 6 * 7 }}"
+    folder = data_root / "in {{ run_id }}"
+    folder.mkdir()
+    source = folder / "units.csv"
+    source.write_text("unit_id,seq,value\n" + "".join(f"u{i},0,{i}.5\n" for i in range(30))
+                      + f"{secret},0,1.0\n{arithmetic},0,2.0\n")
+    run = run_dag({"input_uri": str(source), "bucket_count": 4, "batches_per_shard": 4,
+                   "salt": f"{secret}|{arithmetic}", "fail_units": [secret, "{% raw %}x"], "min_success_ratio": 0.0})
+    assert run.state == DagRunState.SUCCESS
+    worklists = list((data_root / "runs").rglob("worklists/*.json"))
+    assert worklists
+    for path in worklists:
+        params = json.loads(path.read_text())["params"]
+        assert params["salt"] == f"{secret}|{arithmetic}" and params["fail_units"] == [secret, "{% raw %}x"]
+    [results] = list((data_root / "runs").rglob("results/shard-0.json"))
+    shard = json.loads(results.read_text())["shard"]
+    assert shard["params"]["salt"] == f"{secret}|{arithmetic}"
+    [summary] = xcom(run, "summary")
+    assert summary["failed"] >= 1 and secret in summary["first_errors"]["bad_data"]  # the unit named by the template
+    for path in data_root.rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), f"{path} holds the connection's password"

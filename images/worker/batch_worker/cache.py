@@ -25,6 +25,8 @@ RESULT_FILE = "result.parquet"
 DONE_FILE = "_DONE.json"
 FAILED_FILE = "_FAILED.json"
 WORKLIST_FORMAT = 1
+#: Starts the log line in which a child reports a failure it could not record in `_FAILED.json`.
+FAILURE_LINE_TAG = "airbatch-failure"
 
 
 def canonical_json(value: Any) -> str:
@@ -61,3 +63,20 @@ def child_slice(items: list[dict], batches_per_child: int, index: int) -> list[d
 
 def children_needed(pending: int, batches_per_child: int) -> int:
     return -(-pending // batches_per_child)
+
+
+def failure_line(record: dict[str, Any]) -> str:
+    """A log line carrying a failure record, for when the output store refuses the record itself."""
+    return f"{FAILURE_LINE_TAG} {json.dumps(record, sort_keys=True, default=str)}"
+
+
+def parse_failure_line(line: str) -> dict[str, Any] | None:
+    """The record in a log line written by `failure_line` (None for any other line)."""
+    _, tag, rest = line.partition(FAILURE_LINE_TAG + " ")
+    if not tag:
+        return None
+    try:
+        record = json.loads(rest)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "class" in record and "error" in record else None

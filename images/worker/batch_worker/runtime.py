@@ -14,12 +14,20 @@ Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.j
     75  EX_TEMPFAIL: a transient error (I/O, network, throttling): Batch retries the child, and
         the retry skips the batches that are already done
     65  EX_DATAERR: a batch is unusable (`BadData`): retrying cannot help, so Batch does not
-    64  EX_USAGE: the worklist cannot be used (unreadable, or planned for another workload version)
+    64  EX_USAGE: the worklist cannot be used (unreadable, invalid parameters, or planned for another
+        workload version): a configuration error, not retried
+    77  EX_NOPERM: the store refused a read or write (permission denied, read-only, S3 AccessDenied):
+        not retried; someone has to grant access first
     1   the workload raised an unexpected error (a bug): not retried either
+
+When even `_FAILED.json` cannot be written, the child logs the record on a line starting with
+`airbatch-failure` (see `batch_worker.cache.failure_line`), so the operator still reports the
+child's own error rather than only its exit code.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import os
@@ -33,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, child_slice,
+from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, child_slice, failure_line,
                                 is_valid_done, params_digest)
 from batch_worker.storage import Location
 from batch_worker.workloads import BadData, TransientError, Workload, get_workload
@@ -43,6 +51,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 64
 EXIT_BAD_DATA = 65
 EXIT_TRANSIENT = 75
+EXIT_NO_PERMISSION = 77
 
 log = logging.getLogger("batch_worker")
 
@@ -55,16 +64,27 @@ _TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeo
                     "SlowDown", "ServiceUnavailable", "RequestTimeout"}
 
 
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                 "AccountProblem", "403"}
+_DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
 def failure_class(exc: BaseException) -> str:
+    """bad_data | permission_denied | transient | error (see the exit codes in the module docstring)."""
     if isinstance(exc, BadData):
         return "bad_data"
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _DENIED_ERRNOS):
+        return "permission_denied"
     if isinstance(exc, (TransientError, ConnectionError, TimeoutError)):
         return "transient"
     if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
         return "transient"
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+    response = getattr(exc, "response", None)
+    code = str(response.get("Error", {}).get("Code")) if isinstance(response, dict) else None
     if code in _TRANSIENT_NAMES:
         return "transient"
+    if code in _DENIED_CODES:
+        return "permission_denied"
     return "error"
 
 
@@ -156,13 +176,13 @@ def run_batch(item: dict[str, Any], workload: Workload, params: dict[str, Any], 
         log.error("batch %s failed (%s): %s", item["batch_id"], kind, error)
         if kind == "error":
             log.error("%s", traceback.format_exc().rstrip())
+        record = {"status": "failed", "key": key, "batch_id": item["batch_id"], "class": kind, "error": error,
+                  "at": time.time(), **job_identity()}
         try:
-            out.write_json(out.join(key, FAILED_FILE), {
-                "status": "failed", "key": key, "batch_id": item["batch_id"], "class": kind, "error": error,
-                "at": time.time(), **job_identity(),
-            })
+            out.write_json(out.join(key, FAILED_FILE), record)
         except Exception as record_exc:  # the marker is missing either way, so the batch stays pending
             log.error("could not record the failure of batch %s: %s", item["batch_id"], first_line(record_exc))
+            log.error("%s", failure_line(record))
         return kind, error
 
 
@@ -171,6 +191,8 @@ def exit_code(outcomes: Counter) -> int:
         return EXIT_TRANSIENT
     if outcomes["error"]:
         return EXIT_ERROR
+    if outcomes["permission_denied"]:
+        return EXIT_NO_PERMISSION
     if outcomes["bad_data"]:
         return EXIT_BAD_DATA
     return EXIT_OK
@@ -182,7 +204,12 @@ def run(worklist_uri: str, index: int) -> int:
         workload, params = resolve(worklist)
     except WorklistError as exc:
         log.error("cannot run: %s", exc)
+        log.error("%s", failure_line({"class": "configuration", "error": f"cannot run: {exc}"[:500]}))
         return EXIT_USAGE
+    except PermissionError as exc:
+        log.error("%s", failure_line({"class": "permission_denied",
+                                      "error": f"cannot read the worklist {worklist_uri}: {first_line(exc)}"}))
+        return EXIT_NO_PERMISSION
     except (OSError, ConnectionError) as exc:
         log.error("cannot read the worklist %s: %s", worklist_uri, first_line(exc))
         return EXIT_TRANSIENT

@@ -74,6 +74,20 @@ class Location:
         got = self.fs.cat([p.removeprefix("s3://") for p in paths], on_error="omit")
         return {self.full(k): v for k, v in got.items() if isinstance(v, bytes)}
 
+    def list_files(self, directory: str) -> list[str]:
+        """The files directly under `directory` (none when it does not exist), as this location's URIs."""
+        if not self.remote:
+            try:
+                return sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                              if not name.startswith(".tmp-"))
+            except FileNotFoundError:
+                return []
+        try:
+            entries = self.fs.ls(directory.removeprefix("s3://"), detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(self.full(e["name"]) for e in entries if e.get("type") == "file")
+
     # --- writing -----------------------------------------------------------------------------
 
     def write_bytes(self, path: str, data: bytes) -> None:

@@ -32,12 +32,29 @@ class Workload:
         raise NotImplementedError
 
     def resolve_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The defaults updated with `params`, checked by `validate`; ValueError names the fields at fault."""
         merged = dict(self.default_params)
         unknown = set(params or {}) - set(merged)
         if unknown:
             raise ValueError(f"workload {self.name!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(merged)}")
         merged.update(params or {})
+        problems = self.validate(merged)
+        if problems:
+            raise ValueError(f"workload {self.name!r} parameters: " + "; ".join(problems))
         return merged
+
+    def validate(self, params: dict[str, Any]) -> list[str]:
+        """Problems with resolved parameters, each naming the field(s) and what to change: types, ranges and
+        constraints between fields. Called where parameters are resolved, so `plan` refuses them before
+        anything is submitted."""
+        return []
+
+
+def number_problems(params: dict[str, Any], names: tuple[str, ...], *, integer: bool = False) -> list[str]:
+    """One problem per field of `names` that is not a number (an integer when `integer`)."""
+    wanted = int if integer else (int, float)
+    return [f"{name} must be {'an integer' if integer else 'a number'}, got {params[name]!r}" for name in names
+            if isinstance(params[name], bool) or not isinstance(params[name], wanted)]
 
 
 _REGISTRY: dict[str, type[Workload]] = {}

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from batch_worker.schema import Column, InputSchema
-from batch_worker.workloads import BadData, Workload, register
+from batch_worker.workloads import BadData, Workload, number_problems, register
 
 
 @register
@@ -26,6 +26,16 @@ class NoopWorkload(Workload):
         unique_key=("unit_id", "seq"),
     )
     default_params: dict[str, Any] = {"sleep_s": 0.0, "fail_units": [], "salt": ""}
+
+    def validate(self, params: dict[str, Any]) -> list[str]:
+        problems = number_problems(params, ("sleep_s",))
+        if not problems and params["sleep_s"] < 0:
+            problems.append(f"sleep_s must be >= 0, got {params['sleep_s']}")
+        if not isinstance(params["fail_units"], list) or not all(isinstance(u, str) for u in params["fail_units"]):
+            problems.append(f"fail_units must be a list of unit ids (strings), got {params['fail_units']!r}")
+        if not isinstance(params["salt"], str):
+            problems.append(f"salt must be a string, got {params['salt']!r}")
+        return problems
 
     def run(self, batch: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         if params["sleep_s"]:

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from batch_worker.schema import Column, InputSchema
-from batch_worker.workloads import BadData, Workload, register
+from batch_worker.workloads import BadData, Workload, number_problems, register
 from batch_worker.xp import get_xp, to_numpy
 
 UNIT_KEY = ("segment", "location", "product")
@@ -105,24 +105,45 @@ def _float_array(column: pd.Series) -> np.ndarray:
 
 
 def check_params(params: dict[str, Any]) -> None:
-    """Raise ValueError for parameter values the fit cannot use."""
-    problems = []
-    if not params["half_life_days"] > 0:
-        problems.append("half_life_days must be > 0")
-    if params["holdout_days"] < 0:
-        problems.append("holdout_days must be >= 0")
-    if params["shrinkage"] < 0:
-        problems.append("shrinkage must be >= 0")
-    if params["min_points"] < 2:
-        problems.append("min_points must be >= 2 (a slope needs two points)")
-    if not 0 < params["min_price_ratio"] <= params["max_price_ratio"]:
-        problems.append("need 0 < min_price_ratio <= max_price_ratio")
-    if not 0 <= params["max_change"] < 1:
-        problems.append("max_change must be in [0, 1)")
-    if params["margin_floor"] < 0:
-        problems.append("margin_floor must be >= 0")
+    """Raise ValueError for parameter values the fit cannot use (see `param_problems`)."""
+    problems = param_problems(params)
     if problems:
         raise ValueError("pricing parameters: " + "; ".join(problems))
+
+
+def param_problems(params: dict[str, Any]) -> list[str]:
+    """Each field out of range, and each pair of fields that contradict each other, naming both."""
+    problems = number_problems(params, ("half_life_days", "shrinkage", "min_price_ratio", "max_price_ratio",
+                                        "max_change", "margin_floor"))
+    problems += number_problems(params, ("holdout_days", "min_points"), integer=True)
+    if problems:
+        return problems
+    if not params["half_life_days"] > 0:
+        problems.append(f"half_life_days must be > 0, got {params['half_life_days']}")
+    if params["holdout_days"] < 0:
+        problems.append(f"holdout_days must be >= 0, got {params['holdout_days']}")
+    if params["shrinkage"] < 0:
+        problems.append(f"shrinkage must be >= 0, got {params['shrinkage']}")
+    if params["min_points"] < 2:
+        problems.append(f"min_points must be >= 2 (a slope needs two points), got {params['min_points']}")
+    if not params["min_price_ratio"] > 0:
+        problems.append(f"min_price_ratio must be > 0, got {params['min_price_ratio']}")
+    if not 0 <= params["max_change"] < 1:
+        problems.append(f"max_change must be in [0, 1), got {params['max_change']}")
+    if params["margin_floor"] < 0:
+        problems.append(f"margin_floor must be >= 0, got {params['margin_floor']}")
+    lo, hi, change = params["min_price_ratio"], params["max_price_ratio"], params["max_change"]
+    if lo > hi:
+        problems.append(f"min_price_ratio ({lo}) is above max_price_ratio ({hi}): no price lies between them; "
+                        "set min_price_ratio <= max_price_ratio")
+    elif 0 <= change < 1:  # the ratio bounds and the change bounds must overlap, or no unit gets a price
+        if lo > 1 + change:
+            problems.append(f"min_price_ratio ({lo}) is above 1 + max_change ({1 + change:g}): every price it allows "
+                            "changes more than max_change; lower min_price_ratio or raise max_change")
+        if hi < 1 - change:
+            problems.append(f"max_price_ratio ({hi}) is below 1 - max_change ({1 - change:g}): every price it allows "
+                            "changes more than max_change; raise max_price_ratio or raise max_change")
+    return problems
 
 
 def fit_and_price(
@@ -278,12 +299,14 @@ class PricingWorkload(Workload):
         "margin_floor": 0.05,  # price >= unit_cost * (1 + margin_floor)
     }
 
+    def validate(self, params: dict[str, Any]) -> list[str]:
+        return param_problems(params)
+
     def run(self, batch: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         missing = [name for name in self.schema.names if name not in batch.columns]
         if missing:
             raise BadData(f"pricing batch lacks column(s) {missing}; has {list(batch.columns)}")
         params = self.resolve_params(params)
-        check_params(params)
         rows = usable_rows(batch)
         if rows.empty:
             return empty_result()
