@@ -1,4 +1,8 @@
-"""Start and stop the local AWS endpoint (Batch, S3, CloudWatch Logs, SNS, IAM, Athena) on loopback."""
+"""Start and stop the local AWS endpoint (Batch, S3, CloudWatch Logs, SNS, IAM, Athena) on loopback.
+
+Every request passes `localaws.guard.RequestGuard` (loopback Host, no cross-origin browser request,
+SigV4 with this start's keys) before moto's app sees it.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -6,17 +10,21 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from localaws import batch
+from localaws.credentials import Credentials, KeyPair
+from localaws.guard import READY_PATH, RequestGuard
 
-#: Credentials the endpoint accepts; they open nothing outside this machine.
-LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "localaws", "AWS_SECRET_ACCESS_KEY": "localaws"}
 DEFAULT_REGION = "us-east-1"
+#: what a job process inherits from the endpoint's environment (when set); nothing else does
+INHERITED_BY_JOBS = ("HOME", "LANG", "LC_ALL", "TMPDIR")
 
 
 class NonLoopbackAddress(ValueError):
@@ -49,60 +57,113 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_until_ready(url: str, timeout: float = 30.0) -> None:
-    """Block until the endpoint at `url` answers, or raise TimeoutError."""
+    """Block until the endpoint at `url` is up and provisioned, or raise TimeoutError."""
     deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
+    last_error: object = None
     while time.monotonic() < deadline:
         try:
-            # a cheap page: /moto-api/data.json walks every model and trips over moto's Docker client
-            with urllib.request.urlopen(f"{url}/moto-api/", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{READY_PATH}", timeout=2) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            last_error = f"HTTP {exc.code}"
         except (urllib.error.URLError, ConnectionError, OSError) as exc:
             last_error = exc
         time.sleep(0.1)
-    raise TimeoutError(f"local AWS endpoint at {url} did not answer within {timeout:.0f}s: {last_error}")
+    raise TimeoutError(f"local AWS endpoint at {url} was not ready within {timeout:.0f}s: {last_error}")
 
 
 class LocalAWS:
-    """The endpoint, in this process: `with LocalAWS(port=0) as aws: boto3.client(..., endpoint_url=aws.url)`."""
+    """The endpoint, in this process: `with LocalAWS(port=0) as aws: boto3.client(..., **aws.client_kwargs)`.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 4566, region: str = DEFAULT_REGION):
+    `credentials`: the key pairs to accept (default: new ones); `provision_vcpus`: apply
+    config/batch_resources.json at start with that many vCPUs per compute environment (None: do not).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 4566, region: str = DEFAULT_REGION,
+                 credentials: Credentials | None = None, provision_vcpus: int | None = None):
         self.host = check_loopback(host)
         self.port = port or free_port(host if host != "localhost" else "127.0.0.1")
         self.region = region
-        self._server: ThreadedMotoServer | None = None
+        self.credentials = credentials or Credentials.generate()
+        self.provision_vcpus = provision_vcpus
+        self.provisioned: dict[str, list[str]] | None = None
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._guard: RequestGuard | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def client_kwargs(self) -> dict[str, str]:
+        """Keyword arguments of a boto3 client of this endpoint, with the client key pair."""
+        return dict(endpoint_url=self.url, region_name=self.region,
+                    aws_access_key_id=self.credentials.client.access_key_id,
+                    aws_secret_access_key=self.credentials.client.secret_access_key)
+
+    def connection(self, base: dict | None = None) -> dict:
+        """An Airflow AWS connection (as AIRFLOW_CONN_* JSON takes it) that reaches this endpoint."""
+        return connection(self.url, self.credentials.client, self.region, base)
+
     def job_environment(self) -> dict[str, str]:
-        """What every job process sees of AWS: this endpoint, as a container sees AWS."""
+        """All a job process gets besides its job's own variables: what a container on AWS would have."""
         bin_dir = os.path.dirname(sys.executable)  # the job's `python` and entry points: this environment's
+        inherited = {name: os.environ[name] for name in INHERITED_BY_JOBS if name in os.environ}
         return {
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            **inherited,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
             "AWS_ENDPOINT_URL": self.url,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
-            **LOCAL_CREDENTIALS,
+            "AWS_ACCESS_KEY_ID": self.credentials.job.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.credentials.job.secret_access_key,
         }
 
     def start(self) -> "LocalAWS":
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns the job logs
         batch.install(job_environment=self.job_environment())
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self._server.start()
-        wait_until_ready(self.url)
+        self._guard = RequestGuard(DomainDispatcherApplication(create_backend_app), self.credentials)
+        self._server = make_server(self.host, self.port, self._guard, threaded=True,
+                                   request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="localaws-server", daemon=True)
+        self._thread.start()
+        try:
+            if self.provision_vcpus is not None:
+                self.provisioned = self.provision(self.provision_vcpus)
+        except BaseException:
+            self.stop()
+            raise
+        self._guard.ready.set()
         return self
+
+    def provision(self, vcpus: int) -> dict[str, list[str]]:
+        """Apply config/batch_resources.json (UNMANAGED, `vcpus` each), as `make provision` does."""
+        import boto3
+
+        from localaws.stack import REPO
+
+        if str(REPO) not in sys.path:  # the spec and its code live beside this package
+            sys.path.insert(0, str(REPO))
+        from operators import provisioning
+
+        settings = provisioning.Settings.from_env({**os.environ, "BATCH_ENV_TYPE": "UNMANAGED",
+                                                   "BATCH_LOCAL_VCPUS": str(vcpus)})
+        return provisioning.apply(boto3.client("batch", **self.client_kwargs), boto3.client("iam", **self.client_kwargs),
+                                  provisioning.load_spec(), settings)
 
     def stop(self) -> None:
         if self._server is not None:
-            for job in list(batch.dispatcher().running):
-                job.terminate("local AWS endpoint stopped")
-            self._server.stop()
-            self._server = None
+            with batch.dispatcher().lock:
+                for job in list(batch.dispatcher().running):
+                    job.terminate("local AWS endpoint stopped")
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join()
+            self._server = self._thread = None
 
     def __enter__(self) -> "LocalAWS":
         return self.start()
@@ -111,9 +172,12 @@ class LocalAWS:
         self.stop()
 
 
-def client_environment(url: str, region: str = DEFAULT_REGION) -> dict[str, str]:
-    """Environment for a boto3 client of this endpoint (tests, the demo)."""
-    return {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": region, **LOCAL_CREDENTIALS}
+def connection(url: str, pair: KeyPair, region: str = DEFAULT_REGION, base: dict | None = None) -> dict:
+    """`base` (an Airflow AWS connection) with this endpoint's URL and `pair` as its keys."""
+    conn = dict(base or {"conn_type": "aws"})
+    conn["login"], conn["password"] = pair.access_key_id, pair.secret_access_key
+    conn["extra"] = {"region_name": region, **(conn.get("extra") or {}), "endpoint_url": url}
+    return conn
 
 
 def pid_alive(pid: int) -> bool:

@@ -2,8 +2,9 @@
 
     configure(home)          environment from config/local.env, with AIRFLOW_HOME and SQLite under `home`
     migrate(home)            `airflow db migrate` once per Airflow version
-    running_endpoint(vcpus)  LocalAWS on a free loopback port, the aws_default connection pointed at it,
-                             Batch resources provisioned from config/batch_resources.json
+    running_endpoint(vcpus)  LocalAWS on a free loopback port with new credentials, the aws_default
+                             connection pointed at it with the client key pair, Batch resources
+                             provisioned from config/batch_resources.json
 """
 from __future__ import annotations
 
@@ -70,19 +71,18 @@ def running_endpoint(vcpus: int | None = None) -> Iterator:
     import boto3
 
     from localaws import LocalAWS
-    from operators import provisioning
 
     vcpus = vcpus or int(os.environ.get("BATCH_LOCAL_VCPUS") or os.cpu_count() or 1)
-    with LocalAWS(port=0) as aws:
-        conn = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
-        conn["extra"]["endpoint_url"] = aws.url
-        os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(conn)
-        kwargs = dict(endpoint_url=aws.url, region_name=aws.region,
-                      aws_access_key_id="localaws", aws_secret_access_key="localaws")
-        aws.batch = boto3.client("batch", **kwargs)
-        aws.logs = boto3.client("logs", **kwargs)
-        aws.s3 = boto3.client("s3", **kwargs)
-        aws.client_kwargs = kwargs
-        provisioning.apply(aws.batch, boto3.client("iam", **kwargs), provisioning.load_spec(),
-                           provisioning.Settings.from_env({"BATCH_LOCAL_VCPUS": str(vcpus)}))
-        yield aws
+    previous = os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")
+    with LocalAWS(port=0, provision_vcpus=vcpus) as aws:
+        os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(aws.connection(json.loads(previous or "{}") or None))
+        try:
+            aws.batch = boto3.client("batch", **aws.client_kwargs)
+            aws.logs = boto3.client("logs", **aws.client_kwargs)
+            aws.s3 = boto3.client("s3", **aws.client_kwargs)
+            yield aws
+        finally:
+            if previous is None:
+                os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+            else:
+                os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = previous
