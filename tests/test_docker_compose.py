@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -32,11 +33,22 @@ def test_every_airflow_service_sees_the_aws_connection_and_data_root():
             assert service["build"]["dockerfile"] == "images/airflow/Dockerfile"
 
 
+REQUIRED = re.compile(r"^\$\{(\w+):\?[^}]+\}$")  # ${VAR:?message}: docker compose stops when VAR is unset or empty
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_KEY$")
+
+
+def service_environments() -> dict[str, dict[str, str]]:
+    return {name: service.get("environment") or {} for name, service in load()["services"].items()}
+
+
 def test_no_secret_is_written_in_the_file_and_images_are_pinned():
     text = (REPO / "docker-compose.yaml").read_text()
     for key in ("POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW_CONN_AWS_DEFAULT"):
         assert re.search(rf"\$\{{{key}:\?", text), f"{key} must come from .env, with an error when unset"
-    assert "password" not in text.lower().replace("postgres_password", "")
+    for service, env in service_environments().items():
+        for key, value in env.items():
+            if SECRET_NAME.search(key):
+                assert REQUIRED.match(str(value)), f"{service}: {key} must be ${{VAR:?message}} from .env, not {value!r}"
     for service in load()["services"].values():
         image = service.get("image")
         if image:
@@ -51,3 +63,58 @@ def test_build_context_files_exist():
     for source in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
         for path in source.split():
             assert (REPO / path).exists(), path
+
+
+def test_every_airflow_container_gets_the_same_required_secrets():
+    airflow = {name: env for name, env in service_environments().items() if name.startswith("airflow-")}
+    for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+        values = {name: env.get(key) for name, env in airflow.items()}
+        assert all(values.values()) and len(set(values.values())) == 1, f"{key} differs or is missing: {values}"
+        assert REQUIRED.match(next(iter(values.values()))), key
+
+
+def test_production_uses_the_fab_auth_manager_installed_in_the_airflow_image():
+    fab = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+    for name, env in service_environments().items():
+        if name.startswith("airflow-"):
+            assert env["AIRFLOW__CORE__AUTH_MANAGER"] == fab, name
+    pinned = re.search(r"^apache-airflow-providers-fab==(\S+)$", (REPO / "images/airflow/requirements.txt").read_text(), re.M)
+    assert pinned, "images/airflow/requirements.txt must pin apache-airflow-providers-fab"
+    assert f"apache-airflow-providers-fab=={pinned.group(1)}" in (REPO / "images/airflow/constraints.txt").read_text()
+    dockerfile = (REPO / "images/airflow/Dockerfile").read_text()
+    assert "-r images/airflow/requirements.txt" in dockerfile and "-c images/airflow/constraints.txt" in dockerfile
+    init = load()["services"]["airflow-init"]
+    assert "airflow users create --role Admin" in init["command"][-1]
+    assert REQUIRED.match(init["environment"]["AIRFLOW_ADMIN_PASSWORD"])
+
+
+def test_env_is_git_ignored_and_the_example_names_every_required_variable_and_how_to_make_secrets():
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO, timeout=60)
+    assert ignored.returncode == 0, ".env must be git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", ".env.example"], cwd=REPO, timeout=60).returncode == 1
+    required = set(re.findall(r"\$\{(\w+):\?", (REPO / "docker-compose.yaml").read_text()))
+    example = (REPO / ".env.example").read_text()
+    listed = dict(re.findall(r"^(\w+)=(.*)$", example, re.M))
+    assert required <= set(listed), f"missing from .env.example: {sorted(required - set(listed))}"
+    for name in required:
+        if SECRET_NAME.search(name):
+            assert listed[name] == "", f"{name}: .env.example must not carry a secret value"
+            before = example[:example.index(f"\n{name}=")].rsplit("\n\n", 1)[-1]
+            assert "Generate:" in before, f"{name}: .env.example must say how to generate it"
+
+
+def test_postgres_is_a_current_16_minor():
+    image = load()["services"]["postgres"]["image"]
+    major, minor = re.fullmatch(r"postgres:(\d+)\.(\d+)", image).groups()
+    # 16.16 ships with 18.6 (minor releases cover every supported branch at once).
+    assert (int(major), int(minor)) >= (16, 16) and major == "16", image
+
+
+def test_the_worker_image_runs_as_a_fixed_non_root_user():
+    lines = [line.strip() for line in (REPO / "images/worker/Dockerfile").read_text().splitlines()]
+    instructions = [line.split(None, 1) for line in lines if line and not line.startswith("#") and line.split()[0].isupper()]
+    users = [i for i, (word, *_rest) in enumerate(instructions) if word == "USER"]
+    assert users, "the worker image must set USER"
+    user = instructions[users[-1]][1].split(":")[0]
+    assert user.isdigit() and int(user) >= 1000, f"USER {user}: a fixed non-root uid"
+    assert not any(word == "RUN" for word, *_ in instructions[users[-1]:]), "nothing may run as root after USER"
