@@ -520,3 +520,299 @@ def test_the_athena_path_names_what_is_missing(uri, env, message):
     with pytest.raises(ValueError) as err:
         prepare_configured(uri, SCHEMA, "s3://lake/x", 8, env=env)
     assert message in str(err.value)
+
+
+# --- bad input: every bad row is quarantined with its reason, never lost, never crashes prep -----------
+
+CSV_HEADER = "segment,product,date,price,quantity,promo\n"
+
+
+def good_lines(count: int, first: int = 0) -> list[str]:
+    return [f"S{i % 3},P{i:04d},2026-01-0{1 + i % 5},{1 + i % 40}.5,{i % 90},yes\n" for i in range(first, first + count)]
+
+
+def quarantine_of(result) -> pd.DataFrame:
+    return pd.read_parquet(result.quarantine_uri)
+
+
+NUMERIC_SCHEMA = InputSchema(
+    columns=(*SCHEMA.columns, Column("discount", "float", nullable=True), Column("stock", "int", nullable=True)),
+    unit_key=SCHEMA.unit_key, unique_key=SCHEMA.unique_key, time_column=SCHEMA.time_column)
+
+
+@pytest.mark.parametrize("spelling", ["inf", "-inf", "Infinity", "+inf", "INF", " +Infinity ", "1e400", "-1e999"])
+def test_an_infinity_in_any_numeric_column_is_quarantined_as_non_finite(tmp_path, spelling):
+    lines = [line.rstrip("\n") + ",0.1,5\n" for line in good_lines(60)]
+    header = CSV_HEADER.rstrip("\n") + ",discount,stock\n"
+    spoiled = {1: ("price", 3), 2: ("quantity", 4), 3: ("discount", 6)}
+    if spelling.strip().lstrip("+-").isalpha():  # an int column never parses infinity, yet it is reported as such
+        spoiled[4] = ("stock", 7)
+    for row, (_, field) in spoiled.items():
+        fields = lines[row].rstrip("\n").split(",")
+        fields[field] = spelling
+        lines[row] = ",".join(fields) + "\n"
+    (tmp_path / "in.csv").write_text(header + "".join(lines))
+    result = prepare(str(tmp_path / "in.csv"), NUMERIC_SCHEMA, str(tmp_path / "out"), 8)
+    assert result.quarantined_by_reason == {f"non_finite:{column}": 1 for column, _ in spoiled.values()}
+    good = batches(result)
+    assert len(good) == 60 - len(spoiled) and np.isfinite(good[["price", "quantity", "discount"]].to_numpy()).all()
+
+
+def test_non_finite_parquet_values_are_quarantined_and_nan_is_missing(tmp_path):
+    frame = sales().assign(discount=0.25, stock=3)
+    frame.loc[0, "price"] = np.inf
+    frame.loc[1, "quantity"] = -np.inf
+    frame.loc[2, "discount"] = np.inf
+    frame.loc[3, "discount"] = np.nan  # missing in a nullable column: kept, as NULL
+    frame.loc[4, "quantity"] = np.nan  # missing in a required column: null:quantity
+    table = pa.table({name: pa.array(frame[name].to_numpy() if frame[name].dtype == float else frame[name],
+                                     from_pandas=frame[name].dtype != float) for name in frame.columns})
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = prepare(str(tmp_path / "in.parquet"), NUMERIC_SCHEMA, str(tmp_path / "out"), 8)
+    assert result.quarantined_by_reason == {"non_finite:discount": 1, "non_finite:price": 1,
+                                            "non_finite:quantity": 1, "null:quantity": 1}
+    good = batches(result)
+    assert len(good) == len(frame) - 4
+    assert good["discount"].isna().sum() == 1 and np.isfinite(good["discount"].dropna()).all()
+    assert np.isfinite(good[["price", "quantity"]].to_numpy()).all()
+
+
+def test_both_dialects_check_every_numeric_column_for_infinity():
+    text_columns = [c.name for c in NUMERIC_SCHEMA.columns if c.dtype != "string"]
+    for dialect, function in ((DUCKDB, "isinf"), (ATHENA, "is_infinite")):
+        sql = SchemaSql(NUMERIC_SCHEMA, dialect, text_columns)
+        reasons = dict(sql.checks())
+        for column in ("price", "quantity", "discount", "stock"):
+            assert "'infinity'" in reasons[f"non_finite:{column}"]  # spelled-out infinity, which Athena cannot cast
+        for column in ("price", "quantity", "discount"):
+            assert f"{function}(" in reasons[f"non_finite:{column}"]  # parsed infinity, e.g. 1e400
+        assert [r for r, _ in sql.checks()] == [r for r, _ in SchemaSql(NUMERIC_SCHEMA, DUCKDB, text_columns).checks()]
+    ctas = athena_ctas_sql("sales.raw", NUMERIC_SCHEMA, "sales.prepped", "s3://lake/x/", 8)
+    assert "is_infinite(" in ctas
+
+
+def test_csv_is_read_as_rfc_4180_and_malformed_lines_are_quarantined_with_file_and_line(tmp_path):
+    lines = good_lines(3000)
+    lines[1] = "S1,P9001,2026-01-02,1.5\n"  # too few fields, early (line 3)
+    lines[2499] = "S1,P9002,2026-01-02,1.5,3,yes,extra\n"  # too many fields, late (line 2501)
+    lines.append('"S1","P9003","2026-01-03","2.5","4","with, a comma"\n')  # the first quotes come late
+    lines.append('S1,P9004,2026-01-03,2.5,4,"say ""hi"""\n')
+    lines.append("S1,P9005,2026-01-03,2.5,4,caf\xe9\n")  # not UTF-8 (written as Latin-1 below)
+    lines.append('S1,P9006,2026-01-03,2.5,4,"never closed\n')
+    (tmp_path / "in.csv").write_bytes((CSV_HEADER + "".join(lines)).encode("latin-1"))
+    result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
+
+    assert result.quarantined_by_reason == {"malformed:invalid_encoding": 1, "malformed:missing_columns": 1,
+                                            "malformed:too_many_columns": 1, "malformed:unquoted_value": 1}
+    assert result.rows_in == len(lines) == result.rows_ok + result.rows_quarantined
+    quarantine = quarantine_of(result).set_index("_prep_reason")
+    assert quarantine.loc["malformed:missing_columns", "_prep_line"] == 3
+    assert quarantine.loc["malformed:too_many_columns", "_prep_line"] == 2501
+    assert quarantine.loc["malformed:invalid_encoding", "_prep_line"] == 3004
+    assert quarantine.loc["malformed:unquoted_value", "_prep_line"] == 3005
+    assert set(quarantine["_prep_file"]) == {str(tmp_path / "in.csv")}
+    assert "P9002" in quarantine.loc["malformed:too_many_columns", "_prep_raw"]
+    good = batches(result).set_index("product")
+    assert good.loc["P9003", "segment"] == "S1" and good.loc["P9003", "promo"] == "with, a comma"
+    assert good.loc["P9004", "promo"] == 'say "hi"'
+    assert result.units == len(good.index.unique())
+
+
+def test_other_delimiters_are_taken_from_the_header_and_quoted_keys_lose_their_quotes(tmp_path):
+    (tmp_path / "semi").mkdir()
+    (tmp_path / "semi" / "a.csv").write_text(CSV_HEADER.replace(",", ";") + "".join(
+        line.replace(",", ";") for line in good_lines(50)))
+    (tmp_path / "semi" / "b.csv").write_text(CSV_HEADER + "".join(
+        f'"{line.split(",")[0]}",{line.split(",", 1)[1]}' for line in good_lines(50, first=50)))
+    result = prepare(str(tmp_path / "semi"), SCHEMA, str(tmp_path / "out"), 8)
+    assert (result.rows_in, result.rows_ok) == (100, 100)
+    assert set(batches(result)["segment"]) == {"S0", "S1", "S2"}
+
+
+def test_glob_characters_in_file_names_are_read_as_themselves_once(tmp_path):
+    names = ["sales[1].csv", "sales1.csv", "a*b.csv", "a?b.csv", "x{1,2}.csv", "x1.csv", "s[!a]z.csv"]
+    folder = tmp_path / "in[x]"
+    folder.mkdir()
+    for i, name in enumerate(names):
+        (folder / name).write_text(CSV_HEADER + "".join(good_lines(10, first=100 * i)))
+    result = prepare(str(folder), SCHEMA, str(tmp_path / "out"), 8)
+    assert (result.rows_in, result.rows_ok) == (70, 70)
+    assert sorted(batches(result)["product"]) == sorted(f"P{100 * i + j:04d}" for i in range(7) for j in range(10))
+    for i, name in enumerate(names):
+        one = prepare(str(folder / name), SCHEMA, str(tmp_path / f"one{i}"), 8)
+        assert sorted(batches(one)["product"]) == [f"P{100 * i + j:04d}" for j in range(10)], name
+    for i, name in enumerate(["sales[1].parquet", "sales1.parquet"]):
+        sales().assign(product=f"Q{i}").drop_duplicates(["segment", "date"]).to_parquet(folder / name)
+    (folder / "sales[1].csv").rename(tmp_path / "moved.csv")
+    for name in names[1:]:
+        (folder / name).unlink()
+    parquet = prepare(str(folder / "sales[1].parquet"), SCHEMA, str(tmp_path / "pq"), 8)
+    assert set(batches(parquet)["product"]) == {"Q0"}
+    both = prepare(str(folder), SCHEMA, str(tmp_path / "pq2"), 8)
+    assert sorted(batches(both)["product"].unique()) == ["Q0", "Q1"]
+
+
+def test_keys_lose_leading_and_trailing_blanks(tmp_path):
+    lines = good_lines(30)
+    padded = [line.replace("S", " S", 1).replace(",P", ",P", 1) for line in lines[:10]]
+    padded = [f"{line.split(',')[0]}\t,{line.split(',', 1)[1]}" for line in padded]
+    (tmp_path / "in.csv").write_text(CSV_HEADER + "".join(padded + lines[10:]))
+    result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    good = batches(result)
+    assert set(good["segment"]) == {"S0", "S1", "S2"} and result.units == 30
+    doubled = CSV_HEADER + "".join(lines) + "".join(f"{line.split(',')[0]} ,{line.split(',', 1)[1]}" for line in lines[:2])
+    (tmp_path / "twice.csv").write_text(doubled)
+    twice = prepare(str(tmp_path / "twice.csv"), SCHEMA, str(tmp_path / "out2"), 8)
+    assert twice.quarantined_by_reason == {"duplicate": 2} and twice.units == 30
+
+
+def test_input_columns_named_like_prep_internals_cannot_collide(tmp_path):
+    frame = sales().assign(reason="the supplier's reason", _dup_rank=7, bucket="b", filename="f", h=1)
+    frame.loc[0, "price"] = -1.0
+    frame = pd.concat([frame, frame.iloc[[5, 5]]], ignore_index=True)
+    frame.to_parquet(tmp_path / "in.parquet")
+    result = prepare(str(tmp_path / "in.parquet"), SCHEMA, str(tmp_path / "out"), 8)
+    assert result.quarantined_by_reason == {"duplicate": 2, "out_of_range:price": 1}
+    quarantine = quarantine_of(result)
+    assert set(quarantine["reason"]) == {"the supplier's reason"}
+    assert sorted(quarantine["_prep_reason"]) == ["duplicate", "duplicate", "out_of_range:price"]
+    assert len(batches(result)) == len(sales()) - 1
+
+    for name in ("_prep_reason", "_PREP_file", "_prep_anything"):
+        (tmp_path / "bad.csv").write_text(CSV_HEADER.rstrip("\n") + f",{name}\n" + "".join(
+            line.rstrip("\n") + ",x\n" for line in good_lines(5)))
+        with pytest.raises(ValueError, match=rf"\['{name}'\] start with '_prep_'.*rename them") as error:
+            prepare(str(tmp_path / "bad.csv"), SCHEMA, str(tmp_path / "refused"), 8)
+        assert "bad.csv" in str(error.value)
+        assert not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="'_prep_x'.*reserved"):
+        Column("_prep_x", "string")
+    with pytest.raises(ValueError, match=r"\['Bucket'\] clash"):
+        prepare(str(tmp_path / "in.parquet"), InputSchema(columns=(*SCHEMA.columns, Column("Bucket", "string")),
+                                                          unit_key=("segment",)), str(tmp_path / "x"), 8)
+
+
+def test_input_uri_must_lie_under_data_root_or_a_configured_prefix(tmp_path):
+    from operators.prep import PrepError, prepare_configured
+
+    root, extra, outside = tmp_path / "data", tmp_path / "extra", tmp_path / "outside"
+    for folder in (root, extra, outside):
+        folder.mkdir()
+        (folder / "in.csv").write_text(CSV_HEADER + "".join(good_lines(10)))
+    env = {"DATA_ROOT": str(root), "AIRBATCH_INPUT_PREFIXES": f" {extra} ,s3://lake/allowed"}
+
+    def run(uri: str):
+        return prepare_configured(uri, SCHEMA, str(root / "prep"), 4, env=env)
+
+    assert run(str(root / "in.csv")).rows_ok == 10
+    assert run(str(extra)).rows_ok == 10
+    (root / "sub").mkdir()
+    (root / "sub" / "inside.csv").symlink_to(root / "in.csv")  # a link that stays inside is fine
+    assert run(str(root / "sub")).rows_ok == 10
+    (root / "sub" / "inside.csv").unlink()
+
+    refused = [str(outside / "in.csv"), f"{root}/../outside/in.csv", f"file://{root}/in.csv",
+               "http://example.com/in.csv", "s3://lake/other/in.csv", "s3://lake/allowed-not/in.csv",
+               "s3://lake/allowed/../secret/in.csv", str(tmp_path / "*" / "in.csv")]
+    (root / "leak.csv").symlink_to(outside / "in.csv")
+    refused.append(str(root / "leak.csv"))
+    for uri in refused:
+        with pytest.raises(PrepError) as error:
+            run(uri)
+        assert uri in str(error.value) and ("AIRBATCH_INPUT_PREFIXES" in str(error.value)
+                                            or "segment" in str(error.value)), uri
+    (root / "leak.csv").unlink()
+    (root / "linked").symlink_to(outside)  # a folder walked from inside DATA_ROOT, leading out of it
+    with pytest.raises(PrepError, match="linked.*outside the allowed input locations.*AIRBATCH_INPUT_PREFIXES"):
+        run(str(root))
+    (root / "linked").unlink()
+    (root / "sub" / "leak.csv").symlink_to(outside / "in.csv")
+    with pytest.raises(PrepError, match="leak.csv.*outside the allowed"):
+        run(str(root / "sub"))
+    assert not (root / "prep" / "manifest.parquet").exists() or run(str(root / "in.csv"))
+
+
+def test_more_than_max_quarantined_share_fails_with_the_counts_by_reason(tmp_path):
+    lines = good_lines(80)
+    for i in range(0, 16):
+        lines[i] = lines[i].replace(f"{1 + i % 40}.5,", "n/a,", 1)
+    lines[20] = "S0,P0020,2026-01-01,-3,4,yes\n"
+    lines[21] = "S0,P0021\n"
+    (tmp_path / "in.csv").write_text(CSV_HEADER + "".join(lines))
+    from operators.prep import PrepError
+
+    with pytest.raises(PrepError) as error:
+        prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    message = str(error.value)
+    assert "18 of 80 rows" in message and "22.5%" in message and "max_quarantined_share=0.1" in message
+    assert f"non_numeric:price: 16 (first: {tmp_path / 'in.csv'})" in message
+    assert f"malformed:missing_columns: 1 (first: {tmp_path / 'in.csv'} line 23)" in message
+    assert "out_of_range:price: 1" in message and "raise the run parameter max_quarantined_share" in message
+    assert (tmp_path / "out" / "quarantine.parquet").exists() and not (tmp_path / "out" / "manifest.parquet").exists()
+    assert len(pd.read_parquet(tmp_path / "out" / "quarantine.parquet")) == 18
+
+    assert prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8, max_quarantined_share=0.25).rows_ok == 62
+    for share in (1.5, -0.1, True, "0.2"):
+        with pytest.raises(ValueError, match="max_quarantined_share must be a number in 0..1"):
+            prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "x"), 8, max_quarantined_share=share)
+    # Only the rows in the window count: bad rows outside it are not part of the run.
+    in_window = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "w"), 8,
+                        window=("2026-01-02", "2026-01-06"), max_quarantined_share=0.25)
+    assert in_window.rows_in < 80
+
+
+def test_an_empty_or_unusable_window_says_why(tmp_path):
+    from operators.prep import PrepError
+
+    (tmp_path / "in.csv").write_text(CSV_HEADER + "".join(good_lines(20)))
+    with pytest.raises(PrepError, match=r"no rows in the window \[2026-03-01, 2026-03-08\) of .*in.csv: its 'date' "
+                                        r"values run from 2026-01-01 to 2026-01-05 \(20 rows\)"):
+        prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8, window=("2026-03-01", "2026-03-08"))
+    (tmp_path / "bad.csv").write_text(CSV_HEADER + "".join(
+        f"S0,P{i:04d},2026-01-0{1 + i % 5},-1,3,yes\n" for i in range(20)))
+    with pytest.raises(PrepError) as error:
+        prepare(str(tmp_path / "bad.csv"), SCHEMA, str(tmp_path / "out"), 8, window=("2026-01-01", "2026-01-03"),
+                max_quarantined_share=1)
+    message = str(error.value)
+    assert message.startswith("no usable rows in the window [2026-01-01, 2026-01-03) of ")
+    assert f"out_of_range:price: 8 (first: {tmp_path / 'bad.csv'})" in message
+
+
+def test_errors_name_the_file_the_encoding_and_near_matching_columns(tmp_path):
+    (tmp_path / "latin.csv").write_bytes(("segment,product,date,price,quantity,promo\xe9\n"
+                                          + "".join(good_lines(5))).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.csv: the header line is not UTF-8 \(byte 0xe9.*iconv"):
+        prepare(str(tmp_path / "latin.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    (tmp_path / "latin_rows.csv").write_bytes((CSV_HEADER + "".join(good_lines(5))
+                                               + "S0,P9,2026-01-01,1.5,2,caf\xe9\n").encode("latin-1"))
+    from operators.prep import PrepError
+
+    with pytest.raises(PrepError, match=r"malformed:invalid_encoding: 1 \(first: .*latin_rows.csv line 7\); "
+                                        r"the file is not UTF-8"):
+        prepare(str(tmp_path / "latin_rows.csv"), SCHEMA, str(tmp_path / "out"), 8)
+
+    (tmp_path / "upper.csv").write_text("SEGMENT,product,Date,price ,qty,promo\n" + "".join(good_lines(5)))
+    with pytest.raises(SchemaError) as error:
+        prepare(str(tmp_path / "upper.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    assert error.value.missing == ("segment", "date", "price", "quantity")
+    message = str(error.value)
+    for text in ("'segment' (the input has 'SEGMENT')", "'date' (the input has 'Date')",
+                 "'price' (the input has 'price ')", "upper.csv", "rename the input's columns"):
+        assert text in message
+
+
+def test_date_folders_never_silently_override_a_date_column_in_the_files(tmp_path):
+    frame = sales()
+    for day, rows in frame.groupby("date"):
+        directory = tmp_path / "hive" / f"date={day.isoformat()}"
+        directory.mkdir(parents=True)
+        rows.to_parquet(directory / "part-0.parquet")
+    agreed = prepare(str(tmp_path / "hive"), SCHEMA, str(tmp_path / "out"), 8)
+    assert agreed.rows_ok == len(frame)
+    misplaced = tmp_path / "hive" / "date=2026-01-02" / "part-1.parquet"
+    frame[frame["date"] == DAY0 + dt.timedelta(days=8)].assign(product="X").to_parquet(misplaced)
+    from operators.prep import PrepError
+
+    with pytest.raises(PrepError, match=r"part-1.parquet: column 'date' holds '2026-01-09' but the file sits in folder "
+                                        r"date=2026-01-02 \(40 such row\(s\).*move each file"):
+        prepare(str(tmp_path / "hive"), SCHEMA, str(tmp_path / "out"), 8)
