@@ -89,6 +89,8 @@ _limits = {"type": "object", "additionalProperties": False, "properties": {
         "review": Param("auto", type="string", enum=["auto", "always"],
                         description="auto: a person decides only between the limits; always: every version"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1),
+        "max_quarantined_share": Param(0.1, type="number", minimum=0, maximum=1,
+                                       description="prepare fails when a larger share of the rows is quarantined"),
         "shard_timeout_minutes": Param(360, type="number", exclusiveMinimum=0, maximum=7 * 24 * 60,
                                        description="a shard still running then has its Batch job terminated"),
     },
@@ -125,7 +127,8 @@ def pricing_optimization():
         root = engine.own_run_root(dag.dag_id, run_id)
         out = f"{root}/prep"
         result = prep.prepare_configured(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"],
-                                         window=window, storage_options=engine.options_for(out, "aws_default"))
+                                         window=window, storage_options=engine.options_for(out, "aws_default"),
+                                         max_quarantined_share=params["max_quarantined_share"])
         if not result.rows_ok:
             raise ValueError(f"no usable rows in the window [{window[0]}, {window[1]}) of {input_uri} "
                              f"({result.rows_in} rows in the window, {result.rows_quarantined} quarantined)")

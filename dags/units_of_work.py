@@ -48,6 +48,8 @@ WORKLOAD = "noop"
         "batches_per_child": Param(0, type="integer", minimum=0, maximum=10_000,
                                    description="0: the environment's default (BATCH_MAX_CHILDREN)"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1),
+        "max_quarantined_share": Param(0.1, type="number", minimum=0, maximum=1,
+                                       description="prepare fails when a larger share of the rows is quarantined"),
         "sleep_s": Param(0.0, type="number", minimum=0, maximum=3600),
         "fail_units": Param([], type="array", items={"type": "string"}),
         "salt": Param("", type="string"),
@@ -71,7 +73,8 @@ def units_of_work():
                                         engine.options_for(target, "aws_default"))
         out = f"{root}/prep"
         result = prep.prepare_configured(input_uri, get_workload(WORKLOAD).schema, out, params["bucket_count"],
-                              storage_options=engine.options_for(out, "aws_default"))
+                              storage_options=engine.options_for(out, "aws_default"),
+                              max_quarantined_share=params["max_quarantined_share"])
         print(f"prepared {result.rows_ok} rows of {result.units} units into {result.batches} batches; "
               f"{result.rows_quarantined} rows quarantined {result.quarantined_by_reason}")
         return {**result.to_dict(), "run_root": root, "input_uri": input_uri}
