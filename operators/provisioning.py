@@ -5,6 +5,11 @@ The same spec makes UNMANAGED compute environments on the local endpoint and MAN
 twice changes nothing the second time; a changed spec updates what differs (a new job definition
 revision, a new capacity).
 
+Every job definition runs as a least-privilege job role (`job_role` in the spec): it may read the
+batches and worklists and write the outputs under the data root (BATCH_DATA_ROOT, else DATA_ROOT,
+when it is s3://bucket/prefix), nothing else, and no Batch call at all. Job logs reach CloudWatch
+through the ECS agent (the instance role), not through the job role.
+
     python -m operators.provisioning apply [--spec PATH]
 """
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,13 @@ BATCH_SERVICE_TRUST = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
+
+
+ECS_TASKS_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+JOB_ROLE_POLICY_NAME = "airbatch-job-data-access"
 
 
 class ProvisioningError(RuntimeError):
@@ -43,6 +56,7 @@ class Settings:
     security_groups: list[str]
     instance_role: str | None
     service_role_arn: str | None
+    data_root: str = ""  # where batches, worklists and outputs live: s3://bucket/prefix or a local folder
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -58,6 +72,7 @@ class Settings:
             security_groups=[s for s in env.get("BATCH_SECURITY_GROUPS", "").split(",") if s],
             instance_role=env.get("BATCH_INSTANCE_ROLE") or None,
             service_role_arn=env.get("BATCH_SERVICE_ROLE_ARN") or None,
+            data_root=env.get("BATCH_DATA_ROOT") or env.get("DATA_ROOT") or "",
         )
         if settings.worker_image.endswith(":latest") or ":" not in settings.worker_image.rsplit("/", 1)[-1]:
             raise ProvisioningError(f"WORKER_IMAGE must name a pinned tag, not {settings.worker_image!r}")
@@ -67,6 +82,10 @@ class Settings:
                                                 ("BATCH_INSTANCE_ROLE", settings.instance_role)) if not value]
             if missing:
                 raise ProvisioningError(f"MANAGED compute environments need {', '.join(missing)} in the environment")
+            if not settings.data_root.startswith("s3://"):
+                raise ProvisioningError(
+                    f"MANAGED compute environments need DATA_ROOT (or BATCH_DATA_ROOT) as s3://bucket/prefix, not "
+                    f"{settings.data_root!r}: the jobs' role is granted the batches, worklists and outputs under it")
         return settings
 
 
@@ -98,7 +117,60 @@ def compute_environment_request(name: str, ce: dict[str, Any], settings: Setting
     return request
 
 
-def job_definition_request(name: str, jd: dict[str, Any], spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def job_role_policy(role: dict[str, Any], data_root: str) -> dict[str, Any] | None:
+    """The job role's permissions on `data_root` (s3://bucket/prefix); None for a local folder."""
+    if not data_root.startswith("s3://"):
+        return None
+    bucket, _, prefix = data_root.removeprefix("s3://").rstrip("/").partition("/")
+    under = f"{prefix}/" if prefix else ""
+    objects = lambda prefixes: [f"arn:aws:s3:::{bucket}/{under}{p}*" for p in prefixes]  # noqa: E731
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ReadBatchesAndWorklists", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": objects(role["read_prefixes"])},
+        {"Sid": "ReadAndWriteOutputs", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": objects(role["write_prefixes"])},
+        {"Sid": "ListTheDataRoot", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{bucket}"],
+         "Condition": {"StringLike": {"s3:prefix": [f"{under}{p}*" for p in role["read_prefixes"] + role["write_prefixes"]]}}},
+    ]}
+
+
+def ensure_job_role(iam, spec: dict[str, Any], settings: Settings, changes: dict[str, list[str]]) -> str:
+    """Create or update the job role and its inline policy; its ARN."""
+    name = spec["job_role"]["name"]
+    created = updated = False
+    try:
+        current = iam.get_role(RoleName=name)["Role"]
+        arn = current["Arn"]
+        if _canonical(_document(current.get("AssumeRolePolicyDocument"))) != _canonical(ECS_TASKS_TRUST):
+            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(ECS_TASKS_TRUST))
+            updated = True
+    except iam.exceptions.NoSuchEntityException:
+        arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(ECS_TASKS_TRUST),
+                              Description="airbatch Batch jobs: read batches and worklists, write outputs",
+                              Tags=[{"Key": "project", "Value": "airbatch"}])["Role"]["Arn"]
+        created = True
+    wanted = job_role_policy(spec["job_role"], settings.data_root)
+    try:
+        current_policy = _document(iam.get_role_policy(RoleName=name, PolicyName=JOB_ROLE_POLICY_NAME)["PolicyDocument"])
+    except iam.exceptions.NoSuchEntityException:
+        current_policy = None
+    if _canonical(current_policy) != _canonical(wanted):
+        if wanted is None:
+            iam.delete_role_policy(RoleName=name, PolicyName=JOB_ROLE_POLICY_NAME)
+        else:
+            iam.put_role_policy(RoleName=name, PolicyName=JOB_ROLE_POLICY_NAME, PolicyDocument=json.dumps(wanted))
+        updated = True
+    changes["created" if created else "updated" if updated else "unchanged"].append(f"role/{name}")
+    return arn
+
+
+def _document(value: Any) -> Any:
+    """A policy document as IAM returns it: a dict, or URL-encoded JSON."""
+    return json.loads(urllib.parse.unquote(value)) if isinstance(value, str) else value
+
+
+def job_definition_request(name: str, jd: dict[str, Any], spec: dict[str, Any], settings: Settings,
+                           job_role_arn: str) -> dict[str, Any]:
     requirements = [{"type": "VCPU", "value": str(jd["vcpus"])}, {"type": "MEMORY", "value": str(jd["memory_mib"])}]
     if jd.get("gpus"):
         requirements.append({"type": "GPU", "value": str(jd["gpus"])})
@@ -111,6 +183,7 @@ def job_definition_request(name: str, jd: dict[str, Any], spec: dict[str, Any], 
             "command": list(spec["worker_command"]),
             "resourceRequirements": requirements,
             "environment": [{"name": "BATCH_WORKER_XP", "value": "auto"}],
+            "jobRoleArn": job_role_arn,
         },
         "retryStrategy": spec["retry_strategy"],
         "timeout": {"attemptDurationSeconds": int(jd["attempt_timeout_s"])},
@@ -128,7 +201,7 @@ def _canonical(value: Any) -> Any:
 
 
 def _same_job_definition(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    keys = ("image", "command", "resourceRequirements", "environment")
+    keys = ("image", "command", "resourceRequirements", "environment", "jobRoleArn")
     parts = lambda d: (  # noqa: E731
         {k: d.get("containerProperties", {}).get(k) for k in keys},
         d.get("retryStrategy"), d.get("timeout"), d.get("parameters", {}),
@@ -202,8 +275,9 @@ def apply(batch, iam, spec: dict[str, Any], settings: Settings) -> dict[str, lis
             else:
                 changes["unchanged"].append(f"job-queue/{name}")
 
+    job_role_arn = ensure_job_role(iam, spec, settings, changes)
     for name, jd in spec["job_definitions"].items():
-        wanted = job_definition_request(name, jd, spec, settings)
+        wanted = job_definition_request(name, jd, spec, settings, job_role_arn)
         active = batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")["jobDefinitions"]
         latest = max(active, key=lambda d: d["revision"], default=None)
         if latest is not None and _same_job_definition(latest, wanted):
@@ -235,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         role = settings.service_role_arn or f"<role {spec['service_role_name']}>"
         shown = {
             "compute_environments": [compute_environment_request(n, c, settings, role) for n, c in spec["compute_environments"].items()],
-            "job_definitions": [job_definition_request(n, j, spec, settings) for n, j in spec["job_definitions"].items()],
+            "job_definitions": [job_definition_request(n, j, spec, settings, f"<role {spec['job_role']['name']}>")
+                                for n, j in spec["job_definitions"].items()],
+            "job_role_policy": job_role_policy(spec["job_role"], settings.data_root),
         }
         print(json.dumps(shown, indent=2))
         return 0

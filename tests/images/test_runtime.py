@@ -172,8 +172,8 @@ def test_the_runtime_reads_and_writes_s3_through_the_endpoint(local_aws, tmp_pat
     worklist["output_root"] = "s3://airbatch-runtime/outputs/noop"
     s3.put_object(Bucket="airbatch-runtime", Key="worklists/w.json", Body=json.dumps(worklist).encode())
     env = {"PATH": _path(), "AWS_ENDPOINT_URL": local_aws.url,
-           "AWS_ACCESS_KEY_ID": local_aws.client_kwargs["aws_access_key_id"],
-           "AWS_SECRET_ACCESS_KEY": local_aws.client_kwargs["aws_secret_access_key"],
+           "AWS_ACCESS_KEY_ID": local_aws.credentials.job.access_key_id,  # a job's keys, as a job has
+           "AWS_SECRET_ACCESS_KEY": local_aws.credentials.job.secret_access_key,
            "AWS_DEFAULT_REGION": local_aws.region, "HOME": os.environ["HOME"]}
     done = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
                           capture_output=True, text=True, timeout=120)
@@ -186,3 +186,39 @@ def test_the_runtime_reads_and_writes_s3_through_the_endpoint(local_aws, tmp_pat
     again = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "3 cached" in again.stdout
+
+
+def test_a_worker_that_cannot_write_its_output_says_so_and_exits_as_not_retryable(tmp_path):
+    from batch_worker.cache import parse_failure_line
+
+    items = make_batches(tmp_path, 2)
+    # /sys refuses new files to every user, root included: a real store that denies writes
+    uri = write_worklist(tmp_path, items, per_child=2, output_root="/sys/airbatch-no-write/outputs/noop")
+    done = subprocess.run(["batch-worker", uri], env={"PATH": _path()}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == runtime.EXIT_NO_PERMISSION, done.stdout + done.stderr
+    records = [r for r in map(parse_failure_line, done.stdout.splitlines()) if r]
+    assert [r["batch_id"] for r in records] == [0, 1]
+    assert {r["class"] for r in records} == {"permission_denied"}
+    assert "PermissionError" in records[0]["error"] and "/sys/airbatch-no-write" in records[0]["error"]
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (PermissionError(13, "Permission denied"), "permission_denied"),
+    (OSError(30, "Read-only file system"), "permission_denied"),
+    (type("ClientError", (Exception,), {"response": {"Error": {"Code": "AccessDenied"}}})(), "permission_denied"),
+    (ConnectionError("reset"), "transient"),
+    (ValueError("bug"), "error"),
+])
+def test_failures_are_classed_by_what_a_retry_can_fix(exc, kind):
+    assert runtime.failure_class(exc) == kind
+
+
+def test_an_unusable_worklist_reports_a_configuration_error(tmp_path):
+    from batch_worker.cache import parse_failure_line
+
+    items = make_batches(tmp_path, 1)
+    uri = write_worklist(tmp_path, items, params={"sleep_s": -1, "fail_units": [], "salt": ""})
+    done = subprocess.run(["batch-worker", uri], env={"PATH": _path()}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == runtime.EXIT_USAGE
+    [record] = [r for r in map(parse_failure_line, done.stdout.splitlines()) if r]
+    assert record["class"] == "configuration" and "sleep_s must be >= 0" in record["error"]

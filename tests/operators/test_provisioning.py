@@ -36,7 +36,8 @@ def test_managed_requests_use_spot_gpu_instances_and_need_network_settings():
     with pytest.raises(ProvisioningError, match="BATCH_SUBNETS, BATCH_SECURITY_GROUPS, BATCH_INSTANCE_ROLE"):
         Settings.from_env({"BATCH_ENV_TYPE": "MANAGED"})
     settings = Settings.from_env({"BATCH_ENV_TYPE": "MANAGED", "BATCH_SUBNETS": "subnet-1,subnet-2",
-                                  "BATCH_SECURITY_GROUPS": "sg-1", "BATCH_INSTANCE_ROLE": "ecsInstanceRole"})
+                                  "BATCH_SECURITY_GROUPS": "sg-1", "BATCH_INSTANCE_ROLE": "ecsInstanceRole",
+                                  "DATA_ROOT": "s3://team-data/airbatch"})
     gpu = provisioning.compute_environment_request("airbatch-gpu", spec["compute_environments"]["airbatch-gpu"], settings, "arn:role")
     assert gpu["type"] == "MANAGED"
     resources = gpu["computeResources"]
@@ -64,3 +65,52 @@ def test_settings_refuse_unpinned_images_and_unknown_types():
         Settings.from_env({"WORKER_IMAGE": "123.dkr.ecr.us-east-1.amazonaws.com/worker:latest"})
     with pytest.raises(ProvisioningError, match="UNMANAGED or MANAGED"):
         Settings.from_env({"BATCH_ENV_TYPE": "FARGATE"})
+
+
+def test_every_job_definition_runs_as_a_least_privilege_job_role(local_aws):
+    iam = boto3.client("iam", **local_aws.client_kwargs)
+    spec = provisioning.load_spec()
+    role_name = spec["job_role"]["name"]
+    on_s3 = Settings.from_env({"BATCH_LOCAL_VCPUS": "2", "DATA_ROOT": "s3://team-data/airbatch"})
+    try:
+        result = provisioning.apply(local_aws.batch, iam, spec, on_s3)
+        assert f"role/{role_name}" in result["updated"]
+        role = iam.get_role(RoleName=role_name)["Role"]
+        trust = provisioning._document(role["AssumeRolePolicyDocument"])
+        assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ecs-tasks.amazonaws.com"}]
+        for name in spec["job_definitions"]:
+            [latest] = [d for d in local_aws.batch.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
+                        ["jobDefinitions"] if d["revision"] == max(x["revision"] for x in local_aws.batch.describe_job_definitions(
+                            jobDefinitionName=name, status="ACTIVE")["jobDefinitions"])]
+            assert latest["containerProperties"]["jobRoleArn"] == role["Arn"]
+        policy = provisioning._document(iam.get_role_policy(RoleName=role_name, PolicyName=provisioning.JOB_ROLE_POLICY_NAME)
+                                        ["PolicyDocument"])
+        grants = {(action, resource) for statement in policy["Statement"] for action in statement["Action"]
+                  for resource in statement["Resource"]}
+        assert grants == {
+            ("s3:GetObject", "arn:aws:s3:::team-data/airbatch/runs/*"),
+            ("s3:GetObject", "arn:aws:s3:::team-data/airbatch/outputs/*"),
+            ("s3:PutObject", "arn:aws:s3:::team-data/airbatch/outputs/*"),
+            ("s3:DeleteObject", "arn:aws:s3:::team-data/airbatch/outputs/*"),
+            ("s3:ListBucket", "arn:aws:s3:::team-data"),
+        }
+        assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+        listing = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])
+        assert listing["Condition"]["StringLike"]["s3:prefix"] == ["airbatch/runs/*", "airbatch/outputs/*"]
+        again = provisioning.apply(local_aws.batch, iam, spec, on_s3)
+        assert again["created"] == [] and again["updated"] == []
+    finally:
+        provisioning.apply(local_aws.batch, iam, spec, Settings.from_env({"BATCH_LOCAL_VCPUS": "2"}))
+    with pytest.raises(iam.exceptions.NoSuchEntityException):  # a local data root: nothing on S3 to grant
+        iam.get_role_policy(RoleName=role_name, PolicyName=provisioning.JOB_ROLE_POLICY_NAME)
+
+
+def test_managed_needs_an_s3_data_root_for_the_job_role():
+    managed = {"BATCH_ENV_TYPE": "MANAGED", "BATCH_SUBNETS": "subnet-1", "BATCH_SECURITY_GROUPS": "sg-1",
+               "BATCH_INSTANCE_ROLE": "ecsInstanceRole"}
+    with pytest.raises(ProvisioningError, match="DATA_ROOT .*s3://bucket/prefix"):
+        Settings.from_env({**managed, "DATA_ROOT": "/srv/data"})
+    settings = Settings.from_env({**managed, "DATA_ROOT": "/srv/data", "BATCH_DATA_ROOT": "s3://bucket"})
+    policy = provisioning.job_role_policy(provisioning.load_spec()["job_role"], settings.data_root)
+    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::bucket/runs/*"]
+    assert not [a for s in policy["Statement"] for a in s["Action"] if not a.startswith("s3:")]
