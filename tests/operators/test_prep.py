@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+from pathlib import Path
 
 import boto3
 import duckdb
@@ -816,3 +817,69 @@ def test_date_folders_never_silently_override_a_date_column_in_the_files(tmp_pat
     with pytest.raises(PrepError, match=r"part-1.parquet: column 'date' holds '2026-01-09' but the file sits in folder "
                                         r"date=2026-01-02 \(40 such row\(s\).*move each file"):
         prepare(str(tmp_path / "hive"), SCHEMA, str(tmp_path / "out"), 8)
+
+
+def test_s3_inputs_read_glob_named_files_as_themselves_under_allowed_prefixes_only(moto_endpoint, tmp_path):
+    from operators.prep import PrepError, prepare_configured
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="globs")
+    names = ["sales[1].parquet", "sales1.parquet", "a*b.parquet", "x{1,2}.parquet"]
+    for i, name in enumerate(names):
+        sales().assign(product=f"Q{i}").drop_duplicates(["segment", "date"]).to_parquet(tmp_path / "f.parquet")
+        s3.upload_file(str(tmp_path / "f.parquet"), "globs", f"in/{name}")
+    (tmp_path / "c.csv").write_text(CSV_HEADER + "".join(good_lines(10)))
+    s3.upload_file(str(tmp_path / "c.csv"), "globs", "csv/sales[1].csv")
+    s3.upload_file(str(tmp_path / "c.csv"), "globs", "outside/in.csv")
+    options = {"key": "testing", "secret": "testing", "endpoint_url": moto_endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    env = {"DATA_ROOT": "s3://globs/data", "AIRBATCH_INPUT_PREFIXES": "s3://globs/in,s3://globs/csv"}
+
+    def run(uri: str, out: str):
+        return prepare_configured(uri, SCHEMA, f"s3://globs/data/{out}", 8, storage_options=options, env=env)
+
+    folder = run("s3://globs/in/", "all")
+    assert folder.rows_ok == 4 * 30 and sorted(batches_s3(folder, options)["product"].unique()) == ["Q0", "Q1", "Q2", "Q3"]
+    one = run("s3://globs/in/sales[1].parquet", "one")
+    assert set(batches_s3(one, options)["product"]) == {"Q0"}
+    assert run("s3://globs/csv/sales[1].csv", "csv").rows_ok == 10
+    with pytest.raises(PrepError, match="s3://globs/outside/in.csv.*AIRBATCH_INPUT_PREFIXES"):
+        run("s3://globs/outside/in.csv", "refused")
+
+
+def batches_s3(result, options) -> pd.DataFrame:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**options)
+    manifest = read_manifest(result.manifest_uri, options)
+    return pd.concat([pd.read_parquet(fs.open(uri, "rb")) for uri in manifest["uri"]], ignore_index=True)
+
+
+@pytest.mark.parametrize("dag_file", ["units_of_work.py", "pricing_optimization.py"])
+def test_both_dags_pass_max_quarantined_share_to_prepare(dag_file, data_root):
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    from operators.prep import PrepError
+
+    dag = next(iter(DagBag(dag_folder=str(Path(__file__).parents[2] / "dags" / dag_file)).dags.values()))
+    assert dag.params["max_quarantined_share"] == 0.1
+    source = data_root / "in.csv"
+    bad = ["n/a" if i % 4 == 0 else "2.5" for i in range(40)]  # 25% of the rows are bad
+    if dag_file == "units_of_work.py":
+        text = "unit_id,seq,value\n" + "".join(f"u{i},0,{value}\n" for i, value in enumerate(bad))
+    else:
+        text = "segment,location,product,date,price,quantity,unit_cost,current_price\n" + "".join(
+            f"S0,L1,P{i:04d},2026-01-0{1 + i % 5},{value},3,1,2\n" for i, value in enumerate(bad))
+    source.write_text(text)
+    params = dag.params.dump()
+    params.update(input_uri=str(source), bucket_count=4)
+    prepare_task = dag.get_task("prepare").python_callable
+    kwargs = {"params": params, "dag": dag, "run_id": "manual__1"}
+    if dag_file == "pricing_optimization.py":
+        kwargs.update(source={"uri": str(source), "started_at": 0.0},
+                      data_interval_end=pendulum.datetime(2026, 1, 7, tz="UTC"))
+    with pytest.raises(PrepError, match=r"10 of 40 rows.*25.0%.*max_quarantined_share=0.1"):
+        prepare_task(**kwargs)
+    params["max_quarantined_share"] = 0.3
+    assert prepare_task(**kwargs)["rows_quarantined"] == 10
