@@ -71,6 +71,7 @@ def main() -> int:
         del frame
 
         os.environ["DATA_ROOT"] = str(Path(scratch) / "root")
+        os.environ["AIRBATCH_INPUT_PREFIXES"] = str(data)  # the generated input lies outside DATA_ROOT
         with running_endpoint(vcpus=args.vcpus):
             from airflow.dag_processing.dagbag import DagBag
             from airflow.utils.state import DagRunState
