@@ -17,11 +17,11 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml images/worker/pyprojec
 
 ## Start the local AWS endpoint, provision Batch, run the main DAG with `airflow dags test`, print its summary.
 demo: $(STAMP)
-	$(ENV) && scripts/demo.sh
+	$(ENV) && exec scripts/demo.sh
 
 ## airflow standalone (web UI on http://localhost:8080) plus the local AWS endpoint; Ctrl-C stops both.
 up: $(STAMP)
-	$(ENV) && scripts/up.sh
+	$(ENV) && exec scripts/up.sh
 
 ## Apply config/batch_resources.json to the endpoint of the aws_default connection.
 provision: $(STAMP)

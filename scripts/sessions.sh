@@ -1,0 +1,38 @@
+# Source me: run a command in a session of its own and stop that session as a whole.
+# Airflow's task supervisor moves each task into its own process group, so a process group does not
+# hold a component's tasks; the session does (a process cannot leave it without setsid).
+
+# start_session LOG COMMAND...: start COMMAND in a new session with stdout/stderr to LOG; sets SESSION_PID.
+start_session() {
+  local log=$1; shift
+  setsid "$@" >"$log" 2>&1 </dev/null &
+  SESSION_PID=$!
+}
+
+# session_members SID: the live processes of session SID (none for an invalid SID or our own); an
+# exited process whose parent is gone can stay a zombie for good where nothing reaps orphans.
+session_members() {
+  [[ "$1" =~ ^[1-9][0-9]*$ && "$1" != "$(ps -o sid= -p $$ | tr -d ' ')" ]] || return 0
+  ps -e -o pid=,sid=,stat= | awk -v sid="$1" '$2 == sid && $3 !~ /^Z/ { print $1 }'
+}
+
+# stop_sessions GRACE SID...: SIGTERM to every process of each session; SIGKILL to those left after GRACE s.
+stop_sessions() {
+  local grace=$1; shift
+  local sid pids deadline=$((SECONDS + grace))
+  for sid in "$@"; do
+    pids=$(session_members "$sid")
+    [[ -n "$pids" ]] && kill -TERM $pids 2>/dev/null
+  done
+  while (( SECONDS < deadline )); do
+    pids=""
+    for sid in "$@"; do pids+=$(session_members "$sid"); done
+    [[ -z "$pids" ]] && return 0
+    sleep 0.5
+  done
+  for sid in "$@"; do
+    pids=$(session_members "$sid")
+    [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null
+  done
+  return 0
+}
