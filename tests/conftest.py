@@ -5,6 +5,8 @@ The environment is set before anything imports Airflow. The Airflow metadata DB 
 """
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,24 @@ from localaws.stack import REPO, configure, local_bundle, migrate, running_endpo
 
 TEST_HOME = REPO / ".airflow" / "tests"
 
+# Test homes hold an Airflow DB, logs and the endpoint's credentials: private to the user, like the
+# local stack's (scripts/env.sh). Whatever the tests start inherits the umask.
+os.umask(0o077)
+
+
+def keep_private(folder: Path) -> None:
+    """Create `folder` 0700 and strip group/other bits from everything already in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.chmod(stat.S_IMODE(folder.parent.stat().st_mode) & 0o700)
+    for path in [folder, *folder.rglob("*")]:
+        try:
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
+        except FileNotFoundError:  # removed meanwhile by a run beside this one
+            pass
+
+
+keep_private(TEST_HOME)
 # The product's DAGs plus DAGs that exist only for tests.
 configure(TEST_HOME, extra_bundles=[local_bundle("test-dags", REPO / "tests" / "fixture_dags")])
 
@@ -33,6 +53,6 @@ def local_aws():
 @pytest.fixture
 def data_root(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "data"
-    root.mkdir()
+    root.mkdir(mode=0o700)
     monkeypatch.setenv("DATA_ROOT", str(root))
     return root
