@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -52,12 +54,66 @@ def test_plan_shards_cuts_the_manifest_into_labelled_shards(manifest, tmp_path):
     ({"params": {"speed": 1}}, "unknown parameter(s) ['speed']"),
     ({"batches_per_shard": 0}, "batches_per_shard must be 1..10000"),
     ({"min_success_ratio": 1.5}, "min_success_ratio must be within 0..1"),
+    ({"timeout_minutes": 0}, "shard_timeout_minutes must be above 0"),
+    ({"queue": "elsewhere"}, "queue must be one of"),
+    ({"params": {"sleep_s": -1, "fail_units": "u1"}},
+     "sleep_s must be >= 0, got -1; fail_units must be a list of unit ids (strings), got 'u1'"),
+    ({"workload": "pricing", "params": {"min_price_ratio": 1.5, "max_price_ratio": 1.0}},
+     "min_price_ratio (1.5) is above max_price_ratio (1.0)"),
+    ({"workload": "pricing", "params": {"min_price_ratio": 1.2, "max_change": 0.1}},
+     "min_price_ratio (1.2) is above 1 + max_change (1.1)"),
+    ({"workload": "pricing", "params": {"min_price_ratio": 0.5, "max_price_ratio": 0.8}},
+     "max_price_ratio (0.8) is below 1 - max_change (0.85)"),
+    ({"workload": "gpu_benchmark", "params": {"device": "tpu", "repeats": 0}},
+     "repeats must be >= 1, got 0; device must be one of ['auto', 'cpu', 'gpu'], got 'tpu'"),
 ])
 def test_plan_shards_refuses_bad_settings_before_anything_runs(manifest, tmp_path, kwargs, message):
     args = {"workload": "noop", "params": {}, "out_root": str(tmp_path), "run_dir": str(tmp_path), **kwargs}
     with pytest.raises(ValueError) as err:
         engine.plan_shards(manifest, **args)
     assert message in str(err.value)
+    assert not list(tmp_path.rglob("*.json"))  # nothing planned, nothing written
+
+
+def test_plan_shards_gives_each_shard_its_queue_definition_and_timeout(manifest, tmp_path):
+    [shard] = engine.plan_shards(manifest, workload="noop", params={}, out_root=str(tmp_path), run_dir=str(tmp_path),
+                                 queue="airbatch-gpu", timeout_minutes=1.5)
+    assert shard["job_queue"] == "airbatch-gpu" and shard["job_definition"] == "airbatch-worker-gpu"
+    assert shard["shard"]["timeout_s"] == 90
+    from operators.batch import UnitsOfWorkOperator
+
+    op = UnitsOfWorkOperator(task_id="t", **shard)
+    assert op.execution_timeout.total_seconds() == 90
+
+
+# Run ids that shared one folder when ":", "+" and "~" all became "_".
+COLLIDING_RUN_IDS = ["manual__2026-02-16T00:00:00+00:00", "manual__2026-02-16T00_00_00_00_00",
+                     "manual__2026-02-16T00:00:00~00:00", "manual__2026-02-16T00:00:00 00:00",
+                     "manual__2026-02-16T00/00/00+00/00", "manual__2026-02-16T00_00_00_00_00~" + "0" * 16, ".", ".."]
+
+
+def test_run_ids_that_collided_get_their_own_readable_folders(tmp_path):
+    roots = [engine.run_root("pricing_optimization", run_id, root=str(tmp_path)) for run_id in COLLIDING_RUN_IDS]
+    assert len(set(roots)) == len(roots)
+    for root in roots:
+        name = root.rsplit("/", 1)[1]
+        assert name not in ("", ".", "..") and "/" not in name and ":" not in name and "+" not in name
+        assert root.startswith(f"{tmp_path}/runs/pricing_optimization/")
+    assert roots[1].endswith("/manual__2026-02-16T00_00_00_00_00")  # a safe id is kept as it is
+    assert "/manual__2026-02-16T00_00_00_00_00~" in roots[0]  # readable slug + hash of the exact id
+
+
+def test_a_run_folder_refuses_a_run_that_does_not_own_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    root = engine.own_run_root("units_of_work", COLLIDING_RUN_IDS[0], aws_conn_id=None)
+    assert json.loads((Path(root) / engine.OWNER_FILE).read_text()) == {"dag_id": "units_of_work",
+                                                                        "run_id": COLLIDING_RUN_IDS[0]}
+    assert engine.own_run_root("units_of_work", COLLIDING_RUN_IDS[0], aws_conn_id=None) == root  # its own: reused
+    with pytest.raises(ValueError) as err:
+        engine.check_run_owner(root, "units_of_work", COLLIDING_RUN_IDS[1], aws_conn_id=None)
+    message = str(err.value)
+    assert COLLIDING_RUN_IDS[0] in message and COLLIDING_RUN_IDS[1] in message and root in message
+    assert "another run id" in message
 
 
 def sleeping_job(local_aws, name: str) -> str:

@@ -1,6 +1,7 @@
 """The unit-of-work engine end to end: dag.test() -> prep -> shards -> array jobs -> worker runtime -> collect."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -103,11 +104,26 @@ def test_a_killed_child_fails_the_try_and_the_retry_runs_only_the_missing_batche
     conf = {"units": 600, "bucket_count": 40, "batches_per_shard": 40, "batches_per_child": 10, "sleep_s": 0.25}
     killed: list[int] = []
 
+    def batches_done_by(pid: int) -> int | None:
+        """How many of its slice's batches the worker `pid` has finished (None once it is gone)."""
+        try:
+            args = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0")
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().decode().split("\0")
+        except OSError:
+            return None
+        index = int(next((e.split("=", 1)[1] for e in environ if e.startswith("AWS_BATCH_JOB_ARRAY_INDEX=")), 0))
+        worklist = json.loads(Path(next(a for a in args if a.endswith(".json"))).read_text())
+        per_child = worklist["batches_per_child"]
+        keys = [item["key"] for item in worklist["items"][index * per_child:(index + 1) * per_child]]
+        return sum((data_root / "outputs" / "noop" / key / "_DONE.json").exists() for key in keys)
+
     def kill_one_child_mid_run():
-        deadline = time.time() + 120
+        deadline = time.time() + 240
         while time.time() < deadline and not killed:
             for pid in worker_pids():
-                time.sleep(1.0)  # let it finish a few of its ten batches
+                done = batches_done_by(pid)
+                if done is None or not 0 < done < 10:  # kill it once it has finished some of its ten batches
+                    continue
                 try:
                     os.kill(pid, signal.SIGTERM)  # a crash: Batch reports exit 143 and does not retry it
                 except ProcessLookupError:
@@ -171,10 +187,11 @@ def test_failed_units_below_the_quorum_fail_the_shard_and_above_it_are_dead_lett
     strict = run_dag(conf)
     assert strict.state == DagRunState.FAILED
     [ti] = task_instances(strict, "run_shard")
-    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 2  # the retry ran the bad batch again
+    assert ti.state == TaskInstanceState.FAILED and ti.try_number == 1  # bad data: a retry cannot help, none ran
     [failed_summary] = xcom(strict, "run_shard", key="summary")
     assert failed_summary["failed"] == 1 and failed_summary["failures_by_class"] == {"bad_data": 1}
     assert "u000007" in failed_summary["first_errors"]["bad_data"]
+    assert len(list((data_root / "runs").rglob("worklists/*.json"))) == 1  # the bad batch ran once
 
     lenient = run_dag({**conf, "min_success_ratio": 0.9})
     assert lenient.state == DagRunState.SUCCESS
@@ -192,11 +209,11 @@ def test_a_worker_lost_mid_wait_reattaches_without_a_second_submission(airflow_d
     original = UnitsOfWorkOperator.wait_until_ended
     lost: list[str] = []
 
-    def wait_until_ended(self, job_id):
+    def wait_until_ended(self, job_id, deadline, terminate_at_deadline=True):
         if not lost:  # the first try's worker dies while the job runs
             lost.append(job_id)
             raise RuntimeError("worker lost mid-wait")
-        return original(self, job_id)
+        return original(self, job_id, deadline, terminate_at_deadline)
 
     monkeypatch.setattr(UnitsOfWorkOperator, "wait_until_ended", wait_until_ended)
     run = run_dag({"units": 300, "bucket_count": 30, "batches_per_shard": 30, "batches_per_child": 5,
@@ -249,3 +266,101 @@ def test_template_syntax_in_every_string_param_reaches_the_files_literally(airfl
     for path in data_root.rglob("*"):
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), f"{path} holds the connection's password"
+
+
+def shard_jobs(local_aws) -> list[dict]:
+    return [j for j in jobs_named(local_aws, "units_of_work-run_shard-shard0") if ":" not in j["jobId"]]
+
+
+def no_worker_left(deadline_s: float = 60) -> bool:
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        if not worker_pids():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
+def test_a_shard_whose_job_never_ends_fails_at_its_timeout_and_the_job_is_terminated(airflow_db, local_aws,
+                                                                                      data_root, deferrable):
+    before = {j["jobId"] for j in shard_jobs(local_aws)}
+    run = run_dag({"units": 20, "bucket_count": 2, "batches_per_shard": 2, "batches_per_child": 1, "sleep_s": 3000,
+                   "shard_timeout_minutes": 0.1, "salt": f"timeout-{deferrable}"}, retries=0, deferrable=deferrable)
+    assert run.state == DagRunState.FAILED
+    [ti] = task_instances(run, "run_shard")
+    assert ti.state == TaskInstanceState.FAILED
+    [job] = [j for j in shard_jobs(local_aws) if j["jobId"] not in before]
+    deadline = time.time() + 60
+    while job["status"] != "FAILED" and time.time() < deadline:  # terminating a RUNNING child takes a moment
+        time.sleep(0.2)
+        job = local_aws.batch.describe_jobs(jobs=[job["jobId"]])["jobs"][0]
+    assert job["status"] == "FAILED", job
+    assert no_worker_left(), f"worker processes still running: {worker_pids()}"
+
+
+def test_a_worker_that_cannot_write_its_outputs_reports_its_own_error_and_is_not_retried(airflow_db, local_aws,
+                                                                                         data_root, monkeypatch):
+    from operators import engine
+
+    original = engine.write_worklist
+
+    def worklist_into_a_store_that_refuses_writes(spec, *args, **kwargs):
+        # /sys refuses new files to every user: the workers' output store denies them, not the Airflow side's
+        return original(dataclasses.replace(spec, output_root="/sys/airbatch-no-write/outputs/noop"), *args, **kwargs)
+
+    monkeypatch.setattr(engine, "write_worklist", worklist_into_a_store_that_refuses_writes)
+    run = run_dag({"units": 40, "bucket_count": 4, "batches_per_shard": 4, "batches_per_child": 2,
+                   "salt": "denied"})
+    assert run.state == DagRunState.FAILED
+    [ti] = task_instances(run, "run_shard")
+    assert ti.try_number == 1  # not retried: a retry would be refused the same way
+    [summary] = xcom(run, "run_shard", key="summary")
+    assert summary["failures_by_class"] == {"permission_denied": 4}
+    first = summary["first_errors"]["permission_denied"]
+    assert "PermissionError" in first and "/sys/airbatch-no-write" in first, first
+
+
+RUN_ELSEWHERE = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, os.environ["REPO_ROOT"])
+keep = {k: os.environ[k] for k in ("AIRFLOW_CONN_AWS_DEFAULT", "DATA_ROOT")}
+from localaws.stack import configure
+configure(Path(sys.argv[1]))
+os.environ.update(keep)
+from tests.system.test_batch_smoke import load_dag
+run = load_dag("units_of_work").test(run_conf=json.loads(sys.argv[2]))
+print("RUN STATE", run.state)
+"""
+
+
+def test_two_runs_over_the_same_data_at_the_same_time_compute_each_batch_once(airflow_db, local_aws, data_root,
+                                                                              tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from localaws.stack import REPO
+
+    source = data_root / "units.csv"
+    source.write_text("unit_id,seq,value\n" + "".join(f"u{i:03d},0,{i}.5\n" for i in range(160)))
+    conf = {"input_uri": str(source), "bucket_count": 16, "batches_per_shard": 16, "batches_per_child": 2,
+            "sleep_s": 1.0, "salt": "concurrent"}
+    runs = []
+    for name in ("a", "b"):  # each process has its own copy of the migrated metadata DB
+        home = tmp_path / f"home-{name}"
+        home.mkdir()
+        shutil.copy(airflow_db, home / "airflow.db")
+        runs.append(subprocess.Popen([sys.executable, "-c", RUN_ELSEWHERE, str(home), json.dumps(conf)],
+                                     env={**os.environ, "REPO_ROOT": str(REPO)}, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True))
+    outputs_of_runs = [run.communicate(timeout=540)[0] for run in runs]
+    for text in outputs_of_runs:
+        assert "RUN STATE success" in text, text[-3000:]
+    worklists = [json.loads(p.read_text()) for p in (data_root / "runs").rglob("worklists/*.json")]
+    submitted = [item["key"] for w in worklists for item in w["items"]]
+    assert len(submitted) == len(set(submitted)) == 16, f"{len(submitted)} batch submissions for 16 batches"
+    markers = [json.loads(p.read_text()) for p in (data_root / "outputs" / "noop").glob("*/_DONE.json")]
+    assert len(markers) == 16
+    assert not list((data_root / "outputs" / "noop" / "_claims").glob("*.json"))  # released once the jobs ended
