@@ -25,7 +25,7 @@ up: $(STAMP)
 
 ## Apply config/batch_resources.json to the endpoint of the aws_default connection.
 provision: $(STAMP)
-	$(ENV) && python -m operators.provisioning apply
+	$(ENV) && python -m operators.kit.provisioning apply
 
 test: $(STAMP)
 	$(ENV) && python -m pytest -q

@@ -44,7 +44,7 @@ def _noop_chunk(args: tuple[list[str], list[int], list[float]]) -> int:
 
 
 def floor_seconds(units: int, processes: int) -> float:
-    from operators import noop_data
+    from operators.pipelines.noop import noop_data
 
     started = time.perf_counter()
     frame = noop_data.frame(units, rows_per_unit=1)
@@ -95,7 +95,7 @@ def main() -> int:
         floor = floor_seconds(args.units, args.vcpus)
         engine, run = dag_seconds("units_of_work", REPO / "dags", {
             "units": args.units, "rows_per_unit": 1, "bucket_count": buckets, "salt": uuid.uuid4().hex})
-        from operators.summary import xcom_value
+        from operators.kit.summary import xcom_value
 
         summary = xcom_value(run.dag_id, run.run_id, "summary")
         assert summary["units"] == args.units and summary["succeeded"] == summary["batches"], summary

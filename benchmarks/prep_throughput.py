@@ -4,7 +4,7 @@ Generates a pricing-like table once (segment/location/product keys, date, price,
 rows/100 units over rows/units days; 0.1 % bad rows: null key, negative price, NaN quantity,
 duplicate key), writes it as one Parquet file, then times on it:
 
-  prep          operators.prep.prepare(...) into `--buckets` batches (validation, quarantine, manifest)
+  prep          operators.kit.prep.prepare(...) into `--buckets` batches (validation, quarantine, manifest)
   duckdb_copy   COPY (SELECT *, <prep's bucket expression> AS bucket FROM input) TO dir
                 (FORMAT parquet, PARTITION_BY (bucket)): no checks, no manifest
   pandas        read_parquet, md5 bucket per unit, groupby(bucket) and one to_parquet per bucket:
@@ -35,7 +35,7 @@ import duckdb  # noqa: E402
 import pandas as pd  # noqa: E402
 from batch_worker.schema import Column, InputSchema  # noqa: E402
 
-from operators.prep import BUCKET_COLUMN, bucketing_sql, prepare  # noqa: E402
+from operators.kit.prep import BUCKET_COLUMN, bucketing_sql, prepare  # noqa: E402
 
 SCHEMA = InputSchema(
     columns=(

@@ -188,14 +188,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Time the per-unit pandas pricing baseline against the workload.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--rows", type=int, help="generate this many synthetic rows (no bad rows)")
-    source.add_argument("--data", help="a parquet directory written by operators.pricing_data")
+    source.add_argument("--data", help="a parquet directory written by operators.pipelines.pricing.pricing_data")
     parser.add_argument("--units", type=int)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.data:
         df = ds.dataset(args.data, format="parquet").to_table().to_pandas()
     else:
-        from operators.pricing_data import generate
+        from operators.pipelines.pricing.pricing_data import generate
 
         with tempfile.TemporaryDirectory() as directory:
             generate(directory, args.rows, units=args.units, seed=args.seed, bad_row_fraction=0.0)

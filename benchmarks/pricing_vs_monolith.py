@@ -2,7 +2,7 @@
 
     python benchmarks/pricing_vs_monolith.py --rows N [--buckets B] [--queue airbatch-cpu|airbatch-gpu]
 
-Generates N rows of synthetic sales (operators.pricing_data; 28 days ending 2026-02-15, so the
+Generates N rows of synthetic sales (operators.pipelines.pricing.pricing_data; 28 days ending 2026-02-15, so the
 pipeline's window for the week ending Monday 2026-02-16 holds every row; the fewest units that make N rows in 28 days), then times
 
   monolith  read the dataset with pandas, then `benchmarks.pricing_monolith.run_monolith`: the
@@ -53,7 +53,7 @@ def main() -> int:
     import pyarrow.dataset as ds
 
     from benchmarks.pricing_monolith import run_monolith
-    from operators import pricing_data
+    from operators.pipelines.pricing import pricing_data
 
     units, _ = pricing_data.plan(args.rows, None, DAYS)
     with tempfile.TemporaryDirectory(prefix="pricing-bench-") as scratch:
@@ -76,7 +76,7 @@ def main() -> int:
             from airflow.dag_processing.dagbag import DagBag
             from airflow.utils.state import DagRunState
 
-            from operators.summary import xcom_value
+            from operators.kit.summary import xcom_value
 
             dag = DagBag(dag_folder=str(REPO / "dags" / "pricing_optimization.py")).dags["pricing_optimization"]
             started = time.perf_counter()

@@ -20,11 +20,11 @@ import pendulum
 
 from airflow.sdk import Param, dag, task
 
-from operators.batch import HouseBatchOperator
+from operators.kit.batch import HouseBatchOperator
 
 
 def output_folder(run_id: str) -> str:
-    from operators.engine import safe_name
+    from operators.kit.engine import safe_name
 
     return f"{os.environ.get('DATA_ROOT', '.data')}/batch_smoke/{safe_name(run_id)}"
 
@@ -47,7 +47,7 @@ def output_folder(run_id: str) -> str:
 def batch_smoke():
     @task
     def plan(params=None, run_id=None) -> list[dict]:
-        from operators import engine
+        from operators.kit import engine
 
         out = output_folder(run_id)
         command = ["python", "-m", "batch_worker.smoke", "--sleep", str(params["sleep_s"]),

@@ -20,8 +20,8 @@ import pendulum
 
 from airflow.sdk import Param, dag, task
 
-from operators.batch import SHARD_LABEL, UnitsOfWorkOperator
-from operators.notify import FailureNotifier
+from operators.kit.batch import SHARD_LABEL, UnitsOfWorkOperator
+from operators.kit.notify import FailureNotifier
 
 
 @dag(
@@ -41,7 +41,8 @@ from operators.notify import FailureNotifier
 def gpu_batch_benchmark():
     @task
     def plan(params=None, dag=None, run_id=None) -> list[dict]:
-        from operators import engine, gpu_benchmark
+        from operators.kit import engine
+        from operators.pipelines.gpu import gpu_benchmark
 
         return gpu_benchmark.plan(params["cases"], small=params["small"], repeats=params["repeats"],
                                   run_dir=engine.own_run_root(dag.dag_id, run_id),
@@ -49,7 +50,8 @@ def gpu_batch_benchmark():
 
     @task
     def compare(shard_summaries, dag=None, run_id=None, params=None) -> dict:
-        from operators import engine, gpu_benchmark, notify
+        from operators.kit import engine, notify
+        from operators.pipelines.gpu import gpu_benchmark
 
         out_dir = f"{engine.data_root()}/gpu_benchmark/{engine.safe_name(run_id)}"
         result = gpu_benchmark.report(list(shard_summaries), out_dir)

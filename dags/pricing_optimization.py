@@ -36,9 +36,9 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from operators.approval import REVIEW_KEY, ReviewApprovalOperator
-from operators.batch import run_shards
-from operators.notify import FailureNotifier
+from operators.kit.approval import REVIEW_KEY, ReviewApprovalOperator
+from operators.kit.batch import run_shards
+from operators.kit.notify import FailureNotifier
 
 WORKLOAD = "pricing"
 MODEL = "pricing"
@@ -85,7 +85,7 @@ _limits = {"type": "object", "additionalProperties": False, "properties": {
             "margin_floor": {"type": "number", "minimum": 0}}),
         "thresholds": Param({}, type="object", additionalProperties=False,
                             properties={"approve": _limits, "reject": _limits},
-                            description="limits over the defaults in operators/evaluation.py"),
+                            description="limits over the defaults in operators/pipelines/pricing/evaluation.py"),
         "review": Param("auto", type="string", enum=["auto", "always"],
                         description="auto: a person decides only between the limits; always: every version"),
         "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1),
@@ -100,8 +100,8 @@ def pricing_optimization():
     def dataset(params=None, data_interval_end=None) -> dict:
         import time
 
-        from operators import pricing_data
-        from operators.engine import data_root
+        from operators.pipelines.pricing import pricing_data
+        from operators.kit.engine import data_root
 
         started = time.time()
         if params["input_uri"]:
@@ -119,7 +119,8 @@ def pricing_optimization():
     def prepare(source: dict, params=None, dag=None, run_id=None, data_interval_end=None) -> dict:
         from batch_worker.workloads import get_workload
 
-        from operators import engine, evaluation, prep
+        from operators.kit import engine, prep
+        from operators.pipelines.pricing import evaluation
 
         input_uri = source["uri"]
         end = data_interval_end.date()
@@ -141,7 +142,7 @@ def pricing_optimization():
 
     @task
     def plan(prepared: dict, params=None) -> list[dict]:
-        from operators import engine
+        from operators.kit import engine
 
         return engine.plan_shards(
             prepared["manifest_uri"], workload=WORKLOAD, params=params["workload_params"],
@@ -153,7 +154,7 @@ def pricing_optimization():
     def collect(shard_summaries, prepared: dict) -> dict:
         from batch_worker.workloads import get_workload
 
-        from operators import engine
+        from operators.kit import engine
 
         return engine.combine(list(shard_summaries), unit_key=get_workload(WORKLOAD).schema.unit_key,
                               run_dir=prepared["run_root"])
@@ -163,7 +164,8 @@ def pricing_optimization():
                  data_interval_end=None) -> dict:
         from batch_worker.workloads import get_workload
 
-        from operators import engine, evaluation, registry, report
+        from operators.kit import engine, registry
+        from operators.pipelines.pricing import evaluation, report
 
         prices = engine.read_outputs(engine.output_uris(fanout["results"]))
         metrics = evaluation.metrics(prices, prepared["units"], fanout["units_failed"])
@@ -220,7 +222,7 @@ Report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}""",
 
     @task(trigger_rule="none_failed")
     def decide(evaluation: dict, ti=None) -> dict:
-        from operators import engine, registry
+        from operators.kit import engine, registry
 
         answer = ti.xcom_pull(task_ids="ask_reviewer", key=REVIEW_KEY)
         if answer:
@@ -236,7 +238,7 @@ Report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}""",
     def publish(evaluation: dict, decision: dict, outlet_events=None) -> str:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from operators import engine, registry
+        from operators.kit import engine, registry
 
         if decision["status"] != registry.APPROVED:
             raise AirflowSkipException(f"version {evaluation['version']} was {decision['status']}: nothing to publish")
@@ -256,7 +258,7 @@ Report: {{ ti.xcom_pull(task_ids='evaluate')['report'] }}""",
     def notify(prepared: dict, fanout: dict, evaluation: dict, decision: dict, ti=None) -> dict:
         import time
 
-        from operators import notify as notifications
+        from operators.kit import notify as notifications
 
         published = ti.xcom_pull(task_ids="publish")
         summary = {

@@ -27,7 +27,7 @@ import pendulum
 
 from airflow.sdk import Param, dag, task
 
-from operators.batch import run_shards
+from operators.kit.batch import run_shards
 
 WORKLOAD = "noop"
 
@@ -63,7 +63,8 @@ def units_of_work():
     def prepare(params=None, dag=None, run_id=None) -> dict:
         from batch_worker.workloads import get_workload
 
-        from operators import engine, noop_data, prep
+        from operators.kit import engine, prep
+        from operators.pipelines.noop import noop_data
 
         root = engine.own_run_root(dag.dag_id, run_id)
         input_uri = params["input_uri"]
@@ -81,7 +82,7 @@ def units_of_work():
 
     @task
     def plan(prepared: dict, params=None) -> list[dict]:
-        from operators import engine
+        from operators.kit import engine
 
         shards = engine.plan_shards(
             prepared["manifest_uri"], workload=WORKLOAD,
@@ -96,7 +97,7 @@ def units_of_work():
     def summary(shard_summaries, prepared: dict) -> dict:
         from batch_worker.workloads import get_workload
 
-        from operators import engine
+        from operators.kit import engine
 
         combined = engine.combine(list(shard_summaries), unit_key=get_workload(WORKLOAD).schema.unit_key,
                                   run_dir=prepared["run_root"])

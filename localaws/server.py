@@ -147,7 +147,7 @@ class LocalAWS:
 
         if str(REPO) not in sys.path:  # the spec and its code live beside this package
             sys.path.insert(0, str(REPO))
-        from operators import provisioning
+        from operators.kit import provisioning
 
         settings = provisioning.Settings.from_env({**os.environ, "BATCH_ENV_TYPE": "UNMANAGED",
                                                    "BATCH_LOCAL_VCPUS": str(vcpus)})

@@ -32,7 +32,7 @@ trap 'interrupted 143' TERM
 start=$(date +%s)
 airflow db migrate >"$AIRFLOW_HOME/migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/migrate.log" >&2; exit 1; }
 start_endpoint
-python -m operators.provisioning apply
+python -m operators.kit.provisioning apply
 log="$AIRFLOW_HOME/demo-$DEMO_DAG.log"
 echo "running $DEMO_DAG (task logs: $log)"
 # In a session of its own, so that stopping it reaches everything it started; waited for in the
@@ -42,6 +42,6 @@ DAG_RUN_PID=$SESSION_PID
 status=0
 wait "$DAG_RUN_PID" || status=$?
 DAG_RUN_PID=""
-python -m operators.summary "$DEMO_DAG" --log "$log"
+python -m operators.kit.summary "$DEMO_DAG" --log "$log"
 echo "demo took $(( $(date +%s) - start )) s"
 exit $status

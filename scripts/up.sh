@@ -108,7 +108,7 @@ command -v airflow >/dev/null || fail "airflow is not on PATH: run make up, whic
 mkdir -p "$COMPONENT_LOGS"
 airflow db migrate >"$COMPONENT_LOGS/migrate.log" 2>&1 || { cat "$COMPONENT_LOGS/migrate.log" >&2; fail "airflow db migrate failed"; }
 start_endpoint
-python -m operators.provisioning apply
+python -m operators.kit.provisioning apply
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
 echo "owner $$" >"$STACK_FILE"

@@ -115,7 +115,7 @@ def test_no_templated_field_of_any_task_can_carry_user_params(bag):
 
 
 def test_the_batch_operators_render_nothing(bag):
-    from operators.batch import HouseBatchOperator, UnitsOfWorkOperator
+    from operators.kit.batch import HouseBatchOperator, UnitsOfWorkOperator
 
     assert HouseBatchOperator.template_fields == () and UnitsOfWorkOperator.template_fields == ()
     shard_tasks = [task for dag in bag.dags.values() for task in dag.tasks
@@ -127,7 +127,7 @@ def test_the_check_catches_each_kind_of_user_data_in_a_templated_field():
     from airflow.providers.standard.operators.bash import BashOperator
     from airflow.sdk import DAG, Param, task
 
-    from operators.batch import HouseBatchOperator
+    from operators.kit.batch import HouseBatchOperator
 
     class TemplatedBatch(HouseBatchOperator):
         template_fields = ("job_name", "parameters")

@@ -14,7 +14,7 @@ from batch_worker import xp as xp_module
 from batch_worker.workloads import BadData, get_workload
 from batch_worker.workloads.pricing import OUTPUT_COLUMNS, PricingWorkload
 from benchmarks.pricing_monolith import fit_unit_pandas, run_monolith
-from operators.pricing_data import generate, unit_table
+from operators.pipelines.pricing.pricing_data import generate, unit_table
 
 START = dt.date(2026, 1, 5)
 DAYS = 84

@@ -132,7 +132,7 @@ def test_the_connections_keys_reach_no_file_log_job_description_or_job_environme
                                     "batches_per_child": 1, "sleep_s": 0.5, "salt": f"{TEMPLATE_PASSWORD}|{TEMPLATE_LOGIN}",
                                     "fail_units": [TEMPLATE_LOGIN], "min_success_ratio": 0.0})
 
-        from operators import pricing_data
+        from operators.pipelines.pricing import pricing_data
 
         pricing_input = pricing_data.ensure(data / f"pricing {TEMPLATE_LOGIN}", rows=12_000, units=200,
                                             start_date="2026-01-05", seed=3)

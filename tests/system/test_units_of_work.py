@@ -13,7 +13,7 @@ import pytest
 
 from airflow.utils.state import DagRunState, TaskInstanceState
 
-from operators.batch import UnitsOfWorkOperator
+from operators.kit.batch import UnitsOfWorkOperator
 from tests.system.test_batch_smoke import load_dag
 
 pytestmark = pytest.mark.system
@@ -231,7 +231,7 @@ def test_deferrable_mode_waits_in_a_trigger(airflow_db, local_aws, data_root, ca
     run = run_dag({"units": 100, "bucket_count": 10, "batches_per_shard": 10, "salt": "deferred"}, deferrable=True)
     assert run.state == DagRunState.SUCCESS
     text = capfd.readouterr().out
-    assert "Pausing task as DEFERRED" in text and "operators.triggers.BatchJobWaitTrigger" in text
+    assert "Pausing task as DEFERRED" in text and "operators.kit.triggers.BatchJobWaitTrigger" in text
     [summary] = xcom(run, "summary")
     assert summary["succeeded"] == 10
 
@@ -301,7 +301,7 @@ def test_a_shard_whose_job_never_ends_fails_at_its_timeout_and_the_job_is_termin
 
 def test_a_worker_that_cannot_write_its_outputs_reports_its_own_error_and_is_not_retried(airflow_db, local_aws,
                                                                                          data_root, monkeypatch):
-    from operators import engine
+    from operators.kit import engine
 
     original = engine.write_worklist
 

@@ -140,7 +140,7 @@ def input_stats(prepared: dict[str, Any], window: tuple[str, str] | None) -> dic
     """Size and distribution of the prepared input (the good rows in the batches) for shift detection."""
     import duckdb
 
-    from operators.engine import location
+    from operators.kit.engine import location
 
     batches = location(prepared["out_uri"])
     stats: dict[str, Any] = {"rows": prepared["rows_ok"], "units": prepared["units"], "rows_in": prepared["rows_in"],

@@ -12,7 +12,7 @@ from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
-from operators.triggers import ENDED, TIMEOUT, progress_line
+from operators.kit.triggers import ENDED, TIMEOUT, progress_line
 
 #: How many failed children are shown, with their reason and the tail of their log.
 FAILED_CHILDREN_SHOWN = 3
@@ -149,7 +149,7 @@ CHILD_LOGS_READ = 5
 class UnitsOfWorkOperator(HouseBatchOperator):
     """Runs one shard of a unit-of-work pipeline as ONE AWS Batch array job, resuming what is not done.
 
-    `shard` is a descriptor from `operators.engine.plan_shards` (mapped with `.expand_kwargs()`,
+    `shard` is a descriptor from `operators.kit.engine.plan_shards` (mapped with `.expand_kwargs()`,
     together with `job_queue` and `job_definition`; pass `map_index_template=SHARD_LABEL` to
     `.partial()` to name each instance "shard 3: batches ..."). On every try it
 
@@ -188,7 +188,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
     # --- the flow -------------------------------------------------------------------------------
 
     def execute(self, context):
-        from operators import engine
+        from operators.kit import engine
 
         spec = engine.ShardSpec.from_dict(self.shard)
         started = time.time()
@@ -214,7 +214,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     def advance(self, context, spec, state: dict[str, Any], deadline: float):
         """Submit what nobody computes, wait for what another run computes, until nothing is left to try."""
-        from operators import engine
+        from operators.kit import engine
 
         batches = engine.shard_batches(spec, self.aws_conn_id)
         out = engine.location(spec.output_root, self.aws_conn_id)
@@ -246,7 +246,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     def submit(self, context, spec, state: dict[str, Any], out, pending: list[dict[str, Any]]) -> str | None:
         """Claim `pending`, give up those an earlier claim holds, submit one job for the rest; its job id."""
-        from operators import engine
+        from operators.kit import engine
 
         ti = context["ti"]
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
@@ -269,7 +269,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         self.array_properties = {"size": children} if children > 1 else {}
         self.parameters = {"worklist": worklist}
         if self.retry_strategy is None:
-            from operators.provisioning import load_spec
+            from operators.kit.provisioning import load_spec
 
             self.retry_strategy = load_spec()["retry_strategy"]
         self.log.info("Submitting one %s for %d pending batches: %d child(ren) of up to %d batches; worklist %s",
@@ -300,7 +300,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         if mine:
             self.job_id = job_id
         if self.deferrable:
-            from operators.triggers import BatchJobWaitTrigger
+            from operators.kit.triggers import BatchJobWaitTrigger
 
             self.defer(trigger=BatchJobWaitTrigger(job_id=job_id, aws_conn_id=self.aws_conn_id,
                                                    region_name=self.region_name, poll_interval=self.poll_interval,
@@ -313,7 +313,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     def execute_complete(self, context, event: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
                          deadline: float | None = None, **_: Any):
-        from operators import engine
+        from operators.kit import engine
 
         spec = engine.ShardSpec.from_dict(self.shard)
         if state is None:  # the triggerer path keeps next_kwargs; the state store has it either way
@@ -339,7 +339,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         return super().resume_execution(next_method, next_kwargs, context)
 
     def after_wait(self, context, spec, state: dict[str, Any], job: dict[str, Any], deadline: float):
-        from operators import engine
+        from operators.kit import engine
 
         waiting = state.get("waiting_for") or {"mine": True}
         state["waiting_for"] = None
@@ -355,7 +355,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         return self.advance(context, spec, state, deadline)
 
     def collect(self, context, spec, state: dict[str, Any], batches: list[dict[str, Any]]):
-        from operators import engine
+        from operators.kit import engine
 
         reasons: dict[str, tuple[str, str]] = {}
         for entry in state["this_try"]:
@@ -368,7 +368,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         return self.finish(context, spec, result, list(state["job_ids"]), state["submitted_at"])
 
     def finish(self, context, spec, result, job_ids: list[str], started: float) -> dict[str, Any]:
-        from operators import engine
+        from operators.kit import engine
 
         root = engine.location(spec.run_root, self.aws_conn_id)
         results_uri = root.join("results", f"shard-{spec.index}.json")
@@ -402,7 +402,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     def keys_of(self, worklist_uris) -> set[str]:
         """The batches of these worklists (this task instance's jobs)."""
-        from operators import engine
+        from operators.kit import engine
 
         keys: set[str] = set()
         for uri in worklist_uris:
@@ -415,7 +415,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         In flight: its job is active, or it has no job yet and is younger than CLAIM_SUBMIT_GRACE_S.
         Claims of ended or abandoned jobs are removed. With `before`, only claims older than it count.
         """
-        from operators import engine
+        from operators.kit import engine
 
         me = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
         claims = [c for c in engine.read_claims(out)

@@ -49,7 +49,7 @@ class BatchJobWaitTrigger(BaseTrigger):
         self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("operators.triggers.BatchJobWaitTrigger", {
+        return ("operators.kit.triggers.BatchJobWaitTrigger", {
             "job_id": self.job_id, "aws_conn_id": self.aws_conn_id, "region_name": self.region_name,
             "poll_interval": self.poll_interval, "terminate_on_kill": self.terminate_on_kill,
             "deadline": self.deadline,

@@ -1,6 +1,6 @@
 """Print what the latest run of a DAG did: its state, its tasks, and the `summary` task's result.
 
-    python -m operators.summary DAG_ID [--log FILE]
+    python -m operators.kit.summary DAG_ID [--log FILE]
 
 Exits 1 when the run did not succeed, naming the failed tasks and the first error from the log.
 """
@@ -64,7 +64,7 @@ def first_error(log: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m operators.summary")
+    parser = argparse.ArgumentParser(prog="python -m operators.kit.summary")
     parser.add_argument("dag_id")
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)

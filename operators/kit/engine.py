@@ -2,7 +2,7 @@
 
 The flow of one run (see docs/engine.md):
 
-    prepare  -> manifest of batches (operators.prep)
+    prepare  -> manifest of batches (operators.kit.prep)
     plan     -> shards: one array job each, descriptors for .expand_kwargs()   plan_shards()
     run      -> per shard, pending batches -> worklist -> one array job        UnitsOfWorkOperator
     collect  -> the shards' summaries combined, the dead-letter list written    combine()
@@ -32,7 +32,7 @@ from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FO
 from batch_worker.storage import Location
 from batch_worker.workloads import get_workload
 
-from operators.prep import read_manifest
+from operators.kit.prep import read_manifest
 
 #: AWS Batch array jobs hold 2 to 10,000 children.
 MAX_ARRAY_SIZE = 10_000

@@ -1,4 +1,4 @@
-"""Tests of operators.prep: schema errors, quarantine, bucketing, manifest, window, inputs, s3 and Athena."""
+"""Tests of operators.kit.prep: schema errors, quarantine, bucketing, manifest, window, inputs, s3 and Athena."""
 from __future__ import annotations
 
 import datetime as dt
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from batch_worker.schema import Column, InputSchema
 
-from operators.prep import (
+from operators.kit.prep import (
     ATHENA,
     DUCKDB,
     SchemaError,
@@ -479,7 +479,7 @@ def test_prepare_configured_runs_the_athena_path_for_an_athena_table(moto_endpoi
     """
     import requests
 
-    from operators.prep import athena_manifest_sql, athena_quarantine_sql, prepare_configured
+    from operators.kit.prep import athena_manifest_sql, athena_quarantine_sql, prepare_configured
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="lake")
@@ -516,7 +516,7 @@ def test_prepare_configured_runs_the_athena_path_for_an_athena_table(moto_endpoi
     ("athena://sales.raw", {}, "ATHENA_OUTPUT_LOCATION"),
 ])
 def test_the_athena_path_names_what_is_missing(uri, env, message):
-    from operators.prep import prepare_configured
+    from operators.kit.prep import prepare_configured
 
     with pytest.raises(ValueError) as err:
         prepare_configured(uri, SCHEMA, "s3://lake/x", 8, env=env)
@@ -694,7 +694,7 @@ def test_input_columns_named_like_prep_internals_cannot_collide(tmp_path):
 
 
 def test_input_uri_must_lie_under_data_root_or_a_configured_prefix(tmp_path):
-    from operators.prep import PrepError, prepare_configured
+    from operators.kit.prep import PrepError, prepare_configured
 
     root, extra, outside = tmp_path / "data", tmp_path / "extra", tmp_path / "outside"
     for folder in (root, extra, outside):
@@ -740,7 +740,7 @@ def test_more_than_max_quarantined_share_fails_with_the_counts_by_reason(tmp_pat
     lines[20] = "S0,P0020,2026-01-01,-3,4,yes\n"
     lines[21] = "S0,P0021\n"
     (tmp_path / "in.csv").write_text(CSV_HEADER + "".join(lines))
-    from operators.prep import PrepError
+    from operators.kit.prep import PrepError
 
     with pytest.raises(PrepError) as error:
         prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
@@ -763,7 +763,7 @@ def test_more_than_max_quarantined_share_fails_with_the_counts_by_reason(tmp_pat
 
 
 def test_an_empty_or_unusable_window_says_why(tmp_path):
-    from operators.prep import PrepError
+    from operators.kit.prep import PrepError
 
     (tmp_path / "in.csv").write_text(CSV_HEADER + "".join(good_lines(20)))
     with pytest.raises(PrepError, match=r"no rows in the window \[2026-03-01, 2026-03-08\) of .*in.csv: its 'date' "
@@ -786,7 +786,7 @@ def test_errors_name_the_file_the_encoding_and_near_matching_columns(tmp_path):
         prepare(str(tmp_path / "latin.csv"), SCHEMA, str(tmp_path / "out"), 8)
     (tmp_path / "latin_rows.csv").write_bytes((CSV_HEADER + "".join(good_lines(5))
                                                + "S0,P9,2026-01-01,1.5,2,caf\xe9\n").encode("latin-1"))
-    from operators.prep import PrepError
+    from operators.kit.prep import PrepError
 
     with pytest.raises(PrepError, match=r"malformed:invalid_encoding: 1 \(first: .*latin_rows.csv line 7\); "
                                         r"the file is not UTF-8"):
@@ -812,7 +812,7 @@ def test_date_folders_never_silently_override_a_date_column_in_the_files(tmp_pat
     assert agreed.rows_ok == len(frame)
     misplaced = tmp_path / "hive" / "date=2026-01-02" / "part-1.parquet"
     frame[frame["date"] == DAY0 + dt.timedelta(days=8)].assign(product="X").to_parquet(misplaced)
-    from operators.prep import PrepError
+    from operators.kit.prep import PrepError
 
     with pytest.raises(PrepError, match=r"part-1.parquet: column 'date' holds '2026-01-09' but the file sits in folder "
                                         r"date=2026-01-02 \(40 such row\(s\).*move each file"):
@@ -820,7 +820,7 @@ def test_date_folders_never_silently_override_a_date_column_in_the_files(tmp_pat
 
 
 def test_s3_inputs_read_glob_named_files_as_themselves_under_allowed_prefixes_only(moto_endpoint, tmp_path):
-    from operators.prep import PrepError, prepare_configured
+    from operators.kit.prep import PrepError, prepare_configured
 
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="globs")
@@ -860,9 +860,9 @@ def test_both_dags_pass_max_quarantined_share_to_prepare(dag_file, data_root):
     import pendulum
     from airflow.dag_processing.dagbag import DagBag
 
-    from operators.prep import PrepError
+    from operators.kit.prep import PrepError
 
-    dag = next(iter(DagBag(dag_folder=str(Path(__file__).parents[2] / "dags" / dag_file)).dags.values()))
+    dag = next(iter(DagBag(dag_folder=str(Path(__file__).parents[3] / "dags" / dag_file)).dags.values()))
     assert dag.params["max_quarantined_share"] == 0.1
     source = data_root / "in.csv"
     bad = ["n/a" if i % 4 == 0 else "2.5" for i in range(40)]  # 25% of the rows are bad

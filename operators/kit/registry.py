@@ -16,7 +16,7 @@ import hashlib
 import time
 from typing import Any
 
-from operators.engine import location, safe_name
+from operators.kit.engine import location, safe_name
 
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"

@@ -10,7 +10,8 @@ import pytest
 
 from batch_worker.cache import cache_key
 from batch_worker.workloads import get_workload
-from operators import engine, noop_data, prep
+from operators.kit import engine, prep
+from operators.pipelines.noop import noop_data
 
 
 def test_children_plan_packs_batches_so_children_stay_few():
@@ -80,7 +81,7 @@ def test_plan_shards_gives_each_shard_its_queue_definition_and_timeout(manifest,
                                  queue="airbatch-gpu", timeout_minutes=1.5)
     assert shard["job_queue"] == "airbatch-gpu" and shard["job_definition"] == "airbatch-worker-gpu"
     assert shard["shard"]["timeout_s"] == 90
-    from operators.batch import UnitsOfWorkOperator
+    from operators.kit.batch import UnitsOfWorkOperator
 
     op = UnitsOfWorkOperator(task_id="t", **shard)
     assert op.execution_timeout.total_seconds() == 90
@@ -133,11 +134,11 @@ def wait_status(local_aws, job_id: str, wanted: tuple[str, ...], timeout: float 
 
 
 def test_a_deferred_task_killed_by_a_person_terminates_its_job(local_aws):
-    from operators.triggers import BatchJobWaitTrigger
+    from operators.kit.triggers import BatchJobWaitTrigger
 
     job_id = sleeping_job(local_aws, "trigger-kill")
     trigger = BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
-    assert trigger.serialize()[0] == "operators.triggers.BatchJobWaitTrigger"
+    assert trigger.serialize()[0] == "operators.kit.triggers.BatchJobWaitTrigger"
 
     async def scenario():
         waiting = asyncio.ensure_future(trigger.run().__anext__())
@@ -152,7 +153,7 @@ def test_a_deferred_task_killed_by_a_person_terminates_its_job(local_aws):
 
 
 def test_the_trigger_fires_once_the_job_ends(local_aws):
-    from operators.triggers import BatchJobWaitTrigger
+    from operators.kit.triggers import BatchJobWaitTrigger
 
     job_id = local_aws.batch.submit_job(jobName="trigger-end", jobQueue="airbatch-cpu",
                                         jobDefinition="airbatch-worker-cpu",
@@ -166,7 +167,7 @@ def test_the_trigger_fires_once_the_job_ends(local_aws):
 
 
 def test_a_waiting_task_killed_in_sync_mode_terminates_its_job(local_aws):
-    from operators.batch import UnitsOfWorkOperator
+    from operators.kit.batch import UnitsOfWorkOperator
 
     op = UnitsOfWorkOperator(task_id="kill", shard={}, job_queue="airbatch-cpu",
                              job_definition="airbatch-worker-cpu")

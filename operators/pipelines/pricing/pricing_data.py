@@ -16,7 +16,7 @@ Bad rows on purpose (`bad_row_fraction` of all rows, kinds in turn): a null key,
 price, a NaN quantity, an exact duplicate of another row of the same day (it replaces a row, so
 the row count is unchanged) and, in CSV only, "n/a" in the price or quantity column.
 
-CLI: python -m operators.pricing_data --out DIR --rows N [--units U] [--days D] [--format csv|parquet]
+CLI: python -m operators.pipelines.pricing.pricing_data --out DIR --rows N [--units U] [--days D] [--format csv|parquet]
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from operators import pricing_data
-from operators.pricing_data import SPARSE_DAYS, capacity, generate, plan, unit_table
+from operators.pipelines.pricing import pricing_data
+from operators.pipelines.pricing.pricing_data import SPARSE_DAYS, capacity, generate, plan, unit_table
 
 COLUMNS = ["segment", "location", "product", "date", "price", "quantity", "unit_cost", "current_price"]
 

@@ -22,7 +22,7 @@ def plan(case_ids: list[str], *, small: bool, repeats: int, run_dir: str, out_ro
     from batch_worker import gpu_cases
     from batch_worker.runtime import parquet_bytes
 
-    from operators import engine
+    from operators.kit import engine
 
     unknown = sorted(set(case_ids) - set(gpu_cases.CASES))
     if unknown:
@@ -56,7 +56,7 @@ def report(shard_summaries: list[dict[str, Any]], out_dir: str, aws_conn_id: str
 
     from batch_worker import gpu_cases
 
-    from operators import engine
+    from operators.kit import engine
 
     rows: dict[str, list[dict[str, Any]]] = {"cpu": [], "gpu": []}
     for summary in shard_summaries:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from operators import evaluation, notify, registry
+from operators.pipelines.pricing import evaluation
+from operators.kit import notify, registry
 
 
 def prices(n_ok=8, n_bad=2, mape=0.2) -> pd.DataFrame:

@@ -36,7 +36,7 @@ def channels() -> list[str]:
 
 def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict[str, Any] | None = None) -> dict:
     """Deliver one message on every configured channel; return {"outbox": uri, "channels": [...]}."""
-    from operators.engine import data_root, location, safe_name  # pandas and DuckDB stay out of DAG parsing
+    from operators.kit.engine import data_root, location, safe_name  # pandas and DuckDB stay out of DAG parsing
 
     dag_id = data.get("dag_id", "dag")
     outbox = location(f"{data_root()}/outbox")

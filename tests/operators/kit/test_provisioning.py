@@ -4,8 +4,8 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from operators import provisioning
-from operators.provisioning import ProvisioningError, Settings
+from operators.kit import provisioning
+from operators.kit.provisioning import ProvisioningError, Settings
 
 
 def test_apply_is_idempotent_and_updates_what_changed(local_aws):

@@ -614,7 +614,7 @@ def input_prefixes(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     root = env.get("DATA_ROOT")
     if not root:
-        from operators.engine import data_root
+        from operators.kit.engine import data_root
 
         root = data_root()
     extra = [prefix.strip() for prefix in env.get(INPUT_PREFIXES_SETTING, "").split(",")]

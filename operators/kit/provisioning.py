@@ -10,7 +10,7 @@ batches and worklists and write the outputs under the data root (BATCH_DATA_ROOT
 when it is s3://bucket/prefix), nothing else, and no Batch call at all. Job logs reach CloudWatch
 through the ECS agent (the instance role), not through the job role.
 
-    python -m operators.provisioning apply [--spec PATH]
+    python -m operators.kit.provisioning apply [--spec PATH]
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SPEC = REPO / "config" / "batch_resources.json"
 BATCH_SERVICE_TRUST = {
     "Version": "2012-10-17",
@@ -299,7 +299,7 @@ def clients(aws_conn_id: str = "aws_default"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m operators.provisioning")
+    parser = argparse.ArgumentParser(prog="python -m operators.kit.provisioning")
     parser.add_argument("command", choices=["apply", "show"])
     parser.add_argument("--spec", default=str(DEFAULT_SPEC))
     args = parser.parse_args(argv)
