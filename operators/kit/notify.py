@@ -64,32 +64,37 @@ def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict
 
 
 def success_message(summary: dict[str, Any]) -> tuple[str, str]:
-    decision = summary.get("decision", {})
-    metrics = summary.get("metrics", {})
-    fanout = summary.get("fanout", {})
-    subject = (f"[{summary['dag_id']}] {decision.get('status', 'done')}: version {summary.get('version')} "
-               f"({fanout.get('units', 0)} units)")
-    lines = [
-        f"run {summary['run_id']} succeeded in {summary.get('duration_s', 0):.0f} s",
-        f"data window: {summary.get('window')}",
+    """Subject and body of a run's success: the generic fields, then the evaluator's own `lines`.
+
+    Only `dag_id` and `run_id` are required; a field that is absent (no evaluation, no window,
+    nothing published) leaves its line out instead of showing None.
+    """
+    decision = summary.get("decision") or {}
+    fanout = summary.get("fanout") or {}
+    units = f"({fanout.get('units', 0)} units)"
+    if summary.get("version"):
+        subject = f"[{summary['dag_id']}] {decision.get('status') or 'evaluated'}: version {summary['version']} {units}"
+    else:
+        subject = f"[{summary['dag_id']}] succeeded {units}"
+    lines = [f"run {summary['run_id']} succeeded in {summary.get('duration_s') or 0:.0f} s"]
+    if summary.get("window"):
+        lines.append(f"data window: {' to '.join(map(str, summary['window']))}")
+    lines.append(
         f"units: {fanout.get('units', 0)} in {fanout.get('batches', 0)} batches: {fanout.get('succeeded', 0)} "
         f"computed, {fanout.get('cached', 0)} cached, {fanout.get('failed', 0)} failed "
         f"({fanout.get('units_failed', 0)} units dead-lettered"
-        + (f": {fanout['dead_letter']}" if fanout.get("dead_letter") else "") + ")",
-        f"rows: {summary.get('rows_in', 0)} read, {summary.get('rows_quarantined', 0)} quarantined",
-        f"decision: {decision.get('status')} by {decision.get('by')} (proposed {decision.get('proposed')}: "
-        f"{'; '.join(decision.get('reasons', []))})",
-        "metrics: " + ", ".join(f"{k}={_fmt(metrics.get(k))}" for k in (
-            "coverage", "mape_p50", "degenerate_share", "uplift_pct", "price_change_p50")),
-        f"report: {summary.get('report')}",
-    ]
-    if summary.get("published"):
-        lines.append(f"published: {summary['published']}")
+        + (f": {fanout['dead_letter']}" if fanout.get("dead_letter") else "") + ")")
+    if "rows_in" in summary:
+        lines.append(f"rows: {summary['rows_in']} read, {summary.get('rows_quarantined', 0)} quarantined")
+    if decision:
+        reasons = "; ".join(decision.get("reasons") or [])
+        lines.append(f"decision: {decision.get('status')} by {decision.get('by')} (proposed "
+                     f"{decision.get('proposed')}" + (f": {reasons}" if reasons else "") + ")")
+    lines.extend(str(line) for line in summary.get("lines") or [])
+    for name in ("report", "published"):
+        if summary.get(name):
+            lines.append(f"{name}: {summary[name]}")
     return subject, "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def failure_message(context: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:

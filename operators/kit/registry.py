@@ -1,9 +1,11 @@
 """A model registry under DATA_ROOT: versions with a status, their metrics, input statistics and lineage.
 
-    registry/<model>/versions/<version>/version.json   status, metrics, input_stats, lineage, decision
+    registry/<model>/versions/<version>/version.json   status, metrics, input_stats, lineage, limits, decision
     registry/<model>/versions/<version>/report.html    the evaluation report
-    registry/<model>/versions/<version>/prices.parquet what publish wrote for this version
+    registry/<model>/versions/<version>/<artifact>     the run's outputs (the evaluator's `artifact`)
     registry/<model>/current.json                      the last approved version (its id and when)
+    published/<model>/current/<artifact>               what `publish` wrote for the last approved version
+    published/<model>/versions/<version>/<artifact>    ... and for each version it published
 
 Statuses follow SageMaker's model registry: PendingManualApproval, Approved, Rejected. "Current" is
 the version approved last; a rejected version never becomes current, and a decided version cannot
@@ -16,7 +18,7 @@ import hashlib
 import time
 from typing import Any
 
-from operators.kit.engine import location, safe_name
+from operators.kit.engine import data_root, location, safe_name
 
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"
@@ -36,6 +38,8 @@ def version_id(data_interval_end: str, run_id: str) -> str:
 class Registry:
     def __init__(self, root: str, model: str, aws_conn_id: str | None = "aws_default"):
         self.model = model
+        self.root = root.rstrip("/")
+        self.aws_conn_id = aws_conn_id
         self.loc = location(f"{root.rstrip('/')}/registry/{safe_name(model)}", aws_conn_id)
 
     def version_dir(self, version: str) -> str:
@@ -73,7 +77,8 @@ class Registry:
             return None
 
     def register(self, version: str, *, metrics: dict[str, Any], input_stats: dict[str, Any],
-                 lineage: dict[str, Any], proposed: str, reasons: list[str]) -> dict[str, Any]:
+                 lineage: dict[str, Any], proposed: str, reasons: list[str], artifact: str | None = None,
+                 limits: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Create `version` as PendingManualApproval and return its record.
 
         A retried evaluation rewrites its still-pending version. When `version` is already
@@ -89,7 +94,7 @@ class Registry:
         record = {
             "model": self.model, "version": version, "status": PENDING,
             "created_at": existing["created_at"] if existing else time.time(),
-            "metrics": metrics, "input_stats": input_stats, "lineage": lineage,
+            "metrics": metrics, "input_stats": input_stats, "lineage": lineage, "artifact": artifact, "limits": limits,
             "proposed_decision": proposed, "decision_reasons": reasons, "decided_by": None, "decided_at": None,
         }
         self.loc.write_json(self._version_file(version), record)
@@ -108,3 +113,33 @@ class Registry:
         if status == APPROVED:
             self.loc.write_json(self.loc.join("current.json"), {"version": version, "approved_at": record["decided_at"]})
         return record
+
+    def publish(self, version: str) -> str:
+        """Copy an approved version's artifact to `published/<model>/versions/<version>/` and `current/`.
+
+        Returns the URI of the current copy. Each file is replaced atomically, so a reader sees the
+        old or the new artifact, never a mix; `current/version.json` is written last.
+        """
+        record = self.get(version)
+        if record["status"] != APPROVED:
+            raise RegistryError(f"version {version} of {self.model!r} is {record['status']}; only an {APPROVED} "
+                                f"version is published")
+        artifact = record.get("artifact")
+        if not artifact:
+            raise RegistryError(f"version {version} of {self.model!r} has no artifact recorded in "
+                                f"{self._version_file(version)}: nothing to publish")
+        source = location(self.version_dir(version), self.aws_conn_id)
+        data = source.read_bytes(source.join(artifact))
+        out = location(f"{self.root}/published/{safe_name(self.model)}", self.aws_conn_id)
+        versioned = out.join("versions", version, artifact)
+        current = out.join("current", artifact)
+        out.write_bytes(versioned, data)
+        out.write_bytes(current, data)
+        out.write_json(out.join("current", "version.json"),
+                       {"version": version, "artifact": versioned, "published_at": time.time()})
+        return current
+
+
+def publish(model: str, version: str, root: str | None = None, aws_conn_id: str | None = "aws_default") -> str:
+    """Publish an approved version of `model` under DATA_ROOT (or `root`); return the current artifact's URI."""
+    return Registry(root or data_root(), model, aws_conn_id).publish(version)

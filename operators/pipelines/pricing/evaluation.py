@@ -1,58 +1,42 @@
-"""Evaluate a pricing run against the last approved version, and propose approve, reject or review.
+"""Pricing's evaluator: metrics over all units' prices, deltas against the last approved version, limits.
 
-Metrics over all units of the run (`metrics`), their deltas against the current approved version
-(`compare`), and a proposal (`propose`) from two sets of limits:
+`PricingEvaluator.limits` are the defaults (`approve_<limit>` / `reject_<limit>` run params
+override them); `operators.kit.evaluation.propose` applies them: a reject level broken proposes
+reject, every approve level met proposes approve, anything in between review. Deltas need a
+previous approved version; the first version is judged on its own metrics.
 
-- `reject` limits are hard: breaking any one proposes "reject";
-- `approve` limits are the comfort zone: meeting every one proposes "approve";
-- anything in between proposes "review": a person decides in the Airflow UI.
-
-A metric absent from a limit set is not checked. Deltas need a previous approved version; the
-first version is judged on its own metrics.
+Light at import (NumPy, pandas, DuckDB and matplotlib are imported inside functions): a DAG file
+reads `LIMITS` at parse time.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+from operators.kit.evaluation import Evaluator, Limit, ReportSection, number
 
-DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "approve": {"max_mape_p50": 0.35, "min_coverage": 0.85, "max_degenerate_share": 0.15,
-                "max_mape_p50_increase": 0.05, "max_input_shift": 0.2, "max_dead_letter_share": 0.0},
-    "reject": {"max_mape_p50": 0.6, "min_coverage": 0.5, "max_degenerate_share": 0.4,
-               "max_mape_p50_increase": 0.2, "max_dead_letter_share": 0.05},
-}
-#: limit name -> (metric or delta name, "max" | "min")
-LIMITS = {
-    "max_mape_p50": ("mape_p50", "max"),
-    "min_coverage": ("coverage", "min"),
-    "max_degenerate_share": ("degenerate_share", "max"),
-    "max_mape_p50_increase": ("mape_p50_increase", "max"),
-    "max_input_shift": ("input_shift", "max"),
-    "max_dead_letter_share": ("dead_letter_share", "max"),
-}
+if TYPE_CHECKING:
+    import pandas as pd
 
-
-def check_thresholds(thresholds: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Merge `thresholds` over the defaults; raise ValueError naming any unknown key or bad value."""
-    merged = {kind: dict(limits) for kind, limits in DEFAULT_THRESHOLDS.items()}
-    for kind, limits in (thresholds or {}).items():
-        if kind not in merged:
-            raise ValueError(f"thresholds: unknown set {kind!r}; expected 'approve' and/or 'reject'")
-        if not isinstance(limits, dict):
-            raise ValueError(f"thresholds.{kind} must be an object of limits")
-        for name, value in limits.items():
-            if name not in LIMITS:
-                raise ValueError(f"thresholds.{kind}: unknown limit {name!r}; known: {sorted(LIMITS)}")
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"thresholds.{kind}.{name} must be a number, got {value!r}")
-            merged[kind][name] = float(value)
-    return merged
+LIMITS = (
+    Limit("mape_p50", "max", approve=0.35, reject=0.6,
+          description="median holdout MAPE of the priced units (the error of the fitted demand on held-out days)"),
+    Limit("coverage", "min", approve=0.85, reject=0.5, description="priced units / units in the input"),
+    Limit("degenerate_share", "max", approve=0.15, reject=0.4,
+          description="share of scored units that keep their price (too few points, no price variation, "
+                      "non-negative elasticity, infeasible constraints)"),
+    Limit("mape_p50_increase", "max", approve=0.05, reject=0.2,
+          description="median holdout MAPE minus the last approved version's"),
+    Limit("input_shift", "max", approve=0.2, reject=None,
+          description="largest relative change of rows, units, mean log price and mean log quantity against "
+                      "the last approved version's input"),
+    Limit("dead_letter_share", "max", approve=0.0, reject=0.05,
+          description="units of failed batches / units in the input"),
+)
 
 
-def _quantiles(values: pd.Series, prefix: str) -> dict[str, float | None]:
+def _quantiles(values: "pd.Series", prefix: str) -> dict[str, float | None]:
+    import numpy as np
+
     values = values[np.isfinite(values)]
     if values.empty:
         return {f"{prefix}_p10": None, f"{prefix}_p50": None, f"{prefix}_p90": None}
@@ -60,38 +44,11 @@ def _quantiles(values: pd.Series, prefix: str) -> dict[str, float | None]:
     return {f"{prefix}_p10": float(q[0]), f"{prefix}_p50": float(q[1]), f"{prefix}_p90": float(q[2])}
 
 
-def metrics(prices: pd.DataFrame, units_in_input: int, units_dead_lettered: int = 0) -> dict[str, Any]:
-    """Metrics over every unit's result row (the pricing workload's output, all batches concatenated)."""
-    ok = prices[prices["status"] == "ok"]
-    degenerate = prices[prices["status"] != "ok"]
-    current_profit = float(ok["expected_profit_current"].sum())
-    uplift = float(ok["uplift"].sum())
-    result: dict[str, Any] = {
-        "units_in_input": int(units_in_input),
-        "units_scored": int(len(prices)),
-        "units_priced": int(len(ok)),
-        "units_dead_lettered": int(units_dead_lettered),
-        "coverage": len(ok) / units_in_input if units_in_input else 0.0,
-        "degenerate_share": len(degenerate) / len(prices) if len(prices) else 0.0,
-        "dead_letter_share": units_dead_lettered / units_in_input if units_in_input else 0.0,
-        "degenerate_by_reason": {str(k): int(v) for k, v in degenerate["reason"].value_counts().sort_index().items()},
-        "expected_profit_current": current_profit,
-        "expected_profit_recommended": float(ok["expected_profit_recommended"].sum()),
-        "uplift": uplift,
-        "uplift_pct": uplift / current_profit if current_profit else None,
-        "share_price_changed": float((ok["price_change_pct"].abs() > 1e-9).mean()) if len(ok) else 0.0,
-        **_quantiles(ok["holdout_mape"], "mape"),
-        **_quantiles(ok["elasticity"], "elasticity"),
-        **_quantiles(ok["price_change_pct"], "price_change"),
-    }
-    return result
-
-
 def input_shift(current: dict[str, Any], previous: dict[str, Any]) -> float | None:
     """Largest relative change of the input's size and distribution against the previous version's input."""
     changes = []
     for name in ("rows", "units"):
-        if previous.get(name):
+        if previous.get(name) and current.get(name) is not None:
             changes.append(abs(current[name] - previous[name]) / previous[name])
     for name in ("mean_log_price", "mean_log_quantity"):
         if previous.get(name) is not None and current.get(name) is not None:
@@ -100,63 +57,102 @@ def input_shift(current: dict[str, Any], previous: dict[str, Any]) -> float | No
     return max(changes) if changes else None
 
 
-def compare(current: dict[str, Any], current_input: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Deltas against the previous approved version's record (None before the first approval)."""
-    if previous is None:
-        return {"previous_version": None}
-    before = previous["metrics"]
-    delta = {"previous_version": previous["version"]}
-    for name in ("mape_p50", "coverage", "degenerate_share", "uplift_pct", "units_priced"):
-        if current.get(name) is not None and before.get(name) is not None:
-            delta[f"{name}_delta"] = current[name] - before[name]
-    delta["mape_p50_increase"] = delta.get("mape_p50_delta")
-    delta["input_shift"] = input_shift(current_input, previous.get("input_stats", {}))
-    return delta
+class PricingEvaluator(Evaluator):
+    name = "pricing"
+    limits = LIMITS
+    artifact = "prices.parquet"
 
+    def input_stats(self, prepared: dict[str, Any]) -> dict[str, Any]:
+        """Size and distribution of the prepared input (the good rows in the batches) for shift detection."""
+        import duckdb
 
-def propose(values: dict[str, Any], thresholds: dict[str, dict[str, float]]) -> tuple[str, list[str]]:
-    """("approve" | "reject" | "review", reasons) from metrics and deltas merged in `values`."""
-    def broken(kind: str) -> list[str]:
-        found = []
-        for name, limit in thresholds[kind].items():
-            metric, direction = LIMITS[name]
-            value = values.get(metric)
-            if value is None:
-                continue
-            if (direction == "max" and value > limit) or (direction == "min" and value < limit):
-                found.append(f"{metric} {value:.4g} {'>' if direction == 'max' else '<'} {kind} limit {limit:g}")
-        return found
+        from operators.kit.engine import location
 
-    hard = broken("reject")
-    if hard:
-        return "reject", hard
-    soft = broken("approve")
-    if soft:
-        return "review", soft
-    return "approve", ["every approve limit met"]
-
-
-def input_stats(prepared: dict[str, Any], window: tuple[str, str] | None) -> dict[str, Any]:
-    """Size and distribution of the prepared input (the good rows in the batches) for shift detection."""
-    import duckdb
-
-    from operators.kit.engine import location
-
-    batches = location(prepared["out_uri"])
-    stats: dict[str, Any] = {"rows": prepared["rows_ok"], "units": prepared["units"], "rows_in": prepared["rows_in"],
-                             "rows_quarantined": prepared["rows_quarantined"],
-                             "quarantined_by_reason": prepared["quarantined_by_reason"],
-                             "window": list(window) if window else None,
-                             "mean_log_price": None, "mean_log_quantity": None, "first_date": None, "last_date": None}
-    if not prepared["rows_ok"]:
+        window = prepared.get("window")
+        stats: dict[str, Any] = {"rows": prepared["rows_ok"], "units": prepared["units"],
+                                 "rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
+                                 "quarantined_by_reason": prepared["quarantined_by_reason"],
+                                 "window": list(window) if window else None, "mean_log_price": None,
+                                 "mean_log_quantity": None, "first_date": None, "last_date": None}
+        if not prepared["rows_ok"]:
+            return stats
+        batches = location(prepared["out_uri"])
+        with duckdb.connect() as con:
+            if batches.remote:
+                con.register_filesystem(batches.fs)
+            glob = batches.join("batches", "*", "*.parquet").replace("'", "''")
+            row = con.execute(
+                f"SELECT avg(ln(price)), avg(ln(quantity)) FILTER (WHERE quantity > 0), min(date), max(date) "
+                f"FROM read_parquet('{glob}', hive_partitioning = false)").fetchone()
+        stats.update(mean_log_price=row[0], mean_log_quantity=row[1], first_date=str(row[2]), last_date=str(row[3]))
         return stats
-    with duckdb.connect() as con:
-        if batches.remote:
-            con.register_filesystem(batches.fs)
-        glob = batches.join("batches", "*", "*.parquet").replace("'", "''")
-        row = con.execute(
-            f"SELECT avg(ln(price)), avg(ln(quantity)) FILTER (WHERE quantity > 0), min(date), max(date) "
-            f"FROM read_parquet('{glob}', hive_partitioning = false)").fetchone()
-    stats.update(mean_log_price=row[0], mean_log_quantity=row[1], first_date=str(row[2]), last_date=str(row[3]))
-    return stats
 
+    def metrics(self, outputs: "pd.DataFrame", prepared: dict[str, Any], fanout: dict[str, Any]) -> dict[str, Any]:
+        """Metrics over every unit's result row (all batches' prices concatenated)."""
+        units_in_input, units_dead_lettered = int(prepared["units"]), int(fanout.get("units_failed", 0))
+        ok = outputs[outputs["status"] == "ok"]
+        degenerate = outputs[outputs["status"] != "ok"]
+        current_profit = float(ok["expected_profit_current"].sum())
+        uplift = float(ok["uplift"].sum())
+        return {
+            "units_in_input": units_in_input,
+            "units_scored": int(len(outputs)),
+            "units_priced": int(len(ok)),
+            "units_dead_lettered": units_dead_lettered,
+            "coverage": len(ok) / units_in_input if units_in_input else 0.0,
+            "degenerate_share": len(degenerate) / len(outputs) if len(outputs) else 0.0,
+            "dead_letter_share": units_dead_lettered / units_in_input if units_in_input else 0.0,
+            "degenerate_by_reason": {str(k): int(v)
+                                     for k, v in degenerate["reason"].value_counts().sort_index().items()},
+            "expected_profit_current": current_profit,
+            "expected_profit_recommended": float(ok["expected_profit_recommended"].sum()),
+            "uplift": uplift,
+            "uplift_pct": uplift / current_profit if current_profit else None,
+            "share_price_changed": float((ok["price_change_pct"].abs() > 1e-9).mean()) if len(ok) else 0.0,
+            **_quantiles(ok["holdout_mape"], "mape"),
+            **_quantiles(ok["elasticity"], "elasticity"),
+            **_quantiles(ok["price_change_pct"], "price_change"),
+        }
+
+    def compare(self, metrics: dict[str, Any], input_stats: dict[str, Any],
+                previous: dict[str, Any] | None) -> dict[str, Any]:
+        """Deltas against the previous approved version's record (None before the first approval)."""
+        if previous is None:
+            return {"previous_version": None}
+        before = previous["metrics"]
+        delta: dict[str, Any] = {"previous_version": previous["version"]}
+        for name in ("mape_p50", "coverage", "degenerate_share", "uplift_pct", "units_priced"):
+            if metrics.get(name) is not None and before.get(name) is not None:
+                delta[f"{name}_delta"] = metrics[name] - before[name]
+        delta["mape_p50_increase"] = delta.get("mape_p50_delta")
+        delta["input_shift"] = input_shift(input_stats, previous.get("input_stats") or {})
+        return delta
+
+    def report_sections(self, outputs: "pd.DataFrame", metrics: dict[str, Any],
+                        comparison: dict[str, Any]) -> list[ReportSection]:
+        from operators.kit.report import table
+        from operators.pipelines.pricing import report
+
+        return [ReportSection("Recommended prices", figures=report.plots(outputs),
+                              html="<h3>Units that keep their price, by reason</h3>"
+                                   + table(metrics.get("degenerate_by_reason") or {}))]
+
+    def summary_lines(self, metrics: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+        lines = [
+            f"coverage {number(metrics.get('coverage'))} ({number(metrics.get('units_priced'))} of "
+            f"{number(metrics.get('units_in_input'))} units priced), degenerate share "
+            f"{number(metrics.get('degenerate_share'))}, dead-letter share {number(metrics.get('dead_letter_share'))}",
+            f"median holdout MAPE {number(metrics.get('mape_p50'))} (p10 {number(metrics.get('mape_p10'))}, "
+            f"p90 {number(metrics.get('mape_p90'))})",
+            f"expected profit uplift {number(metrics.get('uplift_pct'), '{:.1%}')}; prices changed for "
+            f"{number(metrics.get('share_price_changed'), '{:.0%}')} of priced units, median change "
+            f"{number(metrics.get('price_change_p50'), '{:+.3g}%')}",
+        ]
+        if comparison.get("previous_version"):
+            lines.append(f"against version {comparison['previous_version']}: MAPE increase "
+                         f"{number(comparison.get('mape_p50_increase'), '{:+.3g}')}, coverage change "
+                         f"{number(comparison.get('coverage_delta'), '{:+.3g}')}, input shift "
+                         f"{number(comparison.get('input_shift'))}")
+        else:
+            lines.append("no approved version before this one: nothing to compare with")
+        return lines

@@ -1,8 +1,15 @@
-"""Evaluation rules, the registry's statuses, and notifications on the outbox, SNS and SMTP."""
+"""The generic evaluator contract, the registry's statuses and publish, and notifications on the outbox, SNS and SMTP.
+
+The evaluator here is a tiny non-pricing one (the mean of a column, and its change against the
+last approved version), so nothing in operators/kit may assume pricing's metrics.
+"""
 from __future__ import annotations
 
 import email
 import json
+import re
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -10,60 +17,180 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from operators.pipelines.pricing import evaluation
-from operators.kit import notify, registry
+from operators.kit import evaluation, notify, registry
+from operators.kit.evaluation import Evaluator, Limit, ReportSection
 
 
-def prices(n_ok=8, n_bad=2, mape=0.2) -> pd.DataFrame:
-    ok = pd.DataFrame({"segment": ["a", "b"] * (n_ok // 2), "status": "ok", "reason": None, "holdout_mape": mape,
-                       "elasticity": -2.0, "price_change_pct": 0.05, "expected_profit_current": 10.0,
-                       "expected_profit_recommended": 11.0, "uplift": 1.0})
-    bad = pd.DataFrame({"segment": "a", "status": "degenerate", "reason": ["too_few_points"] * n_bad,
-                        "holdout_mape": float("nan"), "elasticity": float("nan"), "price_change_pct": 0.0,
-                        "expected_profit_current": float("nan"), "expected_profit_recommended": float("nan"),
-                        "uplift": float("nan")})
-    return pd.concat([ok, bad], ignore_index=True)
+class MeanScore(Evaluator):
+    name = "mean_score"
+    limits = (
+        Limit("score_mean", "max", approve=1.0, reject=2.0, description="mean score of the units"),
+        Limit("units_share", "min", approve=0.9, reject=0.5, description="scored units / units in the input"),
+        Limit("score_mean_increase", "max", approve=0.5, reject=None,
+              description="mean score minus the last approved version's"),
+    )
+
+    def metrics(self, outputs, prepared, fanout):
+        return {"score_mean": float(outputs["score"].mean()), "units_share": len(outputs) / prepared["units"]}
+
+    def compare(self, metrics, input_stats, previous):
+        if previous is None:
+            return {"previous_version": None}
+        return {"previous_version": previous["version"],
+                "score_mean_increase": metrics["score_mean"] - previous["metrics"]["score_mean"]}
+
+    def report_sections(self, outputs, metrics, comparison):
+        from operators.kit.report import figure_png, table
+
+        return [ReportSection("Scores by <group>", html=table(outputs.groupby("group")["score"].mean().to_dict()),
+                              figures={"score_histogram": figure_png(lambda ax: ax.hist(outputs["score"]))})]
 
 
-def test_metrics_cover_all_units():
-    m = evaluation.metrics(prices(), units_in_input=12, units_dead_lettered=2)
-    assert m["units_priced"] == 8 and m["units_scored"] == 10
-    assert m["coverage"] == pytest.approx(8 / 12) and m["degenerate_share"] == pytest.approx(0.2)
-    assert m["dead_letter_share"] == pytest.approx(2 / 12)
-    assert m["uplift_pct"] == pytest.approx(0.1) and m["mape_p50"] == pytest.approx(0.2)
-    assert m["degenerate_by_reason"] == {"too_few_points": 2}
+GOOD = {"score_mean": 0.5, "units_share": 1.0, "score_mean_increase": 0.0}
 
 
-def test_proposals_approve_review_reject():
-    limits = evaluation.check_thresholds({})
-    good = {"mape_p50": 0.2, "coverage": 0.95, "degenerate_share": 0.05, "dead_letter_share": 0.0}
-    assert evaluation.propose(good, limits)[0] == "approve"
-    decision, reasons = evaluation.propose({**good, "mape_p50": 0.45}, limits)
-    assert decision == "review" and reasons == ["mape_p50 0.45 > approve limit 0.35"]
-    decision, reasons = evaluation.propose({**good, "coverage": 0.3}, limits)
-    assert decision == "reject" and "coverage 0.3 < reject limit 0.5" in reasons
-    # deltas against the last approved version count too
-    previous = {"version": "v1", "metrics": {**good, "mape_p50": 0.1, "uplift_pct": 0.1, "units_priced": 8},
-                "input_stats": {"rows": 100, "units": 10, "mean_log_price": 2.0, "mean_log_quantity": 1.0}}
-    deltas = evaluation.compare(good, {"rows": 150, "units": 10, "mean_log_price": 2.0, "mean_log_quantity": 1.0},
-                                previous)
-    assert deltas["mape_p50_increase"] == pytest.approx(0.1) and deltas["input_shift"] == pytest.approx(0.5)
-    assert evaluation.propose({**good, **deltas}, limits)[0] == "review"
-
-
-@pytest.mark.parametrize("thresholds, message", [
-    ({"maybe": {}}, "unknown set 'maybe'"),
-    ({"approve": {"max_mape": 0.1}}, "unknown limit 'max_mape'"),
-    ({"reject": {"min_coverage": "high"}}, "must be a number"),
+@pytest.mark.parametrize("values, proposal, first_reason", [
+    (GOOD, "approve", "every approve limit met"),
+    ({**GOOD, "score_mean": 1.0}, "approve", "every approve limit met"),  # at the level is within it
+    ({**GOOD, "score_mean": 1.23456789}, "review", "score_mean 1.23 > approve limit 1"),
+    ({**GOOD, "score_mean": 2.0}, "review", "score_mean 2 > approve limit 1"),
+    ({**GOOD, "score_mean": 2.5}, "reject", "score_mean 2.5 > reject limit 2"),
+    ({**GOOD, "units_share": 0.7}, "review", "units_share 0.7 < approve limit 0.9"),
+    ({**GOOD, "units_share": 0.4}, "reject", "units_share 0.4 < reject limit 0.5"),
+    ({**GOOD, "score_mean_increase": 9.0}, "review", "score_mean_increase 9 > approve limit 0.5"),
 ])
-def test_bad_thresholds_are_named(thresholds, message):
+def test_propose_applies_each_limit_in_its_direction(values, proposal, first_reason):
+    decision, reasons = evaluation.propose(values, MeanScore.limits, {})
+    assert (decision, reasons[0]) == (proposal, first_reason)
+
+
+def test_a_reject_level_wins_over_an_approve_level_and_every_broken_limit_is_a_reason():
+    decision, reasons = evaluation.propose({**GOOD, "score_mean": 3.0, "units_share": 0.1}, MeanScore.limits)
+    assert decision == "reject"
+    assert reasons == ["score_mean 3 > reject limit 2", "units_share 0.1 < reject limit 0.5"]
+
+
+def test_overrides_replace_the_default_levels_and_null_leaves_a_level_unchecked():
+    assert evaluation.propose({**GOOD, "score_mean": 1.5}, MeanScore.limits, {"approve": {"score_mean": 1.6}})[0] \
+        == "approve"
+    assert evaluation.propose({**GOOD, "score_mean": 1.5}, MeanScore.limits, {"reject": {"score_mean": 1.4}})[0] \
+        == "reject"
+    assert evaluation.propose({**GOOD, "score_mean": 5.0}, MeanScore.limits,
+                              {"approve": {"score_mean": None}, "reject": {"score_mean": None}})[0] == "approve"
+    params = {"approve_score_mean": 3.0, "reject_units_share": None, "review": "auto"}
+    assert evaluation.overrides_from_params(MeanScore.limits, params) == {
+        "approve": {"score_mean": 3.0}, "reject": {"units_share": None}}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"approve": {"score_max": 1}}, "approve_score_max: no limit 'score_max'; the limits are score_mean, "
+                                    "score_mean_increase, units_share"),
+    ({"reject": {"score_mean": "high"}}, "reject_score_mean must be a number, or null to leave it unchecked"),
+    ({"reject": {"score_mean": float("nan")}}, "reject_score_mean must be a number"),
+    ({"maybe": {}}, "unknown set 'maybe'"),
+])
+def test_bad_overrides_name_the_param(overrides, message):
     with pytest.raises(ValueError) as err:
-        evaluation.check_thresholds(thresholds)
+        evaluation.propose(GOOD, MeanScore.limits, overrides)
     assert message in str(err.value)
 
 
+def test_a_missing_value_is_not_checked_and_the_reasons_say_so():
+    values = {"score_mean": 0.5, "units_share": float("nan")}  # no previous version: no increase
+    decision, reasons = evaluation.propose(values, MeanScore.limits)
+    assert decision == "approve"
+    assert reasons == ["every approve limit met", "units_share not checked: no value",
+                       "score_mean_increase not checked: no value"]
+    decision, reasons = evaluation.propose({"score_mean": 1.5}, MeanScore.limits)
+    assert decision == "review" and "units_share not checked: no value" in reasons
+    rows = {row["name"]: row for row in evaluation.limit_table({"score_mean": 1.5}, MeanScore.limits)}
+    assert rows["score_mean"]["outcome"] == "review" and rows["units_share"]["outcome"] == "not checked"
+
+
+def test_a_limit_needs_a_direction_and_a_description():
+    with pytest.raises(ValueError, match="direction must be 'max' or 'min'"):
+        Limit("x", "below", approve=1, reject=2, description="d")
+    with pytest.raises(ValueError, match="needs a description"):
+        Limit("x", "max", approve=1, reject=2, description="")
+
+
+def test_the_default_summary_line_rounds_and_says_n_a():
+    class Bare(Evaluator):
+        name = "bare"
+        limits = MeanScore.limits
+
+    [line] = Bare().summary_lines({"score_mean": 0.14268376189738521, "units_share": 1}, {})
+    assert line == "metrics: score_mean 0.143, units_share 1, score_mean_increase n/a"
+    assert evaluation.number(None) == evaluation.number(float("nan")) == "n/a"
+
+
+def write_run(folder: Path, scores: list[float], name: str) -> dict:
+    """A run's outputs as the engine leaves them: one result file per batch and a shard results file."""
+    from batch_worker.runtime import parquet_bytes
+
+    batches = []
+    for batch_id, chunk in enumerate((scores[:2], scores[2:])):
+        out = folder / name / f"batch{batch_id}" / "result.parquet"
+        out.parent.mkdir(parents=True)
+        frame = pd.DataFrame({"unit": [f"u{batch_id}{i}" for i in range(len(chunk))], "score": chunk,
+                              "group": ["a", "b"][: len(chunk)]})
+        out.write_bytes(parquet_bytes(frame))
+        batches.append({"batch_id": batch_id, "output": str(out)})
+    results = folder / name / "results" / "shard-0.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"batches": batches, "failed": []}))
+    return {"results": [str(results)], "units_failed": 0}
+
+
+def run_evaluation(root: Path, scores: list[float], name: str, **kwargs) -> dict:
+    prepared = {"units": len(scores), "rows_ok": len(scores), "rows_in": len(scores), "rows_quarantined": 0,
+                "window": ["2026-01-19", "2026-02-16"]}
+    lineage = {"run_id": name, "input_uri": "<script>alert(1)</script>"}
+    args = dict(overrides={}, review_always=False)
+    args.update(kwargs)
+    return evaluation.evaluate_run(MeanScore(), model="scores", fanout=write_run(root / "runs", scores, name),
+                                   prepared=prepared, lineage=lineage, version=f"2026-02-16_{name}",
+                                   root=str(root), aws_conn_id=None, **args)
+
+
+def test_evaluate_run_registers_the_version_with_its_outputs_report_and_lines(tmp_path):
+    first = run_evaluation(tmp_path, [0.2, 0.4, 0.6, 0.8], "r1")
+    assert first["proposal"] == "approve" and first["version"] == "2026-02-16_r1"
+    assert first["metrics"] == {"score_mean": pytest.approx(0.5), "units_share": 1.0}
+    assert first["reasons"] == ["every approve limit met", "score_mean_increase not checked: no value"]
+    assert first["lines"] == ["metrics: score_mean 0.5, units_share 1, score_mean_increase n/a"]
+    json.dumps(first)  # what goes to XCom
+    models = registry.Registry(str(tmp_path), "scores", aws_conn_id=None)
+    record = models.get(first["version"])
+    assert record["status"] == registry.PENDING and record["artifact"] == "outputs.parquet"
+    assert [(row["name"], row["outcome"]) for row in record["limits"]] == [
+        ("score_mean", "approve"), ("units_share", "approve"), ("score_mean_increase", "not checked")]
+    stored = pd.read_parquet(first["artifact"])
+    assert Path(first["artifact"]).parent == Path(models.version_dir(first["version"]))
+    assert sorted(stored["score"]) == [0.2, 0.4, 0.6, 0.8]
+    page = Path(first["report"]).read_text()
+    assert "Scores by &lt;group&gt;" in page and page.count("data:image/png;base64,") == 1
+    assert "mean score of the units" in page and "&lt;script&gt;" in page and "<script>" not in page
+    assert "Evaluation of scores, window 2026-01-19 to 2026-02-16" in page
+
+    models.decide(first["version"], registry.APPROVED, by="thresholds")
+    second = run_evaluation(tmp_path, [1.23456789] * 4, "r2")
+    assert second["comparison"]["previous_version"] == first["version"]
+    assert second["proposal"] == "review"
+    assert second["reasons"] == ["score_mean 1.23 > approve limit 1", "score_mean_increase 0.735 > approve limit 0.5"]
+
+    always = run_evaluation(tmp_path, [0.5] * 4, "r3", review_always=True)
+    assert always["proposal"] == "review" and always["reasons"][-1] == "review: always (run parameter)"
+
+
+def test_evaluate_run_refuses_a_bad_override_before_it_registers_anything(tmp_path):
+    with pytest.raises(ValueError, match="approve_nope"):
+        run_evaluation(tmp_path, [0.5] * 4, "r1", overrides={"approve": {"nope": 1}})
+    assert registry.Registry(str(tmp_path), "scores", aws_conn_id=None).versions() == []
+
+
 def test_registry_statuses_current_and_finality(tmp_path):
-    models = registry.Registry(str(tmp_path), "pricing", aws_conn_id=None)
+    models = registry.Registry(str(tmp_path), "scores", aws_conn_id=None)
     args = dict(metrics={"m": 1}, input_stats={}, lineage={"run_id": "r"}, proposed="review", reasons=[])
     first = models.register("2026-02-16_a", **args)
     assert first["status"] == registry.PENDING and models.current() is None
@@ -79,24 +206,116 @@ def test_registry_statuses_current_and_finality(tmp_path):
     assert [v["version"] for v in models.versions()] == ["2026-02-16_a", "2026-02-23_b", "2026-02-16_a-r2"]
 
 
+def test_publish_copies_an_approved_artifact_to_current_and_its_version_folder(data_root):
+    first = run_evaluation(data_root, [0.1, 0.2, 0.3, 0.4], "r1")
+    with pytest.raises(registry.RegistryError, match="is PendingManualApproval; only an Approved version"):
+        registry.publish("scores", first["version"])
+    models = registry.Registry(str(data_root), "scores", aws_conn_id=None)
+    models.decide(first["version"], registry.APPROVED, by="thresholds")
+    current = registry.publish("scores", first["version"], aws_conn_id=None)
+    assert current == str(data_root / "published" / "scores" / "current" / "outputs.parquet")
+    versioned = data_root / "published" / "scores" / "versions" / first["version"] / "outputs.parquet"
+    assert Path(current).read_bytes() == versioned.read_bytes() == Path(first["artifact"]).read_bytes()
+    pointer = json.loads((data_root / "published" / "scores" / "current" / "version.json").read_text())
+    assert pointer["version"] == first["version"] and pointer["artifact"] == str(versioned)
+
+    second = run_evaluation(data_root, [0.5, 0.6, 0.7, 0.8], "r2")
+    models.decide(second["version"], registry.APPROVED, by="thresholds")
+    # a reader polling `current` while versions are published sees one whole artifact or the other
+    seen, failures, stop = set(), [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.add(round(float(pd.read_parquet(current)["score"].sum()), 6))
+            except Exception as error:  # noqa: BLE001 - any torn read is the failure looked for
+                failures.append(repr(error))
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    for _ in range(30):
+        for version in (second["version"], first["version"]):
+            registry.publish("scores", version, aws_conn_id=None)
+    stop.set()
+    thread.join(timeout=30)
+    assert failures == [] and seen <= {1.0, 2.6}
+    assert not [p for p in (data_root / "published").rglob(".tmp-*")]
+
+
+def test_nothing_pricing_specific_stays_in_the_kit():
+    kit = Path(__file__).resolve().parents[3] / "operators" / "kit"
+    pricing_words = re.compile(r"\bprices?\b|pricing|mape|uplift|elasticit", re.IGNORECASE)
+    found = [(p.name, m.group()) for p in kit.glob("*.py") for m in pricing_words.finditer(p.read_text())]
+    assert found == []
+
+
+def test_evaluator_modules_import_nothing_heavy():
+    probe = ("import sys, json\n"
+             "from operators.kit import evaluation, report\n"
+             "from operators.pipelines.pricing.evaluation import PricingEvaluator\n"
+             "assert [l.name for l in PricingEvaluator.limits]\n"
+             "print(json.dumps(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[3])
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = {name.split(".")[0] for name in json.loads(out.stdout.splitlines()[-1])}
+    assert not loaded & {"pandas", "numpy", "pyarrow", "duckdb", "matplotlib", "s3fs"}
+
+
+def other_pipeline_summary(**changes) -> dict:
+    """A success summary of a pipeline whose evaluator knows nothing of pricing."""
+    summary = {"dag_id": "category_classifier", "run_id": "r9", "window": ["2026-02-09", "2026-02-16"],
+               "duration_s": 12.4, "rows_in": 50, "rows_quarantined": 0,
+               "fanout": {"units": 40, "batches": 4, "succeeded": 4, "cached": 0, "failed": 0, "units_failed": 0},
+               "version": "v2", "metrics": {"accuracy": 0.91234567},
+               "lines": ["accuracy 0.912 (last approved 0.9)"],
+               "decision": {"status": "Approved", "by": "thresholds", "proposed": "approve",
+                            "reasons": ["every approve limit met"]},
+               "report": "/x/report.html", "published": None}
+    summary.update(changes)
+    return summary
+
+
+def test_success_message_shows_the_evaluators_lines_and_never_none(data_root):
+    subject, body = notify.success_message(other_pipeline_summary())
+    assert subject == "[category_classifier] Approved: version v2 (40 units)"
+    assert "accuracy 0.912 (last approved 0.9)" in body and "0.91234567" not in body
+    assert "decision: Approved by thresholds (proposed approve: every approve limit met)" in body
+    assert "None" not in body and "published" not in body
+    _, body = notify.success_message(other_pipeline_summary(lines=None, metrics={}, window=None))
+    assert "None" not in body and "data window" not in body
+
+
+def test_success_message_of_a_pipeline_without_evaluation(data_root):
+    summary = {"dag_id": "units_of_work", "run_id": "r1", "duration_s": 3.0,
+               "fanout": {"units": 10, "batches": 2, "succeeded": 1, "cached": 1, "failed": 0, "units_failed": 0}}
+    sent = notify.notify_success(summary)
+    message = json.loads(Path(sent["outbox"]).read_text())
+    assert message["subject"] == "[units_of_work] succeeded (10 units)"
+    assert "1 computed, 1 cached, 0 failed" in message["body"]
+    assert "None" not in message["body"] and "decision" not in message["body"]
+
+
 def success_summary() -> dict:
     return {"dag_id": "pricing_optimization", "run_id": "r1", "window": ["2026-01-19", "2026-02-16"],
             "duration_s": 61.0, "rows_in": 1000, "rows_quarantined": 3,
             "fanout": {"units": 500, "batches": 30, "succeeded": 28, "cached": 1, "failed": 1, "units_failed": 4,
                        "dead_letter": "/x/dead_letter.parquet"},
-            "version": "v7", "metrics": {"coverage": 0.9, "mape_p50": 0.21, "degenerate_share": 0.05},
+            "version": "v7", "metrics": {"coverage": 0.9}, "lines": ["coverage 0.9"],
             "decision": {"status": "Approved", "by": "person:pat", "proposed": "review", "reasons": ["r"]},
-            "report": "/x/report.html", "published": "/x/current/prices.parquet"}
+            "report": "/x/report.html", "published": "/x/current/outputs.parquet"}
 
 
-def test_success_message_names_units_cache_failures_metrics_decision_and_duration(data_root):
+def test_success_message_names_units_cache_failures_lines_decision_and_duration(data_root):
     sent = notify.notify_success(success_summary())
     assert sent["channels"] == ["outbox"]
     message = json.loads(Path(sent["outbox"]).read_text())
     assert message["subject"] == "[pricing_optimization] Approved: version v7 (500 units)"
     body = message["body"]
-    for text in ("succeeded in 61 s", "28 computed, 1 cached, 1 failed (4 units dead-lettered: /x/dead_letter.parquet)",
-                 "3 quarantined", "Approved by person:pat", "mape_p50=0.21", "report: /x/report.html"):
+    for text in ("succeeded in 61 s", "data window: 2026-01-19 to 2026-02-16",
+                 "28 computed, 1 cached, 1 failed (4 units dead-lettered: /x/dead_letter.parquet)",
+                 "3 quarantined", "Approved by person:pat", "\ncoverage 0.9\n", "report: /x/report.html",
+                 "published: /x/current/outputs.parquet"):
         assert text in body
 
 
