@@ -141,7 +141,7 @@ ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 RETRYABLE_CLASSES = ("transient", "lost", "not_run")
 #: The failure class of a child that ended with this exit code without recording its batches
 #: (batch_worker.runtime's exit codes); any other code (killed, lost host, timeout) is "lost".
-EXIT_CLASSES = {1: "error", 64: "configuration", 65: "bad_data", 75: "transient", 77: "permission_denied"}
+EXIT_CLASSES = {1: "error", 64: "config", 65: "bad_data", 75: "transient", 77: "permission_denied"}
 #: How many failed children's logs are read for their own error lines.
 CHILD_LOGS_READ = 5
 
@@ -166,7 +166,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     The task fails when fewer than `min_success_ratio` of the shard's batches are done: with a
     retry when some failed batch may pass on a retry (transient, lost), without one when none can
-    (bad data, configuration, permission). A retry or a clear resumes only the failed batches. At
+    (bad data, config, permission). A retry or a clear resumes only the failed batches. At
     or above the ratio it succeeds, and the failed batches are listed in the summary and the
     shard's results file: the dead-letter list.
     """
@@ -387,6 +387,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                        f"({100 * result.success_ratio:.1f}% done, min_success_ratio {ratio}); first errors: "
                        f"{summary['first_errors']}.")
             classes = set(summary["failures_by_class"])
+            if "config" in classes:  # the worker could not run at all: its own "cannot run" line leads
+                message = f"{spec.label}: {summary['first_errors']['config']}. {message.removeprefix(spec.label + ': ')}"
             if not classes & set(RETRYABLE_CLASSES):
                 raise AirflowFailException(
                     f"{message} Not retried: every failed batch failed for a reason a retry cannot fix "

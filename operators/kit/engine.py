@@ -433,15 +433,37 @@ def output_uris(results_uris: list[str], aws_conn_id: str | None = "aws_default"
     return [b["output"] for b in sorted(rows, key=lambda b: b["batch_id"])]
 
 
-def read_outputs(output_uris: list[str], aws_conn_id: str | None = "aws_default") -> pd.DataFrame:
-    """The result files of `output_uris` as one table (empty when there are none)."""
+def read_outputs(output_uris: list[str], aws_conn_id: str | None = "aws_default", schema=None) -> pd.DataFrame:
+    """The result files of `output_uris` as one table (empty when there are none).
+
+    `schema` (a workload's `output.arrow_schema()`) types every column as declared, so a batch whose
+    column is all null reads like the others. A file that cannot be read is named, with the columns
+    whose types differ from the others'.
+    """
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
     if not output_uris:
-        return pd.DataFrame()
+        return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
     first = location(output_uris[0], aws_conn_id)
+    filesystem = first.fs if first.remote else None
     paths = [u.removeprefix("s3://") for u in output_uris] if first.remote else output_uris
-    return ds.dataset(paths, format="parquet", filesystem=first.fs if first.remote else None).to_table().to_pandas()
+    try:
+        return ds.dataset(paths, format="parquet", filesystem=filesystem, schema=schema).to_table().to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        reference = schema if schema is not None else ds.dataset(paths[0], format="parquet", filesystem=filesystem).schema
+        origin = "the workload's output schema" if schema is not None else output_uris[0]
+        for uri, path in zip(output_uris, paths):
+            try:
+                ds.dataset(path, format="parquet", filesystem=filesystem, schema=reference).to_table()
+            except (pa.ArrowException, OSError) as file_exc:
+                own = ds.dataset(path, format="parquet", filesystem=filesystem).schema
+                differ = [f"{f.name} is {own.field(f.name).type} there, {f.type} in {origin}" for f in reference
+                          if f.name in own.names and own.field(f.name).type != f.type]
+                raise ValueError(f"cannot read batch output {uri}: {file_exc}"
+                                 + (f" ({'; '.join(differ)})" if differ else "")) from file_exc
+        raise ValueError(f"cannot read the batch outputs ({len(output_uris)} files from {output_uris[0]}): "
+                         f"{exc}") from exc
 
 
 def write_dead_letter(results_uris: list[str], unit_key: tuple[str, ...], run_dir: str,

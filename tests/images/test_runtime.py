@@ -106,14 +106,16 @@ def test_transient_errors_exit_75_so_batch_retries(tmp_path, monkeypatch):
     items = make_batches(tmp_path, 2)
     uri = write_worklist(tmp_path, items)
     calls = []
+    noop = type(get_workload("noop"))
+    real_run = noop.run
 
     def flaky(self, batch, params):
         calls.append(1)
         if len(calls) == 1:
             raise ConnectionError("connection reset by peer")
-        return batch
+        return real_run(self, batch, params)
 
-    monkeypatch.setattr(type(get_workload("noop")), "run", flaky)
+    monkeypatch.setattr(noop, "run", flaky)
     assert runtime.run(uri, 0) == runtime.EXIT_TRANSIENT
     assert runtime.run(uri, 0) == runtime.EXIT_OK  # the retry does only the batch that failed
     assert len(calls) == 3
@@ -213,7 +215,7 @@ def test_failures_are_classed_by_what_a_retry_can_fix(exc, kind):
     assert runtime.failure_class(exc) == kind
 
 
-def test_an_unusable_worklist_reports_a_configuration_error(tmp_path):
+def test_an_unusable_worklist_reports_a_config_error(tmp_path):
     from batch_worker.cache import parse_failure_line
 
     items = make_batches(tmp_path, 1)
@@ -221,4 +223,6 @@ def test_an_unusable_worklist_reports_a_configuration_error(tmp_path):
     done = subprocess.run(["batch-worker", uri], env={"PATH": _path()}, capture_output=True, text=True, timeout=120)
     assert done.returncode == runtime.EXIT_USAGE
     [record] = [r for r in map(parse_failure_line, done.stdout.splitlines()) if r]
-    assert record["class"] == "configuration" and "sleep_s must be >= 0" in record["error"]
+    assert record["class"] == "config" and "sleep_s must be >= 0" in record["error"]
+    assert record["error"].startswith("cannot run: ")
+    assert done.stdout.index("cannot run: ") < done.stdout.index("airbatch-failure")  # the child's own line comes first

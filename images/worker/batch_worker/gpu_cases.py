@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from batch_worker.workloads.gpu_cases import OUTPUT as GPU_OUTPUT
 from batch_worker.xp import get_xp
 
 NO_CUDA = "no CUDA device"
@@ -54,25 +55,10 @@ TOLERANCES = {
     ("gaussian_blur", "fp32"): 1e-4,  # max abs difference; values lie in [0, 1)
 }
 
-#: Column order of a result row (`run_cases`).
-ROW_FIELDS = (
-    "case_id", "family", "precision", "size", "batch", "small", "device", "status",
-    "first_call_s", "end_to_end_s", "kernel_s", "first_call_penalty_s",
-    "flop", "bytes_moved", "tflops", "gbps", "pct_of_peak", "peak",
-    "checksum", "sample", "verify_metric", "verify_error", "verify_tolerance", "verified",
-    "repeats", "seed", "host_cpus",
-)
-
-#: A fixed dtype per field, so frames of rows with and without numbers have the same schema.
-ROW_DTYPES = {
-    **dict.fromkeys(("case_id", "family", "precision", "device", "status", "peak", "sample", "verify_metric"),
-                    "string"),
-    **dict.fromkeys(("size", "batch", "repeats", "seed", "host_cpus"), "int64"),
-    **dict.fromkeys(("first_call_s", "end_to_end_s", "kernel_s", "first_call_penalty_s", "flop", "bytes_moved",
-                     "tflops", "gbps", "pct_of_peak", "checksum", "verify_error", "verify_tolerance"), "float64"),
-    "small": "bool",
-    "verified": "boolean",
-}
+#: Column order and dtypes of a result row (`run_cases`): the workload's declared output, so frames of rows
+#: with and without numbers have the same schema.
+ROW_FIELDS = GPU_OUTPUT.names
+ROW_DTYPES = GPU_OUTPUT.pandas_dtypes()
 
 
 @dataclass(frozen=True)

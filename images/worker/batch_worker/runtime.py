@@ -1,11 +1,12 @@
 """The worker runtime: what every AWS Batch job (or array child) of the engine runs.
 
     batch-worker <worklist URI> [--index N]
+    batch-worker try <workload> <input file> [--params JSON] [--rows N]   (see `batch_worker.tryout`)
 
 It reads the worklist (see `batch_worker.cache`), takes its slice by AWS_BATCH_JOB_ARRAY_INDEX (0
 for a plain job), and for each batch in the slice: skips it if a valid done-marker exists, else
-loads the batch, runs the registered workload, writes `result.parquet`, then the done-marker
-(both atomically; the marker last). A batch that fails gets a `_FAILED.json` with its failure
+loads the batch, runs the registered workload, checks its output against the workload's declared
+`output` schema, writes `result.parquet`, then the done-marker (both atomically; the marker last). A batch that fails gets a `_FAILED.json` with its failure
 class and first error line; the other batches of the slice still run.
 
 Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.json`):
@@ -13,9 +14,11 @@ Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.j
     0   every batch of the slice is done
     75  EX_TEMPFAIL: a transient error (I/O, network, throttling): Batch retries the child, and
         the retry skips the batches that are already done
-    65  EX_DATAERR: a batch is unusable (`BadData`): retrying cannot help, so Batch does not
-    64  EX_USAGE: the worklist cannot be used (unreadable, invalid parameters, or planned for another
-        workload version): a configuration error, not retried
+    65  EX_DATAERR: a batch is unusable (`BadData`, or an output that breaks the declared schema):
+        retrying cannot help, so Batch does not
+    64  EX_USAGE: the worker cannot run (class `config`): the worklist is unreadable, names an unknown
+        workload or parameter, or was planned for another workload version. Nothing is retried; the
+        child logs "cannot run: ..." as its first error
     77  EX_NOPERM: the store refused a read or write (permission denied, read-only, S3 AccessDenied):
         not retried; someone has to grant access first
     1   the workload raised an unexpected error (a bug): not retried either
@@ -44,7 +47,7 @@ import pyarrow.parquet as pq
 from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, child_slice, failure_line,
                                 is_valid_done, params_digest)
 from batch_worker.storage import Location
-from batch_worker.workloads import BadData, TransientError, Workload, get_workload
+from batch_worker.workloads import BadData, TransientError, Workload, WorkloadError, get_workload
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,6 +55,8 @@ EXIT_USAGE = 64
 EXIT_BAD_DATA = 65
 EXIT_TRANSIENT = 75
 EXIT_NO_PERMISSION = 77
+#: The failure class of a worker that cannot run at all (EXIT_USAGE).
+CONFIG_CLASS = "config"
 
 log = logging.getLogger("batch_worker")
 
@@ -112,8 +117,8 @@ def load_worklist(uri: str) -> dict[str, Any]:
 def resolve(worklist: dict[str, Any]) -> tuple[Workload, dict[str, Any]]:
     try:
         workload = get_workload(worklist["workload"])
-    except KeyError as exc:
-        raise WorklistError(str(exc.args[0])) from None
+    except WorkloadError as exc:
+        raise WorklistError(str(exc)) from None
     if str(workload.version) != str(worklist["workload_version"]):
         raise WorklistError(
             f"workload {workload.name!r} here is version {workload.version}, but the worklist was planned for "
@@ -132,10 +137,17 @@ def read_batch(uri: str) -> pd.DataFrame:
         return pd.read_parquet(handle)
 
 
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), buffer)
     return buffer.getvalue()
+
+
+def checked_output(workload: Workload, result: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pa.Schema | None]:
+    """The result held to the workload's declared output (OutputSchemaError otherwise) and its Arrow schema."""
+    if workload.output is None:
+        return result, None
+    return workload.output.enforce(result, where), workload.output.arrow_schema()
 
 
 def job_identity() -> dict[str, str]:
@@ -157,7 +169,8 @@ def run_batch(item: dict[str, Any], workload: Workload, params: dict[str, Any], 
         result = workload.run(batch, params)
         if not isinstance(result, pd.DataFrame):
             raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
-        out.write_bytes(out.join(key, RESULT_FILE), parquet_bytes(result))
+        result, schema = checked_output(workload, result, f"workload {workload.name!r} batch {item['batch_id']}")
+        out.write_bytes(out.join(key, RESULT_FILE), parquet_bytes(result, schema))
         seconds = time.perf_counter() - started
         out.write_json(done_path, {
             "status": "done", "key": key, "batch_id": item["batch_id"], "content_hash": item.get("content_hash"),
@@ -204,7 +217,7 @@ def run(worklist_uri: str, index: int) -> int:
         workload, params = resolve(worklist)
     except WorklistError as exc:
         log.error("cannot run: %s", exc)
-        log.error("%s", failure_line({"class": "configuration", "error": f"cannot run: {exc}"[:500]}))
+        log.error("%s", failure_line({"class": CONFIG_CLASS, "error": f"cannot run: {exc}"[:500]}))
         return EXIT_USAGE
     except PermissionError as exc:
         log.error("%s", failure_line({"class": "permission_denied",
@@ -232,6 +245,11 @@ def run(worklist_uri: str, index: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["try"]:
+        from batch_worker import tryout
+
+        return tryout.main(argv[1:])
     parser = argparse.ArgumentParser(prog="batch-worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("worklist", help="URI of the worklist JSON (a local path or s3://)")
     parser.add_argument("--index", type=int, default=None,

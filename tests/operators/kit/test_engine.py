@@ -58,7 +58,7 @@ def test_plan_shards_cuts_the_manifest_into_labelled_shards(manifest, tmp_path):
     ({"timeout_minutes": 0}, "shard_timeout_minutes must be above 0"),
     ({"queue": "elsewhere"}, "queue must be one of"),
     ({"params": {"sleep_s": -1, "fail_units": "u1"}},
-     "sleep_s must be >= 0, got -1; fail_units must be a list of unit ids (strings), got 'u1'"),
+     "sleep_s must be >= 0, got -1; fail_units must be a list of strings, got 'u1'"),
     ({"workload": "pricing", "params": {"min_price_ratio": 1.5, "max_price_ratio": 1.0}},
      "min_price_ratio (1.5) is above max_price_ratio (1.0)"),
     ({"workload": "pricing", "params": {"min_price_ratio": 1.2, "max_change": 0.1}},

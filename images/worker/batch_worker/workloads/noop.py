@@ -8,12 +8,13 @@ as bad data (to exercise dead-lettering); `salt` changes the cache key without c
 from __future__ import annotations
 
 import time
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from batch_worker.schema import Column, InputSchema
-from batch_worker.workloads import BadData, Workload, number_problems, register
+from batch_worker.workloads import BadData, OutputColumn, OutputSchema, Parameter, Workload, register
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @register
@@ -25,19 +26,20 @@ class NoopWorkload(Workload):
         unit_key=("unit_id",),
         unique_key=("unit_id", "seq"),
     )
-    default_params: dict[str, Any] = {"sleep_s": 0.0, "fail_units": [], "salt": ""}
+    parameters = (
+        Parameter("sleep_s", "number", 0.0, "Simulated work: seconds each batch sleeps", minimum=0, maximum=3600),
+        Parameter("fail_units", "string_list", [], "Unit ids whose batches fail as bad data (to exercise "
+                                                   "dead-lettering)"),
+        Parameter("salt", "string", None, "Any text (optional): changing it changes every cache key, so "
+                                          "everything is recomputed", nullable=True),
+    )
+    output = OutputSchema((
+        OutputColumn("unit_id", "string", nullable=False, description="the unit"),
+        OutputColumn("rows", "int", nullable=False, description="rows of the unit in the batch"),
+        OutputColumn("value_sum", "float", description="sum of the unit's `value`"),
+    ))
 
-    def validate(self, params: dict[str, Any]) -> list[str]:
-        problems = number_problems(params, ("sleep_s",))
-        if not problems and params["sleep_s"] < 0:
-            problems.append(f"sleep_s must be >= 0, got {params['sleep_s']}")
-        if not isinstance(params["fail_units"], list) or not all(isinstance(u, str) for u in params["fail_units"]):
-            problems.append(f"fail_units must be a list of unit ids (strings), got {params['fail_units']!r}")
-        if not isinstance(params["salt"], str):
-            problems.append(f"salt must be a string, got {params['salt']!r}")
-        return problems
-
-    def run(self, batch: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    def run(self, batch: "pd.DataFrame", params: dict[str, Any]) -> "pd.DataFrame":
         if params["sleep_s"]:
             time.sleep(float(params["sleep_s"]))
         bad = sorted(set(params["fail_units"]) & set(batch["unit_id"]))

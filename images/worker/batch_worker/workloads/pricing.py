@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from batch_worker.schema import Column, InputSchema
-from batch_worker.workloads import BadData, Workload, number_problems, register
-from batch_worker.xp import get_xp, to_numpy
+from batch_worker.workloads import BadData, OutputColumn, OutputSchema, Parameter, Workload, register
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 UNIT_KEY = ("segment", "location", "product")
 NUMERIC_COLUMNS = ("price", "quantity", "unit_cost", "current_price")
@@ -51,22 +51,23 @@ MIN_LOG_PRICE_VARIANCE = 1e-10
 #: Degenerate reasons by code; code 0 is a priced ("ok") unit. Earlier reasons take precedence.
 REASONS = (None, "too_few_points", "no_price_variation", "non_negative_elasticity", "infeasible_constraints")
 
-OUTPUT_COLUMNS = (
-    *UNIT_KEY,
-    "n_points",
-    "elasticity",
-    "intercept",
-    "holdout_mape",
-    "current_price",
-    "unit_cost",
-    "recommended_price",
-    "price_change_pct",
-    "expected_profit_current",
-    "expected_profit_recommended",
-    "uplift",
-    "status",
-    "reason",
-)
+OUTPUT = OutputSchema((
+    *(OutputColumn(key, "string", nullable=False, description="unit key") for key in UNIT_KEY),
+    OutputColumn("n_points", "int", nullable=False, description="training rows of the fit"),
+    OutputColumn("elasticity", "float", description="shrunk log-log slope (null when degenerate)"),
+    OutputColumn("intercept", "float", description="log-log intercept (null when degenerate)"),
+    OutputColumn("holdout_mape", "float", description="mean absolute percentage error on the holdout days"),
+    OutputColumn("current_price", "float", description="price on the unit's latest row"),
+    OutputColumn("unit_cost", "float", description="unit cost on the unit's latest row"),
+    OutputColumn("recommended_price", "float", description="the price to set (current price when degenerate)"),
+    OutputColumn("price_change_pct", "float", description="recommended vs current price, in percent"),
+    OutputColumn("expected_profit_current", "float", description="modelled daily profit at the current price"),
+    OutputColumn("expected_profit_recommended", "float", description="modelled daily profit at the recommendation"),
+    OutputColumn("uplift", "float", description="expected_profit_recommended - expected_profit_current"),
+    OutputColumn("status", "string", nullable=False, description="ok or degenerate"),
+    OutputColumn("reason", "string", description="why a unit is degenerate (null when ok)"),
+))
+OUTPUT_COLUMNS = OUTPUT.names
 
 
 def usable_rows(batch: pd.DataFrame) -> pd.DataFrame:
@@ -75,6 +76,9 @@ def usable_rows(batch: pd.DataFrame) -> pd.DataFrame:
     Keeps a `day` column (days since 1970-01-01) and drops rows that fail any check; zero-quantity
     rows are kept here (they still carry the unit's latest price and cost).
     """
+    import numpy as np
+    import pandas as pd
+
     batch = batch.reset_index(drop=True)
     # Built from NumPy arrays in one go: per-column pandas assignment dominated small batches.
     numbers = {column: _float_array(batch[column]) for column in NUMERIC_COLUMNS}
@@ -98,45 +102,48 @@ def usable_rows(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _float_array(column: pd.Series) -> np.ndarray:
+def _float_array(column: "pd.Series") -> "np.ndarray":
+    import numpy as np
+    import pandas as pd
+
     if not pd.api.types.is_numeric_dtype(column.dtype):
         column = pd.to_numeric(column, errors="coerce")
     return column.to_numpy(dtype="float64", na_value=np.nan)
 
 
+PARAMETERS = (
+    Parameter("half_life_days", "number", 56.0, "Recency weight: a row's weight halves every this many days",
+              exclusive_minimum=0),
+    Parameter("holdout_days", "integer", 14, "The batch's last days, kept out of the fit to measure its error",
+              minimum=0),
+    Parameter("shrinkage", "number", 10.0, "Prior weight (in rows) of the segment's pooled elasticity",
+              minimum=0),
+    Parameter("min_points", "integer", 10, "Fewer training rows than this: the unit is too_few_points (a slope "
+                                           "needs at least two)", minimum=2),
+    Parameter("min_price_ratio", "number", 0.7, "Lowest price as a multiple of the current price",
+              exclusive_minimum=0),
+    Parameter("max_price_ratio", "number", 1.3, "Highest price as a multiple of the current price",
+              exclusive_minimum=0),
+    Parameter("max_change", "number", 0.15, "Largest price change as a share of the current price (0.15: +/-15 %)",
+              minimum=0, exclusive_maximum=1),
+    Parameter("margin_floor", "number", 0.05, "Lowest margin over unit cost: price >= unit_cost * (1 + margin_floor)",
+              minimum=0),
+)
+
+
 def check_params(params: dict[str, Any]) -> None:
-    """Raise ValueError for parameter values the fit cannot use (see `param_problems`)."""
-    problems = param_problems(params)
-    if problems:
-        raise ValueError("pricing parameters: " + "; ".join(problems))
+    """Raise ValueError naming every parameter the fit cannot use (types, ranges, contradictions)."""
+    PricingWorkload().resolve_params(params)
 
 
 def param_problems(params: dict[str, Any]) -> list[str]:
-    """Each field out of range, and each pair of fields that contradict each other, naming both."""
-    problems = number_problems(params, ("half_life_days", "shrinkage", "min_price_ratio", "max_price_ratio",
-                                        "max_change", "margin_floor"))
-    problems += number_problems(params, ("holdout_days", "min_points"), integer=True)
-    if problems:
-        return problems
-    if not params["half_life_days"] > 0:
-        problems.append(f"half_life_days must be > 0, got {params['half_life_days']}")
-    if params["holdout_days"] < 0:
-        problems.append(f"holdout_days must be >= 0, got {params['holdout_days']}")
-    if params["shrinkage"] < 0:
-        problems.append(f"shrinkage must be >= 0, got {params['shrinkage']}")
-    if params["min_points"] < 2:
-        problems.append(f"min_points must be >= 2 (a slope needs two points), got {params['min_points']}")
-    if not params["min_price_ratio"] > 0:
-        problems.append(f"min_price_ratio must be > 0, got {params['min_price_ratio']}")
-    if not 0 <= params["max_change"] < 1:
-        problems.append(f"max_change must be in [0, 1), got {params['max_change']}")
-    if params["margin_floor"] < 0:
-        problems.append(f"margin_floor must be >= 0, got {params['margin_floor']}")
+    """Each pair of well-typed, in-range fields that contradict each other, naming both."""
+    problems = []
     lo, hi, change = params["min_price_ratio"], params["max_price_ratio"], params["max_change"]
     if lo > hi:
         problems.append(f"min_price_ratio ({lo}) is above max_price_ratio ({hi}): no price lies between them; "
                         "set min_price_ratio <= max_price_ratio")
-    elif 0 <= change < 1:  # the ratio bounds and the change bounds must overlap, or no unit gets a price
+    else:  # the ratio bounds and the change bounds must overlap, or no unit gets a price
         if lo > 1 + change:
             problems.append(f"min_price_ratio ({lo}) is above 1 + max_change ({1 + change:g}): every price it allows "
                             "changes more than max_change; lower min_price_ratio or raise max_change")
@@ -256,8 +263,10 @@ def fit_and_price(
     }
 
 
-def empty_result() -> pd.DataFrame:
+def empty_result() -> "pd.DataFrame":
     """A zero-row result with the output columns and dtypes."""
+    import pandas as pd
+
     columns = {key: pd.Series([], dtype="str") for key in UNIT_KEY}
     columns["n_points"] = pd.Series([], dtype="int64")
     for name in OUTPUT_COLUMNS[len(UNIT_KEY) + 1 : -2]:
@@ -288,21 +297,18 @@ class PricingWorkload(Workload):
         unique_key=(*UNIT_KEY, "date"),
         time_column="date",
     )
-    default_params = {
-        "half_life_days": 56.0,  # recency weight halves every this many days
-        "holdout_days": 14,  # the batch's last days, kept out of the fit to measure its error
-        "shrinkage": 10.0,  # prior weight (in rows) of the segment's pooled elasticity
-        "min_points": 10,  # fewer training rows than this: too_few_points
-        "min_price_ratio": 0.7,  # price bounds as multiples of the current price
-        "max_price_ratio": 1.3,
-        "max_change": 0.15,  # at most +/-15 % from the current price
-        "margin_floor": 0.05,  # price >= unit_cost * (1 + margin_floor)
-    }
+    parameters = PARAMETERS
+    output = OUTPUT
 
     def validate(self, params: dict[str, Any]) -> list[str]:
         return param_problems(params)
 
-    def run(self, batch: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    def run(self, batch: "pd.DataFrame", params: dict[str, Any]) -> "pd.DataFrame":
+        import numpy as np
+        import pandas as pd
+
+        from batch_worker.xp import get_xp, to_numpy
+
         missing = [name for name in self.schema.names if name not in batch.columns]
         if missing:
             raise BadData(f"pricing batch lacks column(s) {missing}; has {list(batch.columns)}")
