@@ -37,11 +37,15 @@ def output_folder(run_id: str) -> str:
     doc_md=__doc__,
     tags=["smoke", "batch"],
     params={
-        "shards": Param(2, type="integer", minimum=1, maximum=100),
-        "children": Param(50, type="integer", minimum=1, maximum=10000),
-        "sleep_s": Param(0.0, type="number", minimum=0, maximum=3600),
-        "fail_index": Param(-1, type="integer", minimum=-1),
-        "queue": Param("airbatch-cpu", type="string", enum=["airbatch-cpu", "airbatch-gpu"]),
+        "shards": Param(2, type="integer", minimum=1, maximum=100, description="shards: one mapped task and one "
+                                                                               "Batch job each"),
+        "children": Param(50, type="integer", minimum=1, maximum=10000,
+                          description="array size per shard (2..10000); 1 submits a plain job"),
+        "sleep_s": Param(0.0, type="number", minimum=0, maximum=3600, description="seconds each child works"),
+        "fail_index": Param(-1, type="integer", minimum=-1, maximum=9999,
+                            description="an array index that fails on purpose; -1: none"),
+        "queue": Param("airbatch-cpu", type="string", enum=["airbatch-cpu", "airbatch-gpu"],
+                       description="the AWS Batch job queue"),
     },
 )
 def batch_smoke():

@@ -35,7 +35,8 @@ from operators.kit.notify import FailureNotifier
     params={
         "small": Param(False, type="boolean", description="matmul n/10, images side/16: a quick pass"),
         "cases": Param([], type="array", items={"type": "string"}, description="case ids; empty: every case"),
-        "repeats": Param(3, type="integer", minimum=1, maximum=20),
+        "repeats": Param(3, type="integer", minimum=1, maximum=20,
+                         description="steady-state calls timed per case (their median is reported; the first call apart)"),
     },
 )
 def gpu_batch_benchmark():

@@ -1,0 +1,429 @@
+"""The pipeline factory: one call builds a unit-of-work DAG from a workload, an evaluator, a data source and a publish target.
+
+    dataset -> prepare -> plan -> run_shard (mapped) -> collect -> evaluate -> gate -> ask_reviewer
+            -> decide -> publish -> notify
+
+Without an evaluator the DAG ends at its collect step, named `summary` (no gate, approval or
+publish); without a publish target an approved version is registered but nothing is published.
+Each stage's work is a method of `UnitPipeline`: a pipeline that needs a different stage subclasses
+it and overrides that method; the wiring stays here.
+
+Params are generated, never written by hand in a DAG file:
+
+- the kit's own (`KIT_PARAMS`: input, bucketing, sharding, queue, quorum, timeouts; `review` with
+  an evaluator), with per-pipeline defaults from `defaults`;
+- every workload `Parameter` as a top-level param of the same name (its JSON Schema);
+- every evaluator `Limit` as `approve_<name>` and `reject_<name>` (number, or null: not checked);
+- the data source's own params, and `extra_params`.
+
+Airflow checks each param against its JSON Schema when a run is created (the trigger form, the
+REST API, `dags test`), and has no hook for rules between params: the first task, `dataset`,
+refuses a run whose conf names an unknown param or whose workload parameters contradict each
+other (the workload's `validate`), before any data is generated or any Batch job is submitted.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from operators.kit.approval import REVIEW_KEY, ReviewApprovalOperator, review_request
+from operators.kit.batch import run_shards
+from operators.kit.notify import FailureNotifier
+
+QUEUES = ["airbatch-cpu", "airbatch-gpu"]
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def kit_params(when_empty: str) -> dict[str, Param]:
+    """The params every unit pipeline has (a fresh set per DAG: Param objects hold their value)."""
+    return {
+        "input_uri": Param(None, type=["string", "null"], minLength=1,
+                           description="CSV/Parquet file or folder (local or s3://) under DATA_ROOT or "
+                                       f"AIRBATCH_INPUT_PREFIXES, or athena://database.table; empty: {when_empty}"),
+        "bucket_count": Param(3000, type="integer", minimum=1, maximum=10_000,
+                              description="how many batches the units are hashed into"),
+        "batches_per_shard": Param(1000, type="integer", minimum=1, maximum=10_000,
+                                   description="batches per shard: one AWS Batch array job and one mapped task each"),
+        "batches_per_child": Param(0, type="integer", minimum=0, maximum=10_000,
+                                   description="batches per array child; 0: the environment's default "
+                                               "(BATCH_MAX_CHILDREN)"),
+        "queue": Param("airbatch-cpu", type="string", enum=QUEUES, description="the AWS Batch job queue"),
+        "min_success_ratio": Param(1.0, type="number", minimum=0, maximum=1,
+                                   description="a shard fails when a smaller share of its batches succeeds; the "
+                                               "units of failed batches are dead-lettered"),
+        "max_quarantined_share": Param(0.1, type="number", minimum=0, maximum=1,
+                                       description="prepare fails when a larger share of the rows is quarantined"),
+        "shard_timeout_minutes": Param(360, type="number", exclusiveMinimum=0, maximum=7 * 24 * 60,
+                                       description="a shard still running then has its Batch job terminated"),
+    }
+
+
+def review_param() -> Param:
+    return Param("auto", type="string", enum=["auto", "always"],
+                 description="auto: a person decides only between the approve and reject limits; always: every "
+                             "version")
+
+
+def limit_params(limits) -> dict[str, Param]:
+    """`approve_<name>` and `reject_<name>` for every limit: a level, or null to leave the limit unchecked."""
+    params = {}
+    for limit in limits:
+        bound = "at most" if limit.direction == "max" else "at least"
+        for kind, level in (("approve", limit.approve), ("reject", limit.reject)):
+            effect = "approving needs" if kind == "approve" else "rejected unless"
+            params[f"{kind}_{limit.name}"] = Param(
+                level, type=["number", "null"],
+                description=f"{limit.description}: {effect} {limit.name} {bound} this level; empty: not checked")
+    return params
+
+
+def workload_param(parameter) -> Param:
+    schema = dict(parameter.json_schema())
+    description = schema.pop("description", None) or parameter.description
+    return Param(parameter.default, description=description, **schema)
+
+
+class DataSource:
+    """Where a run's input comes from. This default reads the `input_uri` param, which a run must then give."""
+
+    #: What a run without `input_uri` reads (shown in the param's description).
+    when_empty = "the run fails at its dataset task"
+
+    def params(self) -> dict[str, Param]:
+        return {}
+
+    def resolve(self, params: dict[str, Any], run_root: str, data_interval_end) -> str:
+        if not params.get("input_uri"):
+            raise ValueError("input_uri is empty: give the run a CSV/Parquet file or folder (local or s3://) under "
+                             "DATA_ROOT or AIRBATCH_INPUT_PREFIXES")
+        return params["input_uri"]
+
+    def window(self, params: dict[str, Any], data_interval_end) -> tuple[str, str] | None:
+        """The [start, end) dates a run reads from its input; None: all of it."""
+        return None
+
+
+class LookbackWindow(DataSource):
+    """A source whose runs read the `lookback_days` days before the end of their data interval."""
+
+    def __init__(self, lookback_days: int = 28, minimum: int = 1, maximum: int = 730):
+        self.lookback_days, self.minimum, self.maximum = lookback_days, minimum, maximum
+
+    def params(self) -> dict[str, Param]:
+        return {"lookback_days": Param(self.lookback_days, type="integer", minimum=self.minimum, maximum=self.maximum,
+                                       description="the run reads the days [end - lookback_days, end) of its input, "
+                                                   "where end is the end of its data interval")}
+
+    def window(self, params: dict[str, Any], data_interval_end) -> tuple[str, str]:
+        end = data_interval_end.date()
+        return (end - timedelta(days=params["lookback_days"])).isoformat(), end.isoformat()
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where an approved version goes: `publish(model, version) -> uri` (default `registry.publish`), then an
+    event on `asset` carrying the version and the uri."""
+
+    asset: Asset
+    publish: Callable[[str, str], str] | None = None
+
+    def run(self, model: str, version: str) -> str:
+        if self.publish is not None:
+            return self.publish(model, version)
+        from operators.kit import registry
+
+        return registry.publish(model, version)
+
+
+def shown_location(uri: str, root: str | None = None) -> str:
+    """`uri` as people should see it: relative to DATA_ROOT when it lies there (worker paths differ per host)."""
+    from operators.kit.engine import data_root
+
+    root = (root or data_root()).rstrip("/")
+    return f"DATA_ROOT/{uri[len(root) + 1:]}" if uri.startswith(root + "/") else uri
+
+
+class UnitPipeline:
+    """The factory behind `unit_pipeline`: configuration, generated params, one method per stage, and `build()`."""
+
+    def __init__(self, dag_id: str, *, workload: str, evaluator=None, model: str | None = None,
+                 source: DataSource | None = None, publish: PublishTarget | None = None, notify: bool | None = None,
+                 poll_interval: float = 2, defaults: dict[str, Any] | None = None,
+                 extra_params: dict[str, Param] | None = None, **dag_kwargs: Any):
+        from batch_worker.workloads import get_workload
+
+        self.dag_id, self.workload_name, self.evaluator = dag_id, workload, evaluator
+        self.workload = get_workload(workload)
+        self.model = model or workload
+        if evaluator is not None and not _MODEL_NAME.match(self.model):
+            raise ValueError(f"{dag_id}: model {self.model!r} must be letters, digits, '_', '.' or '-'")
+        if publish is not None and evaluator is None:
+            raise ValueError(f"{dag_id}: a publish target needs an evaluator (only approved versions are published)")
+        self.source = source or DataSource()
+        self.target = publish
+        self.notify_enabled = evaluator is not None if notify is None else notify
+        self.poll_interval = poll_interval
+        self.dag_kwargs = dag_kwargs
+        self.params = self.build_params(defaults or {}, extra_params or {})
+
+    # --- params -------------------------------------------------------------------------------------------------
+    def build_params(self, defaults: dict[str, Any], extra: dict[str, Param]) -> dict[str, Param]:
+        groups = [("the kit", kit_params(self.source.when_empty))]
+        if self.evaluator is not None:
+            groups.append(("the kit", {"review": review_param()}))
+        groups.append((f"workload {self.workload_name!r}",
+                       {p.name: workload_param(p) for p in getattr(self.workload, "parameters", ())}))
+        groups.append((f"data source {type(self.source).__name__}", self.source.params()))
+        if self.evaluator is not None:
+            groups.append((f"evaluator {self.evaluator.name!r}", limit_params(self.evaluator.limits)))
+        groups.append(("extra_params", dict(extra)))
+        params: dict[str, Param] = {}
+        owner: dict[str, str] = {}
+        for who, group in groups:
+            for name, param in group.items():
+                if name in params:
+                    raise ValueError(f"{self.dag_id}: param {name!r} of {who} clashes with the param of {owner[name]}; "
+                                     "rename one of them")
+                if not param.description:
+                    raise ValueError(f"{self.dag_id}: param {name!r} of {who} has no description; give it one")
+                params[name], owner[name] = param, who
+        unknown = sorted(set(defaults) - set(params))
+        if unknown:
+            raise ValueError(f"{self.dag_id}: defaults for unknown param(s) {unknown}; known: {sorted(params)}")
+        for name, value in defaults.items():
+            params[name] = Param(value, description=params[name].description, schema=params[name].schema)
+            params[name].resolve()  # a default outside the param's schema fails here, at DAG build
+        return params
+
+    def workload_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {p.name: params[p.name] for p in getattr(self.workload, "parameters", ()) if p.name in params}
+
+    def check_run(self, params: dict[str, Any], conf: dict[str, Any] | None) -> dict[str, Any]:
+        """Refuse what the params' JSON Schemas cannot: unknown names in the run's conf and contradictory
+        workload parameters. Returns the resolved workload parameters."""
+        unknown = sorted(set(conf or {}) - set(self.params))
+        if unknown:
+            raise ValueError(f"{self.dag_id}: unknown run param(s) {unknown}; known: {sorted(self.params)}")
+        return self.workload.resolve_params(self.workload_params(params))
+
+    # --- stages -------------------------------------------------------------------------------------------------
+    def run_root(self, run_id: str) -> str:
+        from operators.kit import engine
+
+        return engine.own_run_root(self.dag_id, run_id)
+
+    def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:
+        started = time.time()
+        self.check_run(params, conf)
+        uri = self.source.resolve(params, self.run_root(run_id), data_interval_end)
+        return {"uri": uri, "started_at": started}
+
+    def prepare(self, source: dict, params: dict[str, Any], run_id: str, data_interval_end) -> dict:
+        from operators.kit import engine, prep
+
+        root = self.run_root(run_id)
+        window = self.source.window(params, data_interval_end)
+        out = f"{root}/prep"
+        result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
+                                         window=window, storage_options=engine.options_for(out, "aws_default"),
+                                         max_quarantined_share=params["max_quarantined_share"])
+        where = f" in the window [{window[0]}, {window[1]})" if window else ""
+        if not result.rows_ok:
+            raise ValueError(f"no usable rows{where} of {source['uri']} ({result.rows_in} rows read, "
+                             f"{result.rows_quarantined} quarantined {result.quarantined_by_reason})")
+        prepared = {**result.to_dict(), "run_root": root, "input_uri": source["uri"],
+                    "window": list(window) if window else None, "started_at": source["started_at"]}
+        if self.evaluator is not None:
+            prepared["input_stats"] = self.evaluator.input_stats(prepared)
+        print(f"{result.rows_ok} rows{where} of {result.units} units into {result.batches} batches; "
+              f"{result.rows_quarantined} rows quarantined {result.quarantined_by_reason}")
+        return prepared
+
+    def plan(self, prepared: dict, params: dict[str, Any]) -> list[dict]:
+        from operators.kit import engine
+
+        shards = engine.plan_shards(
+            prepared["manifest_uri"], workload=self.workload_name, params=self.workload_params(params),
+            out_root=engine.output_root(self.workload_name), run_dir=prepared["run_root"], queue=params["queue"],
+            batches_per_shard=params["batches_per_shard"], min_success_ratio=params["min_success_ratio"],
+            batches_per_child=params["batches_per_child"] or None, timeout_minutes=params["shard_timeout_minutes"])
+        print(f"{prepared['batches']} batches in {len(shards)} shard(s)")
+        return shards
+
+    def collect(self, shard_summaries, prepared: dict) -> dict:
+        from operators.kit import engine
+
+        combined = engine.combine(list(shard_summaries), unit_key=self.workload.schema.unit_key,
+                                  run_dir=prepared["run_root"])
+        return {"rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
+                "quarantined_by_reason": prepared["quarantined_by_reason"], **combined}
+
+    def lineage(self, prepared: dict, fanout: dict, params: dict[str, Any], run_id: str, logical_date) -> dict:
+        import os
+
+        return {"dag_id": self.dag_id, "run_id": run_id, "logical_date": str(logical_date),
+                "window": prepared["window"], "input_uri": prepared["input_uri"], "workload": self.workload_name,
+                "workload_version": self.workload.version,
+                "workload_params": self.workload.resolve_params(self.workload_params(params)),
+                "image": os.environ.get("WORKER_IMAGE", ""), "job_ids": fanout["job_ids"],
+                "manifest": prepared["manifest_uri"]}
+
+    def evaluate(self, fanout: dict, prepared: dict, params: dict[str, Any], run_id: str, logical_date,
+                 data_interval_end) -> dict:
+        from operators.kit import registry
+        from operators.kit.evaluation import evaluate_run, overrides_from_params
+
+        result = evaluate_run(self.evaluator, model=self.model, fanout=fanout, prepared=prepared,
+                              overrides=overrides_from_params(self.evaluator.limits, params), review_always=params["review"] == "always",
+                              lineage=self.lineage(prepared, fanout, params, run_id, logical_date),
+                              version=registry.version_id(data_interval_end.isoformat(), run_id))
+        result["report_location"] = shown_location(result["report"])
+        print(f"version {result['version']}: proposed {result['proposal']} ({'; '.join(result['reasons'])}); "
+              f"report {result['report_location']}")
+        return result
+
+    def decide(self, evaluation: dict, answer: dict | None) -> dict:
+        from operators.kit import engine, registry
+
+        if answer:
+            approved = answer["chosen_options"] == [ReviewApprovalOperator.APPROVE]
+            by = f"person:{answer['user']}"
+        else:
+            approved, by = evaluation["proposal"] == "approve", "thresholds"
+        status = registry.APPROVED if approved else registry.REJECTED
+        registry.Registry(engine.data_root(), self.model).decide(evaluation["version"], status, by=by)
+        return {"status": status, "by": by, "proposed": evaluation["proposal"], "reasons": evaluation["reasons"]}
+
+    def publish(self, evaluation: dict, decision: dict) -> str:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from operators.kit import registry
+
+        if decision["status"] != registry.APPROVED:
+            raise AirflowSkipException(f"version {evaluation['version']} was {decision['status']}: nothing to publish")
+        return self.target.run(self.model, evaluation["version"])
+
+    def notify(self, prepared: dict, fanout: dict, evaluation: dict | None, decision: dict | None,
+               published: str | None, dag_id: str, run_id: str) -> dict:
+        from operators.kit import notify as notifications
+
+        summary = {
+            "dag_id": dag_id, "run_id": run_id, "window": prepared["window"],
+            "duration_s": time.time() - prepared["started_at"],
+            "rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
+            "quarantined_by_reason": prepared["quarantined_by_reason"],
+            "fanout": {k: fanout[k] for k in ("batches", "shards", "units", "succeeded", "cached", "failed",
+                                              "units_failed", "dead_letter", "failures_by_class", "first_errors")},
+            "published": published,
+        }
+        if evaluation is not None:
+            summary.update(version=evaluation["version"], metrics=evaluation["metrics"], lines=evaluation["lines"],
+                           decision=decision, report=evaluation["report"])
+        summary["notification"] = notifications.notify_success(summary)
+        return summary
+
+    # --- wiring -------------------------------------------------------------------------------------------------
+    def build(self) -> DAG:
+        pipeline = self
+        default_args = {"on_failure_callback": FailureNotifier()} if self.notify_enabled else {}
+        kwargs = {**self.dag_kwargs, "doc_md": (self.dag_kwargs.get("doc_md") or "") + params_doc(self.params)}
+        with DAG(self.dag_id, params=self.params, default_args=default_args, **kwargs) as dag:
+
+            @task
+            def dataset(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
+                return pipeline.dataset(params, dag_run.conf if dag_run else None, run_id,
+                                        data_interval_end or getattr(dag_run, "run_after", None))
+
+            @task
+            def prepare(source: dict, params=None, dag=None, run_id=None, data_interval_end=None) -> dict:
+                return pipeline.prepare(source, params, run_id, data_interval_end)
+
+            @task
+            def plan(prepared: dict, params=None) -> list[dict]:
+                return pipeline.plan(prepared, params)
+
+            @task(task_id="collect" if self.evaluator is not None else "summary")
+            def collect(shard_summaries, prepared: dict) -> dict:
+                return pipeline.collect(shard_summaries, prepared)
+
+            prepared = prepare(dataset())
+            fanout = collect(run_shards(plan(prepared), poll_interval=self.poll_interval).output, prepared)
+            if self.evaluator is None:
+                if self.notify_enabled:
+                    self._notify_task(prepared, fanout, None, None)
+                return dag
+
+            @task
+            def evaluate(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None, dag_run=None,
+                         data_interval_end=None) -> dict:
+                return pipeline.evaluate(fanout, prepared, params, run_id, logical_date,
+                                         data_interval_end or dag_run.run_after)
+
+            @task.branch
+            def gate(evaluation: dict) -> str:
+                return "ask_reviewer" if evaluation["proposal"] == "review" else "auto_decision"
+
+            @task(trigger_rule="none_failed")
+            def decide(evaluation: dict, ti=None) -> dict:
+                return pipeline.decide(evaluation, ti.xcom_pull(task_ids="ask_reviewer", key=REVIEW_KEY))
+
+            evaluated = evaluate(fanout, prepared)
+            decision = decide(evaluated)
+            ask_reviewer = review_request(task_id="ask_reviewer", model=self.model, evaluate_task_id="evaluate")
+            auto_decision = _empty("auto_decision")
+            # A "Reject" skips the approval's direct downstream task: this one, so that `decide` still runs.
+            reviewed = _empty("reviewed")
+            gate(evaluated) >> [ask_reviewer, auto_decision]
+            ask_reviewer >> reviewed
+            [reviewed, auto_decision] >> decision
+            published = None
+            if self.target is not None:
+                @task(outlets=[self.target.asset])
+                def publish(evaluation: dict, decision: dict, outlet_events=None) -> str:
+                    uri = pipeline.publish(evaluation, decision)
+                    outlet_events[pipeline.target.asset].extra = {"version": evaluation["version"], "uri": uri}
+                    return uri
+
+                published = publish(evaluated, decision)
+            if self.notify_enabled:
+                notified = self._notify_task(prepared, fanout, evaluated, decision)
+                if published is not None:
+                    published >> notified
+        return dag
+
+    def _notify_task(self, prepared, fanout, evaluated, decision):
+        pipeline = self
+
+        @task(trigger_rule="none_failed")
+        def notify(prepared: dict, fanout: dict, evaluation: dict | None, decision: dict | None, ti=None) -> dict:
+            published = ti.xcom_pull(task_ids="publish") if pipeline.target is not None else None
+            return pipeline.notify(prepared, fanout, evaluation, decision, published, ti.dag_id, ti.run_id)
+
+        return notify(prepared, fanout, evaluated, decision)
+
+
+def params_doc(params: dict[str, Param]) -> str:
+    """The params table appended to a pipeline's doc_md: generated, so it never drifts from the params."""
+    rows = [f"| `{name}` | `{json.dumps(param.value)}` | {cell(param.description)} |" for name, param in params.items()]
+    return "\n\n**Params** (generated)\n\n| param | default | meaning |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _empty(task_id: str):
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    return EmptyOperator(task_id=task_id)
+
+
+def unit_pipeline(dag_id: str, **options: Any) -> DAG:
+    """Build a unit pipeline's DAG: see `UnitPipeline` for the options, the module docstring for the stages."""
+    return UnitPipeline(dag_id, **options).build()
