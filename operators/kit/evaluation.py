@@ -206,6 +206,10 @@ def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], pr
 
     _levels(evaluator.limits, overrides)  # a bad override fails before anything is read
     outputs = engine.read_outputs(engine.output_uris(fanout["results"], aws_conn_id), aws_conn_id)
+    if outputs.empty:
+        raise ValueError(f"no batch of this run left an output to evaluate ({fanout.get('failed', 0)} batches failed, "
+                         f"{fanout.get('units_failed', 0)} units dead-lettered: {fanout.get('dead_letter')}); "
+                         f"nothing was registered. Fix the failures the shards reported, then clear the run")
     input_stats = json_safe(prepared["input_stats"] if "input_stats" in prepared else evaluator.input_stats(prepared))
     metrics = json_safe(evaluator.metrics(outputs, prepared, fanout))
     models = registry.Registry(root or engine.data_root(), model, aws_conn_id)

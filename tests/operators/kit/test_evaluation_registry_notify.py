@@ -189,6 +189,16 @@ def test_evaluate_run_refuses_a_bad_override_before_it_registers_anything(tmp_pa
     assert registry.Registry(str(tmp_path), "scores", aws_conn_id=None).versions() == []
 
 
+def test_evaluate_run_with_no_output_says_so_and_registers_nothing(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"batches": [{"batch_id": 0, "output": None}], "failed": []}))
+    fanout = {"results": [str(results)], "failed": 1, "units_failed": 4, "dead_letter": "/x/dead_letter.parquet"}
+    with pytest.raises(ValueError, match=r"no batch of this run left an output .*1 batches failed, 4 units"):
+        evaluation.evaluate_run(MeanScore(), model="scores", fanout=fanout, prepared={"units": 4}, overrides={},
+                                review_always=False, lineage={}, version="v1", root=str(tmp_path), aws_conn_id=None)
+    assert registry.Registry(str(tmp_path), "scores", aws_conn_id=None).versions() == []
+
+
 def test_registry_statuses_current_and_finality(tmp_path):
     models = registry.Registry(str(tmp_path), "scores", aws_conn_id=None)
     args = dict(metrics={"m": 1}, input_stats={}, lineage={"run_id": "r"}, proposed="review", reasons=[])
