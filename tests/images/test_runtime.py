@@ -226,3 +226,33 @@ def test_an_unusable_worklist_reports_a_config_error(tmp_path):
     assert record["class"] == "config" and "sleep_s must be >= 0" in record["error"]
     assert record["error"].startswith("cannot run: ")
     assert done.stdout.index("cannot run: ") < done.stdout.index("airbatch-failure")  # the child's own line comes first
+
+
+def test_an_output_of_the_wrong_type_fails_the_batch_naming_workload_batch_and_column(tmp_path, monkeypatch):
+    items = make_batches(tmp_path, 2)
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+
+    def rows_as_text(self, batch, params):
+        out = real_run(self, batch, params)
+        return out.assign(rows=out["rows"].astype(str)) if batch["value"].iloc[0] == 2.0 else out
+
+    monkeypatch.setattr(noop, "run", rows_as_text)
+    assert runtime.run(write_worklist(tmp_path, items), 0) == runtime.EXIT_BAD_DATA
+    out = tmp_path / "out"
+    assert (out / items[0]["key"] / DONE_FILE).exists() and not (out / items[1]["key"] / DONE_FILE).exists()
+    failed = json.loads((out / items[1]["key"] / FAILED_FILE).read_text())
+    assert failed["class"] == "bad_data"
+    assert failed["error"].startswith("OutputSchemaError: workload 'noop' batch 1: output column 'rows' is declared "
+                                      "int but is str")
+
+
+def test_the_result_file_carries_the_declared_types(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = make_batches(tmp_path, 1)
+    assert runtime.run(write_worklist(tmp_path, items), 0) == runtime.EXIT_OK
+    written = pq.read_schema(tmp_path / "out" / items[0]["key"] / RESULT_FILE)
+    assert [(f.name, f.type, f.nullable) for f in written] == [
+        ("unit_id", pa.large_string(), False), ("rows", pa.int64(), False), ("value_sum", pa.float64(), True)]

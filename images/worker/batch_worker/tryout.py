@@ -182,8 +182,9 @@ def run_try(workload_name: str, input_path: str, params_text: str, max_rows: int
     batch, units, all_units = first_units(rows, workload.schema.unit_key, max_rows)
     batch = as_the_worker_reads_it(batch)
     print(f"workload {workload.name} v{workload.version}, parameters {json.dumps(params, sort_keys=True)}")
-    print(f"input {input_path}: {len(frame)} rows, {all_units} units; {sum(left_out.values())} rows left out"
-          + (f" ({', '.join(f'{reason}: {n}' for reason, n in left_out.items())})" if left_out else ""))
+    print(f"input {input_path}: {len(frame)} rows; {sum(left_out.values())} left out"
+          + (f" ({', '.join(f'{reason}: {n}' for reason, n in left_out.items())})" if left_out else "")
+          + f"; {all_units} units in the rest")
     print(f"batch: {len(batch)} rows of the first {units} unit(s) (--rows {max_rows})")
     mark = time.perf_counter()
     result = workload.run(batch, params)

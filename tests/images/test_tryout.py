@@ -1,0 +1,83 @@
+"""`batch-worker try`: a sample checked and run in-process through the real console script."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from batch_worker import runtime
+
+
+def batch_worker_try(*args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": os.path.dirname(sys.executable) + ":/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(["batch-worker", "try", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def noop_sample(folder: Path) -> Path:
+    path = folder / "units.csv"
+    path.write_text("unit_id,seq,value\n007,0,1.5\n007,1,2\nu2,0,3\nu3,0,4\nu3,0,5\nu4,-1,2\nu5,0,1\n")
+    return path
+
+
+def test_a_good_sample_runs_one_batch_and_prints_its_head_counts_and_timings(tmp_path):
+    done = batch_worker_try("noop", str(noop_sample(tmp_path)), "--rows", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "input " in out and "7 rows; 2 left out (repeated unit_id+seq: 1, seq below 0: 1); 4 units in the rest" in out
+    assert "batch: 3 rows of the first 2 unit(s) (--rows 3)" in out
+    assert "output: 2 rows x 3 columns; matches the declared output schema" in out
+    head = [line.split() for line in out.splitlines() if line.startswith(("0 ", "1 "))]
+    assert head == [["0", "007", "2", "3.5"], ["1", "u2", "1", "3.0"]]  # "007" stays text
+    assert "timings: read " in out and " run " in out and " check output " in out
+
+
+def test_a_parquet_sample_of_the_pricing_workload_runs(tmp_path):
+    days = pd.date_range("2026-01-01", periods=40, freq="D")
+    frame = pd.DataFrame({"segment": "S", "location": "L", "product": "P", "date": days,
+                          "price": [8.0 + (i % 5) * 0.5 for i in range(40)], "quantity": 10.0, "unit_cost": 4.0,
+                          "current_price": 9.0})
+    frame.to_parquet(tmp_path / "sales.parquet")
+    done = batch_worker_try("pricing", str(tmp_path / "sales.parquet"), "--params", '{"holdout_days": 7}')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "output: 1 rows x 16 columns; matches the declared output schema" in done.stdout
+    assert '"holdout_days": 7' in done.stdout
+
+
+def test_a_missing_column_is_bad_data_naming_it(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("unit_id,seq,amount\nu1,0,1.5\n")
+    done = batch_worker_try("noop", str(bad))
+    assert done.returncode == runtime.EXIT_BAD_DATA
+    assert "missing column(s): 'value'" in done.stderr
+
+
+def test_a_column_of_the_wrong_type_is_bad_data_naming_it(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("unit_id,seq,value\nu1,0,high\nu2,first,2\n")
+    done = batch_worker_try("noop", str(bad))
+    assert done.returncode == runtime.EXIT_BAD_DATA
+    assert "column 'seq' is declared int but holds str values (e.g. '0')" in done.stderr
+    assert "column 'value' is declared float but holds str values (e.g. 'high')" in done.stderr
+
+
+def test_a_wrong_parameter_or_workload_is_a_usage_error(tmp_path):
+    sample = str(noop_sample(tmp_path))
+    unknown = batch_worker_try("noop", sample, "--params", '{"sleep": 1}')
+    assert unknown.returncode == runtime.EXIT_USAGE
+    assert "cannot run: workload 'noop' parameters: unknown parameter(s) ['sleep']" in unknown.stderr
+    out_of_range = batch_worker_try("noop", sample, "--params", '{"sleep_s": -1}')
+    assert out_of_range.returncode == runtime.EXIT_USAGE and "sleep_s must be >= 0, got -1" in out_of_range.stderr
+    assert batch_worker_try("noop", sample, "--params", "{").returncode == runtime.EXIT_USAGE
+    missing = batch_worker_try("nope", sample)
+    assert missing.returncode == runtime.EXIT_USAGE and "unknown workload 'nope'; registered: " in missing.stderr
+    assert batch_worker_try("noop").returncode == runtime.EXIT_USAGE
+    assert batch_worker_try("noop", str(tmp_path / "absent.csv")).returncode == runtime.EXIT_USAGE
+
+
+def test_bad_data_raised_by_the_workload_exits_65(tmp_path):
+    sample = str(noop_sample(tmp_path))
+    done = batch_worker_try("noop", sample, "--params", '{"fail_units": ["u2"]}')
+    assert done.returncode == runtime.EXIT_BAD_DATA and "marked as failing by fail_units" in done.stderr
