@@ -31,6 +31,7 @@ from datetime import timedelta
 from typing import Any, Callable
 
 from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk.exceptions import ParamValidationError
 
 from operators.kit.approval import REVIEW_KEY, ReviewApprovalOperator, review_request
 from operators.kit.batch import run_shards
@@ -198,7 +199,11 @@ class UnitPipeline:
             raise ValueError(f"{self.dag_id}: defaults for unknown param(s) {unknown}; known: {sorted(params)}")
         for name, value in defaults.items():
             params[name] = Param(value, description=params[name].description, schema=params[name].schema)
-            params[name].resolve()  # a default outside the param's schema fails here, at DAG build
+            try:
+                params[name].resolve()
+            except ParamValidationError as err:
+                raise ValueError(f"{self.dag_id}: the default {value!r} of param {name!r} is not allowed: "
+                                 f"{str(err).splitlines()[0]}") from None
         return params
 
     def workload_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -284,8 +289,6 @@ class UnitPipeline:
                               lineage=self.lineage(prepared, fanout, params, run_id, logical_date),
                               version=registry.version_id(data_interval_end.isoformat(), run_id))
         result["report_location"] = shown_location(result["report"])
-        print(f"version {result['version']}: proposed {result['proposal']} ({'; '.join(result['reasons'])}); "
-              f"report {result['report_location']}")
         return result
 
     def decide(self, evaluation: dict, answer: dict | None) -> dict:

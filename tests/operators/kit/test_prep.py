@@ -875,10 +875,8 @@ def test_both_dags_pass_max_quarantined_share_to_prepare(dag_file, data_root):
     params = dag.params.dump()
     params.update(input_uri=str(source), bucket_count=4)
     prepare_task = dag.get_task("prepare").python_callable
-    kwargs = {"params": params, "dag": dag, "run_id": "manual__1"}
-    if dag_file == "pricing_optimization.py":
-        kwargs.update(source={"uri": str(source), "started_at": 0.0},
-                      data_interval_end=pendulum.datetime(2026, 1, 7, tz="UTC"))
+    kwargs = {"params": params, "dag": dag, "run_id": "manual__1", "source": {"uri": str(source), "started_at": 0.0},
+              "data_interval_end": pendulum.datetime(2026, 1, 7, tz="UTC")}
     with pytest.raises(PrepError, match=r"10 of 40 rows.*25.0%.*max_quarantined_share=0.1"):
         prepare_task(**kwargs)
     params["max_quarantined_share"] = 0.3

@@ -1,0 +1,155 @@
+"""The pipeline factory: the DAG's shape with and without each optional stage, the generated params, the run checks."""
+from __future__ import annotations
+
+import jinja2
+import pendulum
+import pytest
+
+from airflow.sdk import Asset, Param
+
+from operators.kit.evaluation import Evaluator, Limit
+from operators.kit.pipeline import (DataSource, LookbackWindow, PublishTarget, UnitPipeline, shown_location,
+                                    unit_pipeline)
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+FULL = ["dataset", "prepare", "plan", "run_shard", "collect", "evaluate", "gate", "ask_reviewer", "auto_decision",
+        "reviewed", "decide", "publish", "notify"]
+
+
+class TinyEvaluator(Evaluator):
+    name = "tiny"
+    limits = (Limit("error_p50", "max", 0.3, 0.6, "median error"),
+              Limit("coverage", "min", 0.9, None, "scored units / units"))
+
+
+def build(**options):
+    options = {"workload": "noop", "start_date": START, "doc_md": "a test pipeline", "tags": ["test"], **options}
+    return unit_pipeline("probe", **options)
+
+
+def upstream(dag, task_id: str) -> set[str]:
+    return set(dag.get_task(task_id).upstream_task_ids)
+
+
+def test_without_an_evaluator_the_dag_ends_at_its_summary_with_no_gate_approval_or_publish():
+    dag = build()
+    assert sorted(dag.task_ids) == sorted(["dataset", "prepare", "plan", "run_shard", "summary"])
+    assert upstream(dag, "summary") == {"run_shard", "prepare"}
+    assert upstream(dag, "prepare") == {"dataset"}
+    assert "review" not in dag.params and not any(name.startswith("approve_") for name in dag.params)
+    assert dag.default_args.get("on_failure_callback") is None  # no notifications unless asked for
+    notified = build(notify=True)
+    assert "notify" in notified.task_ids and notified.default_args["on_failure_callback"] is not None
+
+
+def test_with_an_evaluator_and_a_publish_target_every_stage_is_wired_in_order():
+    asset = Asset("probe_current")
+    dag = build(evaluator=TinyEvaluator(), model="probe", publish=PublishTarget(asset=asset))
+    assert sorted(dag.task_ids) == sorted(FULL)
+    assert upstream(dag, "evaluate") == {"collect", "prepare"}
+    assert upstream(dag, "gate") == {"evaluate"}
+    assert set(dag.get_task("gate").downstream_task_ids) == {"ask_reviewer", "auto_decision"}
+    assert upstream(dag, "decide") == {"evaluate", "reviewed", "auto_decision"}
+    assert upstream(dag, "publish") == {"evaluate", "decide"}
+    assert "publish" in upstream(dag, "notify")
+    assert dag.get_task("publish").outlets == [asset]
+    assert dag.get_task("decide").trigger_rule == "none_failed"
+    assert dag.default_args["on_failure_callback"] is not None
+    without_publish = build(evaluator=TinyEvaluator(), model="probe")
+    assert "publish" not in without_publish.task_ids and "decide" in without_publish.task_ids
+
+
+def test_params_are_generated_from_the_kit_the_workload_the_source_and_the_limits():
+    dag = build(evaluator=TinyEvaluator(), model="probe", source=LookbackWindow(lookback_days=14),
+                defaults={"queue": "airbatch-gpu", "sleep_s": 0.5},
+                extra_params={"note": Param(None, type=["string", "null"], description="free text")})
+    params = {name: dag.params.get_param(name) for name in dag.params}
+    assert all(param.description for param in params.values())
+    assert params["input_uri"].value is None and "null" in params["input_uri"].schema["type"]
+    assert params["queue"].value == "airbatch-gpu" and params["sleep_s"].value == 0.5  # defaults given
+    assert params["salt"].schema["type"] == ["string", "null"]  # the workload's nullable string
+    assert params["sleep_s"].schema["maximum"] == 3600
+    assert params["lookback_days"].value == 14
+    assert params["approve_error_p50"].value == 0.3 and params["reject_error_p50"].value == 0.6
+    assert params["reject_coverage"].value is None and params["reject_coverage"].schema["type"] == ["number", "null"]
+    assert "median error" in params["approve_error_p50"].description
+    assert params["review"].schema["enum"] == ["auto", "always"]
+    assert "| `bucket_count` | `3000` |" in dag.doc_md and dag.doc_md.startswith("a test pipeline")
+
+
+class ClashingSource(DataSource):
+    def params(self):
+        return {"bucket_count": Param(5, type="integer", description="clashes with the kit's")}
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"source": ClashingSource()}, "param 'bucket_count' of data source ClashingSource clashes with the param of the kit"),
+    ({"extra_params": {"salt": Param("x", type="string", description="d")}},
+     "param 'salt' of extra_params clashes with the param of workload 'noop'"),
+    ({"extra_params": {"note": Param("x", type="string")}}, "param 'note' of extra_params has no description"),
+    ({"defaults": {"bucket_cuont": 3}}, "defaults for unknown param(s) ['bucket_cuont']"),
+    ({"defaults": {"bucket_count": 0}}, "the default 0 of param 'bucket_count' is not allowed: 0 is less than the minimum"),
+    ({"publish": PublishTarget(asset=Asset("x"))}, "a publish target needs an evaluator"),
+    ({"evaluator": TinyEvaluator(), "model": "{{ conn }}"}, "model '{{ conn }}' must be letters"),
+])
+def test_a_wrong_pipeline_definition_fails_when_the_dag_is_built(options, message):
+    with pytest.raises(Exception) as err:
+        build(**options)
+    assert message in str(err.value)
+
+
+def test_the_run_check_refuses_unknown_params_and_contradictory_workload_parameters_naming_them():
+    pipeline = UnitPipeline("probe", workload="pricing", start_date=START, doc_md="d", tags=["t"])
+    params = pipeline.build().params.dump()
+    assert pipeline.check_run(params, {"bucket_count": 4})["min_price_ratio"] == params["min_price_ratio"]
+    with pytest.raises(ValueError, match=r"unknown run param\(s\) \['max_chnage'\]; known: \["):
+        pipeline.check_run(params, {"max_chnage": 0.2})
+    with pytest.raises(ValueError) as err:
+        pipeline.check_run({**params, "min_price_ratio": 1.5, "max_price_ratio": 1.3}, {})
+    assert "min_price_ratio" in str(err.value) and "max_price_ratio" in str(err.value)
+
+
+def test_the_default_source_needs_input_uri_and_a_lookback_window_ends_with_the_interval():
+    with pytest.raises(ValueError, match="input_uri is empty"):
+        DataSource().resolve({"input_uri": None}, "/runs/x", None)
+    assert DataSource().resolve({"input_uri": "/data/in.csv"}, "/runs/x", None) == "/data/in.csv"
+    window = LookbackWindow(lookback_days=28).window({"lookback_days": 28}, pendulum.datetime(2026, 2, 16, tz="UTC"))
+    assert window == ("2026-01-19", "2026-02-16")
+
+
+def test_a_publish_target_calls_its_own_publisher_or_the_registry(monkeypatch):
+    calls = []
+    target = PublishTarget(asset=Asset("a"), publish=lambda model, version: calls.append((model, version)) or "uri")
+    assert target.run("m", "v1") == "uri" and calls == [("m", "v1")]
+    from operators.kit import registry
+
+    monkeypatch.setattr(registry, "publish", lambda model, version: f"published {model} {version}")
+    assert PublishTarget(asset=Asset("a")).run("m", "v2") == "published m v2"
+
+
+def test_locations_are_shown_relative_to_the_data_root(monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/srv/data/")
+    assert shown_location("/srv/data/registry/m/versions/v1/report.html") == \
+        "DATA_ROOT/registry/m/versions/v1/report.html"
+    assert shown_location("/srv/database/x") == "/srv/database/x"  # a sibling folder is not under the root
+    assert shown_location("s3://b/p/r.html", root="s3://b/p") == "DATA_ROOT/r.html"
+
+
+def test_the_approval_page_shows_the_reasons_the_summary_lines_and_the_report_location():
+    dag = build(evaluator=TinyEvaluator(), model="probe")
+    ask = dag.get_task("ask_reviewer")
+    evaluation = {"version": "v7", "proposal": "review", "reasons": ["error_p50 0.41 is above 0.3 (approve)"],
+                  "lines": ["error_p50 0.41, coverage 0.97"], "report_location": "DATA_ROOT/registry/probe/r.html"}
+
+    class TaskInstance:
+        @staticmethod
+        def xcom_pull(task_ids):
+            assert task_ids == "evaluate"
+            return evaluation
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    subject = env.from_string(ask.subject).render(ti=TaskInstance())
+    body = env.from_string(ask.body).render(ti=TaskInstance())
+    assert subject == "Approve probe version v7?"
+    assert "Proposed: **review**" in body and "- error_p50 0.41 is above 0.3 (approve)" in body
+    assert "- error_p50 0.41, coverage 0.97" in body and "Report: DATA_ROOT/registry/probe/r.html" in body
