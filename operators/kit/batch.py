@@ -91,12 +91,13 @@ class HouseBatchOperator(BatchOperator):
     progress_line = staticmethod(progress_line)
 
     def explain_failure(self, job: dict[str, Any]) -> None:
-        self.log.error("AWS Batch job %s FAILED: %s", job["jobId"], job.get("statusReason", "no reason given"))
+        """Batch's reason and each failed child's log tail; the children's own error lines are the log's errors."""
+        self.log.warning("AWS Batch job %s FAILED: %s", job["jobId"], job.get("statusReason", "no reason given"))
         if not job.get("arrayProperties", {}).get("size"):
             self.log_tail(job, label="job")
             return
         failed = self.failed_children(job["jobId"])
-        self.log.error("%d array children FAILED; showing %d", len(failed), min(len(failed), FAILED_CHILDREN_SHOWN))
+        self.log.warning("%d array children FAILED; showing %d", len(failed), min(len(failed), FAILED_CHILDREN_SHOWN))
         for summary in failed[:FAILED_CHILDREN_SHOWN]:
             self.log_tail(self.describe(summary["jobId"]), label=f"child {summary['jobId']}")
 
@@ -119,7 +120,7 @@ class HouseBatchOperator(BatchOperator):
         if not stream:
             return
         for line in self.log_lines(stream)[-LOG_TAIL_LINES:]:
-            self.log.info("%s | %s", label, line)
+            (self.log.error if " ERROR " in line else self.log.info)("%s | %s", label, line)
 
     def log_lines(self, stream: str) -> list[str]:
         logs = AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn

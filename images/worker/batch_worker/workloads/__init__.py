@@ -43,11 +43,10 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "airbatch.workloads"
 
 HOW_TO_REGISTER = (
-    "To add a workload, put a module with a @register-decorated Workload subclass into the batch_worker.workloads "
-    "package, or declare it in your own package's pyproject.toml:\n"
-    f'    [project.entry-points."{ENTRY_POINT_GROUP}"]\n'
-    '    <name> = "<package>.<module>:<WorkloadClass>"\n'
-    "and install that package (pip install -e <folder>) where Airflow and the worker run.")
+    "To add one: a @register-decorated Workload subclass in a module of the batch_worker.workloads package, or in "
+    f'your own package\'s pyproject.toml [project.entry-points."{ENTRY_POINT_GROUP}"] '
+    '<name> = "<package>.<module>:<WorkloadClass>", installed (pip install -e <folder>) where Airflow and the '
+    "worker run.")
 
 
 class BadData(Exception):
@@ -424,5 +423,5 @@ def get_workload(name: str) -> Workload:
             _load_entry_point(matching[0])
     if name not in _REGISTRY:
         registered = "; ".join(f"{n} ({origin})" for n, origin in registered_workloads().items()) or "none"
-        raise UnknownWorkload(f"unknown workload {name!r}; registered: {registered}.\n{HOW_TO_REGISTER}")
+        raise UnknownWorkload(f"unknown workload {name!r}; registered: {registered}. {HOW_TO_REGISTER}")
     return _REGISTRY[name]()
