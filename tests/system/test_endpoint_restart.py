@@ -35,7 +35,9 @@ def restart_once_workers_run(local_aws, restarted: threading.Event, deadline_s: 
 
 
 def test_a_restarted_endpoint_then_a_retry_of_the_shard_finishes_the_run(airflow_db, local_aws, data_root):
-    conf = {"units": 160, "bucket_count": 8, "batches_per_shard": 8, "batches_per_child": 2, "sleep_s": 1.0,
+    # each child sleeps 12 s: the restart, started as soon as a worker process is seen, lands mid-run
+    # even on a loaded machine
+    conf = {"units": 160, "bucket_count": 8, "batches_per_shard": 8, "batches_per_child": 2, "sleep_s": 6.0,
             "salt": "endpoint-restart"}
     restarted = threading.Event()
     restarter = threading.Thread(target=restart_once_workers_run, args=(local_aws, restarted), daemon=True)

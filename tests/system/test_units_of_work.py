@@ -101,7 +101,8 @@ def test_3000_batches_complete_then_an_identical_run_is_entirely_cached(airflow_
 
 
 def test_a_killed_child_fails_the_try_and_the_retry_runs_only_the_missing_batches(airflow_db, local_aws, data_root):
-    conf = {"units": 600, "bucket_count": 40, "batches_per_shard": 40, "batches_per_child": 10, "sleep_s": 0.25}
+    # a second per batch: the killer has a window of seconds, even on a loaded machine, to find a child mid-slice
+    conf = {"units": 600, "bucket_count": 40, "batches_per_shard": 40, "batches_per_child": 10, "sleep_s": 1.0}
     killed: list[int] = []
 
     def batches_done_by(pid: int) -> int | None:
