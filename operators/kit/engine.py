@@ -428,9 +428,23 @@ def read_results(results_uris: list[str], aws_conn_id: str | None = "aws_default
 
 
 def output_uris(results_uris: list[str], aws_conn_id: str | None = "aws_default") -> list[str]:
-    """The result files of every batch that has one, in batch order: what evaluation reads."""
-    rows = [b for r in read_results(results_uris, aws_conn_id) for b in r["batches"] if b["output"]]
+    """The result files of every batch that has one, in batch order."""
+    return _outputs_of(read_results(results_uris, aws_conn_id))
+
+
+def _outputs_of(results: list[dict[str, Any]]) -> list[str]:
+    rows = [b for r in results for b in r["batches"] if b["output"]]
     return [b["output"] for b in sorted(rows, key=lambda b: b["batch_id"])]
+
+
+def read_run_outputs(results_uris: list[str], aws_conn_id: str | None = "aws_default") -> pd.DataFrame:
+    """Every batch output of a run (its shards' results files) as one table, typed by the workload's declared
+    output schema: what evaluation reads."""
+    results = read_results(results_uris, aws_conn_id)
+    names = {r.get("shard", {}).get("workload") for r in results} - {None}
+    declared = get_workload(names.pop()).output if len(names) == 1 else None
+    return read_outputs(_outputs_of(results), aws_conn_id,
+                        schema=declared.arrow_schema() if declared is not None else None)
 
 
 def read_outputs(output_uris: list[str], aws_conn_id: str | None = "aws_default", schema=None) -> pd.DataFrame:

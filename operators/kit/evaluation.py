@@ -205,7 +205,7 @@ def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], pr
     from operators.kit import engine, registry, report
 
     _levels(evaluator.limits, overrides)  # a bad override fails before anything is read
-    outputs = engine.read_outputs(engine.output_uris(fanout["results"], aws_conn_id), aws_conn_id)
+    outputs = engine.read_run_outputs(fanout["results"], aws_conn_id)
     if outputs.empty:
         raise ValueError(f"no batch of this run left an output to evaluate ({fanout.get('failed', 0)} batches failed, "
                          f"{fanout.get('units_failed', 0)} units dead-lettered: {fanout.get('dead_letter')}); "

@@ -72,3 +72,13 @@ def test_outputs_of_different_types_name_the_file_and_the_column(tmp_path):
         engine.read_outputs([str(first), str(second)], aws_conn_id=None)
     assert str(err.value).startswith(f"cannot read batch output {second}: ")
     assert f"note is large_string there, null in {first}" in str(err.value)
+
+
+def test_a_run_reads_its_outputs_with_its_workload_schema(tmp_path, noted):
+    uris = run_batches(tmp_path, [[1.0], [20.0]])
+    batches = [{"batch_id": 2, "output": None}, {"batch_id": 1, "output": uris[1]}, {"batch_id": 0, "output": uris[0]}]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"shard": {"workload": "noted"}, "batches": batches, "failed": []}))
+    table = engine.read_run_outputs([str(results)], aws_conn_id=None)
+    assert table["unit_id"].tolist() == ["u0-0", "u1-0"] and table["note"].tolist()[1] == "big 20.0"
+    assert str(table["note"].dtype) in ("str", "string")
