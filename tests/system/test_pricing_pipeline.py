@@ -19,12 +19,12 @@ from tests.system.test_units_of_work import task_instances, xcom
 pytestmark = pytest.mark.system
 
 #: 200 units over 60 days from 2026-01-05: windows of 28 days end on the Mondays below.
-SMALL = {"dataset": {"rows": 12_000, "units": 200, "start_date": "2026-01-05", "seed": 3},
+SMALL = {"dataset_rows": 12_000, "dataset_units": 200, "dataset_start_date": "2026-01-05", "dataset_seed": 3,
          "bucket_count": 20, "queue": "airbatch-cpu"}
-LOOSE_REJECT = {"reject": {"max_mape_p50": 10, "min_coverage": 0, "max_degenerate_share": 1,
-                           "max_mape_p50_increase": 10, "max_dead_letter_share": 1}}
-ALWAYS_APPROVE = {"approve": {"max_mape_p50": 10, "min_coverage": 0, "max_degenerate_share": 1,
-                              "max_mape_p50_increase": 10, "max_input_shift": 100, "max_dead_letter_share": 1},
+LOOSE_REJECT = {"reject_mape_p50": 10, "reject_coverage": 0, "reject_degenerate_share": 1,
+                "reject_mape_p50_increase": 10, "reject_dead_letter_share": 1}
+ALWAYS_APPROVE = {"approve_mape_p50": 10, "approve_coverage": 0, "approve_degenerate_share": 1,
+                  "approve_mape_p50_increase": 10, "approve_input_shift": 100, "approve_dead_letter_share": 1,
                   **LOOSE_REJECT}
 MONDAY = pendulum.datetime(2026, 2, 16, tz="UTC")
 
@@ -56,8 +56,9 @@ def outbox(data_root: Path, kind: str) -> list[dict]:
 @pytest.mark.parametrize("conf, message", [
     ({"bucket_count": 0}, "bucket_count"),
     ({"queue": "airbatch-tpu"}, "queue"),
-    ({"workload_params": {"max_chnage": 0.2}}, "max_chnage"),
-    ({"thresholds": {"approve": {"max_mape_p50": "low"}}}, "thresholds"),
+    ({"max_change": 1.5}, "max_change"),
+    ({"approve_mape_p50": "low"}, "approve_mape_p50"),
+    ({"dataset_start_date": "05/01/2026"}, "dataset_start_date"),
     ({"lookback_days": 3}, "lookback_days"),
 ])
 def test_bad_parameters_are_refused_by_the_form_schema(airflow_db, conf, message):
@@ -79,7 +80,7 @@ def test_bad_parameters_are_refused_by_the_form_schema(airflow_db, conf, message
 
 def test_auto_approve_publishes_and_notifies_then_an_identical_run_is_entirely_cached(airflow_db, local_aws,
                                                                                        data_root):
-    run = run_pricing({"thresholds": ALWAYS_APPROVE})
+    run = run_pricing(ALWAYS_APPROVE)
     assert run.state == DagRunState.SUCCESS
     [prepared] = xcom(run, "prepare")
     assert prepared["window"] == ["2026-01-19", "2026-02-16"]
@@ -98,7 +99,7 @@ def test_auto_approve_publishes_and_notifies_then_an_identical_run_is_entirely_c
     assert "Approved by thresholds" in message["body"] and f"version {version['version']}" in message["subject"]
     assert f"{summary['fanout']['units']} units" in message["subject"] and "report.html" in message["body"]
 
-    again = run_pricing({"thresholds": ALWAYS_APPROVE})
+    again = run_pricing(ALWAYS_APPROVE)
     assert again.state == DagRunState.SUCCESS
     [second] = xcom(again, "notify")
     assert second["fanout"]["cached"] == 20 and second["fanout"]["succeeded"] == 0
@@ -106,11 +107,10 @@ def test_auto_approve_publishes_and_notifies_then_an_identical_run_is_entirely_c
 
 
 def test_reject_path_keeps_the_current_version_and_publishes_nothing(airflow_db, local_aws, data_root):
-    first = run_pricing({"thresholds": ALWAYS_APPROVE})
+    first = run_pricing(ALWAYS_APPROVE)
     assert first.state == DagRunState.SUCCESS
     approved = current_version(data_root)
-    strict = {"reject": {"max_mape_p50": 0.0001}}
-    run = run_pricing({"thresholds": strict}, logical_date=MONDAY.add(weeks=1))
+    run = run_pricing({"reject_mape_p50": 0.0001}, logical_date=MONDAY.add(weeks=1))
     assert run.state == DagRunState.SUCCESS
     [evaluation] = xcom(run, "evaluate")
     assert evaluation["proposal"] == "reject" and "mape_p50" in evaluation["reasons"][0]
@@ -121,8 +121,9 @@ def test_reject_path_keeps_the_current_version_and_publishes_nothing(airflow_db,
     assert "Rejected by thresholds" in outbox(data_root, "success")[-1]["body"]
 
 
-def respond_when_asked(dag_id: str, option: str, user: str, answered: list) -> threading.Thread:
-    """A reviewer: waits for the approval task to park, then answers through the REST API's handler."""
+def respond_when_asked(dag_id: str, option: str, user: str, answered: list, pages: list | None = None
+                       ) -> threading.Thread:
+    """A reviewer: waits for the approval task to park, reads its page, then answers through the REST API's handler."""
 
     def reviewer():
         from sqlalchemy import select
@@ -130,6 +131,7 @@ def respond_when_asked(dag_id: str, option: str, user: str, answered: list) -> t
         from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
         from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
         from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+        from airflow.models.hitl import HITLDetail
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
 
@@ -140,6 +142,9 @@ def respond_when_asked(dag_id: str, option: str, user: str, answered: list) -> t
                     TaskInstance.dag_id == dag_id, TaskInstance.task_id == "ask_reviewer",
                     TaskInstance.state == TaskInstanceState.AWAITING_INPUT)).first()
                 if ti is not None:
+                    if pages is not None:
+                        detail = session.scalars(select(HITLDetail).where(HITLDetail.ti_id == ti.id)).one()
+                        pages.append({"subject": detail.subject, "body": detail.body})
                     update_hitl_detail(dag_id=dag_id, dag_run_id=ti.run_id, task_id="ask_reviewer",
                                        update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option]),
                                        user=SimpleAuthManagerUser(username=user, role="admin"), session=session)
@@ -155,13 +160,21 @@ def respond_when_asked(dag_id: str, option: str, user: str, answered: list) -> t
 @pytest.mark.parametrize("option, status", [("Approve", "Approved"), ("Reject", "Rejected")])
 def test_between_the_limits_a_person_decides(airflow_db, local_aws, data_root, option, status):
     answered: list[str] = []
-    reviewer = respond_when_asked("pricing_optimization", option, "pat", answered)
-    run = run_pricing({"thresholds": LOOSE_REJECT, "review": "always"})
+    pages: list[dict] = []
+    reviewer = respond_when_asked("pricing_optimization", option, "pat", answered, pages)
+    run = run_pricing({**LOOSE_REJECT, "review": "always"})
     reviewer.join(timeout=5)
     assert answered == [run.run_id]
     assert run.state == DagRunState.SUCCESS
     [evaluation] = xcom(run, "evaluate")
     assert evaluation["proposal"] == "review"
+    # the page: the proposal, its reasons, the evaluator's summary lines and the report under DATA_ROOT
+    [page] = pages
+    assert page["subject"] == f"Approve pricing version {evaluation['version']}?"
+    assert "Proposed: **review**" in page["body"] and "review: always (run parameter)" in page["body"]
+    assert all(line in page["body"] for line in evaluation["lines"]) and evaluation["lines"]
+    assert f"Report: DATA_ROOT/registry/pricing/versions/{evaluation['version']}/report.html" in page["body"]
+    assert str(data_root) not in page["body"]
     [decision] = xcom(run, "decide")
     assert decision == {**decision, "status": status, "by": "person:pat"}
     [version] = registry_versions(data_root)
@@ -174,7 +187,7 @@ def test_between_the_limits_a_person_decides(airflow_db, local_aws, data_root, o
 def test_three_weekly_intervals_give_three_versions_from_three_windows(airflow_db, local_aws, data_root):
     ends = [MONDAY, MONDAY.add(weeks=1), MONDAY.add(weeks=2)]
     for end in ends:
-        run = run_pricing({"thresholds": ALWAYS_APPROVE}, logical_date=end)
+        run = run_pricing(ALWAYS_APPROVE, logical_date=end)
         assert run.state == DagRunState.SUCCESS
         [interval_end] = [run.data_interval_end]
         assert interval_end == end
@@ -203,7 +216,7 @@ def test_a_failing_task_notifies_its_first_error(airflow_db, local_aws, data_roo
 
 def test_the_default_synthetic_dataset_ends_where_the_run_interval_ends(airflow_db, local_aws, data_root):
     late_monday = pendulum.datetime(2026, 11, 16, tz="UTC")  # a scheduled run's week, far from SMALL's dates
-    conf = {"dataset": {**SMALL["dataset"], "start_date": ""}, "thresholds": ALWAYS_APPROVE}
+    conf = {"dataset_start_date": None, **ALWAYS_APPROVE}
     run = run_pricing(conf, logical_date=late_monday)
     assert run.state == DagRunState.SUCCESS
     [prepared] = xcom(run, "prepare")
