@@ -153,3 +153,17 @@ def test_the_approval_page_shows_the_reasons_the_summary_lines_and_the_report_lo
     assert subject == "Approve probe version v7?"
     assert "Proposed: **review**" in body and "- error_p50 0.41 is above 0.3 (approve)" in body
     assert "- error_p50 0.41, coverage 0.97" in body and "Report: DATA_ROOT/registry/probe/r.html" in body
+
+
+def test_the_success_summary_of_a_pipeline_without_an_evaluator_has_no_version_line(data_root):
+    import json
+
+    pipeline = UnitPipeline("probe", workload="noop", notify=True, start_date=START, doc_md="d", tags=["t"])
+    prepared = {"window": None, "started_at": 0.0, "rows_in": 30, "rows_quarantined": 0, "quarantined_by_reason": {}}
+    fanout = {"batches": 3, "shards": 1, "units": 10, "succeeded": 3, "cached": 0, "failed": 0, "units_failed": 0,
+              "dead_letter": None, "failures_by_class": {}, "first_errors": {}}
+    summary = pipeline.notify(prepared, fanout, None, None, None, "probe", "manual__1")
+    assert "version" not in summary and summary["fanout"]["succeeded"] == 3
+    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*.json")]
+    assert message["subject"] == "[probe] succeeded (10 units)"
+    assert "None" not in message["body"] and "rows: 30 read, 0 quarantined" in message["body"]
