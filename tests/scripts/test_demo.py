@@ -1,10 +1,13 @@
-"""`make demo` stops cleanly on Ctrl-C and on SIGTERM: the DAG run, its Batch job and the endpoint."""
+"""`make demo` shows progress while the DAG runs, and stops cleanly on Ctrl-C and on SIGTERM: the DAG run,
+its Batch job, its progress and the endpoint."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
+import subprocess
 
 import pytest
 
@@ -14,6 +17,56 @@ from tests.scripts.stack_processes import (batch_job_processes, kill_leftovers, 
 pytestmark = pytest.mark.system
 
 SLOW_RUN = json.dumps({"sleep_s": 30, "bucket_count": 4, "units": 40})
+SMALL_RUN = json.dumps({"sleep_s": 0.05, "bucket_count": 60, "units": 300, "batches_per_shard": 20,
+                        "batches_per_child": 5})
+PROGRESS_LINE = re.compile(r"^\[ *\d+s\] (?P<text>.*)$")
+BATCHES = re.compile(r"batches (?P<done>\d+)/(?P<total>\d+) done")
+
+
+def demo_output(env: dict[str, str], log) -> str:
+    demo = start_script("exec scripts/demo.sh", env, log)
+    try:
+        code = demo.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait(timeout=60)
+        raise AssertionError(f"make demo did not end within 600 s:\n{tail(log)}")
+    assert code == 0, tail(log)
+    return log.read_text(errors="replace")
+
+
+def progress_before_summary(output: str, dag_id: str) -> tuple[list[str], dict]:
+    """The progress lines printed before the summary, and the summary."""
+    assert "\r" not in output, "progress to a file or pipe must be plain lines"
+    lines = output.splitlines()
+    summary_at = lines.index(f"{dag_id}: latest run success")
+    progress = [m["text"] for line in lines[:summary_at] if (m := PROGRESS_LINE.match(line))]
+    summary_json = output[output.index("summary:\n{") + len("summary:\n"):output.index("\ndemo took")]
+    return progress, json.loads(summary_json)
+
+
+def test_the_demo_prints_progress_with_tasks_and_batch_counts_before_its_summary(tmp_path, airflow_db):
+    marker = str(tmp_path)
+    env = script_environment(tmp_path, migrated_db=airflow_db, DEMO_DAG="units_of_work", DEMO_DATE="",
+                             DEMO_CONF=SMALL_RUN, DEMO_PROGRESS_SECONDS="1")
+    try:
+        progress, summary = progress_before_summary(demo_output(env, tmp_path / "first.out"), "units_of_work")
+        counted = [m for text in progress if (m := BATCHES.search(text))]
+        assert counted, progress
+        assert all(int(m["total"]) == summary["batches"] == 60 for m in counted), progress
+        assert [int(m["done"]) for m in counted] == sorted(int(m["done"]) for m in counted), progress
+        last = progress[-1]
+        assert re.match(r"tasks (\d+)/\1 done \| batches 60/60 done$", last), progress
+        assert summary["succeeded"] == 60 and summary["cached"] == 0
+        assert all(a != b for a, b in zip(progress, progress[1:])), "a line is printed only when it changed"
+
+        # the same run again finds every batch done, and says so
+        progress, summary = progress_before_summary(demo_output(env, tmp_path / "again.out"), "units_of_work")
+        assert summary["cached"] == 60 and summary["succeeded"] == 0
+        assert re.match(r"tasks (\d+)/\1 done \| batches 60/60 done \(60 cached\)$", progress[-1]), progress
+        wait_until_gone(marker, 60)
+    finally:
+        kill_leftovers(marker)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
