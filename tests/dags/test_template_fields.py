@@ -120,7 +120,7 @@ def test_the_batch_operators_render_nothing(bag):
     assert HouseBatchOperator.template_fields == () and UnitsOfWorkOperator.template_fields == ()
     shard_tasks = [task for dag in bag.dags.values() for task in dag.tasks
                    if task.operator_name in ("HouseBatchOperator", "UnitsOfWorkOperator")]
-    assert len(shard_tasks) == 4
+    assert {task.dag_id for task in shard_tasks} == set(bag.dag_ids)  # every DAG submits its Batch jobs here
 
 
 def test_the_check_catches_each_kind_of_user_data_in_a_templated_field():

@@ -1,0 +1,47 @@
+"""
+### packaging_training: a damage model per (package type, product group), weekly, approved before it is used
+
+1. **dataset**: `input_uri` (CSV/Parquet labels), or, when empty, synthetic labels that grow week
+   by week under `DATA_ROOT/datasets/packaging` (`dataset_*` params, with an optional drift).
+2. **prepare**: the labels of the `lookback_days` days before the end of the run's week, checked
+   against the packaging schema and bucketed by unit.
+3. **plan / run_shard**: AWS Batch array jobs fit a regularised logistic regression per unit and
+   validate it on the unit's latest `holdout_days` of labels. Batches already computed for the
+   same labels, code version and parameters are not recomputed.
+4. **evaluate**: median holdout AUC, log-loss and the share of units without a model, against the
+   last approved version (AUC drop, log-loss increase, label-distribution shift, change in the
+   number of labels and units); the `approve_*` / `reject_*` limits propose approve, review or reject.
+5. **ask_reviewer**: between the limits (or always, with `review: always`) a person decides in the
+   Airflow UI, under Required Actions.
+6. **decide / publish / notify**: an approved version's models (every unit's coefficients, one
+   Parquet file) go to `DATA_ROOT/published/packaging/current/` with an event on the Asset
+   `packaging_models` carrying the version; a rejected one leaves the current model in place.
+
+Backfill: `airflow backfill create --dag-id packaging_training --from-date A --to-date B`.
+"""
+from __future__ import annotations
+
+import pendulum
+
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from operators.kit.pipeline import unit_pipeline
+from operators.pipelines.packaging.evaluation import PackagingEvaluator
+from operators.pipelines.packaging.source import PUBLISH_MODELS, SyntheticLabels
+
+# Airflow parses only files that mention "airflow" and "dag": this comment keeps this one in.
+unit_pipeline(
+    "packaging_training",
+    workload="packaging",
+    evaluator=PackagingEvaluator(),
+    model="packaging",
+    source=SyntheticLabels(),
+    publish=PUBLISH_MODELS,
+    schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),  # weekly, Monday to Monday
+    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+    catchup=True,
+    max_active_runs=1,  # each week is compared with the version approved before it
+    defaults={"bucket_count": 400},
+    doc_md=__doc__,
+    tags=["packaging", "training", "batch"],
+)
