@@ -108,10 +108,10 @@ class PackagingEvaluator(Evaluator):
         def difference(name: str) -> float | None:
             return None if metrics.get(name) is None or before.get(name) is None else metrics[name] - before[name]
 
-        drop = difference("auc_p50")
+        rise = difference("auc_p50")
         return {
             "previous_version": previous["version"],
-            "auc_p50_drop": None if drop is None else -drop,
+            "auc_p50_drop": None if rise is None else 0.0 - rise,
             "log_loss_increase": difference("log_loss"),
             "label_shift": label_shift(metrics["positive_share"], before.get("positive_share") or {}),
             "labels_change": relative_change(metrics["labels"], before.get("labels")),

@@ -7,7 +7,8 @@ package type, and whether it arrived damaged. For each unit in a batch:
    are held out; the earlier ones (no older than `max_label_age_days` when set) are trained on.
 2. Features are standardised with the training rows' mean and standard deviation (a constant
    feature keeps scale 1), then P(damaged) = sigmoid(w0 + w . z) is fitted by Newton's method with
-   an L2 penalty `l2` on w (not on the intercept), until every step is below `tolerance` or after
+   an L2 penalty `l2` on w (not on the intercept; weighed against the summed, not the mean,
+   log-loss, so a unit with many labels is shrunk less), until every step is below `tolerance` or after
    `max_iterations`. The coefficients are reported on the raw feature scale, so a product is
    scored as sigmoid(intercept + sum(coef_<feature> * feature)).
 3. Validation on the holdout labels: mean log-loss, and AUC (null when the holdout holds only one
@@ -80,8 +81,8 @@ OUTPUT = OutputSchema((
 ))
 
 PARAMETERS = (
-    Parameter("l2", "number", 1.0, "L2 penalty on the standardised feature weights (not the intercept); larger "
-                                   "shrinks the weights harder", exclusive_minimum=0, maximum=1e6),
+    Parameter("l2", "number", 1.0, "L2 penalty on the standardised feature weights (not the intercept), against "
+                                   "the summed log-loss of the unit's training labels; larger shrinks harder", exclusive_minimum=0, maximum=1e6),
     Parameter("holdout_days", "integer", 28, "A unit's labels of its last this many days are held out to validate "
                                              "the fit (time-based holdout)", minimum=1, maximum=365),
     Parameter("max_label_age_days", "integer", None, "Labels older than this many days before the unit's latest "
