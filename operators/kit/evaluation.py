@@ -29,7 +29,7 @@ KINDS = ("approve", "reject")
 #: The run params that override a limit's levels are `approve_<limit>` and `reject_<limit>`.
 PARAM_PREFIXES = {"approve": "approve_", "reject": "reject_"}
 
-__all__ = ["Limit", "Evaluator", "ReportSection", "propose", "limit_table", "evaluate_run", "number",
+__all__ = ["Limit", "Evaluator", "ReportSection", "propose", "limit_table", "evaluate_run", "number", "quantiles",
            "overrides_from_params", "json_safe"]
 
 
@@ -64,6 +64,17 @@ def number(value: Any, fmt: str = "{:.3g}") -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     return fmt.format(value)
+
+
+def quantiles(values: "pd.Series", prefix: str) -> dict[str, float | None]:
+    """`<prefix>_p10`, `<prefix>_p50` and `<prefix>_p90` of the finite values (None each when there are none)."""
+    import numpy as np
+
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return {f"{prefix}_p10": None, f"{prefix}_p50": None, f"{prefix}_p90": None}
+    q = values.quantile([0.1, 0.5, 0.9]).to_numpy()
+    return {f"{prefix}_p10": float(q[0]), f"{prefix}_p50": float(q[1]), f"{prefix}_p90": float(q[2])}
 
 
 def _missing(value: Any) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from operators.kit.evaluation import Evaluator, Limit, ReportSection, number
+from operators.kit.evaluation import Evaluator, Limit, ReportSection, number, quantiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,16 +62,6 @@ def relative_change(now: float | None, before: float | None) -> float | None:
     return abs(now - before) / before
 
 
-def _quantiles(values: "pd.Series", prefix: str) -> dict[str, float | None]:
-    import numpy as np
-
-    values = values[np.isfinite(values)]
-    if values.empty:
-        return {f"{prefix}_p10": None, f"{prefix}_p50": None, f"{prefix}_p90": None}
-    q = values.quantile([0.1, 0.5, 0.9]).to_numpy()
-    return {f"{prefix}_p10": float(q[0]), f"{prefix}_p50": float(q[1]), f"{prefix}_p90": float(q[2])}
-
-
 class PackagingEvaluator(Evaluator):
     name = "packaging"
     limits = LIMITS
@@ -96,7 +86,7 @@ class PackagingEvaluator(Evaluator):
             "positive_share": positive_shares(outputs),
             "log_loss": float((held["holdout_log_loss"] * held["holdout_labels"]).sum() / holdout_labels)
             if holdout_labels else None,
-            **_quantiles(fitted["holdout_auc"], "auc"),
+            **quantiles(fitted["holdout_auc"], "auc"),
         }
 
     def compare(self, metrics: dict[str, Any], input_stats: dict[str, Any],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from operators.kit.evaluation import Evaluator, Limit, ReportSection, number
+from operators.kit.evaluation import Evaluator, Limit, ReportSection, number, quantiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,16 +32,6 @@ LIMITS = (
     Limit("dead_letter_share", "max", approve=0.0, reject=0.05,
           description="units of failed batches / units in the input"),
 )
-
-
-def _quantiles(values: "pd.Series", prefix: str) -> dict[str, float | None]:
-    import numpy as np
-
-    values = values[np.isfinite(values)]
-    if values.empty:
-        return {f"{prefix}_p10": None, f"{prefix}_p50": None, f"{prefix}_p90": None}
-    q = values.quantile([0.1, 0.5, 0.9]).to_numpy()
-    return {f"{prefix}_p10": float(q[0]), f"{prefix}_p50": float(q[1]), f"{prefix}_p90": float(q[2])}
 
 
 def input_shift(current: dict[str, Any], previous: dict[str, Any]) -> float | None:
@@ -109,9 +99,9 @@ class PricingEvaluator(Evaluator):
             "uplift": uplift,
             "uplift_pct": uplift / current_profit if current_profit else None,
             "share_price_changed": float((ok["price_change_pct"].abs() > 1e-9).mean()) if len(ok) else 0.0,
-            **_quantiles(ok["holdout_mape"], "mape"),
-            **_quantiles(ok["elasticity"], "elasticity"),
-            **_quantiles(ok["price_change_pct"], "price_change"),
+            **quantiles(ok["holdout_mape"], "mape"),
+            **quantiles(ok["elasticity"], "elasticity"),
+            **quantiles(ok["price_change_pct"], "price_change"),
         }
 
     def compare(self, metrics: dict[str, Any], input_stats: dict[str, Any],

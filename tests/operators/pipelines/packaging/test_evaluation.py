@@ -112,3 +112,10 @@ def test_synthetic_source_needs_a_first_day_for_drift(tmp_path):
     with pytest.raises(ValueError, match=r"dataset_drift \(0.5\) needs dataset_drift_from"):
         SyntheticLabels().resolve(params, str(tmp_path), dt.datetime(2026, 2, 2))
     assert SyntheticLabels().resolve({"input_uri": "/data/labels.csv"}, str(tmp_path), None) == "/data/labels.csv"
+
+
+def test_without_any_holdout_auc_the_auc_limit_is_not_checked_and_says_so():
+    metrics, comparison = evaluated(outputs(auc=float("nan")), units=4)
+    assert metrics["auc_p10"] is metrics["auc_p50"] is metrics["auc_p90"] is None
+    proposal, reasons = propose({**metrics, **comparison}, LIMITS)
+    assert proposal == "approve" and "auc_p50 not checked: no value" in reasons
