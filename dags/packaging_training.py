@@ -21,11 +21,7 @@ Backfill: `airflow backfill create --dag-id packaging_training --from-date A --t
 """
 from __future__ import annotations
 
-import pendulum
-
-from airflow.timetables.interval import CronDataIntervalTimetable
-
-from operators.kit.pipeline import unit_pipeline
+from operators.kit.pipeline import unit_pipeline, weekly_intervals
 from operators.pipelines.packaging.evaluation import PackagingEvaluator
 from operators.pipelines.packaging.source import PUBLISH_MODELS, SyntheticLabels
 
@@ -37,10 +33,7 @@ unit_pipeline(
     model="packaging",
     source=SyntheticLabels(),
     publish=PUBLISH_MODELS,
-    schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),  # weekly, Monday to Monday
-    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
-    catchup=True,
-    max_active_runs=1,  # each week is compared with the version approved before it
+    **weekly_intervals("2026-01-05", catchup=True),
     defaults={"bucket_count": 400},
     doc_md=__doc__,
     tags=["packaging", "training", "batch"],

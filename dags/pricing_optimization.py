@@ -21,11 +21,7 @@ Backfill: `airflow backfill create --dag-id pricing_optimization --from-date A -
 """
 from __future__ import annotations
 
-import pendulum
-
-from airflow.timetables.interval import CronDataIntervalTimetable
-
-from operators.kit.pipeline import unit_pipeline
+from operators.kit.pipeline import unit_pipeline, weekly_intervals
 from operators.pipelines.pricing.evaluation import PricingEvaluator
 from operators.pipelines.pricing.source import PUBLISH_PRICES, SyntheticPricingData
 
@@ -37,10 +33,7 @@ unit_pipeline(
     model="pricing",
     source=SyntheticPricingData(),
     publish=PUBLISH_PRICES,
-    schedule=CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"),  # weekly windows, Monday to Monday
-    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
+    **weekly_intervals("2026-01-05"),
     defaults={"queue": "airbatch-gpu", "holdout_days": 7},
     doc_md=__doc__,
     tags=["pricing", "batch"],

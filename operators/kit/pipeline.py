@@ -427,6 +427,20 @@ def _empty(task_id: str):
     return EmptyOperator(task_id=task_id)
 
 
+def weekly_intervals(first_monday: str, *, catchup: bool = False) -> dict[str, Any]:
+    """`schedule`, `start_date`, `catchup` and `max_active_runs` for weekly data intervals, Monday 00:00 UTC to
+    Monday, one run at a time so that each week is compared with the version approved before it."""
+    import pendulum
+
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    start = pendulum.parse(first_monday, tz="UTC")
+    if start.day_of_week != pendulum.MONDAY or start.time() != pendulum.time(0):
+        raise ValueError(f"weekly_intervals: {first_monday!r} is not a Monday at 00:00 UTC")
+    return {"schedule": CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"), "start_date": start,
+            "catchup": catchup, "max_active_runs": 1}
+
+
 def unit_pipeline(dag_id: str, **options: Any) -> DAG:
     """Build a unit pipeline's DAG: see `UnitPipeline` for the options, the module docstring for the stages."""
     return UnitPipeline(dag_id, **options).build()

@@ -167,3 +167,18 @@ def test_the_success_summary_of_a_pipeline_without_an_evaluator_has_no_version_l
     [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*.json")]
     assert message["subject"] == "[probe] succeeded (10 units)"
     assert "None" not in message["body"] and "rows: 30 read, 0 quarantined" in message["body"]
+
+
+def test_weekly_intervals_run_monday_to_monday_one_at_a_time_and_refuse_another_day():
+    import pendulum
+
+    from operators.kit.pipeline import weekly_intervals
+
+    settings = weekly_intervals("2026-01-05", catchup=True)
+    assert settings["start_date"] == pendulum.datetime(2026, 1, 5, tz="UTC")
+    assert settings["catchup"] is True and settings["max_active_runs"] == 1
+    interval = settings["schedule"].infer_manual_data_interval(run_after=pendulum.datetime(2026, 2, 18, tz="UTC"))
+    assert (interval.start, interval.end) == (pendulum.datetime(2026, 2, 9, tz="UTC"),
+                                              pendulum.datetime(2026, 2, 16, tz="UTC"))
+    with pytest.raises(ValueError, match="2026-01-06"):
+        weekly_intervals("2026-01-06")
