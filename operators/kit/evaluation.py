@@ -63,6 +63,8 @@ def number(value: Any, fmt: str = "{:.3g}") -> str:
         return "n/a"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int) or (abs(value) >= 1e4 and math.isfinite(value)):
+        return f"{value:,.0f}"  # counts and large amounts in full: "94,031 of 100,000", not "9.4e+04"
     return fmt.format(value)
 
 

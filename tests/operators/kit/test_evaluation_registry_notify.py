@@ -122,6 +122,8 @@ def test_the_default_summary_line_rounds_and_says_n_a():
     [line] = Bare().summary_lines({"score_mean": 0.14268376189738521, "units_share": 1}, {})
     assert line == "metrics: score_mean 0.143, units_share 1, score_mean_increase n/a"
     assert evaluation.number(None) == evaluation.number(float("nan")) == "n/a"
+    assert evaluation.number(94031) == "94,031" and evaluation.number(100000.0) == "100,000"
+    assert evaluation.number(0.142683761) == "0.143"
 
 
 def write_run(folder: Path, scores: list[float], name: str) -> dict:
