@@ -13,7 +13,8 @@ import pytest
 
 from localaws.stack import REPO, configure, local_bundle, migrate, running_endpoint
 
-TEST_HOME = REPO / ".airflow" / "tests"
+# AIRBATCH_TEST_HOME lets two test runs in one checkout keep separate Airflow DBs.
+TEST_HOME = Path(os.environ.get("AIRBATCH_TEST_HOME") or REPO / ".airflow" / "tests")
 
 # Test homes hold an Airflow DB, logs and the endpoint's credentials: private to the user, like the
 # local stack's (scripts/env.sh). Whatever the tests start inherits the umask.
