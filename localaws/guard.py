@@ -99,8 +99,9 @@ class RequestGuard:
             self._check_browser_and_host(environ)
             path = environ.get("PATH_INFO", "")
             if path == READY_PATH:
-                return _plain(start_response, 200 if self.ready.is_set() else 503,
-                              "ready" if self.ready.is_set() else "starting")
+                answer = _plain(start_response, 200 if self.ready.is_set() else 503,
+                                "ready" if self.ready.is_set() else "starting")
+                return [] if environ.get("REQUEST_METHOD") == "HEAD" else answer
             if path.startswith(HIDDEN_PREFIXES):
                 raise Refusal(404, "NotFound", f"{path} is not served by the local AWS endpoint")
             access_key = self._authenticate(environ)
@@ -111,7 +112,9 @@ class RequestGuard:
                                   f"the Batch job role's key may call only {', '.join(sorted(JOB_SERVICES))}, "
                                   f"not {routed}: a job cannot submit, terminate or change Batch resources")
         except Refusal as refusal:
-            return _error(start_response, service, refusal)
+            answer = _error(start_response, service, refusal)
+            # A reply to HEAD has headers only: body bytes after them break the client's next read.
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else answer
         return self.app(environ, _without_cors(start_response))
 
     # -- checks ---------------------------------------------------------------------------------

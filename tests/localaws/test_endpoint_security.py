@@ -127,8 +127,7 @@ def test_s3fs_and_the_providers_hooks_reach_the_endpoint_with_the_client_keys(lo
                            secret=local_aws.credentials.client.secret_access_key, endpoint_url=local_aws.url)
     fs.pipe_file("s3fs-bucket/a b/c.bin", b"x" * 200_000)
     assert fs.cat_file("s3fs-bucket/a b/c.bin") == b"x" * 200_000 and fs.ls("s3fs-bucket/a b") == ["s3fs-bucket/a b/c.bin"]
-    wrong = s3fs.S3FileSystem(key=local_aws.credentials.client.access_key_id, secret="wrong",
-                              endpoint_url=local_aws.url, skip_instance_cache=True)
+    wrong = s3fs_with_wrong_secret(local_aws)
     with pytest.raises(PermissionError):
         wrong.cat_file("s3fs-bucket/a b/c.bin")
 
@@ -141,6 +140,35 @@ def test_s3fs_and_the_providers_hooks_reach_the_endpoint_with_the_client_keys(lo
 
     assert "airbatch-cpu" in asyncio.run(through_aiobotocore())
 
+
+
+def test_a_refused_head_request_gets_headers_only(local_aws):
+    """A reply to HEAD carries no body: bytes after its headers would be read as the next reply."""
+    import socket
+
+    request = (f"HEAD /s3fs-head/x HTTP/1.1\r\nHost: 127.0.0.1:{local_aws.port}\r\n"
+               f"Authorization: AWS4-HMAC-SHA256 Credential={local_aws.credentials.client.access_key_id}/"
+               "20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00\r\n\r\n")
+    for path_request in (request, request.replace("/s3fs-head/x", "/_localaws/ready")):
+        with socket.create_connection(("127.0.0.1", local_aws.port), timeout=30) as connection:
+            connection.sendall(path_request.encode())
+            reply = b""
+            while chunk := connection.recv(65536):  # the endpoint closes the connection after an error
+                reply += chunk
+        head, _, rest = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 ") and rest == b"", reply
+
+    wrong = s3fs_with_wrong_secret(local_aws)
+    for _ in range(20):  # each refusal is a HEAD (info) whose reply must parse
+        with pytest.raises(PermissionError):
+            wrong.info("s3fs-bucket/a b/c.bin")
+
+
+def s3fs_with_wrong_secret(local_aws):
+    import s3fs
+
+    return s3fs.S3FileSystem(key=local_aws.credentials.client.access_key_id, secret="wrong",
+                             endpoint_url=local_aws.url, skip_instance_cache=True)
 
 # -- from where ------------------------------------------------------------------------------------
 
