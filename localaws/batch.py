@@ -19,6 +19,15 @@ moto 5.2.5 runs a Batch job in Docker (no engine here) or, in `batch_simple` mod
 A process killed from outside (SIGKILL by anyone but the dispatcher) is reported as a lost host,
 the way AWS reports a reclaimed Spot instance, so retry rules on "Host EC2*" can be exercised.
 
+Capacity conditions, set through the (signed, loopback-only) Batch API like on AWS:
+
+* a compute environment whose `state` is DISABLED places nothing: its jobs stay RUNNABLE, as
+  jobs do on AWS when no instance can be had;
+* tag `localaws:throttle_submits` = N on a job queue: its next N SubmitJob calls are refused
+  with ClientException "Too Many Requests" (the tag counts down);
+* tag `localaws:lose_hosts` = N on a compute environment: its next N attempts lose their host
+  (killed at start, reported "Host EC2 (...) terminated.", retried by the retry strategy).
+
 The job definition's `image` is not used: the command runs with this Python environment.
 """
 from __future__ import annotations
@@ -37,6 +46,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
+import moto.batch.exceptions as moto_batch_exceptions
 import moto.batch.models as moto_batch
 import moto.batch.responses as moto_batch_responses
 from moto.core.base_backend import BaseBackend
@@ -311,6 +321,8 @@ class Dispatcher:
                 if job.status in ENDED:
                     queue.popleft()
                     continue
+                if getattr(job.compute_environment(), "state", "ENABLED") == "DISABLED":
+                    break  # no capacity: the queue's jobs stay RUNNABLE
                 need = job.vcpus()
                 used = self.used_vcpus.get(ce_key, 0.0)
                 if used > 0 and used + need > self.capacity(job.compute_environment()):
@@ -364,6 +376,9 @@ class Dispatcher:
             self._attempt_ended(job, exit_code=None, status_reason="Task failed to start")
             return
         job.process = process
+        ce = job.compute_environment()
+        if ce is not None and take_simulated(job.backend, ce.arn, LOSE_HOSTS_TAG):
+            _signal_group(process, signal.SIGKILL)  # not the dispatcher's kill: reported as a lost host
         duration = job._get_attempt_duration()
         job.attempt_deadline = time.monotonic() + duration if duration else None
         job.set_status("RUNNING")
@@ -498,7 +513,30 @@ def dispatcher() -> Dispatcher:
 _ORIGINALS: dict[str, Any] = {}
 
 
+THROTTLE_SUBMITS_TAG = "localaws:throttle_submits"
+LOSE_HOSTS_TAG = "localaws:lose_hosts"
+
+
+def take_simulated(backend: moto_batch.BatchBackend, arn: str, tag: str) -> bool:
+    """Consume one occurrence of the simulated condition `tag` on resource `arn` (its value counts down)."""
+    tags = backend.list_tags_for_resource(arn)
+    try:
+        left = int(tags.get(tag, "0"))
+    except ValueError:
+        left = 0
+    if left <= 0:
+        return False
+    if left == 1:
+        backend.untag_resource(arn, [tag])
+    else:
+        backend.tag_resource(arn, {tag: str(left - 1)})
+    return True
+
+
 def _submitjob(self: moto_batch_responses.BatchResponse) -> str:
+    queue = self.batch_backend.get_job_queue(self._get_param("jobQueue") or "")
+    if queue is not None and take_simulated(self.batch_backend, queue.arn, THROTTLE_SUBMITS_TAG):
+        raise moto_batch_exceptions.ClientException("Too Many Requests")
     _submit_context.retry_strategy = self._get_param("retryStrategy")
     try:
         return _ORIGINALS["submitjob"](self)
