@@ -1,17 +1,21 @@
 """The pricing pipeline against the monolith it replaces, on the same data and machine, in one run.
 
-    python benchmarks/pricing_vs_monolith.py --rows N [--buckets B] [--queue airbatch-cpu|airbatch-gpu]
+    python benchmarks/pricing_vs_monolith.py --rows N [--buckets B] [--rows-per-batch R] [--queue airbatch-cpu|airbatch-gpu]
 
 Generates N rows of synthetic sales (operators.pipelines.pricing.pricing_data; 28 days ending 2026-02-15, so the
 pipeline's window for the week ending Monday 2026-02-16 holds every row; the fewest units that make N rows in 28 days), then times
 
-  monolith  read the dataset with pandas, then `benchmarks.pricing_monolith.run_monolith`: the
-            per-unit pandas loop in one process (the "before")
-  pipeline  `dag.test()` of `pricing_optimization` on that dataset: prep with quarantine, B
-            batches (default 3000), one array job per shard on the local endpoint, evaluation
-            with its report, decision by thresholds, publish, notify
+  pipeline  `dag.test()` of `pricing_optimization` on that dataset: prep with quarantine, batches
+            (at most B, about R rows each; the DAG's defaults unless given), one array job per
+            shard on the local endpoint, evaluation with its report, decision by thresholds,
+            publish, notify; its task times are printed
+  monolith  `benchmarks.pricing_monolith.run_monolith`, the per-unit pandas loop in one process
+            (the "before"), over the same rows: the batches prep wrote, read with pandas one by one,
+            so that both sides see the same data (a unit's segment prior pools its batch's units)
 
-Ends with one line: rows, units, both times, the speedup and the pipeline's units per second.
+The two outputs are then checked equal: the same units, statuses and reasons, and prices within
+1e-6 relative. Ends with one line: rows, units, both times, the speedup against the target of
+5x at 1M rows, and the pipeline's units per second.
 """
 from __future__ import annotations
 
@@ -27,16 +31,56 @@ sys.path.insert(0, str(REPO))
 
 END = "2026-02-16"
 DAYS = 28
-APPROVE_ALL = {"approve": {"max_mape_p50": 10, "min_coverage": 0, "max_degenerate_share": 1,
-                           "max_mape_p50_increase": 10, "max_input_shift": 100, "max_dead_letter_share": 1},
-               "reject": {"max_mape_p50": 10, "min_coverage": 0, "max_degenerate_share": 1,
-                          "max_mape_p50_increase": 10, "max_dead_letter_share": 1}}
+#: Limits loose enough that any result is approved: the benchmark times the run, not the decision.
+APPROVE_ALL = {"approve_mape_p50": 10, "approve_coverage": 0, "approve_degenerate_share": 1,
+               "approve_mape_p50_increase": 10, "approve_input_shift": 100, "approve_dead_letter_share": 1,
+               "reject_mape_p50": 10, "reject_coverage": 0, "reject_degenerate_share": 1,
+               "reject_mape_p50_increase": 10, "reject_dead_letter_share": 1}
+#: Targets of the pipeline's speedup over the monolith, by input rows (the largest size not above N applies).
+TARGETS = {1_000_000: 5, 2_800_000: 10, 14_000_000: 30}
+PRICE_COLUMNS = ("recommended_price", "elasticity", "holdout_mape")
+
+
+def monolith_over_batches(manifest_uri: str, params: dict) -> "pd.DataFrame":
+    """The monolith on each batch prep wrote, concatenated: the same rows and groupings as the pipeline's."""
+    import pandas as pd
+
+    from benchmarks.pricing_monolith import run_monolith
+    from operators.kit.prep import read_manifest
+
+    frames = [run_monolith(pd.read_parquet(uri), params) for uri in read_manifest(manifest_uri)["uri"]]
+    return pd.concat(frames, ignore_index=True)
+
+
+def differences(pipeline: "pd.DataFrame", monolith: "pd.DataFrame") -> list[str]:
+    """What differs between the two outputs (empty when they are equal)."""
+    import numpy as np
+
+    from batch_worker.workloads.pricing import UNIT_KEY
+
+    key = list(UNIT_KEY)
+    left = pipeline.sort_values(key, ignore_index=True)
+    right = monolith.sort_values(key, ignore_index=True)
+    if len(left) != len(right) or not (left[key].to_numpy() == right[key].to_numpy()).all():
+        return [f"units differ: {len(left)} from the pipeline, {len(right)} from the monolith"]
+    problems = []
+    for column in ("status", "reason"):
+        unequal = int((left[column].fillna("") != right[column].fillna("")).sum())
+        if unequal:
+            problems.append(f"{column} differs for {unequal} units")
+    for column in PRICE_COLUMNS:
+        a, b = left[column].to_numpy(float), right[column].to_numpy(float)
+        close = np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
+        if not close.all():
+            problems.append(f"{column} differs beyond 1e-6 for {int((~close).sum())} units")
+    return problems
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, required=True)
-    parser.add_argument("--buckets", type=int, default=3000)
+    parser.add_argument("--buckets", type=int, default=None, help="bucket_count: the most batches (DAG default)")
+    parser.add_argument("--rows-per-batch", type=int, default=None, help="rows_per_batch (DAG default)")
     parser.add_argument("--queue", default="airbatch-cpu", choices=["airbatch-cpu", "airbatch-gpu"])
     parser.add_argument("--vcpus", type=int, default=2)
     args = parser.parse_args()
@@ -48,27 +92,23 @@ def main() -> int:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     migrate(home)
 
-    import pandas as pd
     import pendulum
-    import pyarrow.dataset as ds
 
-    from benchmarks.pricing_monolith import run_monolith
     from operators.pipelines.pricing import pricing_data
 
     units, _ = pricing_data.plan(args.rows, None, DAYS)
+    params = {"holdout_days": 7}
+    conf = {"queue": args.queue, **params, **APPROVE_ALL}
+    if args.buckets is not None:
+        conf["bucket_count"] = args.buckets
+    if args.rows_per_batch is not None:
+        conf["rows_per_batch"] = args.rows_per_batch
     with tempfile.TemporaryDirectory(prefix="pricing-bench-") as scratch:
         data = Path(scratch) / "sales"
         started = time.perf_counter()
         stats = pricing_data.generate(data, args.rows, units=units, days=DAYS, start_date="2026-01-19")
         print(f"generated {args.rows} rows of {units} units in {time.perf_counter() - started:.1f} s "
               f"({stats.get('bad_rows', 'some')} bad rows)")
-        params = {"holdout_days": 7}
-
-        started = time.perf_counter()
-        frame = ds.dataset(str(data), format="parquet", partitioning=None).to_table().to_pandas()
-        monolith = run_monolith(frame, params)
-        monolith_s = time.perf_counter() - started
-        del frame
 
         os.environ["DATA_ROOT"] = str(Path(scratch) / "root")
         os.environ["AIRBATCH_INPUT_PREFIXES"] = str(data)  # the generated input lies outside DATA_ROOT
@@ -76,30 +116,42 @@ def main() -> int:
             from airflow.dag_processing.dagbag import DagBag
             from airflow.utils.state import DagRunState
 
-            from operators.kit.summary import xcom_value
+            from operators.kit.engine import read_run_outputs
+            from operators.kit.summary import format_task_times, task_times, xcom_value
 
             dag = DagBag(dag_folder=str(REPO / "dags" / "pricing_optimization.py")).dags["pricing_optimization"]
             started = time.perf_counter()
-            run = dag.test(logical_date=pendulum.parse(END), run_conf={
-                "input_uri": str(data), "bucket_count": args.buckets, "queue": args.queue,
-                "workload_params": params, "thresholds": APPROVE_ALL})
+            run = dag.test(logical_date=pendulum.parse(END), run_conf={"input_uri": str(data), **conf})
             pipeline_s = time.perf_counter() - started
             if run.state != DagRunState.SUCCESS:
                 raise SystemExit(f"pipeline run ended {run.state}")
             summary = xcom_value(run.dag_id, run.run_id, "notify")
+            prepared = xcom_value(run.dag_id, run.run_id, "prepare")
+            fanout = xcom_value(run.dag_id, run.run_id, "collect")
+            print("pipeline task times:")
+            print(format_task_times(task_times(run.dag_id, run.run_id)))
+            pipeline_out = read_run_outputs(fanout["results"], None)
 
+        started = time.perf_counter()
+        monolith = monolith_over_batches(prepared["manifest_uri"], params)
+        monolith_s = time.perf_counter() - started
+
+    problems = differences(pipeline_out, monolith)
     priced = int((monolith["status"] == "ok").sum())
     metrics = summary["metrics"]
     print(f"monolith: {len(monolith)} units ({priced} priced) in {monolith_s:.1f} s")
     print(f"pipeline: {metrics['units_scored']} units ({metrics['units_priced']} priced) in {pipeline_s:.1f} s, "
-          f"{summary['fanout']['batches']} batches, {summary['fanout']['shards']} shard(s)")
-    if metrics["units_priced"] != priced:
-        print(f"note: priced units differ ({metrics['units_priced']} vs {priced}): prep quarantined "
-              f"{summary['rows_quarantined']} rows the monolith cleaned on its own")
-    print(f"rows={args.rows} units={units} monolith_s={monolith_s:.1f} pipeline_s={pipeline_s:.1f} "
-          f"speedup={monolith_s / pipeline_s:.1f}x pipeline_units_per_s={metrics['units_scored'] / pipeline_s:.0f} "
-          f"vcpus={args.vcpus}")
-    return 0
+          f"{summary['fanout']['batches']} batches, {summary['fanout']['shards']} shard(s), "
+          f"{summary['rows_quarantined']} rows quarantined by prep")
+    print("outputs: " + ("equal (units, statuses, reasons; prices within 1e-6)" if not problems
+                         else "DIFFER: " + "; ".join(problems)))
+    target = next((t for size, t in sorted(TARGETS.items(), reverse=True) if args.rows >= size), None)
+    speedup = monolith_s / pipeline_s
+    print(f"rows={args.rows} units={units} batches={summary['fanout']['batches']} monolith_s={monolith_s:.1f} "
+          f"pipeline_s={pipeline_s:.1f} speedup={speedup:.1f}x "
+          + (f"target={target}x met={'yes' if speedup >= target else 'no'} " if target else "")
+          + f"pipeline_units_per_s={metrics['units_scored'] / pipeline_s:.0f} vcpus={args.vcpus}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 1. **dataset**: `input_uri` (CSV/Parquet, partitioned by `date=`), or, when that is empty, a
    synthetic dataset generated once under `DATA_ROOT/datasets/pricing` (`dataset_*` params).
 2. **prepare**: the run's window, the `lookback_days` days before the end of its data interval
-   (weekly, Monday to Monday), validated against the pricing schema and bucketed into batches.
+   (weekly, Monday to Monday), validated against the pricing schema and bucketed into batches of
+   about `rows_per_batch` rows (50,000), at most `bucket_count` of them.
 3. **plan / run_shard**: one AWS Batch array job per shard on `queue` (GPU by default). Batches
    whose output exists for the same data, code version and workload parameters are not recomputed.
 4. **collect / evaluate**: metrics over all units (holdout MAPE, coverage, degenerate share,
@@ -34,7 +35,7 @@ unit_pipeline(
     source=SyntheticPricingData(),
     publish=PUBLISH_PRICES,
     **weekly_intervals("2026-01-05"),
-    defaults={"queue": "airbatch-gpu", "holdout_days": 7},
+    defaults={"queue": "airbatch-gpu", "holdout_days": 7, "rows_per_batch": 50_000},
     doc_md=__doc__,
     tags=["pricing", "batch"],
 )

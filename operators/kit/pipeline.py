@@ -48,7 +48,12 @@ def kit_params(when_empty: str) -> dict[str, Param]:
                            description="CSV/Parquet file or folder (local or s3://) under DATA_ROOT or "
                                        f"AIRBATCH_INPUT_PREFIXES, or athena://database.table; empty: {when_empty}"),
         "bucket_count": Param(3000, type="integer", minimum=1, maximum=10_000,
-                              description="how many batches the units are hashed into"),
+                              description="how many batches the units are hashed into; with rows_per_batch, "
+                                          "the most"),
+        "rows_per_batch": Param(0, type="integer", minimum=0, maximum=100_000_000,
+                                description="target rows per batch: fewer batches than bucket_count when the "
+                                            "rows are few (rows / target, up to a power of two); 0: exactly "
+                                            "bucket_count"),
         "batches_per_shard": Param(1000, type="integer", minimum=1, maximum=10_000,
                                    description="batches per shard: one AWS Batch array job and one mapped task each"),
         "batches_per_child": Param(0, type="integer", minimum=0, maximum=10_000,
@@ -237,7 +242,8 @@ class UnitPipeline:
         out = f"{root}/prep"
         result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
                                          window=window, storage_options=engine.options_for(out, "aws_default"),
-                                         max_quarantined_share=params["max_quarantined_share"])
+                                         max_quarantined_share=params["max_quarantined_share"],
+                                         rows_per_batch=params.get("rows_per_batch") or None)
         where = f" in the window [{window[0]}, {window[1]})" if window else ""
         if not result.rows_ok:
             raise ValueError(f"no usable rows{where} of {source['uri']} ({result.rows_in} rows read, "

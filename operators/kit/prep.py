@@ -120,7 +120,7 @@ class PrepResult:
     quarantined_by_reason: dict[str, int]
     units: int
     batches: int
-    bucket_count: int
+    bucket_count: int  # the buckets the rows were hashed into: the limit, or fewer chosen by rows_per_batch
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -398,6 +398,24 @@ def bucketing_sql(schema: InputSchema, bucket_count: int, dialect: Dialect | str
     return SchemaSql(schema, dialect, text_columns).bucket(bucket_count)
 
 
+def buckets_for(rows: int, bucket_count: int, rows_per_batch: int | None) -> int:
+    """How many buckets `rows` good rows are hashed into: `bucket_count`, or fewer when `rows_per_batch`
+    (a target, 0 or None: none) asks for larger batches.
+
+    The count is rows / rows_per_batch rounded up to a power of two, so an input that grows or shrinks
+    a little keeps its batching (and, on unchanged units, its cache keys); `bucket_count` is the most.
+    Fewer, larger batches cost less: each batch is a few files and a fixed share of a worker's time.
+    """
+    _check_bucket_count(bucket_count)
+    if isinstance(rows_per_batch, bool) or not isinstance(rows_per_batch, (int, type(None))) or (rows_per_batch or 0) < 0:
+        raise ValueError(f"rows_per_batch must be a whole number of rows (0: exactly bucket_count batches), "
+                         f"got {rows_per_batch!r}")
+    if not rows_per_batch:
+        return bucket_count
+    wanted = max(1, -(-rows // rows_per_batch))
+    return min(bucket_count, 1 << (wanted - 1).bit_length())
+
+
 def _check_bucket_count(bucket_count: int) -> None:
     if isinstance(bucket_count, bool) or not isinstance(bucket_count, int) or not 1 <= bucket_count <= MAX_BUCKETS:
         raise ValueError(f"bucket_count must be an integer in 1..{MAX_BUCKETS}, got {bucket_count!r}")
@@ -583,18 +601,21 @@ ATHENA_SCHEME = "athena://"
 def prepare_configured(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int,
                        window: tuple[str, str] | None = None, storage_options: dict | None = None,
                        env: Mapping[str, str] | None = None,
-                       max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> PrepResult:
+                       max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
+                       rows_per_batch: int | None = None) -> PrepResult:
     """`prepare` (DuckDB) of data under the allowed prefixes, or `prepare_athena` for `athena://database.table`.
 
     This is the entry point for a user-given `input_uri`: a path or s3:// URI must lie under
     DATA_ROOT or a prefix of AIRBATCH_INPUT_PREFIXES (`input_prefixes`), and so must every file a
     folder or glob leads to. The Athena path reads ATHENA_OUTPUT_LOCATION (query results, s3://)
     and ATHENA_WORKGROUP (default primary) from the environment; the database is the table's.
+    `rows_per_batch` applies to the DuckDB path; Athena's CTAS writes `bucket_count` buckets.
     """
     env = os.environ if env is None else env
     if not input_uri.startswith(ATHENA_SCHEME):
         return prepare(input_uri, schema, out_uri, bucket_count, window=window, storage_options=storage_options,
-                       max_quarantined_share=max_quarantined_share, allowed_prefixes=input_prefixes(env))
+                       max_quarantined_share=max_quarantined_share, allowed_prefixes=input_prefixes(env),
+                       rows_per_batch=rows_per_batch)
     table = input_uri.removeprefix(ATHENA_SCHEME)
     if "." not in table or not _TABLE_NAME.match(table):
         raise ValueError(f"{input_uri!r}: expected athena://database.table")
@@ -908,7 +929,7 @@ def _in_schema_order(schema: InputSchema, mistyped: list[tuple[str, str, str]]) 
 def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int,
             window: tuple[str, str] | None = None, storage_options: dict | None = None,
             max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
-            allowed_prefixes: Sequence[str] | None = None) -> PrepResult:
+            allowed_prefixes: Sequence[str] | None = None, rows_per_batch: int | None = None) -> PrepResult:
     """Validate, quarantine and bucket `input_uri` into batches under `out_uri` (see the module doc).
 
     `window` is [start, end) in ISO dates (or date-times) on `schema.time_column`. `storage_options`
@@ -917,9 +938,10 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
     or mistyped column, before anything is written, and PrepError when more than
     `max_quarantined_share` of the rows are quarantined or the window holds no usable row (the
     quarantine is written, batches and manifest are not). Replaces batches, manifest and quarantine
-    left under `out_uri` by an earlier run.
+    left under `out_uri` by an earlier run. With `rows_per_batch`, the good rows go into fewer than
+    `bucket_count` buckets when they are few (`buckets_for`).
     """
-    _check_bucket_count(bucket_count)
+    buckets_for(0, bucket_count, rows_per_batch)
     _check_schema_shape(schema)
     _check_share(max_quarantined_share)
     if window is not None:
@@ -972,6 +994,7 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
             if out.remote and quarantine_uri:
                 out.fs.put(staging.join(QUARANTINE_FILE), quarantine_uri)
             raise
+        bucket_count = buckets_for(rows_ok, bucket_count, rows_per_batch)
         if rows_ok:
             _write_batches(con, sql, scope, staging.join(BATCHES_DIR), bucket_count)
         manifest = _manifest(con, sql, staging, out, rows_ok)

@@ -70,6 +70,16 @@ def latest_run_report(dag_id: str) -> tuple[str, list[str], dict | None]:
         return str(run.state), lines, summary
 
 
+def latest_run_id(dag_id: str) -> str | None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalars(select(DagRun.run_id).where(DagRun.dag_id == dag_id)
+                               .order_by(DagRun.id.desc()).limit(1)).first()
+
+
 def xcom_value(dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
     """One XCom value of a run, decoded (None when absent)."""
     from airflow.models.xcom import XComModel
@@ -81,6 +91,39 @@ def xcom_value(dag_id: str, run_id: str, task_id: str, key: str = "return_value"
             XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.task_id == task_id,
             XComModel.key == key)).first()
     return json.loads(value) if isinstance(value, str) else value
+
+
+def task_times(dag_id: str, run_id: str) -> list[tuple[str, int, float]]:
+    """(task_id, instances, seconds) of a run's finished task instances (`task_spans`)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(select(TaskInstance.task_id, TaskInstance.start_date, TaskInstance.end_date).where(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)).all()
+    return task_spans(rows)
+
+
+def task_spans(rows) -> list[tuple[str, int, float]]:
+    """(task_id, instances, seconds) from (task_id, start, end) rows, in the order the tasks started.
+
+    A task's seconds span its first instance's start to its last one's end, so the mapped instances of
+    a task count once however they overlap; unfinished instances are left out.
+    """
+    spans: dict[str, list] = {}
+    for task_id, start, end in rows:
+        if start is None or end is None:
+            continue
+        span = spans.setdefault(task_id, [start, end, 0])
+        span[0], span[1], span[2] = min(span[0], start), max(span[1], end), span[2] + 1
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    return [(task_id, n, (end - start).total_seconds()) for task_id, (start, end, n) in ordered]
+
+
+def format_task_times(times: list[tuple[str, int, float]]) -> str:
+    return "\n".join(f"  {task_id:<16} {seconds:7.2f} s" + (f" ({n} instances)" if n > 1 else "")
+                     for task_id, n, seconds in times)
 
 
 def first_error(log: Path) -> str | None:
@@ -382,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     state, lines, summary = latest_run_report(args.dag_id)
     print(f"{args.dag_id}: latest run {state}")
     print("\n".join(lines))
+    times = task_times(args.dag_id, latest_run_id(args.dag_id) or "")
+    if times:
+        print("task times:")
+        print(format_task_times(times))
     if summary is not None:
         print("summary:")
         print(json.dumps(summary, indent=2, default=str))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.system
 
 #: 200 units over 60 days from 2026-01-05: windows of 28 days end on the Mondays below.
 SMALL = {"dataset_rows": 12_000, "dataset_units": 200, "dataset_start_date": "2026-01-05", "dataset_seed": 3,
-         "bucket_count": 20, "queue": "airbatch-cpu"}
+         "bucket_count": 20, "rows_per_batch": 0, "queue": "airbatch-cpu"}
 LOOSE_REJECT = {"reject_mape_p50": 10, "reject_coverage": 0, "reject_degenerate_share": 1,
                 "reject_mape_p50_increase": 10, "reject_dead_letter_share": 1}
 ALWAYS_APPROVE = {"approve_mape_p50": 10, "approve_coverage": 0, "approve_degenerate_share": 1,
