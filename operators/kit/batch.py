@@ -21,11 +21,23 @@ LOG_TAIL_LINES = 40
 DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=6)
 
 
+#: The first pause between two DescribeJobs calls of a wait; each next pause is POLL_GROWTH times longer, up
+#: to `poll_interval`, so a job of seconds is seen ending within a fraction of a second and a job of
+#: hours costs no more calls than a steady poll.
+FIRST_POLL_S = 0.25
+POLL_GROWTH = 1.5
+
+
+def next_poll_pause(pause: float, poll_interval: float) -> float:
+    return min(max(pause, FIRST_POLL_S) * POLL_GROWTH, poll_interval)
+
+
 class HouseBatchOperator(BatchOperator):
     """BatchOperator that waits at a steady pace, shows array progress, and explains failures.
 
     The provider's sync wait sleeps 1-10 s three times before its first poll and then backs off to
-    minutes; a steady `poll_interval` keeps the task's view fresh at one DescribeJobs call per poll.
+    minutes; here the pause starts at FIRST_POLL_S and grows to `poll_interval`, so a short job's end is
+    seen at once and a long one's view stays fresh at one DescribeJobs call per poll.
     On failure the task log shows, for the first failed children, their status reason, exit code
     and the tail of their CloudWatch log, so nobody has to open the Batch console to triage.
 
@@ -72,6 +84,7 @@ class HouseBatchOperator(BatchOperator):
     def wait_until_ended(self, job_id: str, deadline: float, terminate_at_deadline: bool = True) -> dict[str, Any]:
         """Poll until the job SUCCEEDED or FAILED; at `deadline` (epoch s) terminate it and raise AirflowTaskTimeout."""
         last_progress = None
+        pause = FIRST_POLL_S
         while True:
             job = self.describe(job_id)
             progress = self.progress_line(job)
@@ -86,7 +99,8 @@ class HouseBatchOperator(BatchOperator):
                     self.hook.client.terminate_job(jobId=job_id, reason="Airflow shard timeout")
                 raise AirflowTaskTimeout(f"AWS Batch job {job_id} was still {job['status']} at the task's timeout"
                                          + ("; it was terminated" if terminate_at_deadline else ""))
-            time.sleep(max(0.0, min(self.poll_interval, deadline - time.time())))
+            time.sleep(max(0.0, min(pause, self.poll_interval, deadline - time.time())))
+            pause = next_poll_pause(pause, self.poll_interval)
 
     progress_line = staticmethod(progress_line)
 
