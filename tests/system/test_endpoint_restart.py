@@ -20,17 +20,22 @@ from tests.system.test_units_of_work import outputs, run_dag, task_instances, wo
 pytestmark = pytest.mark.system
 
 
-def restart_once_workers_run(local_aws, restarted: threading.Event, deadline_s: float = 300) -> None:
+def restart_once_workers_run(local_aws, restarted: threading.Event, errors: list, deadline_s: float = 300) -> None:
     deadline = time.time() + deadline_s
-    while not worker_pids():
+    while not worker_pids():  # this test's own workers: a job is running now
         if time.time() > deadline:
+            errors.append(f"no worker process of this run was seen in {deadline_s} s")
             return
         time.sleep(0.05)
-    local_aws.stop()
-    for regions in batch_backends.values():  # what a new endpoint process starts from: nothing
-        for backend in regions.values():
-            backend.reset()
-    local_aws.start()
+    try:
+        local_aws.stop()
+        for regions in batch_backends.values():  # what a new endpoint process starts from: nothing
+            for backend in regions.values():
+                backend.reset()
+        local_aws.start()
+    except Exception as exc:  # shown by the test's assertion, not lost in a thread
+        errors.append(f"restart failed: {exc!r}")
+        raise
     restarted.set()
 
 
@@ -39,13 +44,13 @@ def test_a_restarted_endpoint_then_a_retry_of_the_shard_finishes_the_run(airflow
     # even on a loaded machine
     conf = {"units": 160, "bucket_count": 8, "batches_per_shard": 8, "batches_per_child": 2, "sleep_s": 6.0,
             "salt": "endpoint-restart"}
-    restarted = threading.Event()
-    restarter = threading.Thread(target=restart_once_workers_run, args=(local_aws, restarted), daemon=True)
+    restarted, errors = threading.Event(), []
+    restarter = threading.Thread(target=restart_once_workers_run, args=(local_aws, restarted, errors), daemon=True)
     restarter.start()
     # the retry must come after the endpoint is back: a few seconds' delay, and tries to spare
     run = run_dag(conf, retries=3, retry_delay=timedelta(seconds=5))
     restarter.join(timeout=120)
-    assert restarted.is_set(), "no worker process was seen, so the endpoint was never restarted"
+    assert restarted.is_set(), f"the endpoint was not restarted: {errors}"
     assert local_aws.batch.describe_job_definitions(jobDefinitionName="airbatch-worker-cpu",
                                                     status="ACTIVE")["jobDefinitions"]
     assert run.state == DagRunState.SUCCESS

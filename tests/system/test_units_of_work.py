@@ -64,16 +64,19 @@ def jobs_named(local_aws, prefix: str) -> list[dict]:
 
 
 def worker_pids(worklist_part: str = "") -> list[int]:
+    """Batch worker processes started by this test process's endpoint (not another run's on the machine)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         text = [c.decode(errors="replace") for c in cmdline]
-        if any(c.endswith("batch-worker") for c in text[:2]) and worklist_part in " ".join(text):
+        if parent == os.getpid() and any(c.endswith("batch-worker") for c in text[:2]) \
+                and worklist_part in " ".join(text):
             pids.append(int(entry.name))
     return pids
 
