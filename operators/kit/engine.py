@@ -238,9 +238,10 @@ def children_plan(pending: int, batches_per_child: int | None = None, env: dict[
     """(batches per child, children) for `pending` batches.
 
     An explicit `batches_per_child` wins. Otherwise the environment's defaults apply: at most
-    BATCH_MAX_CHILDREN children (locally a few per vCPU: a child is a process; on AWS hundreds,
-    each a container), each with at least BATCH_MIN_BATCHES_PER_CHILD batches, so a child's run
-    is long enough to amortise its start.
+    BATCH_MAX_CHILDREN children (on AWS hundreds, each a container), each with at least
+    BATCH_MIN_BATCHES_PER_CHILD batches, so a child's run is long enough to amortise its start.
+    On the local endpoint (BATCH_LOCAL_VCPUS set) at most one child per vCPU: more could only wait
+    for a free vCPU and then pay their own interpreter start (about a second each).
     """
     env = os.environ if env is None else env
     if pending < 1:
@@ -249,6 +250,8 @@ def children_plan(pending: int, batches_per_child: int | None = None, env: dict[
         per_child = int(batches_per_child)
     else:
         max_children = int(env.get("BATCH_MAX_CHILDREN") or 500)
+        if env.get("BATCH_LOCAL_VCPUS"):
+            max_children = min(max_children, max(1, int(env["BATCH_LOCAL_VCPUS"])))
         min_per_child = int(env.get("BATCH_MIN_BATCHES_PER_CHILD") or 1)
         per_child = max(min_per_child, math.ceil(pending / max(1, max_children)))
     per_child = max(per_child, math.ceil(pending / MAX_ARRAY_SIZE), 1)

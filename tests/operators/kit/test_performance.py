@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 
 from batch_worker.workloads import get_workload
-from operators.kit import batch, prep
+from operators.kit import batch, engine, prep
 from operators.kit.summary import format_task_times, task_spans
 from operators.pipelines.noop import noop_data
 
@@ -72,3 +72,11 @@ def test_task_times_span_each_task_from_its_first_start_to_its_last_end_in_start
     assert times == [("prepare", 1, 2.0), ("run_shard", 2, 9.0)]
     assert format_task_times(times).splitlines() == ["  prepare             2.00 s",
                                                      "  run_shard           9.00 s (2 instances)"]
+
+
+def test_on_the_local_endpoint_a_shard_starts_no_more_children_than_vcpus():
+    local = {"BATCH_MAX_CHILDREN": "8", "BATCH_LOCAL_VCPUS": "2"}
+    assert engine.children_plan(1000, env=local) == (500, 2)
+    assert engine.children_plan(1, env=local) == (1, 1)
+    assert engine.children_plan(1000, env={"BATCH_MAX_CHILDREN": "8"}) == (125, 8)  # AWS: containers, not vCPUs
+    assert engine.children_plan(1000, batches_per_child=10, env=local) == (10, 100)  # an explicit size wins
