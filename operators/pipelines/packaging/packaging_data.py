@@ -43,24 +43,38 @@ def group_names(groups: int) -> list[str]:
     return [f"G{i:04d}" for i in range(groups)]
 
 
+def group_traits(groups: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per product group: its typical weight and size, fragility's beta shape, and its share of liquids."""
+    return {
+        "typical_weight": np.exp(rng.normal(np.log(1.5), 0.6, groups)),
+        "typical_side": np.exp(rng.normal(np.log(35.0), 0.4, groups)),
+        "fragile": rng.uniform(0.5, 5.0, groups),
+        "sturdy": rng.uniform(0.5, 5.0, groups),
+        "liquid_share": np.where(rng.random(groups) < 0.2, rng.uniform(0.2, 0.8, groups), 0.0),
+    }
+
+
+def product_features(traits: dict[str, np.ndarray], group: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The features of products of groups `group` (indices), drawn around their group's traits."""
+    n = len(group)
+    return {
+        "weight_kg": np.round(traits["typical_weight"][group] * np.exp(rng.normal(0.0, 0.5, n)), 3),
+        "longest_side_cm": np.round(traits["typical_side"][group] * np.exp(rng.normal(0.0, 0.3, n)), 1),
+        "fragility": np.round(rng.beta(traits["fragile"][group], traits["sturdy"][group]), 3),
+        "liquid": (rng.random(n) < traits["liquid_share"][group]).astype(np.float64),
+    }
+
+
 def products(groups: int, products_per_group: int, seed: int = 0) -> pd.DataFrame:
     """The product inventory: product_id, product_group and the features, fixed for a seed."""
     rng = np.random.default_rng([seed, 0])
-    n = groups * products_per_group
     group = np.repeat(np.arange(groups), products_per_group)
-    typical_weight = np.exp(rng.normal(np.log(1.5), 0.6, groups))
-    typical_side = np.exp(rng.normal(np.log(35.0), 0.4, groups))
-    fragile = rng.uniform(0.5, 5.0, groups)
-    sturdy = rng.uniform(0.5, 5.0, groups)
-    liquid_share = np.where(rng.random(groups) < 0.2, rng.uniform(0.2, 0.8, groups), 0.0)
+    traits = group_traits(groups, rng)
     names = np.asarray(group_names(groups), dtype=object)
     return pd.DataFrame({
         "product_id": [f"{names[g]}-P{i % products_per_group:05d}" for i, g in enumerate(group)],
         "product_group": names[group],
-        "weight_kg": np.round(typical_weight[group] * np.exp(rng.normal(0.0, 0.5, n)), 3),
-        "longest_side_cm": np.round(typical_side[group] * np.exp(rng.normal(0.0, 0.3, n)), 1),
-        "fragility": np.round(rng.beta(fragile[group], sturdy[group]), 3),
-        "liquid": (rng.random(n) < liquid_share[group]).astype(np.float64),
+        **product_features(traits, group, rng),
     })
 
 

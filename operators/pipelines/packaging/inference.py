@@ -1,0 +1,274 @@
+"""Packaging inference on the kit: score the inventory with the latest approved model version, daily or monthly.
+
+`PackagingInference` is a `UnitPipeline` with the `packaging_scoring` workload and no evaluator
+(predictions are not approved; the model they use was). It overrides these stages:
+
+- **dataset** resolves the latest **approved** version of `packaging` from the registry at run
+  time (never a pending or rejected one; none: the run fails here, before any data is generated
+  or any Batch job submitted), checks that its artifact is published, and fixes the run's window:
+  the whole inventory added before the run's day (`monthly`), or the products added since the
+  last successful run (`daily`, see `daily_since`);
+- **plan** passes the version and its artifact as the workload's run-time parameters, so both are
+  part of every batch's cache key: the same inventory and model compute nothing again, a new model
+  recomputes every batch;
+- **collect** records the version in the run's summary; a **publish** task after it writes the
+  predictions (Parquet) partitioned by run date, replaces the scope's stable `current/` copy, keeps
+  the run's lineage and emits an event on the Asset `packaging_predictions`.
+
+The run's day: the end of its data interval for a scheduled run; for a run without one (triggered
+by a model approval, or by hand) the start of the day it runs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from operators.kit.pipeline import DataSource, UnitPipeline
+
+MODEL = "packaging"
+SCOPES = ("daily", "monthly")
+#: Updated with {"version", "scope", "run_date", "uri", "current", "products"} each time predictions are published.
+PREDICTIONS = Asset("packaging_predictions")
+#: The workload parameters the pipeline sets at run time from the registry.
+MODEL_PARAMS = ("model_version", "model_uri")
+
+
+class Inventory(DataSource):
+    """`input_uri` (CSV/Parquet products), or the synthetic inventory (`inventory.ensure`) up to the run's day."""
+
+    when_empty = ("the synthetic inventory (the dataset_* params) under DATA_ROOT/datasets/packaging_inventory, "
+                  "up to the run's day")
+
+    def params(self) -> dict[str, Param]:
+        return {
+            "dataset_groups": Param(1000, type="integer", minimum=1, maximum=100_000,
+                                    description="product groups of the synthetic inventory; the same as the "
+                                                "training labels' so that every group has its models"),
+            "dataset_products_per_group": Param(200, type="integer", minimum=1, maximum=100_000,
+                                                description="products of each group on dataset_start_date"),
+            "dataset_new_products_per_day": Param(20, type="integer", minimum=0, maximum=10_000_000,
+                                                  description="products added every day after dataset_start_date"),
+            "dataset_start_date": Param("2025-07-07", type="string", format="date",
+                                        description="the day (YYYY-MM-DD) of the initial inventory; later days "
+                                                    "add products"),
+            "dataset_seed": Param(0, type="integer", minimum=0, maximum=2**31 - 1,
+                                  description="seed of the synthetic inventory (the training labels' seed gives "
+                                              "their products)"),
+        }
+
+    def resolve(self, params: dict[str, Any], run_root: str, data_interval_end) -> str:
+        if params.get("input_uri"):
+            return params["input_uri"]
+        from operators.kit.engine import data_root, options_for
+        from operators.pipelines.packaging import inventory
+
+        root = f"{data_root()}/datasets/packaging_inventory"
+        return inventory.ensure(
+            root, until=data_interval_end.date().isoformat(), groups=params["dataset_groups"],
+            products_per_group=params["dataset_products_per_group"],
+            new_per_day=params["dataset_new_products_per_day"], start_date=params["dataset_start_date"],
+            seed=params["dataset_seed"], storage_options=options_for(root, "aws_default"))
+
+
+class NoApprovedModel(RuntimeError):
+    """There is no approved version to score with: nothing is computed."""
+
+
+def approved_model(root: str | None = None) -> dict[str, Any]:
+    """The latest approved version of `packaging` and its published artifact; NoApprovedModel when there is none."""
+    from batch_worker.workloads.packaging_scoring import artifact_path
+
+    from operators.kit import engine, registry
+
+    root = root or engine.data_root()
+    record = registry.Registry(root, MODEL).current()
+    if record is None:
+        raise NoApprovedModel(
+            f"no approved version of model {MODEL!r} in DATA_ROOT/registry/{MODEL}: nothing was scored. Run "
+            "packaging_training and approve a version (automatically within its limits, or under Required Actions "
+            "in the Airflow UI); this DAG also starts by itself when a version is approved")
+    if record["status"] != registry.APPROVED:
+        raise NoApprovedModel(f"the registry's current version {record['version']} of {MODEL!r} is "
+                              f"{record['status']}, not {registry.APPROVED}: nothing was scored")
+    uri = artifact_path(root, record["version"])
+    if not engine.location(uri).fs.exists(uri):
+        raise NoApprovedModel(f"version {record['version']} of {MODEL!r} is approved but its artifact "
+                              f"DATA_ROOT/published/{MODEL}/versions/{record['version']}/models.parquet is missing: "
+                              "clear the publish task of the packaging_training run that approved it")
+    return {"version": record["version"], "uri": uri, "approved_at": record.get("decided_at"),
+            "approved_by": record.get("decided_by")}
+
+
+def predictions_root(scope: str, root: str | None = None) -> str:
+    from operators.kit.engine import data_root
+
+    return f"{root or data_root()}/predictions/{MODEL}/{scope}"
+
+
+def run_day(data_interval_end, run_after) -> dt.date:
+    """The day a run scores up to (exclusive): its data interval's end, else the start of the day it runs."""
+    return (data_interval_end or run_after).date()
+
+
+def daily_since(until: dt.date, previous_success_end, published: list[dict[str, Any]]) -> dt.date:
+    """Where a daily run ending at `until` starts: the latest end, before `until`, of a successful earlier run.
+
+    Two sources, because Airflow's `prev_data_interval_end_success` knows only scheduled runs (a run
+    triggered by an asset has no data interval): that value, and the windows the scope's published
+    runs recorded. Ends at or after `until` (this run itself, cleared and run again, or a later
+    one) are ignored, so a re-run scores the same products again (and finds them cached). Without
+    any earlier run: the day before `until`.
+    """
+    ends = [dt.date.fromisoformat(record["window"][1]) for record in published if record.get("window")]
+    if previous_success_end:  # Airflow's lazy proxy: "is not None" holds even when it wraps None
+        ends.append(previous_success_end.date())
+    earlier = [end for end in ends if end < until]
+    return max(earlier) if earlier else until - dt.timedelta(days=1)
+
+
+def published_runs(scope: str, root: str | None = None) -> list[dict[str, Any]]:
+    from operators.kit.engine import location
+
+    runs = location(f"{predictions_root(scope, root)}/runs")
+    paths = runs.list_files(runs.uri)
+    return [record for record in (runs.read_json(p) for p in paths if p.endswith(".json"))]
+
+
+class PackagingInference(UnitPipeline):
+    """Score the inventory (`daily`: products added since the last successful run; `monthly`: all of it)."""
+
+    runtime_workload_params = MODEL_PARAMS
+
+    def __init__(self, dag_id: str, *, scope: str, **options: Any):
+        if scope not in SCOPES:
+            raise ValueError(f"{dag_id}: scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = scope
+        super().__init__(dag_id, workload="packaging_scoring", source=Inventory(), **options)
+
+    def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:
+        from airflow.sdk import get_current_context
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        model = approved_model()
+        context = get_current_context()
+        until = run_day(context.get("data_interval_end"), context["dag_run"].run_after)
+        if self.scope == "monthly":
+            since = dt.date(1970, 1, 1)
+        else:
+            since = daily_since(until, context.get("prev_data_interval_end_success"), published_runs(self.scope))
+            if since >= until:
+                raise AirflowSkipException(f"no day since the last successful run (up to {until}): nothing to score")
+        end = dt.datetime.combine(until, dt.time(), tzinfo=dt.timezone.utc)
+        source = super().dataset(params, conf, run_id, end)
+        print(f"scoring with {MODEL} version {model['version']} (approved by {model['approved_by']}), "
+              f"products added in [{since}, {until})")
+        return {**source, "window": [since.isoformat(), until.isoformat()], "model": model}
+
+    def prepare(self, source: dict, params: dict[str, Any], run_id: str, data_interval_end) -> dict:
+        return {**super().prepare(source, params, run_id, data_interval_end), "model": source["model"],
+                "scope": self.scope}
+
+    def model_params(self, prepared: dict) -> dict[str, Any]:
+        return {"model_version": prepared["model"]["version"], "model_uri": prepared["model"]["uri"]}
+
+    def plan(self, prepared: dict, params: dict[str, Any]) -> list[dict]:
+        return super().plan(prepared, {**params, **self.model_params(prepared)})
+
+    def collect(self, shard_summaries, prepared: dict) -> dict:
+        return {**super().collect(shard_summaries, prepared), "model_version": prepared["model"]["version"],
+                "window": prepared["window"], "scope": self.scope}
+
+    def publish_predictions(self, fanout: dict, prepared: dict, params: dict[str, Any], run_id: str,
+                            logical_date) -> dict:
+        """Write the run's predictions under `predictions/packaging/<scope>/`; returns the Asset event's extra."""
+        import io
+
+        import pyarrow.dataset as ds
+        import pyarrow.parquet as pq
+        from batch_worker.workloads import get_workload
+
+        from operators.kit import engine
+
+        if fanout["failed"]:
+            raise RuntimeError(f"{fanout['failed']} of {fanout['batches']} batches failed "
+                               f"({fanout['failures_by_class']}; first errors {fanout['first_errors']}): the "
+                               "predictions are incomplete and were not published; clear the failed shard tasks")
+        outputs = engine.output_uris(fanout["results"])
+        out = engine.location(predictions_root(self.scope))
+        read_from = out if out.remote else None
+        table = ds.dataset([u.removeprefix("s3://") for u in outputs], format="parquet",
+                           filesystem=read_from.fs if read_from else None,
+                           schema=get_workload(self.workload_name).output.arrow_schema()).to_table()
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
+        run_date = prepared["window"][1]
+        name = engine.safe_name(run_id)
+        dated = out.join(f"run_date={run_date}", f"{name}.parquet")
+        out.write_bytes(dated, data)
+        lineage = {**self.lineage(prepared, fanout, {**params, **self.model_params(prepared)}, run_id, logical_date),
+                   "scope": self.scope, "model": prepared["model"], "products": table.num_rows, "uri": dated,
+                   "cached_batches": fanout["cached"], "batches": fanout["batches"]}
+        out.write_json(out.join("runs", f"{name}.json"), lineage)
+        out.write_bytes(out.join("current", "predictions.parquet"), data)
+        out.write_json(out.join("current", "run.json"), lineage)
+        print(f"{table.num_rows} predictions of version {prepared['model']['version']} to {dated}")
+        return {"version": prepared["model"]["version"], "scope": self.scope, "run_date": run_date, "uri": dated,
+                "current": out.join("current", "predictions.parquet"), "products": table.num_rows}
+
+    def build(self) -> DAG:
+        dag = super().build()
+        pipeline = self
+        with dag:
+            @task(outlets=[PREDICTIONS])
+            def publish(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None,
+                        outlet_events=None) -> dict:
+                extra = pipeline.publish_predictions(fanout, prepared, params, run_id, logical_date)
+                outlet_events[PREDICTIONS].extra = extra
+                return extra
+
+            publish(dag.get_task("summary").output, dag.get_task("prepare").output)
+        return dag
+
+
+#: When each scope runs besides a model approval: daily at midnight UTC, monthly on the 1st.
+CRONS = {"daily": "0 0 * * *", "monthly": "0 0 1 * *"}
+
+
+def asset_or_time(scope: str, start_date: str) -> dict[str, Any]:
+    """`schedule` (the scope's cron, or an event on the training DAG's `packaging_models` Asset: an approval),
+    `start_date`, no catchup and one run at a time (a daily run starts where the last successful one ended)."""
+    import pendulum
+    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+
+    from operators.pipelines.packaging.source import CURRENT_MODELS
+
+    return {"schedule": AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(CRONS[scope], timezone="UTC"),
+                                            assets=CURRENT_MODELS),
+            "start_date": pendulum.parse(start_date, tz="UTC"), "catchup": False, "max_active_runs": 1}
+
+
+def inference_pipeline(dag_id: str, *, scope: str, start_date: str = "2026-01-01", **options: Any) -> DAG:
+    """A packaging inference DAG of `scope`, scheduled by time or by a model approval."""
+    return PackagingInference(dag_id, scope=scope, **asset_or_time(scope, start_date), **options).build()
+
+
+def register_approved_models(models, version: str, *, by: str, root: str | None = None) -> str:
+    """Register `models` (a `packaging` artifact's rows) as an approved, published version; returns its version.
+
+    What a training run's evaluate, decide and publish do, for benchmarks and tests that need a
+    known model without training one."""
+    from batch_worker.runtime import parquet_bytes
+
+    from operators.kit import engine, registry
+
+    store = registry.Registry(root or engine.data_root(), MODEL)
+    record = store.register(version, metrics={}, input_stats={}, lineage={"registered_by": by}, proposed="approve",
+                            reasons=[], artifact="models.parquet")
+    folder = engine.location(store.version_dir(record["version"]))
+    folder.write_bytes(folder.join("models.parquet"), parquet_bytes(models))
+    store.decide(record["version"], registry.APPROVED, by=by)
+    store.publish(record["version"])
+    return record["version"]

@@ -1,0 +1,182 @@
+"""packaging_inference_daily/monthly end to end through dag.test() against the local endpoint: the latest approved
+model, refusal without one, daily windows, caching by model version, and approval starting inference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pendulum
+import pytest
+
+from airflow.utils.state import DagRunState, TaskInstanceState
+
+from operators.pipelines.packaging import inventory
+from operators.pipelines.packaging.inference import register_approved_models
+from tests.system.test_batch_smoke import load_dag
+from tests.system.test_packaging_training import SMALL as TRAINING, model_events, run_training
+from tests.system.test_units_of_work import task_instances, xcom
+
+pytestmark = pytest.mark.system
+
+#: The training test's products (10 groups x 50, seed 3) from 2026-02-23, 7 new products a day.
+SMALL = {"dataset_groups": 10, "dataset_products_per_group": 50, "dataset_new_products_per_day": 7,
+         "dataset_start_date": "2026-02-23", "dataset_seed": 3, "bucket_count": 4, "queue": "airbatch-cpu"}
+MARCH = pendulum.datetime(2026, 3, 1, tz="UTC")
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    monkeypatch.setenv("SHARD_RETRY_DELAY_S", "1")
+
+
+def run(scope: str, conf=None, **when):
+    return load_dag(f"packaging_inference_{scope}").test(run_conf={**SMALL, **(conf or {})}, **when)
+
+
+def added(since: str, until: str) -> int:
+    return inventory.products_added(since=since, until=until, groups=10, products_per_group=50, new_per_day=7,
+                                    start_date="2026-02-23")
+
+
+def approve_true_models(shift: float = 0.0, version: str = "v1") -> str:
+    models = inventory.true_models(10, seed=3)
+    models["intercept"] += shift
+    return register_approved_models(models, version, by="test")
+
+
+def current_predictions(data_root: Path, scope: str) -> tuple[pd.DataFrame, dict]:
+    folder = data_root / "predictions" / "packaging" / scope / "current"
+    return pd.read_parquet(folder / "predictions.parquet"), json.loads((folder / "run.json").read_text())
+
+
+def test_inference_refuses_a_missing_model_before_any_compute(airflow_db, local_aws, data_root):
+    refused = run("monthly", logical_date=MARCH)
+    assert refused.state == DagRunState.FAILED
+    [dataset] = task_instances(refused, "dataset")
+    assert dataset.state == TaskInstanceState.FAILED
+    assert all(ti.state == TaskInstanceState.UPSTREAM_FAILED for name in ("prepare", "plan", "summary", "publish")
+               for ti in task_instances(refused, name))
+    assert not (data_root / "datasets").exists() and not (data_root / "outputs").exists()
+
+    # a pending version is not a model to score with either
+    from operators.kit.registry import Registry
+
+    Registry(str(data_root), "packaging").register("pending-1", metrics={}, input_stats={}, lineage={},
+                                                   proposed="review", reasons=[], artifact="models.parquet")
+    assert run("daily", logical_date=MARCH).state == DagRunState.FAILED
+    assert not (data_root / "outputs").exists()
+
+
+def test_monthly_scores_the_inventory_caches_a_rerun_and_recomputes_for_a_new_model(airflow_db, local_aws,
+                                                                                    data_root):
+    version = approve_true_models()
+    first = run("monthly", logical_date=MARCH)
+    assert first.state == DagRunState.SUCCESS
+    [summary] = xcom(first, "summary")
+    assert summary["model_version"] == version and summary["window"] == ["1970-01-01", "2026-03-01"]
+    assert summary["succeeded"] == summary["batches"] > 1 and summary["cached"] == 0
+    predictions, lineage = current_predictions(data_root, "monthly")
+    assert len(predictions) == added("1970-01-01", "2026-03-01") == 500 + 5 * 7
+    assert set(predictions["model_version"]) == {version} and predictions["product_id"].is_unique
+    assert lineage["model"]["version"] == version and lineage["workload_params"]["model_version"] == version
+    assert lineage["job_ids"] and lineage["window"] == summary["window"]
+    [extra] = xcom(first, "publish")
+    assert extra["version"] == version and extra["products"] == len(predictions)
+    assert Path(extra["uri"]).parent.name == "run_date=2026-03-01" and Path(extra["uri"]).exists()
+    # the published probabilities are the model's: check one product by hand
+    row = predictions.iloc[0]
+    models = inventory.true_models(10, seed=3)
+    model = models[(models["product_group"] == row["product_group"]) & (models["package_type"] == "box")].iloc[0]
+    products = pd.concat(inventory.day_products(d, groups=10, products_per_group=50, new_per_day=7,
+                                                start_date="2026-02-23", seed=3) for d in range(6))
+    product = products.set_index("product_id").loc[row["product_id"]]
+    eta = model["intercept"] + sum(model[f"coef_{f}"] * product[f]
+                                   for f in ("weight_kg", "longest_side_cm", "fragility", "liquid"))
+    assert row["p_damage_box"] == pytest.approx(1 / (1 + np.exp(-eta)))
+    assert predictions["recommended_package"].notna().all()
+
+    # the same inventory and model, run again (as a run without a data interval, the way an approval starts
+    # one, on the same day): every batch cached
+    again = run("monthly", logical_date=None, run_after=MARCH.add(hours=10))
+    assert again.state == DagRunState.SUCCESS
+    [cached] = xcom(again, "summary")
+    assert cached["window"] == summary["window"] and cached["cached"] == cached["batches"] == summary["batches"]
+    assert cached["succeeded"] == 0
+
+    # a new approved version recomputes every batch
+    newer = approve_true_models(shift=0.5, version="v2")
+    third = run("monthly", logical_date=None, run_after=MARCH.add(hours=12))
+    assert third.state == DagRunState.SUCCESS
+    [recomputed] = xcom(third, "summary")
+    assert recomputed["model_version"] == newer and recomputed["cached"] == 0
+    assert recomputed["succeeded"] == recomputed["batches"] == summary["batches"]
+    rescored, lineage = current_predictions(data_root, "monthly")
+    assert set(rescored["model_version"]) == {newer} and lineage["model"]["version"] == newer
+    merged = rescored.merge(predictions, on="product_id", suffixes=("", "_before"))
+    assert (merged["p_damage_bag"] > merged["p_damage_bag_before"]).all()
+    assert len(list((data_root / "predictions" / "packaging" / "monthly" / "run_date=2026-03-01").glob("*.parquet"))) == 3
+
+
+def test_daily_runs_score_only_the_products_added_since_the_last_successful_run(airflow_db, local_aws, data_root):
+    approve_true_models()
+    day = pendulum.datetime(2026, 3, 2, tz="UTC")
+    first = run("daily", logical_date=day)  # data interval [03-01, 03-02); no run before: that day
+    assert first.state == DagRunState.SUCCESS
+    [summary] = xcom(first, "summary")
+    assert summary["window"] == ["2026-03-01", "2026-03-02"]
+    assert current_predictions(data_root, "daily")[1]["products"] == added("2026-03-01", "2026-03-02") == 7
+
+    later = run("daily", logical_date=day.add(days=3))  # two days skipped: from the last success's end
+    assert later.state == DagRunState.SUCCESS
+    [summary] = xcom(later, "summary")
+    assert summary["window"] == ["2026-03-02", "2026-03-05"]
+    predictions, _ = current_predictions(data_root, "daily")
+    assert len(predictions) == added("2026-03-02", "2026-03-05") == 21
+    assert pd.to_datetime(predictions["added_on"]).dt.strftime("%Y-%m-%d").between("2026-03-02", "2026-03-04").all()
+
+    # a run with no data interval (started by an approval) two days later: from the end of the last published
+    # window, which Airflow's prev_data_interval_end_success does not know for such runs
+    approved = run("daily", logical_date=None, run_after=day.add(days=5, hours=15))
+    assert approved.state == DagRunState.SUCCESS
+    [summary] = xcom(approved, "summary")
+    assert summary["window"] == ["2026-03-05", "2026-03-07"]
+    assert len(current_predictions(data_root, "daily")[0]) == added("2026-03-05", "2026-03-07") == 14
+
+
+def test_an_approval_starts_inference_with_the_new_version(airflow_db, local_aws, data_root):
+    for scope in ("daily", "monthly"):
+        timetable = load_dag(f"packaging_inference_{scope}").timetable
+        assert type(timetable).__name__ == "AssetOrTimeSchedule"
+        assert timetable.asset_condition.name == "packaging_models"
+
+    training = run_training(logical_date=pendulum.datetime(2026, 3, 2, tz="UTC"))
+    assert training.state == DagRunState.SUCCESS
+    [evaluation] = xcom(training, "evaluate")
+    version = evaluation["version"]
+    assert model_events()[-1]["version"] == version
+    # the approval's Asset event queued a run of each inference DAG, as the scheduler will start them
+    from sqlalchemy import select
+
+    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        queued = set(session.scalars(
+            select(AssetDagRunQueue.target_dag_id).join(AssetModel, AssetDagRunQueue.asset_id == AssetModel.id)
+            .where(AssetModel.name == "packaging_models")))
+    assert {"packaging_inference_daily", "packaging_inference_monthly"} <= queued
+
+    started = run("monthly", {**TRAINING_SIZES}, logical_date=None, run_after=pendulum.datetime(2026, 3, 2, 9, tz="UTC"))
+    assert started.state == DagRunState.SUCCESS
+    [summary] = xcom(started, "summary")
+    assert summary["model_version"] == version and summary["succeeded"] == summary["batches"]
+    predictions, lineage = current_predictions(data_root, "monthly")
+    assert set(predictions["model_version"]) == {version} and lineage["model"]["approved_by"] == "thresholds"
+
+
+#: The inventory of the training test's products (TRAINING: 10 groups x 50, seed 3).
+TRAINING_SIZES = {"dataset_groups": TRAINING["dataset_groups"],
+                  "dataset_products_per_group": TRAINING["dataset_products_per_group"],
+                  "dataset_seed": TRAINING["dataset_seed"]}
