@@ -158,6 +158,10 @@ def shown_location(uri: str, root: str | None = None) -> str:
 class UnitPipeline:
     """The factory behind `unit_pipeline`: configuration, generated params, one method per stage, and `build()`."""
 
+    #: Workload parameters a subclass sets at run time (e.g. a model version it resolves in a stage): not run
+    #: params, so a run cannot set them; the subclass adds them to the params it passes to `plan`.
+    runtime_workload_params: tuple[str, ...] = ()
+
     def __init__(self, dag_id: str, *, workload: str, evaluator=None, model: str | None = None,
                  source: DataSource | None = None, publish: PublishTarget | None = None, notify: bool | None = None,
                  poll_interval: float = 2, defaults: dict[str, Any] | None = None,
@@ -184,7 +188,8 @@ class UnitPipeline:
         if self.evaluator is not None:
             groups.append(("the kit", {"review": review_param()}))
         groups.append((f"workload {self.workload_name!r}",
-                       {p.name: workload_param(p) for p in getattr(self.workload, "parameters", ())}))
+                       {p.name: workload_param(p) for p in getattr(self.workload, "parameters", ())
+                        if p.name not in self.runtime_workload_params}))
         groups.append((f"data source {type(self.source).__name__}", self.source.params()))
         if self.evaluator is not None:
             groups.append((f"evaluator {self.evaluator.name!r}", limit_params(self.evaluator.limits)))
@@ -238,7 +243,8 @@ class UnitPipeline:
         from operators.kit import engine, prep
 
         root = self.run_root(run_id)
-        window = self.source.window(params, data_interval_end)
+        # A dataset stage may fix the window itself when it depends on more than the data interval.
+        window = tuple(source["window"]) if source.get("window") else self.source.window(params, data_interval_end)
         out = f"{root}/prep"
         result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
                                          window=window, storage_options=engine.options_for(out, "aws_default"),
