@@ -5,8 +5,9 @@ reach XCom, so a later task cannot tell a person's rejection from a skip. This s
 answer (option, user, time) under the XCom key `review` before the stock behaviour runs.
 
 `review_request` builds the approval task of a unit pipeline. Its page shows the proposal, the
-reasons, the evaluator's summary lines (numbers already rounded by the evaluator) and where the
-report lies under DATA_ROOT. The templates read only the evaluate task's XCom, never a param.
+reasons, the evaluator's summary lines (numbers already rounded by the evaluator), where the report
+lies under DATA_ROOT, and links to the run view (plugins/airbatch_runs.py) and to the report there.
+The templates read only the evaluate task's XCom, never a param.
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ REVIEW_BODY = """{% set evaluation = ti.xcom_pull(task_ids=EVALUATE) %}Proposed:
 {% endfor %}
 {% for line in evaluation['lines'] %}- {{ line }}
 {% endfor %}
-Report: {{ evaluation['report_location'] }}"""
+Report: {{ evaluation['report_location'] }}{% if evaluation.get('run_view') %} \
+([open]({{ evaluation['run_view'] }}/report)) · [Run view: batches, dead letters, version, cost]({{ evaluation['run_view'] }})\
+{% endif %}"""
 
 
 def review_request(*, task_id: str, model: str, evaluate_task_id: str = "evaluate",

@@ -86,6 +86,10 @@ def success_message(summary: dict[str, Any]) -> tuple[str, str]:
         + (f": {fanout['dead_letter']}" if fanout.get("dead_letter") else "") + ")")
     if "rows_in" in summary:
         lines.append(f"rows: {summary['rows_in']} read, {summary.get('rows_quarantined', 0)} quarantined")
+    if fanout.get("cost"):
+        from operators.kit.cost import cost_line
+
+        lines.append(cost_line(fanout["cost"]))
     if decision:
         reasons = "; ".join(decision.get("reasons") or [])
         lines.append(f"decision: {decision.get('status')} by {decision.get('by')} (proposed "

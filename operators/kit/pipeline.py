@@ -67,6 +67,10 @@ def kit_params(when_empty: str) -> dict[str, Param]:
                                        description="prepare fails when a larger share of the rows is quarantined"),
         "shard_timeout_minutes": Param(360, type="number", exclusiveMinimum=0, maximum=7 * 24 * 60,
                                        description="a shard still running then has its Batch job terminated"),
+        "budget": Param(None, type=["number", "null"], minimum=0,
+                        description="USD: plan fails before submitting anything when the estimate from the last "
+                                    "comparable run (same DAG and queue, its cost per batch) exceeds it; empty: no "
+                                    "limit"),
     }
 
 
@@ -263,8 +267,12 @@ class UnitPipeline:
         return prepared
 
     def plan(self, prepared: dict, params: dict[str, Any]) -> list[dict]:
-        from operators.kit import engine
+        from operators.kit import cost, engine
 
+        if params.get("budget") is not None:
+            runs_folder = prepared["run_root"].rstrip("/").rsplit("/", 1)[0]
+            last = cost.last_comparable_cost(runs_folder, params["queue"], exclude_run_dir=prepared["run_root"])
+            print(cost.check_budget(params["budget"], prepared["batches"], last))
         shards = engine.plan_shards(
             prepared["manifest_uri"], workload=self.workload_name, params=self.workload_params(params),
             out_root=engine.output_root(self.workload_name), run_dir=prepared["run_root"], queue=params["queue"],
@@ -274,10 +282,13 @@ class UnitPipeline:
         return shards
 
     def collect(self, shard_summaries, prepared: dict) -> dict:
-        from operators.kit import engine
+        from operators.kit import cost, engine, runview
 
-        combined = engine.combine(list(shard_summaries), unit_key=self.workload.schema.unit_key,
-                                  run_dir=prepared["run_root"])
+        summaries = list(shard_summaries)
+        combined = engine.combine(summaries, unit_key=self.workload.schema.unit_key, run_dir=prepared["run_root"])
+        combined["cost"] = cost.write_run_cost(summaries, prepared["run_root"])
+        combined["note"] = runview.run_note(combined)
+        print(combined["note"])
         return {"rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
                 "quarantined_by_reason": prepared["quarantined_by_reason"], **combined}
 
@@ -289,7 +300,7 @@ class UnitPipeline:
                 "workload_version": self.workload.version,
                 "workload_params": self.workload.resolve_params(self.workload_params(params)),
                 "image": os.environ.get("WORKER_IMAGE", ""), "job_ids": fanout["job_ids"],
-                "manifest": prepared["manifest_uri"]}
+                "manifest": prepared["manifest_uri"], "cost": fanout.get("cost")}
 
     def evaluate(self, fanout: dict, prepared: dict, params: dict[str, Any], run_id: str, logical_date,
                  data_interval_end) -> dict:
@@ -301,6 +312,9 @@ class UnitPipeline:
                               lineage=self.lineage(prepared, fanout, params, run_id, logical_date),
                               version=registry.version_id(data_interval_end.isoformat(), run_id))
         result["report_location"] = shown_location(result["report"])
+        from operators.kit.runview import run_view_path
+
+        result["run_view"] = run_view_path(self.dag_id, run_id)
         return result
 
     def decide(self, evaluation: dict, answer: dict | None) -> dict:
@@ -333,8 +347,9 @@ class UnitPipeline:
             "duration_s": time.time() - prepared["started_at"],
             "rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
             "quarantined_by_reason": prepared["quarantined_by_reason"],
-            "fanout": {k: fanout[k] for k in ("batches", "shards", "units", "succeeded", "cached", "failed",
-                                              "units_failed", "dead_letter", "failures_by_class", "first_errors")},
+            "fanout": {k: fanout.get(k) for k in ("batches", "shards", "units", "succeeded", "cached", "failed",
+                                                  "units_failed", "dead_letter", "failures_by_class", "first_errors",
+                                                  "cost")},
             "published": published,
         }
         if evaluation is not None:

@@ -1,0 +1,391 @@
+"""What a unit pipeline's run did, read from its files: the run view's data, its pages and the run note.
+
+The run view (plugins/airbatch_runs.py serves it inside the Airflow UI) shows for one DAG run:
+batches by state per shard with failure classes and first errors, the dead-letter units, the
+registry version with its decision and report, links to each Batch job, the lineage and the cost.
+Everything comes from the run's own folders:
+
+    DATA_ROOT/runs/<dag_id>/<run_id>/                      results/shard-N.json, dead_letter.parquet, cost.json
+    DATA_ROOT/registry/<model>/versions/<version>/          version.json, report.html (the run's version only)
+
+and from the run's XComs (shard summaries with job ids, the evaluation's version). `RunFiles.read`
+refuses any path that is not inside those folders.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+#: Where the plugin's FastAPI app is mounted in the api-server.
+URL_PREFIX = "/airbatch"
+SHARD_TASK = "run_shard"
+COLLECT_TASKS = ("collect", "summary")
+EVALUATE_TASK = "evaluate"
+DEAD_LETTER_FILE = "dead_letter.parquet"
+PAGE_SIZE = 50
+
+
+def run_view_path(dag_id: str, run_id: str) -> str:
+    """The run view's address in the Airflow UI's server (relative to its root)."""
+    return f"{URL_PREFIX}/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
+
+
+# --- the note --------------------------------------------------------------------------------------
+
+def batch_counts(completed: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, int]:
+    """Batches by state from shard summaries: `completed` shards (their failed batches were dead-lettered: the
+    run went on without them) and `failed` shards (their failed batches failed the shard)."""
+    counts = {"batches": 0, "done": 0, "cached": 0, "failed": 0, "dead_lettered": 0, "units_dead_lettered": 0}
+    for summary in completed:
+        counts["dead_lettered"] += summary.get("failed", 0)
+        counts["units_dead_lettered"] += summary.get("units_failed", 0)
+    for summary in failed:
+        counts["failed"] += summary.get("failed", 0)
+    for summary in [*completed, *failed]:
+        counts["batches"] += summary.get("batches", 0)
+        counts["done"] += summary.get("succeeded", 0)
+        counts["cached"] += summary.get("cached", 0)
+    return counts
+
+
+def note_text(counts: dict[str, int], cost: dict[str, Any] | None = None) -> str:
+    """"N batches: D done, C cached, F failed, L dead-lettered (U units)" and the cost, for the DAG run's note."""
+    text = (f"{counts['batches']:,} batches: {counts['done']:,} done, {counts['cached']:,} cached, "
+            f"{counts['failed']:,} failed, {counts['dead_lettered']:,} dead-lettered")
+    if counts.get("units_dead_lettered"):
+        text += f" ({counts['units_dead_lettered']:,} units)"
+    if cost:
+        from operators.kit.cost import money
+
+        text += f"; cost {money(cost.get('cost'), cost.get('currency', 'USD'))} (estimate)"
+    return text
+
+
+def run_note(fanout: dict[str, Any]) -> str:
+    """The note of a run whose collect step ran: every failed batch was dead-lettered."""
+    counts = {"batches": fanout["batches"], "done": fanout["succeeded"], "cached": fanout["cached"], "failed": 0,
+              "dead_lettered": fanout["failed"], "units_dead_lettered": fanout.get("units_failed", 0)}
+    return note_text(counts, fanout.get("cost"))
+
+
+# --- a run's records in the metadata DB ---------------------------------------------------------------
+
+def xcoms(session, dag_id: str, run_id: str, task_ids: tuple[str, ...], key: str = "return_value") -> list[tuple]:
+    """(task_id, map_index, value) of a run's XComs, decoded."""
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+
+    rows = session.execute(select(XComModel.task_id, XComModel.map_index, XComModel.value).where(
+        XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.task_id.in_(task_ids),
+        XComModel.key == key)).all()
+    return [(task_id, map_index, json.loads(value) if isinstance(value, (str, bytes)) else value)
+            for task_id, map_index, value in rows]
+
+
+def shard_summaries(session, dag_id: str, run_id: str) -> tuple[dict[int, dict], dict[int, dict]]:
+    """({map_index: summary} of shards that completed, {map_index: summary} of shards that failed)."""
+    completed = {m: v for _, m, v in xcoms(session, dag_id, run_id, (SHARD_TASK,)) if isinstance(v, dict)}
+    failed = {m: v for _, m, v in xcoms(session, dag_id, run_id, (SHARD_TASK,), key="summary")
+              if isinstance(v, dict) and m not in completed}
+    return completed, failed
+
+
+def note_for_run(session, dag_id: str, run_id: str) -> str | None:
+    """The note a finished run gets: from its collect step when it ran, else from its shards; None when the run
+    has no shard."""
+    for _, _, value in xcoms(session, dag_id, run_id, COLLECT_TASKS):
+        if isinstance(value, dict) and value.get("note"):
+            return value["note"]
+    completed, failed = shard_summaries(session, dag_id, run_id)
+    if not completed and not failed:
+        return None
+    return note_text(batch_counts(list(completed.values()), list(failed.values())))
+
+
+def set_run_note(dag_run, session) -> str | None:
+    """Write the run's note unless a person wrote one; returns the note written."""
+    existing = dag_run.dag_run_note
+    if existing is not None and existing.content and existing.user_id is not None:
+        return None
+    note = note_for_run(session, dag_run.dag_id, dag_run.run_id)
+    if note:
+        dag_run.note = note[:1000]
+    return note
+
+
+# --- the run's files, confined -------------------------------------------------------------------------
+
+class OutsideRunFolders(PermissionError):
+    pass
+
+
+@dataclass
+class RunFiles:
+    """The folders of one run: its run folder and, when it registered one, its registry version."""
+
+    run_root: str
+    version_dir: str | None = None
+    aws_conn_id: str | None = "aws_default"
+    _locations: dict[str, Any] = field(default_factory=dict)
+
+    def roots(self) -> list[str]:
+        return [r for r in (self.run_root, self.version_dir) if r]
+
+    def resolve(self, relative: str, root: str | None = None) -> str:
+        """The full URI of `relative` inside one of the run's folders; OutsideRunFolders otherwise."""
+        root = root or self.run_root
+        if root not in self.roots():
+            raise OutsideRunFolders(f"{root} is not one of this run's folders")
+        if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/") or "://" in relative:
+            raise OutsideRunFolders(f"{relative!r} is not a path inside the run's folders")
+        normal = posixpath.normpath(relative)
+        if normal in (".", "..") or normal.startswith("../") or any(part in ("..", "") for part in normal.split("/")):
+            raise OutsideRunFolders(f"{relative!r} leaves the run's folders")
+        return f"{root.rstrip('/')}/{normal}"
+
+    def location(self, root: str):
+        from operators.kit import engine
+
+        if root not in self._locations:
+            self._locations[root] = engine.location(root, self.aws_conn_id)
+        return self._locations[root]
+
+    def read(self, relative: str, root: str | None = None) -> bytes:
+        root = root or self.run_root
+        uri = self.resolve(relative, root)
+        folder = self.location(root)
+        if not folder.remote:
+            import os
+
+            real_root, real = os.path.realpath(root), os.path.realpath(uri)
+            if not real.startswith(real_root.rstrip("/") + "/"):
+                raise OutsideRunFolders(f"{relative!r} leads outside the run's folders")
+        return folder.read_bytes(uri)
+
+    def read_json(self, relative: str, root: str | None = None) -> Any:
+        try:
+            return json.loads(self.read(relative, root))
+        except FileNotFoundError:
+            return None
+
+    def shard_results(self) -> dict[int, dict]:
+        folder = self.location(self.run_root)
+        prefix = folder.join("results")
+        results = {}
+        for uri, raw in folder.read_many(p for p in folder.list_files(prefix)
+                                         if re.search(r"/shard-\d+\.json$", p)).items():
+            data = json.loads(raw)
+            results[int(data["shard"]["index"])] = data
+        return results
+
+
+def version_folder_of(report_uri: str | None, run_id: str, dag_id: str, root: str,
+                      aws_conn_id: str | None = "aws_default") -> tuple[str | None, dict | None]:
+    """The registry version folder of the report the run's evaluation wrote, once its version.json says it
+    belongs to this run; (None, None) otherwise."""
+    from operators.kit import engine
+
+    if not report_uri:
+        return None, None
+    folder = posixpath.dirname(report_uri)
+    if not re.fullmatch(re.escape(root.rstrip("/")) + r"/registry/[A-Za-z0-9_.=~-]+/versions/[A-Za-z0-9_.=~:+-]+",
+                        folder):
+        return None, None
+    try:
+        record = engine.location(folder, aws_conn_id).read_json(f"{folder}/version.json")
+    except FileNotFoundError:
+        return None, None
+    lineage = record.get("lineage") or {}
+    if lineage.get("run_id") != run_id or lineage.get("dag_id") != dag_id:
+        return None, None
+    return folder, record
+
+
+# --- the view's data -----------------------------------------------------------------------------------
+
+def job_links(job_id: str, dag_id: str, run_id: str, region: str | None, local: bool) -> dict[str, str]:
+    links = {"description": f"{run_view_path(dag_id, run_id)}/jobs/{quote(job_id, safe='')}"}
+    if not local and region:
+        links["console"] = (f"https://{region}.console.aws.amazon.com/batch/home?region={region}"
+                            f"#jobs/detail/{quote(job_id, safe='')}")
+    return links
+
+
+def run_data(session, dag_id: str, run_id: str, *, files: RunFiles | None = None, region: str | None = None,
+             local: bool = True, shard_states: dict[int, str] | None = None) -> dict[str, Any]:
+    """Everything the run view shows, as plain data."""
+    from operators.kit import engine
+
+    root = engine.data_root()
+    files = files or RunFiles(engine.run_root(dag_id, run_id))
+    completed, failed = shard_summaries(session, dag_id, run_id)
+    results = files.shard_results()
+    shards = []
+    for index in sorted(set(results) | set(completed) | set(failed)):
+        summary = completed.get(index) or failed.get(index) or {}
+        result = results.get(index) or {}
+        rows = result.get("batches") or []
+        states = {s: sum(1 for b in rows if b["status"] == s) for s in ("succeeded", "cached", "failed")}
+        shard_failed = index in failed or (shard_states or {}).get(index) in ("failed", "upstream_failed")
+        by_class: dict[str, int] = {}
+        first_errors: dict[str, str] = {}
+        for failure in result.get("failed") or []:
+            by_class[failure["class"]] = by_class.get(failure["class"], 0) + 1
+            first_errors.setdefault(failure["class"], f"batch {failure['batch_id']}: {failure['error']}")
+        shards.append({
+            "shard": index, "label": summary.get("label") or (result.get("shard") or {}).get("label", f"shard {index}"),
+            "state": (shard_states or {}).get(index) or ("failed" if shard_failed else "success" if summary else "unknown"),
+            "batches": len(rows) or summary.get("batches", 0),
+            "done": states["succeeded"], "cached": states["cached"],
+            "failed": states["failed"] if shard_failed else 0,
+            "dead_lettered": 0 if shard_failed else states["failed"],
+            "failures_by_class": by_class or summary.get("failures_by_class", {}),
+            "first_errors": first_errors or summary.get("first_errors", {}),
+            "jobs": [{"job_id": j, **job_links(j, dag_id, run_id, region, local)} for j in summary.get("job_ids", [])],
+        })
+    counts = {k: sum(s[k] for s in shards) for k in ("batches", "done", "cached", "failed", "dead_lettered")}
+    cost = files.read_json("cost.json")
+    evaluation = next((v for _, _, v in xcoms(session, dag_id, run_id, (EVALUATE_TASK,)) if isinstance(v, dict)), None)
+    version_dir, record = version_folder_of((evaluation or {}).get("report"), run_id, dag_id, root, files.aws_conn_id)
+    if version_dir:
+        files.version_dir = version_dir
+    prepared = next((v for _, _, v in xcoms(session, dag_id, run_id, ("prepare",)) if isinstance(v, dict)), {}) or {}
+    spec = next((r.get("shard") for r in results.values() if r.get("shard")), None) or {}
+    lineage = (record or {}).get("lineage") or {
+        "dag_id": dag_id, "run_id": run_id, "input_uri": prepared.get("input_uri"), "window": prepared.get("window"),
+        "workload": spec.get("workload"), "workload_params": spec.get("params"), "manifest": spec.get("manifest")}
+    version = None
+    if record:
+        version = {k: record.get(k) for k in ("model", "version", "status", "proposed_decision", "decision_reasons",
+                                               "decided_by", "decided_at", "metrics")}
+    dead = dead_letter_count(files)
+    return {"dag_id": dag_id, "run_id": run_id, "counts": counts, "shards": shards, "cost": cost,
+            "version": version, "lineage": lineage, "dead_letter_units": dead,
+            "has_report": bool(version_dir), "note": note_text({**counts, "units_dead_lettered": dead}, cost)}
+
+
+def dead_letter_frame(files: RunFiles):
+    import pandas as pd
+
+    try:
+        data = files.read(DEAD_LETTER_FILE)
+    except FileNotFoundError:
+        return None
+    return pd.read_parquet(io.BytesIO(data))
+
+
+def dead_letter_count(files: RunFiles) -> int:
+    frame = dead_letter_frame(files)
+    return 0 if frame is None else len(frame)
+
+
+def dead_letter_page(files: RunFiles, page: int, size: int = PAGE_SIZE) -> dict[str, Any]:
+    frame = dead_letter_frame(files)
+    if frame is None:
+        return {"total": 0, "page": 1, "pages": 1, "columns": [], "rows": []}
+    pages = max(1, -(-len(frame) // size))
+    page = min(max(1, page), pages)
+    chunk = frame.iloc[(page - 1) * size: page * size]
+    rows = json.loads(chunk.to_json(orient="values", date_format="iso"))
+    return {"total": len(frame), "page": page, "pages": pages, "columns": [str(c) for c in frame.columns], "rows": rows}
+
+
+def dead_letter_csv(files: RunFiles) -> str:
+    frame = dead_letter_frame(files)
+    return "" if frame is None else frame.to_csv(index=False)
+
+
+# --- the page --------------------------------------------------------------------------------------------
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]], raw_columns: tuple[int, ...] = ()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell if i in raw_columns else _e(cell)}</td>" for i, cell in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _shown(value: Any) -> str:
+    from operators.kit.evaluation import number
+
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return number(value)
+
+
+STYLE = """body{font-family:sans-serif;margin:1em;color:#222}table{border-collapse:collapse;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}.failed{color:#b00}
+iframe{width:100%;height:900px;border:1px solid #ccc}.note{font-size:1.1em;background:#f4f4f4;padding:.4em}"""
+
+
+def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = None) -> str:
+    """The run view as one HTML page (no script): every value escaped."""
+    from operators.kit.cost import money
+
+    base = run_view_path(data["dag_id"], data["run_id"])
+    shards = [s for s in data["shards"] if shard is None or s["shard"] == shard]
+    shard_rows = []
+    for s in shards:
+        classes = ", ".join(f"{k}: {v}" for k, v in s["failures_by_class"].items())
+        errors = "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in s["first_errors"].items())
+        jobs = "<br>".join(
+            f'<a href="{_e(j["description"])}">{_e(j["job_id"])}</a>'
+            + (f' (<a href="{_e(j["console"])}" target="_blank" rel="noopener">AWS console</a>)' if "console" in j else "")
+            for j in s["jobs"])
+        shard_rows.append([s["label"], s["state"], f"{s['batches']:,}", f"{s['done']:,}", f"{s['cached']:,}",
+                           f"{s['failed']:,}", f"{s['dead_lettered']:,}", classes, errors, jobs])
+    parts = [f"<h1>Run {_e(data['run_id'])} of {_e(data['dag_id'])}</h1>",
+             f'<p class="note" id="note">{_e(data["note"])}</p>',
+             "<h2>Batches by shard</h2>" + (f'<p>Shard {shard} only; <a href="{_e(base)}">the whole run</a></p>'
+                                             if shard is not None else ""),
+             _table(["shard", "state", "batches", "done", "cached", "failed", "dead-lettered", "failure classes",
+                     "first errors", "Batch jobs"], shard_rows, raw_columns=(8, 9))]
+    cost = data.get("cost")
+    parts.append("<h2>Cost</h2>")
+    if cost:
+        currency = cost.get("currency", "USD")
+        parts.append(f'<p id="cost">{money(cost["cost"], currency)} for the run, {money(cost.get("per_unit"), currency)}'
+                     f" per unit; {cost['vcpu_hours']:.3g} vCPU-hours, {cost['gpu_hours']:.3g} GPU-hours. "
+                     f"<i>{_e(cost['label'])}</i></p>")
+        parts.append(_table(["shard", "jobs", "seconds", "vCPU-hours", "GPU-hours", "cost", "per unit"], [
+            [c["shard"], c["jobs"], f"{c['seconds']:,.1f}", f"{c['vcpu_hours']:.3g}", f"{c['gpu_hours']:.3g}",
+             money(c["cost"], currency), money(c["cost"] / c["units"] if c["units"] else None, currency)]
+            for c in cost["shards"]]))
+    else:
+        parts.append("<p>No cost recorded (the run's collect step has not run).</p>")
+    parts.append(f"<h2>Dead-letter units ({dead['total']:,})</h2>")
+    if dead["total"]:
+        parts.append(f'<p><a href="{_e(base)}/dead_letter.csv" download>Download all as CSV</a></p>')
+        parts.append(_table(dead["columns"], dead["rows"]))
+        links = []
+        if dead["page"] > 1:
+            links.append(f'<a href="{_e(base)}?page={dead["page"] - 1}">previous</a>')
+        links.append(f"page {dead['page']} of {dead['pages']}")
+        if dead["page"] < dead["pages"]:
+            links.append(f'<a href="{_e(base)}?page={dead["page"] + 1}">next</a>')
+        parts.append("<p>" + " | ".join(links) + "</p>")
+    version = data.get("version")
+    parts.append("<h2>Registry version</h2>")
+    if version:
+        parts.append(_table(["model", "version", "status", "proposed", "decided by", "reasons"], [[
+            version["model"], version["version"], version["status"], version["proposed_decision"],
+            version["decided_by"] or "(not decided)", "; ".join(version.get("decision_reasons") or [])]]))
+    else:
+        parts.append("<p>This run registered no version.</p>")
+    parts.append("<h2>Lineage</h2>" + _table(["", ""], [[k, _shown(v)] for k, v in data["lineage"].items()
+                                                        if k != "cost"]))
+    if data.get("has_report"):
+        parts.append(f'<h2>Report</h2><p><a href="{_e(base)}/report" target="_blank">open alone</a></p>'
+                     f'<iframe title="report" src="{_e(base)}/report"></iframe>')
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>Run {_e(data["run_id"])}</title>'
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")

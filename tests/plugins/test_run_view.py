@@ -1,0 +1,192 @@
+"""The run view plugin and the run note, on a real units_of_work run with a dead-lettered batch.
+
+One run through dag.test() against the local endpoint (about 20 s), then the plugin's routes in the real
+api-server app (`airflow.api_fastapi.app.create_app`) with real JWTs: Airflow's authentication and
+DAG-level authorisation, confinement to the run's folders, and the same run read from an S3 DATA_ROOT.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from airflow.utils.state import DagRunState
+from tests.plugins.auth_manager import OUTSIDER
+from tests.system.test_batch_smoke import load_dag
+
+pytestmark = pytest.mark.system
+CONF = {"units": 200, "bucket_count": 20, "batches_per_shard": 10, "fail_units": ["u000007"],
+        "min_success_ratio": 0.9}
+
+
+@pytest.fixture(scope="module")
+def module_data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runview") / "data"
+    root.mkdir(mode=0o700)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dead_letter_run(airflow_db, local_aws, module_data_root):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATA_ROOT", str(module_data_root))
+        patch.setenv("SHARD_RETRY_DELAY_S", "1")
+        run = load_dag("units_of_work").test(run_conf=CONF)
+    assert run.state == DagRunState.SUCCESS
+    return run
+
+
+def summary_of(run) -> dict:
+    from operators.kit.runview import xcoms
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        [(_, _, value)] = xcoms(session, run.dag_id, run.run_id, ("summary",))
+    return value
+
+
+def test_the_run_note_says_how_many_batches_were_done_cached_failed_and_dead_lettered(dead_letter_run):
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    summary = summary_of(dead_letter_run)
+    with create_session() as session:
+        run = session.scalars(select(DagRun).where(DagRun.dag_id == dead_letter_run.dag_id,
+                                                   DagRun.run_id == dead_letter_run.run_id)).one()
+        note = run.note
+    assert summary["failed"] == 1 and summary["succeeded"] == 19
+    assert note.startswith(f"20 batches: 19 done, 0 cached, 0 failed, 1 dead-lettered ({summary['units_failed']} units)")
+    assert "(estimate)" in note and note == summary["note"]
+
+
+def test_collect_prices_every_job_of_the_run_into_the_summary_and_the_run_folder(dead_letter_run, module_data_root):
+    summary = summary_of(dead_letter_run)
+    cost = summary["cost"]
+    assert [s["shard"] for s in cost["shards"]] == [0, 1]
+    assert all(s["jobs"] >= 1 and s["seconds"] > 0 for s in cost["shards"])
+    assert cost["cost"] > 0 and cost["units"] == summary["units"] and cost["gpu_hours"] == 0
+    assert cost["per_unit"] == pytest.approx(cost["cost"] / summary["units"])
+    assert "local endpoint" in cost["label"]
+    [written] = list(module_data_root.glob("runs/units_of_work/*/cost.json"))
+    assert json.loads(written.read_text())["cost"] == cost["cost"]
+
+
+@pytest.fixture(scope="module")
+def api(dead_letter_run):
+    """The api-server's app with the plugin mounted, and a client per user (None: no credentials)."""
+    from fastapi.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__CORE__AUTH_MANAGER", "tests.plugins.auth_manager.OneDagAuthManager")
+        from airflow.api_fastapi import app as api_app
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+        api_app.purge_cached_app()
+        app = api_app.create_app("core")
+        manager = api_app.get_auth_manager()
+
+        def client(user: str | None, role: str = "viewer") -> TestClient:
+            headers = {}
+            if user is not None:
+                token = manager.generate_jwt(SimpleAuthManagerUser(username=user, role=role))
+                headers["Authorization"] = f"Bearer {token}"
+            return TestClient(app, headers=headers)
+
+        yield client
+        api_app.purge_cached_app()
+
+
+def view(run) -> str:
+    from operators.kit.runview import run_view_path
+
+    return run_view_path(run.dag_id, run.run_id)
+
+
+def test_requests_without_credentials_or_without_the_right_to_read_the_dag_are_refused(api, dead_letter_run,
+                                                                                       module_data_root,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(module_data_root))
+    base = view(dead_letter_run)
+    for path in ("", "/data.json", "/dead_letter.csv", "/dead_letter.json", "/files/cost.json",
+                 f"/jobs/{summary_of(dead_letter_run)['job_ids'][0]}"):
+        anonymous = api(None).get(base + path)
+        assert anonymous.status_code == 401, (path, anonymous.text)
+        outsider = api(OUTSIDER).get(base + path)
+        assert outsider.status_code == 403, (path, outsider.text)
+        assert "u0000" not in outsider.text and "batches" not in outsider.text
+    assert api("reader").get(base + "/data.json").status_code == 200
+
+
+def test_the_run_view_shows_the_runs_numbers_from_its_files(api, dead_letter_run, module_data_root, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setenv("DATA_ROOT", str(module_data_root))
+    reader = api("reader")
+    base = view(dead_letter_run)
+    summary = summary_of(dead_letter_run)
+    data = reader.get(base + "/data.json").json()
+    assert data["counts"] == {"batches": 20, "done": 19, "cached": 0, "failed": 0, "dead_lettered": 1}
+    [dead_shard] = [s for s in data["shards"] if s["dead_lettered"]]
+    assert dead_shard["failures_by_class"] == {"bad_data": 1} and "u000007" in dead_shard["first_errors"]["bad_data"]
+    assert data["cost"]["cost"] == summary["cost"]["cost"]
+    assert data["lineage"]["workload"] == "noop" and data["version"] is None
+    job = dead_shard["jobs"][0]
+    assert job["description"].startswith(base + "/jobs/") and "console" not in job  # local: the endpoint's record
+    described = reader.get(job["description"]).json()
+    assert described["jobId"] == job["job_id"] and described["status"] in ("SUCCEEDED", "FAILED")
+
+    dead = pd.read_parquet(summary["dead_letter"])
+    page = reader.get(base + "/dead_letter.json", params={"page": 1}).json()
+    assert page["total"] == len(dead) and page["columns"] == list(dead.columns)
+    rows = list(csv.DictReader(io.StringIO(reader.get(base + "/dead_letter.csv").text)))
+    assert sorted(r["unit_id"] for r in rows) == sorted(dead["unit_id"])
+
+    html = reader.get(base).text
+    assert "20 batches: 19 done, 0 cached, 0 failed, 1 dead-lettered" in html
+    assert "bad_data" in html and "Download all as CSV" in html and "u000007" in html
+    shard_page = reader.get(base, params={"shard": dead_shard["shard"]}).text
+    assert dead_shard["label"] in shard_page and f"Shard {dead_shard['shard']} only" in shard_page
+
+
+def test_a_job_of_another_run_and_paths_outside_the_runs_folder_are_refused(api, dead_letter_run, module_data_root,
+                                                                           monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(module_data_root))
+    reader = api("reader")
+    base = view(dead_letter_run)
+    (module_data_root / "secret.txt").write_text("not the run's")
+    assert reader.get(base + "/files/cost.json").status_code == 200
+    for path in ("../../../secret.txt", "..%2F..%2F..%2Fsecret.txt", "%2Fetc%2Fpasswd", "results/../../../../secret.txt",
+                 "results/..%2F..%2F..%2F..%2Fsecret.txt", "s3:%2F%2Fbucket%2Fkey"):
+        response = reader.get(base + "/files/" + path)
+        assert response.status_code in (403, 404), (path, response.status_code)
+        assert "not the run's" not in response.text
+    assert reader.get(base + "/files/..%2F..%2F..%2Fsecret.txt").status_code == 403
+    # a symbolic link inside the run folder that points outside it is refused too
+    run_folder = next(module_data_root.glob("runs/units_of_work/*/"))
+    (run_folder / "escape.txt").symlink_to(module_data_root / "secret.txt")
+    assert reader.get(base + "/files/escape.txt").status_code == 403
+    assert reader.get(base + "/jobs/not-a-job-of-this-run").status_code == 404
+    assert reader.get(f"/airbatch/runs/{dead_letter_run.dag_id}/no-such-run/data.json").status_code == 404
+
+
+def test_an_s3_data_root_on_the_local_endpoint_is_read_too(api, dead_letter_run, module_data_root, local_aws,
+                                                           monkeypatch):
+    bucket = "runview-bucket"
+    local_aws.s3.create_bucket(Bucket=bucket)
+    for path in module_data_root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            local_aws.s3.put_object(Bucket=bucket, Key=f"data/{path.relative_to(module_data_root)}",
+                                    Body=path.read_bytes())
+    monkeypatch.setenv("DATA_ROOT", f"s3://{bucket}/data")
+    reader = api("reader")
+    base = view(dead_letter_run)
+    data = reader.get(base + "/data.json").json()
+    assert data["counts"]["dead_lettered"] == 1 and data["dead_letter_units"] >= 1
+    assert data["cost"]["cost"] == summary_of(dead_letter_run)["cost"]["cost"]
+    assert "u000007" in reader.get(base + "/dead_letter.csv").text
+    assert reader.get(base + "/files/..%2F..%2Fsecret.txt").status_code == 403

@@ -1,0 +1,84 @@
+"""The run view's logic without a run: the note's counts, confinement to the run's folders, the approval page's link."""
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+from operators.kit import runview
+
+
+def test_failed_shards_count_as_failed_and_completed_shards_failures_as_dead_lettered():
+    completed = [{"batches": 10, "succeeded": 6, "cached": 3, "failed": 1, "units_failed": 4}]
+    failed = [{"batches": 10, "succeeded": 2, "cached": 0, "failed": 8, "units_failed": 30}]
+    counts = runview.batch_counts(completed, failed)
+    assert counts == {"batches": 20, "done": 8, "cached": 3, "failed": 8, "dead_lettered": 1,
+                      "units_dead_lettered": 4}
+    assert runview.note_text(counts, {"cost": 0.0123, "currency": "USD"}) == \
+        "20 batches: 8 done, 3 cached, 8 failed, 1 dead-lettered (4 units); cost $0.0123 (estimate)"
+
+
+def test_the_note_of_a_collected_run_counts_its_failed_batches_as_dead_lettered():
+    fanout = {"batches": 3000, "succeeded": 2990, "cached": 0, "failed": 10, "units_failed": 333}
+    assert runview.run_note(fanout) == "3,000 batches: 2,990 done, 0 cached, 0 failed, 10 dead-lettered (333 units)"
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "s3://bucket/key", "", ".", "a\\..\\b",
+                                  "results/..", "x\x00y"])
+def test_paths_outside_the_run_folder_are_refused_before_anything_is_read(path):
+    files = runview.RunFiles("/data/runs/dag/run")
+    with pytest.raises(runview.OutsideRunFolders):
+        files.resolve(path)
+
+
+def test_paths_inside_the_run_folders_resolve_under_them():
+    files = runview.RunFiles("s3://b/data/runs/dag/run", version_dir="s3://b/data/registry/m/versions/v1")
+    assert files.resolve("results/shard-0.json") == "s3://b/data/runs/dag/run/results/shard-0.json"
+    assert files.resolve("report.html", files.version_dir) == "s3://b/data/registry/m/versions/v1/report.html"
+    with pytest.raises(runview.OutsideRunFolders):
+        files.resolve("report.html", "s3://b/data/registry/m/versions/v2")
+
+
+def test_a_report_is_served_only_from_a_registry_version_that_belongs_to_the_run(tmp_path):
+    root = str(tmp_path)
+    folder = tmp_path / "registry" / "m" / "versions" / "v1"
+    folder.mkdir(parents=True)
+    (folder / "version.json").write_text('{"lineage": {"dag_id": "d", "run_id": "r1"}}')
+    report = f"{folder}/report.html"
+    assert runview.version_folder_of(report, "r1", "d", root, None)[0] == str(folder)
+    assert runview.version_folder_of(report, "r2", "d", root, None) == (None, None)
+    assert runview.version_folder_of(f"{tmp_path}/elsewhere/report.html", "r1", "d", root, None) == (None, None)
+
+
+def test_the_run_view_address_quotes_the_run_id():
+    assert runview.run_view_path("pricing", "manual__2026-02-16T00:00:00+00:00") == \
+        "/airbatch/runs/pricing/manual__2026-02-16T00%3A00%3A00%2B00%3A00"
+
+
+def test_the_approval_page_links_to_the_run_view_and_its_report():
+    from operators.kit.approval import review_request
+
+    ask = review_request(task_id="ask_reviewer", model="probe")
+    evaluation = {"version": "v7", "proposal": "review", "reasons": ["mape 0.143 > approve limit 0.12"],
+                  "lines": ["MAPE 0.143"], "report_location": "DATA_ROOT/registry/probe/versions/v7/report.html",
+                  "run_view": "/airbatch/runs/pricing/r1"}
+
+    class TaskInstance:
+        @staticmethod
+        def xcom_pull(task_ids):
+            return evaluation
+
+    body = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(ask.body).render(ti=TaskInstance())
+    assert "[Run view: batches, dead letters, version, cost](/airbatch/runs/pricing/r1)" in body
+    assert "([open](/airbatch/runs/pricing/r1/report))" in body
+    assert "Report: DATA_ROOT/registry/probe/versions/v7/report.html" in body
+
+
+def test_the_page_escapes_what_the_run_recorded():
+    data = {"dag_id": "d", "run_id": "<script>x</script>", "note": "n", "counts": {}, "cost": None, "version": None,
+            "lineage": {"input_uri": "<img src=x onerror=alert(1)>"}, "has_report": False,
+            "shards": [{"shard": 0, "label": "shard 0", "state": "success", "batches": 1, "done": 0, "cached": 0,
+                        "failed": 0, "dead_lettered": 1, "failures_by_class": {"bad_data": 1},
+                        "first_errors": {"bad_data": "<b>boom</b>"}, "jobs": []}]}
+    page = runview.render_page(data, {"total": 0, "page": 1, "pages": 1, "columns": [], "rows": []})
+    assert "<script>x" not in page and "<img src=x" not in page and "<b>boom" not in page
+    assert "&lt;b&gt;boom&lt;/b&gt;" in page
