@@ -80,3 +80,16 @@ def test_on_the_local_endpoint_a_shard_starts_no_more_children_than_vcpus():
     assert engine.children_plan(1, env=local) == (1, 1)
     assert engine.children_plan(1000, env={"BATCH_MAX_CHILDREN": "8"}) == (125, 8)  # AWS: containers, not vCPUs
     assert engine.children_plan(1000, batches_per_child=10, env=local) == (10, 100)  # an explicit size wins
+
+
+def test_the_worker_reads_a_batch_file_to_the_frame_pandas_reads(tmp_path):
+    import pandas as pd
+
+    from batch_worker.runtime import read_batch
+    from operators.pipelines.pricing import pricing_data
+
+    pricing_data.generate(tmp_path / "sales", 4000, units=150, days=28, start_date="2026-01-19")
+    result = prep.prepare(str(tmp_path / "sales"), get_workload("pricing").schema, str(tmp_path / "prep"),
+                          bucket_count=3)
+    for uri in prep.read_manifest(result.manifest_uri)["uri"]:
+        pd.testing.assert_frame_equal(read_batch(uri), pd.read_parquet(uri))
