@@ -99,7 +99,7 @@ def model_location_problems(model_uri: str | None, model_version: str | None,
     if not _VERSION.match(model_version) or model_version in (".", ".."):
         return [f"model_version {model_version!r} must be letters, digits, '_', '.', '=' or '-'"]
     scheme, sep, rest = model_uri.partition("://")
-    path = rest if sep else model_uri
+    scheme, path = (scheme, rest) if sep else ("", model_uri)
     if sep and scheme not in ("s3", "file"):
         return [f"model_uri {model_uri!r}: use a local path, file:// or s3://"]
     if ".." in path.split("/") or posixpath.normpath(path) != path.rstrip("/"):
@@ -110,7 +110,7 @@ def model_location_problems(model_uri: str | None, model_version: str | None,
     if data_root:
         root = data_root.rstrip("/")
         root_scheme, root_sep, root_rest = root.partition("://")
-        same_kind = (root_sep and sep and root_scheme == scheme) or (not root_sep and scheme in ("", "file"))
+        same_kind = root_scheme == scheme if root_sep else scheme in ("", "file")
         root_path = root_rest if root_sep else os.path.abspath(root)
         if not same_kind or not path.startswith(root_path.rstrip("/") + "/"):
             return [f"model_uri {model_uri!r} lies outside the data root {data_root}"]

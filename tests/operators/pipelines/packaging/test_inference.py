@@ -1,0 +1,70 @@
+"""Packaging inference's stages without Airflow running: the approved model, daily windows, run-time parameters."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from operators.kit import registry
+from operators.pipelines.packaging import inventory
+from operators.pipelines.packaging.inference import (MODEL_PARAMS, NoApprovedModel, PackagingInference,
+                                                     approved_model, daily_since, register_approved_models, run_day)
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    return str(tmp_path)
+
+
+def test_only_an_approved_and_published_version_is_a_model(root):
+    with pytest.raises(NoApprovedModel, match="no approved version of model 'packaging'.*packaging_training"):
+        approved_model()
+    store = registry.Registry(root, "packaging")
+    store.register("v0", metrics={}, input_stats={}, lineage={}, proposed="review", reasons=[],
+                   artifact="models.parquet")
+    with pytest.raises(NoApprovedModel, match="no approved version"):
+        approved_model()  # pending
+    store.decide("v0", registry.REJECTED, by="person:sam")
+    with pytest.raises(NoApprovedModel, match="no approved version"):
+        approved_model()  # rejected
+    version = register_approved_models(inventory.true_models(3), "v1", by="test")
+    model = approved_model()
+    assert model["version"] == version == "v1" and model["approved_by"] == "test"
+    assert model["uri"] == f"{root}/published/packaging/versions/v1/models.parquet"
+    store.register("v2", metrics={}, input_stats={}, lineage={}, proposed="approve", reasons=[],
+                   artifact="models.parquet")
+    assert approved_model()["version"] == "v1"  # a newer pending version does not count
+    Path(model["uri"]).unlink()
+    with pytest.raises(NoApprovedModel, match="approved but its artifact .* is missing"):
+        approved_model()
+
+
+def test_a_daily_run_starts_where_the_last_successful_one_ended():
+    until = dt.date(2026, 3, 5)
+    assert daily_since(until, None, []) == dt.date(2026, 3, 4)
+    assert daily_since(until, pendulum.datetime(2026, 3, 2, tz="UTC"), []) == dt.date(2026, 3, 2)
+    # a run started by an approval is known only from what it published
+    published = [{"window": ["2026-03-02", "2026-03-03"]}, {"window": ["2026-03-03", "2026-03-04"]}]
+    assert daily_since(until, pendulum.datetime(2026, 3, 2, tz="UTC"), published) == dt.date(2026, 3, 4)
+    # this run itself (cleared, run again) or a later one does not move the start: the same window again
+    assert daily_since(until, None, [{"window": ["2026-03-04", "2026-03-05"]}, {"window": ["2026-03-05", "2026-03-09"]}]) \
+        == dt.date(2026, 3, 4)
+
+
+def test_the_run_day_is_the_data_intervals_end_else_the_day_it_runs():
+    assert run_day(pendulum.datetime(2026, 3, 2, tz="UTC"), pendulum.datetime(2026, 3, 2, 0, 5, tz="UTC")) \
+        == dt.date(2026, 3, 2)
+    assert run_day(None, pendulum.datetime(2026, 3, 2, 15, tz="UTC")) == dt.date(2026, 3, 2)
+
+
+def test_the_model_version_is_set_at_run_time_not_by_a_run():
+    pipeline = PackagingInference("inference_test", scope="daily")
+    assert not set(MODEL_PARAMS) & set(pipeline.params)
+    assert "max_damage_probability" in pipeline.params
+    with pytest.raises(ValueError, match=r"unknown run param\(s\) \['model_version'\]"):
+        pipeline.check_run({name: p.value for name, p in pipeline.params.items()}, {"model_version": "v-any"})
+    with pytest.raises(ValueError, match="scope must be one of"):
+        PackagingInference("inference_test", scope="weekly")
