@@ -92,6 +92,7 @@ class RequestGuard:
         self.app = app
         self.credentials = credentials
         self.ready = threading.Event()
+        self._conditional_writes = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         service = _signing_service(environ.get("HTTP_AUTHORIZATION", ""))
@@ -115,6 +116,11 @@ class RequestGuard:
             answer = _error(start_response, service, refusal)
             # A reply to HEAD has headers only: body bytes after them break the client's next read.
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else answer
+        if _is_conditional_write(environ):
+            # moto checks If-Match / If-None-Match and then writes, with no lock between: two
+            # writers could both pass. S3 admits one, so these writes run one at a time.
+            with self._conditional_writes:
+                return self.app(environ, _without_cors(start_response))
         return self.app(environ, _without_cors(start_response))
 
     # -- checks ---------------------------------------------------------------------------------
@@ -175,6 +181,11 @@ class RequestGuard:
                           "The request signature we calculated does not match the signature you provided: check "
                           "the secret access key and the signing method")
         return access_key
+
+
+def _is_conditional_write(environ: dict[str, Any]) -> bool:
+    return environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE") and (
+        "HTTP_IF_MATCH" in environ or "HTTP_IF_NONE_MATCH" in environ)
 
 
 def _signing_service(header: str) -> str:

@@ -11,13 +11,22 @@ Statuses follow SageMaker's model registry: PendingManualApproval, Approved, Rej
 the version approved last; a rejected version never becomes current, and a decided version cannot
 change its status. One DAG run registers one version (its id derives from the run), so a retried
 evaluation rewrites its own version instead of adding another.
+
+Training runs write here while inference runs read, and two runs (or a person and a run) may decide
+at once. Every read-change-write of `version.json` and `current.json` is a compare-and-swap
+(operators.kit.conditional): a write computed from a state that another writer has since changed
+is redone from the new state, never laid over it. So a decided version stays decided (register
+and a second, different decision both see it), and `current.json` moves only to a version
+approved later than the one it names, whatever order the writes arrive in.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from typing import Any
+from typing import Any, Callable
 
+from operators.kit import conditional
 from operators.kit.engine import data_root, location, safe_name
 
 PENDING = "PendingManualApproval"
@@ -40,7 +49,8 @@ class Registry:
         self.model = model
         self.root = root.rstrip("/")
         self.aws_conn_id = aws_conn_id
-        self.loc = location(f"{root.rstrip('/')}/registry/{safe_name(model)}", aws_conn_id)
+        self.top = location(self.root, aws_conn_id)  # one connection lookup for the registry and what it publishes
+        self.loc = self.top.child("registry", safe_name(model))
 
     def version_dir(self, version: str) -> str:
         return self.loc.join("versions", version)
@@ -70,11 +80,13 @@ class Registry:
             return None
         return self.get(pointer["version"])
 
-    def _existing(self, version: str) -> dict[str, Any] | None:
-        try:
-            return self.get(version)
-        except RegistryError:
-            return None
+    def _update_json(self, path: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
+        """Compare-and-swap `path` with `change(record)`; True when it wrote, False when `change` returned None."""
+        def change_bytes(data: bytes | None) -> bytes | None:
+            value = change(json.loads(data) if data is not None else None)
+            return None if value is None else json.dumps(value, indent=1, sort_keys=True, default=str).encode()
+
+        return conditional.update(self.loc, path, change_bytes) is not None
 
     def register(self, version: str, *, metrics: dict[str, Any], input_stats: dict[str, Any],
                  lineage: dict[str, Any], proposed: str, reasons: list[str], artifact: str | None = None,
@@ -83,42 +95,80 @@ class Registry:
 
         A retried evaluation rewrites its still-pending version. When `version` is already
         decided (the whole run was cleared and ran again), the new evaluation becomes a new
-        version `<version>-r2`, `-r3`, ...: a decided version is final.
+        version `<version>-r2`, `-r3`, ...: a decided version is final, also when the decision
+        lands while this evaluation is being registered.
         """
         base, attempt = version, 1
-        existing = self._existing(version)
-        while existing and existing["status"] != PENDING:
+        while True:
+            written: dict[str, Any] = {}
+
+            def pending(existing: dict[str, Any] | None) -> dict[str, Any] | None:
+                if existing is not None and existing["status"] != PENDING:
+                    return None
+                written.clear()
+                written.update({
+                    "model": self.model, "version": version, "status": PENDING,
+                    "created_at": existing["created_at"] if existing else time.time(),
+                    "metrics": metrics, "input_stats": input_stats, "lineage": lineage, "artifact": artifact,
+                    "limits": limits, "proposed_decision": proposed, "decision_reasons": reasons,
+                    "decided_by": None, "decided_at": None,
+                })
+                return written
+
+            if self._update_json(self._version_file(version), pending):
+                return written
             attempt += 1
             version = f"{base}-r{attempt}"
-            existing = self._existing(version)
-        record = {
-            "model": self.model, "version": version, "status": PENDING,
-            "created_at": existing["created_at"] if existing else time.time(),
-            "metrics": metrics, "input_stats": input_stats, "lineage": lineage, "artifact": artifact, "limits": limits,
-            "proposed_decision": proposed, "decision_reasons": reasons, "decided_by": None, "decided_at": None,
-        }
-        self.loc.write_json(self._version_file(version), record)
-        return record
 
     def decide(self, version: str, status: str, *, by: str, note: str = "") -> dict[str, Any]:
+        """Record `status` (Approved or Rejected) for a pending `version`; an approval moves `current` to it.
+
+        Deciding again with the same status returns the recorded decision (a retried task); a
+        different status than the one recorded, by anyone and however close in time, is refused.
+        """
         if status not in (APPROVED, REJECTED):
             raise RegistryError(f"a decision is {APPROVED} or {REJECTED}, not {status!r}")
-        record = self.get(version)
-        if record["status"] == status:
-            return record  # a retried decision task
-        if record["status"] != PENDING:
-            raise RegistryError(f"version {version} is already {record['status']}; a decided version is final")
-        record.update(status=status, decided_by=by, decided_at=time.time(), decision_note=note)
-        self.loc.write_json(self._version_file(version), record)
-        if status == APPROVED:
-            self.loc.write_json(self.loc.join("current.json"), {"version": version, "approved_at": record["decided_at"]})
+        record: dict[str, Any] = {}
+
+        def decided(existing: dict[str, Any] | None) -> dict[str, Any] | None:
+            if existing is None:
+                raise RegistryError(f"model {self.model!r} has no version {version!r}")
+            record.clear()
+            record.update(existing)
+            if existing["status"] == status:
+                return None
+            if existing["status"] != PENDING:
+                raise RegistryError(
+                    f"version {version} of {self.model!r} is already {existing['status']} (by "
+                    f"{existing.get('decided_by')} at {_when(existing.get('decided_at'))}); a decided version is "
+                    f"final, so this {status} decision by {by} was not recorded. To use the model anyway, run the "
+                    f"training again: it registers a new version to decide on")
+            record.update(status=status, decided_by=by, decided_at=time.time(), decision_note=note)
+            return record
+
+        self._update_json(self._version_file(version), decided)
+        if record["status"] == APPROVED:
+            self._advance_current(record)  # also when the decision was already recorded: it may have stopped here
         return record
 
-    def publish(self, version: str) -> str:
-        """Copy an approved version's artifact to `published/<model>/versions/<version>/` and `current/`.
+    def _advance_current(self, record: dict[str, Any]) -> None:
+        """Point `current.json` at `record` unless it names a version approved at the same time or later."""
+        mine = (float(record["decided_at"]), record["version"])
 
-        Returns the URI of the current copy. Each file is replaced atomically, so a reader sees the
-        old or the new artifact, never a mix; `current/version.json` is written last.
+        def later(pointer: dict[str, Any] | None) -> dict[str, Any] | None:
+            if pointer is not None and (float(pointer["approved_at"]), pointer["version"]) >= mine:
+                return None
+            return {"version": record["version"], "approved_at": record["decided_at"]}
+
+        self._update_json(self.loc.join("current.json"), later)
+
+    def publish(self, version: str) -> str:
+        """Copy an approved version's artifact to `published/<model>/versions/<version>/`, and `current/` to the current version.
+
+        Returns the URI of the current copy when `version` is the current version, else of its
+        versioned copy: publishing an older version again (a cleared task) never moves `current/`
+        back. Each file is replaced atomically, so a reader sees the old or the new artifact,
+        never a mix; `current/version.json` is written after the artifact.
         """
         record = self.get(version)
         if record["status"] != APPROVED:
@@ -128,16 +178,42 @@ class Registry:
         if not artifact:
             raise RegistryError(f"version {version} of {self.model!r} has no artifact recorded in "
                                 f"{self._version_file(version)}: nothing to publish")
-        source = location(self.version_dir(version), self.aws_conn_id)
-        data = source.read_bytes(source.join(artifact))
-        out = location(f"{self.root}/published/{safe_name(self.model)}", self.aws_conn_id)
+        out = self.top.child("published", safe_name(self.model))
         versioned = out.join("versions", version, artifact)
-        current = out.join("current", artifact)
-        out.write_bytes(versioned, data)
-        out.write_bytes(current, data)
-        out.write_json(out.join("current", "version.json"),
-                       {"version": version, "artifact": versioned, "published_at": time.time()})
-        return current
+        out.write_bytes(versioned, self.loc.read_bytes(self.loc.join("versions", version, artifact)))
+        if self._sync_published_current(out) == version:
+            return out.join("current", artifact)
+        return versioned
+
+    def _sync_published_current(self, out) -> str | None:
+        """Copy the current version's published artifact to `current/`; returns the version `current/` then holds.
+
+        Two publishes may interleave (an approval that lands while an older version is being
+        copied). Each one copies whatever version is current in the registry, then checks that it
+        still is; one that finds the registry moved on copies again. The last copy made is
+        therefore always followed by a check that saw its version current.
+        """
+        for _ in range(conditional.UPDATE_ATTEMPTS):
+            head = self.current()
+            if head is None or not head.get("artifact"):
+                return None
+            versioned = out.join("versions", head["version"], head["artifact"])
+            data = out.read_many([versioned]).get(versioned)
+            if data is None:
+                return None  # not copied yet: its own publish moves current/ when it does
+            out.write_bytes(out.join("current", head["artifact"]), data)
+            out.write_json(out.join("current", "version.json"),
+                           {"version": head["version"], "artifact": versioned, "published_at": time.time()})
+            if (self.current() or {}).get("version") == head["version"]:
+                return head["version"]
+        raise RegistryError(f"the current version of {self.model!r} kept changing while {out.join('current')} was "
+                            f"being published; publish it again once approvals have settled")
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(timestamp)))
 
 
 def publish(model: str, version: str, root: str | None = None, aws_conn_id: str | None = "aws_default") -> str:

@@ -1,0 +1,371 @@
+"""The registry with concurrent writers: training runs deciding and publishing while inference reads.
+
+Each property holds on a local DATA_ROOT and on s3:// through the local endpoint. Races are made
+two ways: threads (and processes) released together, and a writer forced to act between another
+writer's read and its write, which is the interleaving a plain read-modify-write loses.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+
+from operators.kit import conditional, registry
+from operators.kit.engine import location
+
+REPO = Path(__file__).resolve().parents[3]
+ARGS = dict(metrics={"m": 1}, input_stats={}, lineage={"run_id": "r"}, proposed="review", reasons=[])
+DEADLINE_S = 60
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> str:
+    """A DATA_ROOT: a local folder, or a fresh bucket on the local endpoint."""
+    if request.param == "local":
+        return str(tmp_path / "data")
+    aws = request.getfixturevalue("local_aws")
+    bucket = f"registry-{uuid.uuid4().hex[:12]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/data"
+
+
+def together(*calls) -> list:
+    """Run `calls` in threads released at the same moment; each one's result or exception, in order."""
+    start = threading.Barrier(len(calls))
+    outcomes: list = [None] * len(calls)
+
+    def run(index, call):
+        start.wait(timeout=DEADLINE_S)
+        try:
+            outcomes[index] = call()
+        except Exception as error:  # noqa: BLE001 - the outcome looked at
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=run, args=(i, c), daemon=True) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=DEADLINE_S)
+        assert not thread.is_alive(), "a writer did not finish within the deadline"
+    return outcomes
+
+
+def between_read_and_write(monkeypatch, path_end: str, action) -> None:
+    """Run `action` once, right after the next read of a file ending in `path_end` (before its writer writes)."""
+    real_read, fired = conditional.read, []
+
+    def read(loc, path):
+        snapshot = real_read(loc, path)
+        if path.endswith(path_end) and not fired:
+            fired.append(path)
+            action()
+        return snapshot
+
+    monkeypatch.setattr(conditional, "read", read)
+
+
+def decision_times(monkeypatch, *times: float) -> None:
+    """The registry's clock gives `times`, one per call, in order."""
+    clock = iter(times)
+    monkeypatch.setattr(registry, "time", types.SimpleNamespace(time=lambda: next(clock), strftime=time.strftime,
+                                                                gmtime=time.gmtime))
+
+
+# --- the conditional-write primitive -----------------------------------------------------------------
+
+def test_a_write_from_a_stale_snapshot_is_refused_and_leaves_the_newer_content(root):
+    loc = location(root)
+    path = loc.join("state.json")
+    absent = conditional.read(loc, path)
+    assert absent.data is None
+    conditional.write_if_unchanged(loc, absent, b"first")
+    with pytest.raises(conditional.Conflict, match="changed since it was read"):
+        conditional.write_if_unchanged(loc, absent, b"created twice")
+    first = conditional.read(loc, path)
+    conditional.write_if_unchanged(loc, first, b"second")
+    with pytest.raises(conditional.Conflict):
+        conditional.write_if_unchanged(loc, first, b"from the stale snapshot")
+    assert conditional.read(loc, path).data == b"second"
+
+
+def test_concurrent_updates_from_threads_lose_no_increment(root):
+    loc = location(root)
+    path = loc.join("counter")
+
+    def add_one(data):
+        return str(int(data or b"0") + 1).encode()
+
+    def worker():
+        for _ in range(10):
+            conditional.update(loc, path, add_one)
+
+    assert all(outcome is None for outcome in together(*[worker] * 6))
+    assert conditional.read(loc, path).data == b"60"
+
+
+def test_concurrent_updates_from_processes_lose_no_increment(tmp_path):
+    path = tmp_path / "counter"
+    script = textwrap.dedent(f"""
+        from operators.kit import conditional
+        from batch_worker.storage import Location
+        loc = Location.parse({str(tmp_path)!r})
+        for _ in range(25):
+            conditional.update(loc, {str(path)!r}, lambda data: str(int(data or b"0") + 1).encode())
+    """)
+    workers = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO) for _ in range(4)]
+    assert [w.wait(timeout=DEADLINE_S) for w in workers] == [0] * 4
+    assert path.read_bytes() == b"100"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_update_leaves_the_file_alone_when_the_change_is_none(root):
+    loc = location(root)
+    path = loc.join("pointer")
+    assert conditional.update(loc, path, lambda data: b"v1") == b"v1"
+    assert conditional.update(loc, path, lambda data: None) is None
+    assert conditional.read(loc, path).data == b"v1"
+
+
+def test_the_local_endpoint_admits_one_of_two_racing_conditional_creates(local_aws, monkeypatch):
+    """moto checks the condition and then writes; slowed between the two, both would pass without the endpoint's lock."""
+    import boto3
+    import botocore.exceptions
+    from moto.s3.models import S3Backend
+
+    real_put = S3Backend.put_object
+
+    def slow_put(self, *args, **kwargs):
+        time.sleep(0.2)
+        return real_put(self, *args, **kwargs)
+
+    monkeypatch.setattr(S3Backend, "put_object", slow_put)
+    bucket = f"race-{uuid.uuid4().hex[:12]}"
+    local_aws.s3.create_bucket(Bucket=bucket)
+    clients = [boto3.client("s3", **local_aws.client_kwargs) for _ in range(4)]
+
+    def create(client, body):
+        try:
+            client.put_object(Bucket=bucket, Key="once", Body=body, IfNoneMatch="*")
+            return "created"
+        except botocore.exceptions.ClientError as error:
+            return error.response["Error"]["Code"]
+
+    outcomes = together(*[lambda c=c, i=i: create(c, str(i).encode()) for i, c in enumerate(clients)])
+    assert sorted(outcomes) == ["PreconditionFailed"] * 3 + ["created"]
+    stored = local_aws.s3.get_object(Bucket=bucket, Key="once")["Body"].read()
+    assert stored == str(outcomes.index("created")).encode()
+
+
+# --- decisions -------------------------------------------------------------------------------------------
+
+def test_two_different_decisions_at_once_one_wins_and_the_other_is_told(root):
+    models = registry.Registry(root, "scores")
+    for round_ in range(3):
+        version = f"2026-02-16_{round_}"
+        models.register(version, **ARGS)
+        outcomes = together(lambda: models.decide(version, registry.APPROVED, by="person:ann"),
+                            lambda: models.decide(version, registry.REJECTED, by="person:bob"))
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        [won] = [o for o in outcomes if isinstance(o, dict)]
+        [error] = errors
+        assert isinstance(error, registry.RegistryError)
+        loser = "Rejected decision by person:bob" if won["status"] == registry.APPROVED else \
+            "Approved decision by person:ann"
+        assert f"already {won['status']} (by {won['decided_by']} at " in str(error)
+        assert f"this {loser} was not recorded" in str(error)
+        assert models.get(version)["status"] == won["status"]
+        if won["status"] == registry.APPROVED:
+            assert models.current()["version"] == version
+
+
+def test_a_decision_landing_between_anothers_read_and_write_is_kept(root, monkeypatch):
+    models = registry.Registry(root, "scores")
+    models.register("v1", **ARGS)
+    between_read_and_write(monkeypatch, "v1/version.json",
+                           lambda: models.decide("v1", registry.REJECTED, by="person:bob"))
+    with pytest.raises(registry.RegistryError, match=r"already Rejected \(by person:bob .*this Approved decision "
+                                                     r"by thresholds was not recorded"):
+        models.decide("v1", registry.APPROVED, by="thresholds")
+    assert models.get("v1")["status"] == registry.REJECTED and models.current() is None
+
+
+def test_the_same_decision_twice_at_once_is_recorded_once(root):
+    models = registry.Registry(root, "scores")
+    models.register("v1", **ARGS)
+    outcomes = together(*[lambda: models.decide("v1", registry.APPROVED, by="thresholds")] * 4)
+    assert all(isinstance(o, dict) and o["status"] == registry.APPROVED for o in outcomes)
+    assert len({o["decided_at"] for o in outcomes}) == 1
+    assert models.current()["version"] == "v1"
+
+
+def test_decisions_from_processes_on_a_local_data_root_one_wins(tmp_path):
+    models = registry.Registry(str(tmp_path), "scores", aws_conn_id=None)
+    models.register("v1", **ARGS)
+    script = textwrap.dedent(f"""
+        import sys
+        from operators.kit import registry
+        models = registry.Registry({str(tmp_path)!r}, "scores", aws_conn_id=None)
+        try:
+            models.decide("v1", sys.argv[1], by="process " + sys.argv[2])
+        except registry.RegistryError:
+            sys.exit(3)
+    """)
+    statuses = [registry.APPROVED, registry.REJECTED] * 2
+    workers = [subprocess.Popen([sys.executable, "-c", script, status, str(i)], cwd=REPO)
+               for i, status in enumerate(statuses)]
+    codes = [w.wait(timeout=DEADLINE_S) for w in workers]
+    stored = models.get("v1")
+    assert set(codes) <= {0, 3} and 3 in codes
+    assert [s for s, c in zip(statuses, codes) if c == 0] == [stored["status"]] * codes.count(0)
+    assert stored["decided_by"] in {f"process {i}" for i, s in enumerate(statuses) if s == stored["status"]}
+
+
+# --- register -------------------------------------------------------------------------------------------
+
+def test_register_never_overwrites_a_decision_made_while_it_registers(root, monkeypatch):
+    models = registry.Registry(root, "scores")
+    models.register("v1", **ARGS)  # the first try of the evaluation, still pending
+    between_read_and_write(monkeypatch, "v1/version.json",
+                           lambda: models.decide("v1", registry.APPROVED, by="person:ann"))
+    again = models.register("v1", **{**ARGS, "metrics": {"m": 2}})  # its retry
+    assert again["version"] == "v1-r2" and again["status"] == registry.PENDING
+    kept = models.get("v1")
+    assert (kept["status"], kept["decided_by"], kept["metrics"]) == (registry.APPROVED, "person:ann", {"m": 1})
+    assert models.current()["version"] == "v1"
+
+
+def test_racing_registrations_of_one_version_leave_one_pending_record(root):
+    models = registry.Registry(root, "scores")
+    outcomes = together(*[lambda i=i: models.register("v1", **{**ARGS, "metrics": {"m": i}}) for i in range(4)])
+    assert all(isinstance(o, dict) and o["version"] == "v1" for o in outcomes)
+    stored = models.get("v1")
+    assert stored["status"] == registry.PENDING and stored["metrics"] in [o["metrics"] for o in outcomes]
+    assert [v["version"] for v in models.versions()] == ["v1"]
+
+
+# --- the current pointer --------------------------------------------------------------------------------
+
+def test_current_moves_only_to_a_later_approval_whatever_order_the_writes_land_in(root, monkeypatch):
+    models = registry.Registry(root, "scores")
+    for version in ("older", "newer"):
+        models.register(version, **ARGS)
+    decision_times(monkeypatch, 2000.0, 1000.0)
+    models.decide("newer", registry.APPROVED, by="person:ann")  # approved at 2000
+    models.decide("older", registry.APPROVED, by="person:bob")  # approved at 1000; its pointer write lands last
+    assert models.get("older")["status"] == registry.APPROVED
+    assert models.current()["version"] == "newer"
+
+
+def test_an_approval_landing_between_anothers_read_and_write_of_current_is_kept(root, monkeypatch):
+    models = registry.Registry(root, "scores")
+    for version in ("first", "second"):
+        models.register(version, **ARGS)
+    models.decide("first", registry.APPROVED, by="thresholds")
+    models.register("third", **ARGS)
+    now = time.time()
+    decision_times(monkeypatch, now + 1000, now + 2000)  # "third" is approved later than "second" but reaches current.json first
+    between_read_and_write(monkeypatch, "current.json",
+                           lambda: models.decide("third", registry.APPROVED, by="person:ann"))
+    models.decide("second", registry.APPROVED, by="thresholds")
+    assert models.current()["version"] == "third"
+
+
+def test_many_approvals_at_once_leave_current_at_the_last_approved(root):
+    models = registry.Registry(root, "scores")
+    versions = [f"v{i}" for i in range(6)]
+    for version in versions:
+        models.register(version, **ARGS)
+    outcomes = together(*[lambda v=v: models.decide(v, registry.APPROVED, by="thresholds") for v in versions])
+    last = max(outcomes, key=lambda record: (record["decided_at"], record["version"]))
+    assert models.current()["version"] == last["version"]
+
+
+def test_an_inference_reader_sees_only_approved_versions_while_training_decides(root):
+    models = registry.Registry(root, "scores")
+    models.register("v0", **ARGS)
+    models.decide("v0", registry.APPROVED, by="thresholds")
+    seen, failures, stop = [], [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                record = models.current()
+                seen.append((record["version"], record["status"]))
+            except Exception as error:  # noqa: BLE001 - any failed read is what is looked for
+                failures.append(repr(error))
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        for i in range(1, 7):
+            models.register(f"v{i}", **ARGS)
+            models.decide(f"v{i}", registry.REJECTED if i % 2 else registry.APPROVED, by="thresholds")
+    finally:
+        stop.set()
+        thread.join(timeout=DEADLINE_S)
+    assert failures == [] and seen
+    assert {status for _, status in seen} == {registry.APPROVED}
+    assert {version for version, _ in seen} <= {"v0", "v2", "v4", "v6"}
+    assert models.current()["version"] == "v6"
+
+
+# --- publish --------------------------------------------------------------------------------------------
+
+def approved_with_artifact(models: registry.Registry, version: str, content: bytes) -> None:
+    models.register(version, **ARGS, artifact="model.bin")
+    loc = location(models.version_dir(version))
+    loc.write_bytes(loc.join("model.bin"), content)
+    models.decide(version, registry.APPROVED, by="thresholds")
+
+
+def published_current(root: str) -> tuple[str, bytes]:
+    out = location(f"{root}/published/scores")
+    return json.loads(out.read_bytes(out.join("current", "version.json")))["version"], \
+        out.read_bytes(out.join("current", "model.bin"))
+
+
+def test_publishing_an_older_version_again_leaves_current_at_the_newer(root):
+    models = registry.Registry(root, "scores")
+    approved_with_artifact(models, "older", b"old model")
+    approved_with_artifact(models, "newer", b"new model")
+    assert models.publish("newer").endswith("/current/model.bin")
+    again = models.publish("older")  # a cleared publish task of the older run
+    assert again.endswith("/versions/older/model.bin")
+    assert published_current(root) == ("newer", b"new model")
+
+
+def test_racing_publishes_leave_current_at_the_registrys_current_version(root):
+    models = registry.Registry(root, "scores")
+    for i in range(4):
+        approved_with_artifact(models, f"v{i}", f"model {i}".encode())
+    outcomes = together(*[lambda i=i: models.publish(f"v{i}") for i in range(4)] * 2)
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert published_current(root) == ("v3", b"model 3")
+
+
+def test_a_publish_overtaken_by_a_newer_approval_copies_the_newer_version(root, monkeypatch):
+    models = registry.Registry(root, "scores")
+    approved_with_artifact(models, "v1", b"model 1")
+    models.register("v2", **ARGS, artifact="model.bin")
+    loc = location(models.version_dir("v2"))
+    loc.write_bytes(loc.join("model.bin"), b"model 2")
+    real_current = models.current
+
+    def current():
+        head = real_current()  # v1: v1's publish is about to copy it to current/ ...
+        monkeypatch.setattr(models, "current", real_current)
+        models.decide("v2", registry.APPROVED, by="person:ann")  # ... when v2 is approved and published first
+        models.publish("v2")
+        return head
+
+    monkeypatch.setattr(models, "current", current)
+    assert models.publish("v1").endswith("/versions/v1/model.bin")
+    assert published_current(root) == ("v2", b"model 2")
