@@ -17,6 +17,7 @@ PROGRESS_SECONDS="${DEMO_PROGRESS_SECONDS:-3}"
 
 DAG_RUN_PID=""
 PROGRESS_PID=""
+MIGRATE_PID=""
 stop_progress() {
   [[ -n "$PROGRESS_PID" ]] || return 0
   kill -TERM "$PROGRESS_PID" 2>/dev/null || true
@@ -24,6 +25,7 @@ stop_progress() {
   PROGRESS_PID=""
 }
 cleanup() {
+  [[ -n "$MIGRATE_PID" ]] && { kill -TERM "$MIGRATE_PID" 2>/dev/null; wait "$MIGRATE_PID" 2>/dev/null; MIGRATE_PID=""; }
   stop_progress
   [[ -n "$DAG_RUN_PID" ]] && stop_sessions "$RUN_GRACE_SECONDS" "$DAG_RUN_PID"
   stop_endpoint
@@ -39,10 +41,41 @@ trap cleanup EXIT
 trap 'interrupted 130' INT
 trap 'interrupted 143' TERM
 
+# The SQLite DB's schema revision and this Airflow's release; empty for another database or no DB yet.
+db_revision() {
+  python - <<'PY'
+import importlib.metadata, os, sqlite3
+url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+path = url.removeprefix("sqlite:///")
+if url.startswith("sqlite:///") and os.path.isfile(path):
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            revision = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        revision = None
+    if revision:
+        print(f"{importlib.metadata.version('apache-airflow')} {revision[0]} {path}")
+PY
+}
+
 start=$(date +%s)
-airflow db migrate >"$AIRFLOW_HOME/migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/migrate.log" >&2; exit 1; }
+# `airflow db migrate` takes seconds even when there is nothing to do: skipped when the DB is at the
+# revision this Airflow release left it at last time; otherwise it runs while the endpoint starts.
+MIGRATED_STAMP="$AIRFLOW_HOME/migrated.stamp"
+revision=$(db_revision)
+if [[ -z "$revision" || ! -f "$MIGRATED_STAMP" || "$(cat "$MIGRATED_STAMP")" != "$revision" ]]; then
+  airflow db migrate >"$AIRFLOW_HOME/migrate.log" 2>&1 &
+  MIGRATE_PID=$!
+fi
 start_endpoint
-python -m operators.kit.provisioning apply
+if [[ -n "$MIGRATE_PID" ]]; then
+  wait "$MIGRATE_PID" || { MIGRATE_PID=""; cat "$AIRFLOW_HOME/migrate.log" >&2; exit 1; }
+  MIGRATE_PID=""
+  db_revision >"$MIGRATED_STAMP"
+fi
+# The local endpoint provisions Batch from config/batch_resources.json as it starts; another endpoint
+# (AWS itself) is provisioned here.
+endpoint_is_local || python -m operators.kit.provisioning apply
 log="$AIRFLOW_HOME/demo-$DEMO_DAG.log"
 echo "running $DEMO_DAG (task logs: $log)"
 # In a session of its own, so that stopping it reaches everything it started; waited for in the
@@ -50,16 +83,15 @@ echo "running $DEMO_DAG (task logs: $log)"
 submitted=$(date +%s)
 start_session "$log" airflow dags test "$DEMO_DAG" ${DEMO_DATE:+"$DEMO_DATE"} --conf "$DEMO_CONF"
 DAG_RUN_PID=$SESSION_PID
-# Progress from the run's log, task instances and done-markers; it ends by itself once the run has
-# ended, after a last line.
+# Progress from the run's log, task instances and done-markers; once the run has ended, a last line
+# and the run's summary (the same process: one Airflow start-up for both).
 python -m operators.kit.summary "$DEMO_DAG" --follow "$log" --pid "$DAG_RUN_PID" --since "$submitted" \
-  --interval "$PROGRESS_SECONDS" &
+  --interval "$PROGRESS_SECONDS" --report --log "$log" &
 PROGRESS_PID=$!
 status=0
 wait "$DAG_RUN_PID" || status=$?
 DAG_RUN_PID=""
 wait "$PROGRESS_PID" || true
 PROGRESS_PID=""
-python -m operators.kit.summary "$DEMO_DAG" --log "$log"
 echo "demo took $(( $(date +%s) - start )) s"
 exit $status

@@ -1,13 +1,14 @@
 """What a DAG run is doing while it runs, and what the latest run did.
 
     python -m operators.kit.summary DAG_ID [--log FILE]
-    python -m operators.kit.summary DAG_ID --follow LOG --pid PID [--since EPOCH] [--interval SECONDS]
+    python -m operators.kit.summary DAG_ID --follow LOG --pid PID [--since EPOCH] [--interval SECONDS] [--report]
 
-The first form prints the latest run's state, its tasks and the `summary`/`notify` task's result,
-and exits 1 when the run did not succeed, naming the failed tasks and the first error from the log.
+The first form prints the latest run's state, its tasks, how long each took and the `summary`/`notify`
+task's result, and exits 1 when the run did not succeed, naming the failed tasks and the first error
+from the log.
 
 The second form (`make demo` runs it beside `airflow dags test`) prints a progress line every few
-seconds until process PID ends, then one last line:
+seconds until process PID ends, then one last line (and, with --report, what the first form prints):
 
     [ 34s] tasks 4/8 done, running run_shard [2 of 3] | batches 1,200/3,000 done (400 cached) | 2,750 rows quarantined
 
@@ -413,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, help="with --follow: the process running the DAG")
     parser.add_argument("--since", type=float, help="with --follow: the run was created at or after this epoch time")
     parser.add_argument("--interval", type=float, default=3.0, help="with --follow: seconds between lines")
+    parser.add_argument("--report", action="store_true",
+                        help="with --follow: when the run has ended, print its report as the first form does (one "
+                             "interpreter and one Airflow import for both)")
     args = parser.parse_args(argv)
     if args.follow is not None:
         if args.pid is None:
@@ -421,11 +425,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--interval must be above 0, got {args.interval}")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         follow(args.dag_id, args.follow, args.pid, since=args.since, interval=args.interval)
-        return 0
-    state, lines, summary = latest_run_report(args.dag_id)
-    print(f"{args.dag_id}: latest run {state}")
+        return report(args.dag_id, args.log) if args.report else 0
+    return report(args.dag_id, args.log)
+
+
+def report(dag_id: str, log: Path | None) -> int:
+    """Print the latest run's state, tasks, task times and summary; 1 when it did not succeed."""
+    state, lines, summary = latest_run_report(dag_id)
+    print(f"{dag_id}: latest run {state}")
     print("\n".join(lines))
-    times = task_times(args.dag_id, latest_run_id(args.dag_id) or "")
+    times = task_times(dag_id, latest_run_id(dag_id) or "")
     if times:
         print("task times:")
         print(format_task_times(times))
@@ -433,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         print("summary:")
         print(json.dumps(summary, indent=2, default=str))
     if state != "success":
-        error = first_error(args.log) if args.log else None
+        error = first_error(log) if log else None
         if error:
             print(f"first error: {error}")
         return 1

@@ -93,3 +93,51 @@ def test_the_worker_reads_a_batch_file_to_the_frame_pandas_reads(tmp_path):
                           bucket_count=3)
     for uri in prep.read_manifest(result.manifest_uri)["uri"]:
         pd.testing.assert_frame_equal(read_batch(uri), pd.read_parquet(uri))
+
+
+def test_with_report_the_follower_prints_the_run_report_once_the_run_has_ended(tmp_path, airflow_db):
+    """`make demo` prints progress and the summary from one process: one Airflow start-up, not two."""
+    import os
+    import subprocess
+    import sys
+
+    from localaws.stack import REPO
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait(timeout=60)
+    follower = subprocess.run(
+        [sys.executable, "-m", "operators.kit.summary", "no_such_dag_for_reports", "--follow",
+         str(tmp_path / "demo.log"), "--pid", str(ended.pid), "--interval", "0.1", "--report"],
+        cwd=REPO, capture_output=True, text=True, env=os.environ, timeout=300)
+    lines = follower.stdout.splitlines()
+    assert lines[0].endswith("starting no_such_dag_for_reports"), follower.stdout + follower.stderr
+    assert "no_such_dag_for_reports: latest run missing" in lines[1:], follower.stdout
+    assert follower.returncode == 1  # no successful run to report
+
+
+def test_the_demo_migrates_only_a_db_that_is_not_at_the_recorded_revision(tmp_path):
+    """The revision the demo compares with the one it recorded after its last `airflow db migrate`."""
+    import os
+    import sqlite3
+    import subprocess
+
+    from localaws.stack import REPO
+
+    script = (REPO / "scripts" / "demo.sh").read_text()
+    function = script[script.index("db_revision() {"):script.index("\n}\n", script.index("db_revision() {")) + 3]
+
+    def revision(url: str) -> str:
+        return subprocess.run(["bash", "-c", function + "db_revision"], capture_output=True, text=True, check=True,
+                              env={**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}, timeout=60).stdout.strip()
+
+    db = tmp_path / "airflow.db"
+    assert revision(f"sqlite:///{db}") == ""  # no DB yet: migrate
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        con.execute("INSERT INTO alembic_version VALUES ('abc123')")
+    first = revision(f"sqlite:///{db}")
+    assert first.split()[1:] == ["abc123", str(db)] and first.split()[0][0].isdigit()  # release, revision, file
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE alembic_version SET version_num = 'def456'")
+    assert revision(f"sqlite:///{db}") != first  # another revision: migrate again
+    assert revision("postgresql://airflow@db/airflow") == ""  # another database: always migrate
