@@ -93,6 +93,7 @@ class HouseBatchOperator(BatchOperator):
                 last_progress = progress
             if job["status"] in ENDED:
                 return job
+            self.on_poll(job)
             if time.time() >= deadline:
                 if terminate_at_deadline:
                     self.log.error("Timeout: terminating AWS Batch job %s (%s)", job_id, job["status"])
@@ -103,6 +104,9 @@ class HouseBatchOperator(BatchOperator):
             pause = next_poll_pause(pause, self.poll_interval)
 
     progress_line = staticmethod(progress_line)
+
+    def on_poll(self, job: dict[str, Any]) -> None:
+        """Called with each description of an active job while waiting; subclasses watch it here."""
 
     def explain_failure(self, job: dict[str, Any]) -> None:
         """Batch's reason and each failed child's log tail; the children's own error lines are the log's errors."""
@@ -159,6 +163,42 @@ RETRYABLE_CLASSES = ("transient", "lost", "not_run")
 EXIT_CLASSES = {1: "error", 64: "config", 65: "bad_data", 75: "transient", 77: "permission_denied"}
 #: How many failed children's logs are read for their own error lines.
 CHILD_LOGS_READ = 5
+#: SubmitJob refusals that mean "slow down" (AWS Batch answers TooManyRequestsException, or a
+#: ClientException saying "Too Many Requests"): retried with backoff, up to SUBMIT_ATTEMPTS calls.
+THROTTLING_CODES = ("TooManyRequestsException", "ThrottlingException", "Throttling")
+THROTTLING_WORDS = ("too many requests", "rate exceeded", "throttl")
+SUBMIT_ATTEMPTS = 8
+SUBMIT_BACKOFF_MAX_S = 60.0
+
+
+def is_throttling(exc: BaseException | None) -> bool:
+    """True when `exc` (or the error it wraps: the provider re-raises as AirflowException) is a throttled call."""
+    from botocore.exceptions import ClientError
+
+    while exc is not None:
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code, message = str(error.get("Code", "")), str(error.get("Message", "")).lower()
+            return code in THROTTLING_CODES or (code == "ClientException" and any(w in message for w in THROTTLING_WORDS))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def runnable_and_started(job: dict[str, Any]) -> tuple[int, int]:
+    """(children waiting for a place to run, children that ever started) of an array job; a job alone counts as one."""
+    summary = job.get("arrayProperties", {}).get("statusSummary")
+    if summary is None:
+        waiting = 1 if job["status"] in ("SUBMITTED", "PENDING", "RUNNABLE") else 0
+        return (1 if job["status"] == "RUNNABLE" else 0), 1 - waiting
+    return int(summary.get("RUNNABLE", 0)), sum(int(summary.get(s, 0)) for s in
+                                               ("STARTING", "RUNNING", "SUCCEEDED", "FAILED"))
+
+
+def fallback_queue(queue: str) -> str | None:
+    """The queue the provisioning spec names as `queue`'s fallback for capacity shortages, if any."""
+    from operators.kit.provisioning import load_spec
+
+    return (load_spec()["job_queues"].get(queue) or {}).get("fallback")
 
 
 class UnitsOfWorkOperator(HouseBatchOperator):
@@ -191,7 +231,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
     def __init__(self, *, shard: dict[str, Any], job_name: str = "units-of-work",
                  min_success_ratio: float | None = None, batches_per_child: int | None = None,
-                 execution_timeout: timedelta | None = None, **kwargs: Any):
+                 execution_timeout: timedelta | None = None, runnable_timeout_s: float | None = None,
+                 **kwargs: Any):
         timeout_s = (shard or {}).get("timeout_s")
         if execution_timeout is None and timeout_s:
             execution_timeout = timedelta(seconds=float(timeout_s))
@@ -199,6 +240,11 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         self.shard = shard
         self.min_success_ratio = min_success_ratio
         self.batches_per_child = batches_per_child
+        #: Capacity shortage: when this task's job has children RUNNABLE and none starts for this long, its
+        #: unstarted children are cancelled and their batches go to the queue's fallback (None: never).
+        self.runnable_timeout_s = runnable_timeout_s
+        self.capacity_watch: dict[str, Any] | None = None
+        self.moved: dict[str, dict[str, Any]] = {}
 
     # --- the flow -------------------------------------------------------------------------------
 
@@ -244,7 +290,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
             self.log.info("%s: %d batches, %d done (cached or computed), %d to compute here, %d being computed by "
                           "another run", spec.label, len(batches), len(done), len(mine), len(todo) - len(mine))
             if mine:
-                job_id = self.submit(context, spec, state, out, mine)
+                job_id = self.submit(context, spec, state, out, mine, deadline)
                 if job_id:
                     return self.wait_for(context, spec, state, job_id, mine=True, deadline=deadline)
                 continue  # an earlier claim took them meanwhile
@@ -259,7 +305,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                                          "submitted before the task's timeout")
             time.sleep(self.poll_interval)  # another run is about to submit them
 
-    def submit(self, context, spec, state: dict[str, Any], out, pending: list[dict[str, Any]]) -> str | None:
+    def submit(self, context, spec, state: dict[str, Any], out, pending: list[dict[str, Any]],
+               deadline: float | None = None) -> str | None:
         """Claim `pending`, give up those an earlier claim holds, submit one job for the rest; its job id."""
         from operators.kit import engine
 
@@ -290,7 +337,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         self.log.info("Submitting one %s for %d pending batches: %d child(ren) of up to %d batches; worklist %s",
                       "array job" if children > 1 else "job", len(pending), children, per_child, worklist)
         try:
-            self.submit_job(context)
+            self.submit_with_backoff(context, state, deadline)
         except BaseException:
             out.remove(claim["uri"])
             raise
@@ -301,6 +348,53 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                      this_try=[*state["this_try"], {"job_id": self.job_id, "worklist": worklist}])
         self.save_state(context, state)
         return self.job_id
+
+    def submit_with_backoff(self, context, state: dict[str, Any], deadline: float | None) -> None:
+        """submit_job, retried with exponential backoff and jitter while Batch throttles it (BATCH_SUBMIT_BACKOFF_S
+        is the first delay, default 1 s); any other error, the last attempt or the deadline raises."""
+        import os
+        import random
+
+        delay = float(os.environ.get("BATCH_SUBMIT_BACKOFF_S") or 1.0)
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                return self.submit_job(context)
+            except Exception as exc:
+                wait = delay * random.uniform(0.5, 1.0)
+                if (not is_throttling(exc) or attempt == SUBMIT_ATTEMPTS
+                        or (deadline is not None and time.time() + wait >= deadline)):
+                    raise
+                state["throttled_submits"] = state.get("throttled_submits", 0) + 1
+                self.log.warning("SubmitJob to %s was throttled (%s); retrying in %.1f s (call %d of %d)",
+                                 self.job_queue, str(exc).splitlines()[0][:200], wait, attempt, SUBMIT_ATTEMPTS)
+                time.sleep(wait)
+                delay = min(delay * 2, SUBMIT_BACKOFF_MAX_S)
+
+    def on_poll(self, job: dict[str, Any]) -> None:
+        """Capacity watch of this task's own job: children RUNNABLE with none starting for runnable_timeout_s."""
+        watch = self.capacity_watch
+        if not watch or job["jobId"] != watch["job_id"]:
+            return
+        runnable, started = runnable_and_started(job)
+        now = time.time()
+        if not runnable or started != watch["started"] or watch["since"] is None:
+            watch.update(since=now if runnable else None, started=started)
+            return
+        waited = now - watch["since"]
+        if waited < float(self.runnable_timeout_s):
+            return
+        self.capacity_watch = None
+        fallback = fallback_queue(self.job_queue)
+        if not fallback:
+            self.log.warning("AWS Batch job %s: %d children RUNNABLE for %.0f s on %s, which has no fallback queue in "
+                             "the provisioning spec; waiting on", job["jobId"], runnable, waited, self.job_queue)
+            return
+        reason = (f"capacity shortage: {runnable} children RUNNABLE for {waited:.0f} s on {self.job_queue}; "
+                  f"unstarted work moved to {fallback}")
+        self.log.warning("AWS Batch job %s: %s", job["jobId"], reason)
+        self.hook.client.cancel_job(jobId=job["jobId"], reason=reason)  # started children finish; the rest never run
+        self.moved[job["jobId"]] = {"job_id": job["jobId"], "queue": self.job_queue, "fallback": fallback,
+                                    "runnable": runnable, "waited_s": round(waited, 3), "at": now, "reason": reason}
 
     @staticmethod
     def save_state(context, state: dict[str, Any]) -> None:
@@ -314,7 +408,9 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         self.save_state(context, state)
         if mine:
             self.job_id = job_id
-        if self.deferrable:
+        watching = bool(mine and self.runnable_timeout_s)
+        self.capacity_watch = {"job_id": job_id, "since": None, "started": None} if watching else None
+        if self.deferrable and not watching:  # the capacity watch polls here, not in the triggerer
             from operators.kit.triggers import BatchJobWaitTrigger
 
             self.defer(trigger=BatchJobWaitTrigger(job_id=job_id, aws_conn_id=self.aws_conn_id,
@@ -358,6 +454,12 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
         waiting = state.get("waiting_for") or {"mine": True}
         state["waiting_for"] = None
+        moved = self.moved.pop(job["jobId"], None)
+        if moved:
+            # Its unstarted batches are tried again, on the fallback queue; the done ones are not.
+            state["this_try"] = [e for e in state["this_try"] if e["job_id"] != job["jobId"]]
+            state["shortages"] = [*state.get("shortages", []), moved]
+            self.job_queue = moved["fallback"]
         if waiting["mine"]:
             if job["status"] == "FAILED":
                 self.explain_failure(job)
@@ -380,15 +482,18 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                 reasons.update(self.child_reasons(job, worklist))
         result = engine.outcome(spec, batches, self.keys_of(state["worklists"]),
                                 [e["job_id"] for e in state["this_try"]], reasons, self.aws_conn_id)
-        return self.finish(context, spec, result, list(state["job_ids"]), state["submitted_at"])
+        return self.finish(context, spec, result, list(state["job_ids"]), state["submitted_at"],
+                           shortages=state.get("shortages", []), throttled=state.get("throttled_submits", 0))
 
-    def finish(self, context, spec, result, job_ids: list[str], started: float) -> dict[str, Any]:
+    def finish(self, context, spec, result, job_ids: list[str], started: float,
+               shortages: list[dict[str, Any]] = (), throttled: int = 0) -> dict[str, Any]:
         from operators.kit import engine
 
         root = engine.location(spec.run_root, self.aws_conn_id)
         results_uri = root.join("results", f"shard-{spec.index}.json")
         root.write_json(results_uri, result.results())
         summary = result.summary(job_ids, time.time() - started, results_uri)
+        summary.update(capacity_shortages=list(shortages), throttled_submits=throttled)
         self.log.info("%s: %d batches: %d succeeded, %d cached, %d failed (%.1f%% done); results %s", spec.label,
                       summary["batches"], summary["succeeded"], summary["cached"], summary["failed"],
                       100 * result.success_ratio, results_uri)

@@ -1,0 +1,125 @@
+"""training_sweep end to end against the local endpoint: capacity shortage, throttling, lost hosts, history, reuse."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from airflow.utils.state import DagRunState
+
+from localaws.batch import LOSE_HOSTS_TAG, LOST_HOST_REASON, THROTTLE_SUBMITS_TAG
+from tests.system.test_batch_smoke import load_dag
+from tests.system.test_units_of_work import xcom
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch):
+    monkeypatch.setenv("BATCH_SUBMIT_BACKOFF_S", "0.05")
+    monkeypatch.setenv("SHARD_RETRY_DELAY_S", "1")
+
+
+def trained_rows(data_root: Path):
+    """Every configuration row the workload ever wrote (done batches only)."""
+    files = [p for p in (data_root / "outputs" / "sweep_train").glob("*/result.parquet")
+             if (p.parent / "_DONE.json").exists()]
+    if not files:
+        return []
+    return duckdb.sql(f"SELECT config_id, config_key, status FROM read_parquet({[str(f) for f in files]})").fetchall()
+
+
+def outbox(data_root: Path, kind: str) -> list[dict]:
+    return [m for m in (json.loads(p.read_text()) for p in sorted((data_root / "outbox").glob("*.json")))
+            if m["kind"] == kind]
+
+
+def history(data_root: Path, table: str, where: str = "true") -> list[tuple]:
+    glob = data_root / "history" / table / "*" / "*.parquet"
+    return duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true) WHERE {where}").fetchall()
+
+
+def test_no_capacity_moves_to_the_fallback_queue_with_throttling_and_a_lost_host(airflow_db, local_aws, data_root):
+    batch = local_aws.batch
+    ondemand_queue = batch.describe_job_queues(jobQueues=["airbatch-cpu-ondemand"])["jobQueues"][0]["jobQueueArn"]
+    ondemand_ce = batch.describe_compute_environments(computeEnvironments=["airbatch-cpu-ondemand"])[
+        "computeEnvironments"][0]["computeEnvironmentArn"]
+    batch.update_compute_environment(computeEnvironment="airbatch-cpu", state="DISABLED")
+    batch.tag_resource(resourceArn=ondemand_queue, tags={THROTTLE_SUBMITS_TAG: "2"})
+    batch.tag_resource(resourceArn=ondemand_ce, tags={LOSE_HOSTS_TAG: "1"})
+    sweep = {"configurations": [
+        {"id": "l2-small", "hyperparameters": {"l2": 0.1}},
+        {"id": "l2-mid", "hyperparameters": {"l2": 3.0}},
+        {"id": "l2-big", "hyperparameters": {"l2": 300.0}},
+        {"id": "starved", "hyperparameters": {"min_train_labels": 1_000_000}},
+    ]}
+    try:
+        run = load_dag("training_sweep").test(run_conf={
+            "sweep": sweep, "dataset_groups": 2, "dataset_weeks": 10, "dataset_labels_per_week": 400,
+            "configs_per_batch": 1, "batches_per_child": 1, "runnable_timeout_s": 3, "notify_each_failure": True})
+    finally:
+        batch.update_compute_environment(computeEnvironment="airbatch-cpu", state="ENABLED")
+        batch.untag_resource(resourceArn=ondemand_queue, tagKeys=[THROTTLE_SUBMITS_TAG])
+        batch.untag_resource(resourceArn=ondemand_ce, tagKeys=[LOSE_HOSTS_TAG])
+    assert run.state == DagRunState.SUCCESS
+    [summary] = xcom(run, "summary")
+
+    # the shortage was recorded, the unstarted work went to the fallback queue and each configuration ran once
+    [shortage] = summary["capacity_shortages"]
+    assert shortage["queue"] == "airbatch-cpu" and shortage["fallback"] == "airbatch-cpu-ondemand"
+    rows = trained_rows(data_root)
+    assert sorted(r[0] for r in rows) == ["l2-big", "l2-mid", "l2-small", "starved"]
+    assert summary["counts"] == {"trained": 3, "failed": 1}
+    assert summary["throttled_submits"] == 2
+    configs = {r[0]: r for r in duckdb.sql(
+        f"SELECT config_id, queue, attempts, status, failure_class, error FROM read_parquet("
+        f"'{data_root}/history/configurations/*/*.parquet')").fetchall()}
+    assert {c[1] for c in configs.values()} == {"airbatch-cpu-ondemand"}
+    assert sorted(c[2] for c in configs.values()) == [1, 1, 1, 2]  # one host lost, retried by Batch
+    assert configs["starved"][3:5] == ("failed", "no_fit") and "too_few_labels" in configs["starved"][5]
+
+    # every status change is in the history: the shortage, the lost host's attempt, the ends
+    events = history(data_root, "events")
+    statuses = [e[7] for e in events]
+    assert "CAPACITY_SHORTAGE" in statuses and statuses.count("SUCCEEDED") >= 4
+    assert any(e[8] == LOST_HOST_REASON for e in events)
+
+    # the leaderboard ranks the trained ones; the failure is reported with its class and first error
+    assert [leader["config_id"] for leader in summary["leaderboard"]][:1] != ["starved"]
+    assert len(summary["leaderboard"]) == 3
+    [message] = outbox(data_root, "sweep")
+    assert "3 trained" in message["subject"] and "1 failed" in message["subject"]
+    assert "no_fit: 1; first error: configuration starved: no unit could be fitted" in message["body"]
+    assert "capacity shortage" in message["body"] and "airbatch-cpu-ondemand" in message["body"]
+    [failed] = outbox(data_root, "configuration_failed")
+    assert failed["data"]["config_id"] == "starved" and failed["data"]["failure_class"] == "no_fit"
+    report = Path(summary["report"]).read_text()
+    assert "## Leaderboard" in report and "no_fit" in report
+
+
+def test_a_resubmitted_sweep_trains_only_the_new_configurations(airflow_db, local_aws, data_root):
+    dag = load_dag("training_sweep")
+    first = dag.test(run_conf={"sweep": {"grid": {"l2": [1.0, 2.0, 3.0]}}, "trainer": "trivial"})
+    assert first.state == DagRunState.SUCCESS
+    assert xcom(first, "summary")[0]["counts"] == {"trained": 3}
+    again = dag.test(run_conf={"sweep": {"grid": {"l2": [1.0, 2.0, 3.0, 4.0, 5.0]}, "id_prefix": "again"},
+                               "trainer": "trivial"})
+    assert again.state == DagRunState.SUCCESS
+    [summary] = xcom(again, "summary")
+    assert summary["counts"] == {"cached": 3, "trained": 2}
+    keys = [r[1] for r in trained_rows(data_root)]
+    assert len(keys) == len(set(keys)) == 5  # nothing trained twice
+    # the history answers across sweeps
+    per_sweep = history(data_root, "configurations", "status = 'trained'")
+    assert len(per_sweep) == 5
+
+
+def test_a_bad_spec_fails_before_anything_is_submitted(airflow_db, local_aws, data_root):
+    run = load_dag("training_sweep").test(run_conf={"sweep": {"configurations": [
+        {"id": "a", "hyperparameters": {"l2": -1}}, {"id": "a", "hyperparameters": {"depth": 3}}]}})
+    assert run.state == DagRunState.FAILED
+    [prepare] = [ti for ti in run.get_task_instances() if ti.task_id == "prepare"]
+    assert prepare.state == "failed"
+    assert not (data_root / "outputs" / "sweep_train").exists()
