@@ -89,6 +89,7 @@ def test_every_job_definition_runs_as_a_least_privilege_job_role(local_aws):
                   for resource in statement["Resource"]}
         assert grants == {
             ("s3:GetObject", "arn:aws:s3:::team-data/airbatch/runs/*"),
+            ("s3:GetObject", "arn:aws:s3:::team-data/airbatch/published/*"),
             ("s3:GetObject", "arn:aws:s3:::team-data/airbatch/outputs/*"),
             ("s3:PutObject", "arn:aws:s3:::team-data/airbatch/outputs/*"),
             ("s3:DeleteObject", "arn:aws:s3:::team-data/airbatch/outputs/*"),
@@ -96,7 +97,7 @@ def test_every_job_definition_runs_as_a_least_privilege_job_role(local_aws):
         }
         assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
         listing = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])
-        assert listing["Condition"]["StringLike"]["s3:prefix"] == ["airbatch/runs/*", "airbatch/outputs/*"]
+        assert listing["Condition"]["StringLike"]["s3:prefix"] == ["airbatch/runs/*", "airbatch/published/*", "airbatch/outputs/*"]
         again = provisioning.apply(local_aws.batch, iam, spec, on_s3)
         assert again["created"] == [] and again["updated"] == []
     finally:
@@ -112,5 +113,5 @@ def test_managed_needs_an_s3_data_root_for_the_job_role():
         Settings.from_env({**managed, "DATA_ROOT": "/srv/data"})
     settings = Settings.from_env({**managed, "DATA_ROOT": "/srv/data", "BATCH_DATA_ROOT": "s3://bucket"})
     policy = provisioning.job_role_policy(provisioning.load_spec()["job_role"], settings.data_root)
-    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::bucket/runs/*"]
+    assert policy["Statement"][0]["Resource"] == ["arn:aws:s3:::bucket/runs/*", "arn:aws:s3:::bucket/published/*"]
     assert not [a for s in policy["Statement"] for a in s["Action"] if not a.startswith("s3:")]
