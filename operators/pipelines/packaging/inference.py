@@ -133,7 +133,7 @@ def published_runs(scope: str, root: str | None = None) -> list[dict[str, Any]]:
 
     runs = location(f"{predictions_root(scope, root)}/runs")
     paths = runs.list_files(runs.uri)
-    return [record for record in (runs.read_json(p) for p in paths if p.endswith(".json"))]
+    return [runs.read_json(path) for path in paths if path.endswith(".json")]
 
 
 class PackagingInference(UnitPipeline):
@@ -149,7 +149,6 @@ class PackagingInference(UnitPipeline):
 
     def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:
         from airflow.sdk import get_current_context
-        from airflow.sdk.exceptions import AirflowSkipException
 
         model = approved_model()
         context = get_current_context()
@@ -158,8 +157,6 @@ class PackagingInference(UnitPipeline):
             since = dt.date(1970, 1, 1)
         else:
             since = daily_since(until, context.get("prev_data_interval_end_success"), published_runs(self.scope))
-            if since >= until:
-                raise AirflowSkipException(f"no day since the last successful run (up to {until}): nothing to score")
         end = dt.datetime.combine(until, dt.time(), tzinfo=dt.timezone.utc)
         source = super().dataset(params, conf, run_id, end)
         print(f"scoring with {MODEL} version {model['version']} (approved by {model['approved_by']}), "
