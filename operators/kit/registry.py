@@ -141,8 +141,10 @@ class Registry:
                 raise RegistryError(
                     f"version {version} of {self.model!r} is already {existing['status']} (by "
                     f"{existing.get('decided_by')} at {_when(existing.get('decided_at'))}); a decided version is "
-                    f"final, so this {status} decision by {by} was not recorded. To use the model anyway, run the "
-                    f"training again: it registers a new version to decide on")
+                    f"final, so this {status} decision by {by} was not recorded. "
+                    + ("To use this model, run the training for its week again: that registers a new version to "
+                       "approve" if status == APPROVED else
+                       "To stop using it, approve a newer version: current moves to the version approved last"))
             record.update(status=status, decided_by=by, decided_at=time.time(), decision_note=note)
             return record
 
@@ -163,7 +165,7 @@ class Registry:
         self._update_json(self.loc.join("current.json"), later)
 
     def publish(self, version: str) -> str:
-        """Copy an approved version's artifact to `published/<model>/versions/<version>/`, and `current/` to the current version.
+        """Copy an approved version's artifact to `published/<model>/versions/<version>/`; bring `current/` up to date.
 
         Returns the URI of the current copy when `version` is the current version, else of its
         versioned copy: publishing an older version again (a cleared task) never moves `current/`

@@ -135,7 +135,7 @@ def test_update_leaves_the_file_alone_when_the_change_is_none(root):
 
 
 def test_the_local_endpoint_admits_one_of_two_racing_conditional_creates(local_aws, monkeypatch):
-    """moto checks the condition and then writes; slowed between the two, both would pass without the endpoint's lock."""
+    """moto checks the condition, then writes: slowed between the two, both would pass without the endpoint's lock."""
     import boto3
     import botocore.exceptions
     from moto.s3.models import S3Backend
@@ -271,7 +271,8 @@ def test_an_approval_landing_between_anothers_read_and_write_of_current_is_kept(
     models.decide("first", registry.APPROVED, by="thresholds")
     models.register("third", **ARGS)
     now = time.time()
-    decision_times(monkeypatch, now + 1000, now + 2000)  # "third" is approved later than "second" but reaches current.json first
+    # "third" is approved later than "second" but its pointer write reaches current.json first
+    decision_times(monkeypatch, now + 1000, now + 2000)
     between_read_and_write(monkeypatch, "current.json",
                            lambda: models.decide("third", registry.APPROVED, by="person:ann"))
     models.decide("second", registry.APPROVED, by="thresholds")

@@ -1,0 +1,160 @@
+"""Weekly packaging training through the pipeline against one process fitting every unit, in one run.
+
+    python benchmarks/packaging_training.py [--groups G] [--labels-per-week L] [--weeks W] [--buckets B] [--vcpus V]
+
+Generates synthetic labels (operators.pipelines.packaging.packaging_data) for 4 package types x G
+product groups (2,000 units by default), L labels a week for the W weeks before Monday 2026-01-12
+(the defaults are the DAG's dataset defaults but for the groups), then times
+
+  pipeline  `dag.test()` of `packaging_training` on those labels (`input_uri`), end to end on the
+            local endpoint: prep with quarantine into B batches, one array job per shard, the
+            evaluation with its report, decision by thresholds (limits loose enough to approve),
+            register, publish, notify; its task times are printed
+  floor     one process, no orchestration: the batches prep wrote, read and concatenated with
+            pandas, then one call of the `packaging` workload's `run` on all units' rows (every
+            unit's Newton steps in one vectorised loop; the labels per unit are what prep kept)
+
+The pipeline is timed through `dag.test()` rather than the kit's engine functions alone because the
+target is a weekly training run as it is scheduled: prep, evaluation, registry and publish are
+part of what a week costs, not only the fan-out. The two outputs are then checked equal: the
+same units, statuses and label counts, coefficients within 1e-6 relative. Ends with one line:
+units, labels, both times, the ratio and the target (pipeline <= 2x floor).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+#: The Monday ending the week trained on (logical date of the run; its data interval ends here).
+END = "2026-01-12"
+TARGET_RATIO = 2.0
+#: Limits loose enough that any result is approved: the benchmark times the run, not the decision.
+APPROVE_ALL = {"approve_auc_p50": 0, "reject_auc_p50": 0, "approve_failed_unit_share": 1,
+               "reject_failed_unit_share": 1, "approve_auc_p50_drop": 1, "reject_auc_p50_drop": 1,
+               "approve_log_loss_increase": 100, "reject_log_loss_increase": 100, "approve_label_shift": 100,
+               "reject_label_shift": 100, "approve_labels_change": 100, "reject_labels_change": 100,
+               "approve_units_change": 100, "reject_units_change": 100, "review": "auto"}
+COMPARED = ("labels", "train_labels", "holdout_labels", "positives", "status", "reason")
+
+
+def floor(manifest_uri: str) -> tuple["pd.DataFrame", float, float]:
+    """The floor's output, its read seconds and its fit seconds."""
+    import pandas as pd
+
+    from batch_worker.workloads import get_workload
+    from operators.kit.prep import read_manifest
+
+    started = time.perf_counter()
+    rows = pd.concat([pd.read_parquet(uri) for uri in read_manifest(manifest_uri)["uri"]], ignore_index=True)
+    read_s = time.perf_counter() - started
+    workload = get_workload("packaging")
+    started = time.perf_counter()
+    out = workload.run(rows, workload.resolve_params({}))
+    return out, read_s, time.perf_counter() - started
+
+
+def differences(pipeline: "pd.DataFrame", single: "pd.DataFrame") -> list[str]:
+    """What differs between the two outputs (empty when they are equal)."""
+    import numpy as np
+
+    from batch_worker.workloads.packaging import FEATURES, UNIT_KEY
+
+    key = list(UNIT_KEY)
+    left = pipeline.sort_values(key, ignore_index=True)
+    right = single.sort_values(key, ignore_index=True)
+    if len(left) != len(right) or not (left[key].to_numpy() == right[key].to_numpy()).all():
+        return [f"units differ: {len(left)} from the pipeline, {len(right)} from the floor"]
+    problems = [f"{column} differs for {int((left[column].fillna('') != right[column].fillna('')).sum())} units"
+                for column in COMPARED if (left[column].fillna("") != right[column].fillna("")).any()]
+    for column in ("intercept", *(f"coef_{f}" for f in FEATURES), "holdout_log_loss", "holdout_auc"):
+        a, b = left[column].to_numpy(float), right[column].to_numpy(float)
+        close = np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
+        if not close.all():
+            problems.append(f"{column} differs beyond 1e-6 for {int((~close).sum())} units")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", type=int, default=500, help="product groups; units = 4 x groups")
+    parser.add_argument("--products-per-group", type=int, default=200)
+    parser.add_argument("--labels-per-week", type=int, default=50_000)
+    parser.add_argument("--weeks", type=int, default=27, help="weeks of labels before the trained week's end")
+    parser.add_argument("--buckets", type=int, default=None, help="bucket_count: the most batches (DAG default)")
+    parser.add_argument("--vcpus", type=int, default=2)
+    args = parser.parse_args()
+    if min(args.groups, args.products_per_group, args.labels_per_week, args.weeks) < 1:
+        parser.error("--groups, --products-per-group, --labels-per-week and --weeks must be at least 1")
+
+    from localaws.stack import configure, migrate, running_endpoint
+
+    home = REPO / ".airflow" / "bench-packaging-training"
+    configure(home)
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+    migrate(home)
+
+    import pendulum
+
+    from operators.pipelines.packaging import packaging_data
+
+    start_date = (dt.date.fromisoformat(END) - dt.timedelta(weeks=args.weeks)).isoformat()
+    conf: dict = {"queue": "airbatch-cpu", **APPROVE_ALL}
+    if args.buckets is not None:
+        conf["bucket_count"] = args.buckets
+    with tempfile.TemporaryDirectory(prefix="packaging-bench-") as scratch:
+        started = time.perf_counter()
+        labels = packaging_data.ensure(str(Path(scratch) / "labels"), until=END, groups=args.groups,
+                                       products_per_group=args.products_per_group,
+                                       labels_per_week=args.labels_per_week, start_date=start_date)
+        print(f"generated {args.weeks} weeks x {args.labels_per_week:,} labels for {4 * args.groups:,} units in "
+              f"{time.perf_counter() - started:.1f} s")
+
+        os.environ["DATA_ROOT"] = str(Path(scratch) / "root")
+        os.environ["AIRBATCH_INPUT_PREFIXES"] = str(Path(scratch) / "labels")  # the input lies outside DATA_ROOT
+        with running_endpoint(vcpus=args.vcpus):
+            from airflow.dag_processing.dagbag import DagBag
+            from airflow.utils.state import DagRunState
+
+            from operators.kit.engine import read_run_outputs
+            from operators.kit.summary import format_task_times, task_times, xcom_value
+
+            dag = DagBag(dag_folder=str(REPO / "dags" / "packaging_training.py")).dags["packaging_training"]
+            started = time.perf_counter()
+            run = dag.test(logical_date=pendulum.parse(END), run_conf={"input_uri": labels, **conf})
+            pipeline_s = time.perf_counter() - started
+            if run.state != DagRunState.SUCCESS:
+                raise SystemExit(f"pipeline run ended {run.state}")
+            prepared = xcom_value(run.dag_id, run.run_id, "prepare")
+            fanout = xcom_value(run.dag_id, run.run_id, "collect")
+            decision = xcom_value(run.dag_id, run.run_id, "decide")
+            print("pipeline task times:")
+            print(format_task_times(task_times(run.dag_id, run.run_id)))
+            pipeline_out = read_run_outputs(fanout["results"], None)
+
+        single, read_s, fit_s = floor(prepared["manifest_uri"])
+
+    floor_s = read_s + fit_s
+    problems = differences(pipeline_out, single)
+    print(f"floor: {len(single):,} units, {prepared['rows_ok']:,} labels: read {read_s:.1f} s + fit {fit_s:.1f} s")
+    print(f"pipeline: {len(pipeline_out):,} units in {pipeline_s:.1f} s, {fanout['batches']} batches, "
+          f"{fanout['shards']} shard(s), {prepared['rows_quarantined']} rows quarantined by prep, "
+          f"decision {decision['status']}")
+    print("outputs: " + ("equal (units, statuses, label counts; coefficients and metrics within 1e-6)"
+                         if not problems else "DIFFER: " + "; ".join(problems)))
+    ratio = pipeline_s / floor_s
+    print(f"units={len(single)} labels={prepared['rows_ok']} batches={fanout['batches']} floor_s={floor_s:.1f} "
+          f"pipeline_s={pipeline_s:.1f} ratio={ratio:.2f}x target<={TARGET_RATIO:g}x "
+          f"met={'yes' if ratio <= TARGET_RATIO else 'no'} vcpus={args.vcpus}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
