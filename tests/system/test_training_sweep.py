@@ -101,9 +101,15 @@ def test_no_capacity_moves_to_the_fallback_queue_with_throttling_and_a_lost_host
 
 def test_a_resubmitted_sweep_trains_only_the_new_configurations(airflow_db, local_aws, data_root):
     dag = load_dag("training_sweep")
-    first = dag.test(run_conf={"sweep": {"grid": {"l2": [1.0, 2.0, 3.0]}}, "trainer": "trivial"})
+    first = dag.test(run_conf={"sweep": {"configurations": [
+        {"id": "a", "hyperparameters": {"l2": 1.0}}, {"id": "b", "hyperparameters": {"l2": 2.0}, "resource_class": "GPU"},
+        {"id": "c", "hyperparameters": {"l2": 3.0}}]}, "trainer": "trivial"})
     assert first.state == DagRunState.SUCCESS
-    assert xcom(first, "summary")[0]["counts"] == {"trained": 3}
+    [summary] = xcom(first, "summary")
+    assert summary["counts"] == {"trained": 3} and len(summary["job_ids"]) == 2  # one array job per queue
+    queues = dict(duckdb.sql(f"SELECT config_id, queue FROM read_parquet('{data_root}/history/configurations/*/*.parquet')"
+                             ).fetchall())
+    assert queues == {"a": "airbatch-cpu", "b": "airbatch-gpu", "c": "airbatch-cpu"}
     again = dag.test(run_conf={"sweep": {"grid": {"l2": [1.0, 2.0, 3.0, 4.0, 5.0]}, "id_prefix": "again"},
                                "trainer": "trivial"})
     assert again.state == DagRunState.SUCCESS
@@ -114,6 +120,12 @@ def test_a_resubmitted_sweep_trains_only_the_new_configurations(airflow_db, loca
     # the history answers across sweeps
     per_sweep = history(data_root, "configurations", "status = 'trained'")
     assert len(per_sweep) == 5
+    # all of it trained before: nothing is submitted, and the sweep still reports and notifies
+    third = dag.test(run_conf={"sweep": {"grid": {"l2": [5.0, 1.0]}}, "trainer": "trivial"})
+    assert third.state == DagRunState.SUCCESS
+    [summary] = xcom(third, "summary")
+    assert summary["counts"] == {"cached": 2} and summary["job_ids"] == []
+    assert len(trained_rows(data_root)) == 5 and len(outbox(data_root, "sweep")) == 3
 
 
 def test_a_bad_spec_fails_before_anything_is_submitted(airflow_db, local_aws, data_root):
