@@ -15,7 +15,7 @@ from airflow.utils.state import DagRunState, TaskInstanceState
 from operators.pipelines.packaging import inventory
 from operators.pipelines.packaging.inference import register_approved_models
 from tests.system.test_batch_smoke import load_dag
-from tests.system.test_packaging_training import SMALL as TRAINING, model_events, run_training
+from tests.system.test_packaging_training import MONDAY, SMALL as TRAINING, model_events, run_training
 from tests.system.test_units_of_work import task_instances, xcom
 
 pytestmark = pytest.mark.system
@@ -151,24 +151,28 @@ def test_an_approval_starts_inference_with_the_new_version(airflow_db, local_aws
         assert type(timetable).__name__ == "AssetOrTimeSchedule"
         assert timetable.asset_condition.name == "packaging_models"
 
-    training = run_training(logical_date=pendulum.datetime(2026, 3, 2, tz="UTC"))
+    from sqlalchemy import delete, select
+
+    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.utils.session import create_session
+
+    inference_dags = ("packaging_inference_daily", "packaging_inference_monthly")
+    with create_session() as session:  # no scheduler consumes the queue here: start from an empty one
+        session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id.in_(inference_dags)))
+    training = run_training(logical_date=MONDAY)
     assert training.state == DagRunState.SUCCESS
     [evaluation] = xcom(training, "evaluate")
     version = evaluation["version"]
     assert model_events()[-1]["version"] == version
     # the approval's Asset event queued a run of each inference DAG, as the scheduler will start them
-    from sqlalchemy import select
-
-    from airflow.models.asset import AssetDagRunQueue, AssetModel
-    from airflow.utils.session import create_session
-
     with create_session() as session:
         queued = set(session.scalars(
             select(AssetDagRunQueue.target_dag_id).join(AssetModel, AssetDagRunQueue.asset_id == AssetModel.id)
             .where(AssetModel.name == "packaging_models")))
-    assert {"packaging_inference_daily", "packaging_inference_monthly"} <= queued
+    assert set(inference_dags) <= queued
 
-    started = run("monthly", {**TRAINING_SIZES}, logical_date=None, run_after=pendulum.datetime(2026, 3, 2, 9, tz="UTC"))
+    started = run("monthly", {**TRAINING_SIZES, "dataset_start_date": "2026-01-05"}, logical_date=None,
+                  run_after=MONDAY.add(hours=9))
     assert started.state == DagRunState.SUCCESS
     [summary] = xcom(started, "summary")
     assert summary["model_version"] == version and summary["succeeded"] == summary["batches"]
