@@ -1,7 +1,9 @@
 """docker-compose.yaml cannot be started here (no Docker engine), so its shape is checked instead."""
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -28,8 +30,9 @@ def test_every_airflow_service_sees_the_aws_connection_and_data_root():
         if name.startswith("airflow-"):
             env = service["environment"]
             assert "AIRFLOW_CONN_AWS_DEFAULT" in env and env["DATA_ROOT"].startswith("${DATA_ROOT"), name
-            assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
-            assert env["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True", name  # shards wait in the triggerer
+            settings = {**production_env(), **env}
+            assert settings["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+            assert settings["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True", name  # shards wait in the triggerer
             assert service["build"]["dockerfile"] == "images/airflow/Dockerfile"
 
 
@@ -77,7 +80,7 @@ def test_production_uses_the_fab_auth_manager_installed_in_the_airflow_image():
     fab = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
     for name, env in service_environments().items():
         if name.startswith("airflow-"):
-            assert env["AIRFLOW__CORE__AUTH_MANAGER"] == fab, name
+            assert {**production_env(), **env}["AIRFLOW__CORE__AUTH_MANAGER"] == fab, name
     pinned = re.search(r"^apache-airflow-providers-fab==(\S+)$", (REPO / "images/airflow/requirements.txt").read_text(), re.M)
     assert pinned, "images/airflow/requirements.txt must pin apache-airflow-providers-fab"
     assert f"apache-airflow-providers-fab=={pinned.group(1)}" in (REPO / "images/airflow/constraints.txt").read_text()
@@ -118,3 +121,51 @@ def test_the_worker_image_runs_as_a_fixed_non_root_user():
     user = instructions[users[-1]][1].split(":")[0]
     assert user.isdigit() and int(user) >= 1000, f"USER {user}: a fixed non-root uid"
     assert not any(word == "RUN" for word, *_ in instructions[users[-1]:]), "nothing may run as root after USER"
+
+
+def production_env() -> dict[str, str]:
+    lines = (REPO / "config/production.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_compose_loads_the_production_settings_and_repeats_none_of_them():
+    shared = production_env()
+    assert shared["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True"
+    assert shared["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
+    for name, service in load()["services"].items():
+        if name.startswith("airflow-"):
+            assert service["env_file"] == "config/production.env", name
+            repeated = set(service["environment"]) & set(shared)
+            assert not repeated, f"{name}: {sorted(repeated)} are in config/production.env; set them only there"
+
+
+def rehearsal_env(tmp_path) -> dict[str, str]:
+    """What scripts/rehearsal.sh gives the components, printed by its `env` mode (starts nothing)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
+    env.update(REHEARSAL_HOME=str(tmp_path / "rehearsal"), DATA_ROOT=str(tmp_path / "data"))
+    out = subprocess.run(["bash", "-c", "source scripts/env.sh && scripts/rehearsal.sh env"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_the_rehearsal_runs_the_production_settings_and_changes_only_what_compose_leaves_to_each_deployment(tmp_path):
+    rehearsal = rehearsal_env(tmp_path)
+    for key, value in production_env().items():
+        assert rehearsal.get(key) == value, f"{key}: rehearsal {rehearsal.get(key)!r}, config/production.env {value!r}"
+    per_deployment = set(load()["x-airflow-common"]["environment"])
+    # The API's own address is the container's default (0.0.0.0:8080) under compose.
+    local_only = {"AIRFLOW_HOME", "AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__API__BASE_URL",
+                  "AIRFLOW_ADMIN_USERNAME", "AIRFLOW_ADMIN_EMAIL", "BATCH_LOCAL_VCPUS", "AWS_CA_BUNDLE"}
+    airflow_settings = {key for key in rehearsal if key.startswith(("AIRFLOW", "BATCH_"))}
+    unexplained = airflow_settings - set(production_env()) - per_deployment - local_only
+    assert not unexplained, f"the rehearsal sets {sorted(unexplained)}, which neither compose nor production.env names"
+    # Nothing of the local default (SQLite, unpaused DAGs, a local DATA_ROOT, 8 children) leaks in.
+    assert rehearsal["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:<secret>@127.0.0.1:")
+    assert "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION" not in rehearsal
+    assert rehearsal["DATA_ROOT"].startswith("s3://")
+    assert rehearsal["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == rehearsal["AIRFLOW__API__BASE_URL"] + "/execution/"
+    assert ":8080" not in rehearsal["AIRFLOW__API__BASE_URL"]
+    secrets = (tmp_path / "rehearsal" / "secrets.env")
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    for line in secrets.read_text().splitlines():
+        assert line.split("=", 1)[1] not in "\n".join(rehearsal.values())
