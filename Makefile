@@ -32,7 +32,7 @@ provision: $(STAMP)
 rehearsal: $(STAMP)
 	$(ENV) && exec scripts/rehearsal.sh
 
-# tests/scripts/test_rehearsal.py runs make rehearsal's script (over ten minutes here), so it is left
+# tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 test: $(STAMP)
 	$(ENV) && python -m pytest -q -m "not rehearsal"

@@ -6,6 +6,7 @@ Excluded from `make test` by its marker (it takes several minutes); run it with
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 
@@ -15,13 +16,13 @@ from tests.scripts.stack_processes import kill_leftovers, tail, wait_until_gone
 
 pytestmark = pytest.mark.rehearsal
 
-CHECKS = ("check: both runs succeeded",
-          "check: pricing_optimization: all 2 shard tasks deferred and resumed from the triggerer",
-          "check: units_of_work: all 2 shard tasks deferred and resumed from the triggerer",
-          "check: second pricing_optimization run: all 20 batches cached, none recomputed",
-          "check: triggerer restarted: 2 shards, one Batch job each",
-          "check: every artefact in s3://airbatch-rehearsal/",
-          "check: nothing written under the local DATA_ROOT")
+CHECKS = (r"check: both runs succeeded",
+          r"check: pricing_optimization: all [1-9]\d* shard tasks deferred and resumed from the triggerer",
+          r"check: units_of_work: all [1-9]\d* shard tasks deferred and resumed from the triggerer",
+          r"check: second pricing_optimization run: all [1-9]\d* batches cached, none recomputed",
+          r"check: triggerer restarted: 2 shards, one Batch job each",
+          r"check: every artefact in s3://airbatch-rehearsal/rehearsal-\S+: batches [1-9]",
+          r"check: nothing written under the local DATA_ROOT")
 
 
 @pytest.mark.timeout(1500)
@@ -39,7 +40,7 @@ def test_make_rehearsal_runs_production_settings_end_to_end_and_leaves_nothing_b
         text = log.read_text()
         assert done.returncode == 0, tail(log)
         for check in CHECKS:
-            assert check in text, f"missing {check!r}:\n{tail(log)}"
+            assert re.search(check, text), f"missing {check!r}:\n{tail(log)}"
         assert "rehearsal passed in" in text
         wait_until_gone(str(tmp_path), 60)
         assert not list(local_data.rglob("*"))
