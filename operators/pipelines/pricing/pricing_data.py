@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -239,8 +238,9 @@ def generate(
     fmt: str = "parquet",
     bad_row_fraction: float = 0.001,
     overwrite: bool = False,
+    storage_options: dict | None = None,
 ) -> dict:
-    """Write exactly `rows` rows under `out_dir`, partitioned by date; return statistics.
+    """Write exactly `rows` rows under `out_dir` (a local folder or s3://), partitioned by date; return statistics.
 
     `units` and `days` default to `DEFAULT_DAYS` days and as many units as `rows` needs; given
     `units` alone, the days follow from `rows`. Rows fill day by day, so the last day may lack
@@ -254,12 +254,14 @@ def generate(
         raise ValueError(f"bad_row_fraction must be in [0, 0.1], got {bad_row_fraction}")
     units, days = plan(rows, units, days)
     start = dt.date.fromisoformat(start_date) if isinstance(start_date, str) else start_date
-    out = Path(out_dir)
-    existing = sorted(out.glob("date=*"))
+    from batch_worker.storage import Location
+
+    out = Location.parse(str(out_dir), storage_options)
+    existing = sorted(out.fs.glob(out.join("date=*"))) if out.fs.exists(out.uri) else []
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds {len(existing)} date partitions; pass overwrite=True")
+        raise FileExistsError(f"{out.uri} already holds {len(existing)} date partitions; pass overwrite=True")
     for partition in existing:
-        shutil.rmtree(partition)
+        out.fs.rm(partition, recursive=True)
 
     truth = unit_table(units, seed)
     key_codes = dict(zip(KEY_COLUMNS, _key_codes(units)))
@@ -288,14 +290,15 @@ def generate(
                 bad_counts[kind] += count
             table = _table(codes, key_names, null_masks, date, values, non_numeric)
             relative = f"date={date.isoformat()}/part-{part}.{fmt}"
-            path = out / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = pa.BufferOutputStream()
             if fmt == "parquet":
-                pq.write_table(table, path)
+                pq.write_table(table, buffer)
             else:
-                pa_csv.write_csv(table, path)
+                pa_csv.write_csv(table, buffer)
+            data = buffer.getvalue().to_pybytes()
+            out.write_bytes(out.join(f"date={date.isoformat()}", f"part-{part}.{fmt}"), data)
             files.append(relative)
-            bytes_written += path.stat().st_size
+            bytes_written += len(data)
             written += len(unit)
 
     segments, locations, products = key_layout(units)
@@ -348,11 +351,17 @@ if __name__ == "__main__":
     main()
 
 
-def ensure(root: str | Path, *, rows: int, units: int, start_date: str, seed: int = 0) -> str:
-    """The dataset for these arguments under `root`, generated on first use (a `_COMPLETE` file marks it whole)."""
-    out = Path(root) / f"rows{rows}-units{units}-from{start_date}-seed{seed}"
-    if (out / "_COMPLETE").exists():
-        return str(out)
-    stats = generate(out, rows=rows, units=units, start_date=start_date, seed=seed, overwrite=True)
-    (out / "_COMPLETE").write_text(json.dumps(stats, default=str))
-    return str(out)
+def ensure(root: str | Path, *, rows: int, units: int, start_date: str, seed: int = 0,
+           storage_options: dict | None = None) -> str:
+    """The dataset for these arguments under `root` (local or s3://), generated on first use (a `_COMPLETE` file
+    marks it whole)."""
+    from batch_worker.storage import Location
+
+    out = Location.parse(f"{str(root).rstrip('/')}/rows{rows}-units{units}-from{start_date}-seed{seed}",
+                         storage_options)
+    if out.fs.exists(out.join("_COMPLETE")):
+        return out.uri
+    stats = generate(out.uri, rows=rows, units=units, start_date=start_date, seed=seed, overwrite=True,
+                     storage_options=storage_options)
+    out.write_bytes(out.join("_COMPLETE"), json.dumps(stats, default=str).encode())
+    return out.uri

@@ -43,12 +43,13 @@ class SyntheticPricingData(LookbackWindow):
     def resolve(self, params: dict[str, Any], run_root: str, data_interval_end) -> str:
         if params.get("input_uri"):
             return params["input_uri"]
-        from operators.kit.engine import data_root
+        from operators.kit.engine import data_root, options_for
         from operators.pipelines.pricing import pricing_data
 
         start = params["dataset_start_date"]
         if not start:  # as many days as rows/units make, ending the day before the interval ends
             _, days = pricing_data.plan(params["dataset_rows"], params["dataset_units"], None)
             start = (data_interval_end.date() - timedelta(days=days)).isoformat()
-        return pricing_data.ensure(f"{data_root()}/datasets/pricing", rows=params["dataset_rows"],
-                                   units=params["dataset_units"], start_date=start, seed=params["dataset_seed"])
+        root = f"{data_root()}/datasets/pricing"
+        return pricing_data.ensure(root, rows=params["dataset_rows"], units=params["dataset_units"], start_date=start,
+                                   seed=params["dataset_seed"], storage_options=options_for(root, "aws_default"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -130,3 +131,29 @@ def test_cli_prints_stats(tmp_path, capsys):
     pricing_data.main(["--out", str(tmp_path), "--rows", "2000", "--format", "csv", "--seed", "3"])
     stats = json.loads(capsys.readouterr().out)
     assert stats["rows"] == 2000 and stats["format"] == "csv" and stats["files"] == stats["days"]
+
+
+def test_ensure_writes_the_same_dataset_to_s3_once(tmp_path, local_aws):
+    """A DATA_ROOT on S3 gets the same files as a local one; a second ensure finds it complete."""
+    from operators.kit.engine import storage_options
+
+    local_aws.s3.create_bucket(Bucket="pricing-datasets")
+    options = storage_options("aws_default")
+    arguments = dict(rows=3_000, units=300, start_date="2026-02-02", seed=4)
+    uri = pricing_data.ensure("s3://pricing-datasets/root/datasets/pricing", storage_options=options, **arguments)
+    local = pricing_data.ensure(str(tmp_path), **arguments)
+    assert uri.startswith("s3://pricing-datasets/root/datasets/pricing/rows3000-")
+    from batch_worker.storage import Location
+
+    remote = Location.parse(uri, options)
+    remote_files = sorted(p.removeprefix(uri.removeprefix("s3://")) for p in remote.fs.find(uri) if "date=" in p)
+    local_files = sorted(str(p).removeprefix(local) for p in Path(local).rglob("*.parquet"))
+    assert remote_files == local_files and remote_files
+    for relative in remote_files:
+        assert remote.read_bytes(uri + relative) == Path(local + relative).read_bytes()
+    stats = json.loads(remote.read_bytes(uri + "/_COMPLETE"))
+    assert stats["rows"] == 3_000
+    remote.fs.rm(uri + remote_files[0])
+    assert pricing_data.ensure("s3://pricing-datasets/root/datasets/pricing", storage_options=options,
+                               **arguments) == uri  # complete: not generated again
+    assert not remote.fs.exists(uri + remote_files[0])
