@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ENV := source scripts/env.sh
 
-.PHONY: venv demo up test provision rehearsal clean
+.PHONY: venv demo up test test-ui provision rehearsal clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,13 @@ rehearsal: $(STAMP)
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 test: $(STAMP)
 	$(ENV) && python -m pytest -q -m "not rehearsal"
+
+## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
+## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).
+test-ui: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || { echo "make test-ui needs Debian's chromium: apt-get install chromium (as root)" >&2; exit 1; }
+	$(ENV) && AIRBATCH_UI_TEST=1 AIRBATCH_CHROMIUM="$$(command -v chromium)" python -m pytest -q -s tests/ui
 
 clean:
 	rm -rf .airflow .data
