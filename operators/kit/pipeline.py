@@ -162,6 +162,11 @@ def shown_location(uri: str, root: str | None = None) -> str:
 class UnitPipeline:
     """The factory behind `unit_pipeline`: configuration, generated params, one method per stage, and `build()`."""
 
+    #: True where a window without rows is an ordinary day (a daily run over what was added since the last one):
+    #: `prepare` then skips the rest of the run, which succeeds, instead of failing it. Rows in the window that
+    #: were all quarantined still fail it. Only for pipelines without an evaluator (there is no version to decide).
+    empty_window_skips = False
+
     #: Workload parameters a subclass sets at run time (e.g. a model version it resolves in a stage): not run
     #: params, so a run cannot set them; the subclass adds them to the params it passes to `plan`.
     runtime_workload_params: tuple[str, ...] = ()
@@ -177,6 +182,8 @@ class UnitPipeline:
         self.model = model or workload
         if evaluator is not None and not _MODEL_NAME.match(self.model):
             raise ValueError(f"{dag_id}: model {self.model!r} must be letters, digits, '_', '.' or '-'")
+        if self.empty_window_skips and evaluator is not None:
+            raise ValueError(f"{dag_id}: empty_window_skips needs a pipeline without an evaluator")
         if publish is not None and evaluator is None:
             raise ValueError(f"{dag_id}: a publish target needs an evaluator (only approved versions are published)")
         self.source = source or DataSource()
@@ -250,10 +257,17 @@ class UnitPipeline:
         # A dataset stage may fix the window itself when it depends on more than the data interval.
         window = tuple(source["window"]) if source.get("window") else self.source.window(params, data_interval_end)
         out = f"{root}/prep"
-        result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
-                                         window=window, storage_options=engine.options_for(out, "aws_default"),
-                                         max_quarantined_share=params["max_quarantined_share"],
-                                         rows_per_batch=params.get("rows_per_batch") or None)
+        try:
+            result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
+                                             window=window, storage_options=engine.options_for(out, "aws_default"),
+                                             max_quarantined_share=params["max_quarantined_share"],
+                                             rows_per_batch=params.get("rows_per_batch") or None)
+        except prep.EmptyWindow as empty:
+            if not self.empty_window_skips:
+                raise
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"{empty}: nothing to do, the rest of the run is skipped") from None
         where = f" in the window [{window[0]}, {window[1]})" if window else ""
         if not result.rows_ok:
             raise ValueError(f"no usable rows{where} of {source['uri']} ({result.rows_in} rows read, "

@@ -130,6 +130,10 @@ class PrepError(ValueError):
     """The input cannot be prepared as it is; the message says where and what to do."""
 
 
+class EmptyWindow(PrepError):
+    """The input has no row in the run's window (rows outside it, or none at all)."""
+
+
 class SchemaError(PrepError):
     """The input's columns do not match the schema; the message names every problem."""
 
@@ -1073,7 +1077,7 @@ def _check_limits(input_uri: str, schema: InputSchema, window: tuple[str, str] |
         span = time_range() if time_range else None
         found = (f"its {schema.time_column!r} values run from {span[0]} to {span[1]} ({span[2]} rows)" if span
                  else f"it has no row with a valid {schema.time_column!r}")
-        raise PrepError(f"no rows {scope}: {found}. Point input_uri at data for this window, or choose a run "
+        raise EmptyWindow(f"no rows {scope}: {found}. Point input_uri at data for this window, or choose a run "
                         "whose data interval (and lookback) falls inside the data's dates")
     quarantined = rows_in - rows_ok
     share = quarantined / rows_in if rows_in else 0.0

@@ -145,6 +145,7 @@ class PackagingInference(UnitPipeline):
         if scope not in SCOPES:
             raise ValueError(f"{dag_id}: scope must be one of {SCOPES}, got {scope!r}")
         self.scope = scope
+        self.empty_window_skips = scope == "daily"  # a day without new products has nothing to score
         super().__init__(dag_id, workload="packaging_scoring", source=Inventory(), **options)
 
     def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:

@@ -68,3 +68,23 @@ def test_the_model_version_is_set_at_run_time_not_by_a_run():
         pipeline.check_run({name: p.value for name, p in pipeline.params.items()}, {"model_version": "v-any"})
     with pytest.raises(ValueError, match="scope must be one of"):
         PackagingInference("inference_test", scope="weekly")
+
+
+def test_a_daily_window_without_new_products_skips_the_run_and_a_monthly_one_fails(root):
+    """An empty daily window is an ordinary day (the run succeeds, skipped); an empty inventory is an error."""
+    import pandas as pd
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    uri = inventory.ensure(f"{root}/datasets/inventory", until="2026-03-04", groups=2, products_per_group=3,
+                           new_per_day=0, start_date="2026-03-01")
+    stamp = pendulum.datetime(2026, 3, 4, tz="UTC")
+    for scope, expected in (("daily", AirflowSkipException), ("monthly", ValueError)):
+        pipeline = PackagingInference(f"inference_{scope}", scope=scope)
+        params = {name: p.value for name, p in pipeline.params.items()}
+        source = {"uri": uri, "started_at": 0.0, "window": ["2026-03-02", "2026-03-04"]}
+        with pytest.raises(expected, match=r"no rows in the window \[2026-03-02, 2026-03-04\)"):
+            pipeline.prepare(source, params, f"run-{scope}", stamp)
+    pipeline = PackagingInference("inference_daily", scope="daily")
+    prepared = pipeline.prepare({"uri": uri, "started_at": 0.0, "window": ["2026-03-01", "2026-03-04"], "model": {}},
+                                {name: p.value for name, p in pipeline.params.items()}, "run-first", stamp)
+    assert prepared["rows_ok"] == len(pd.read_parquet(uri)) == 6  # the first day's products do score
