@@ -62,24 +62,12 @@ def floor(manifest_uri: str) -> tuple["pd.DataFrame", float, float]:
 
 
 def differences(pipeline: "pd.DataFrame", single: "pd.DataFrame") -> list[str]:
-    """What differs between the two outputs (empty when they are equal)."""
-    import numpy as np
-
     from batch_worker.workloads.packaging import FEATURES, UNIT_KEY
 
-    key = list(UNIT_KEY)
-    left = pipeline.sort_values(key, ignore_index=True)
-    right = single.sort_values(key, ignore_index=True)
-    if len(left) != len(right) or not (left[key].to_numpy() == right[key].to_numpy()).all():
-        return [f"units differ: {len(left)} from the pipeline, {len(right)} from the floor"]
-    problems = [f"{column} differs for {int((left[column].fillna('') != right[column].fillna('')).sum())} units"
-                for column in COMPARED if (left[column].fillna("") != right[column].fillna("")).any()]
-    for column in ("intercept", *(f"coef_{f}" for f in FEATURES), "holdout_log_loss", "holdout_auc"):
-        a, b = left[column].to_numpy(float), right[column].to_numpy(float)
-        close = np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
-        if not close.all():
-            problems.append(f"{column} differs beyond 1e-6 for {int((~close).sum())} units")
-    return problems
+    from benchmarks.compare import differences as compared
+
+    return compared(pipeline, single, key=UNIT_KEY, exact=COMPARED, names=("the pipeline", "the floor"),
+                    close=("intercept", *(f"coef_{f}" for f in FEATURES), "holdout_log_loss", "holdout_auc"))
 
 
 def main() -> int:

@@ -53,27 +53,12 @@ def monolith_over_batches(manifest_uri: str, params: dict) -> "pd.DataFrame":
 
 
 def differences(pipeline: "pd.DataFrame", monolith: "pd.DataFrame") -> list[str]:
-    """What differs between the two outputs (empty when they are equal)."""
-    import numpy as np
-
     from batch_worker.workloads.pricing import UNIT_KEY
 
-    key = list(UNIT_KEY)
-    left = pipeline.sort_values(key, ignore_index=True)
-    right = monolith.sort_values(key, ignore_index=True)
-    if len(left) != len(right) or not (left[key].to_numpy() == right[key].to_numpy()).all():
-        return [f"units differ: {len(left)} from the pipeline, {len(right)} from the monolith"]
-    problems = []
-    for column in ("status", "reason"):
-        unequal = int((left[column].fillna("") != right[column].fillna("")).sum())
-        if unequal:
-            problems.append(f"{column} differs for {unequal} units")
-    for column in PRICE_COLUMNS:
-        a, b = left[column].to_numpy(float), right[column].to_numpy(float)
-        close = np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
-        if not close.all():
-            problems.append(f"{column} differs beyond 1e-6 for {int((~close).sum())} units")
-    return problems
+    from benchmarks.compare import differences as compared
+
+    return compared(pipeline, monolith, key=UNIT_KEY, exact=("status", "reason"), close=PRICE_COLUMNS,
+                    names=("the pipeline", "the monolith"))
 
 
 def main() -> int:
