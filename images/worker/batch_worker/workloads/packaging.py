@@ -45,6 +45,14 @@ REASONS = (None, "too_few_labels", "one_class", "not_converged")
 #: Predicted probabilities are clipped to [EPSILON, 1 - EPSILON] in the log-loss.
 EPSILON = 1e-12
 
+#: A product's features as input columns: the labels' and the scored inventory's.
+FEATURE_COLUMNS = (
+    Column("weight_kg", "float", min=0),
+    Column("longest_side_cm", "float", min=0),
+    Column("fragility", "float", min=0, max=1),
+    Column("liquid", "float", min=0, max=1),
+)
+
 SCHEMA = InputSchema(
     columns=(
         Column("package_type", "string"),
@@ -52,10 +60,7 @@ SCHEMA = InputSchema(
         Column("product_id", "string"),
         Column("label_id", "string"),
         Column("labelled_on", "date"),
-        Column("weight_kg", "float", min=0),
-        Column("longest_side_cm", "float", min=0),
-        Column("fragility", "float", min=0, max=1),
-        Column("liquid", "float", min=0, max=1),
+        *FEATURE_COLUMNS,
         Column(LABEL, "int", min=0, max=1),
     ),
     unit_key=UNIT_KEY,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch_worker.schema import Column, InputSchema
 from batch_worker.workloads import BadData, OutputColumn, OutputSchema, Parameter, Workload, register
-from batch_worker.workloads.packaging import FEATURES
+from batch_worker.workloads.packaging import FEATURE_COLUMNS, FEATURES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,10 +49,7 @@ SCHEMA = InputSchema(
         Column("product_id", "string"),
         Column("product_group", "string"),
         Column("added_on", "date"),
-        Column("weight_kg", "float", min=0),
-        Column("longest_side_cm", "float", min=0),
-        Column("fragility", "float", min=0, max=1),
-        Column("liquid", "float", min=0, max=1),
+        *FEATURE_COLUMNS,
     ),
     unit_key=("product_group",),
     unique_key=("product_id",),
