@@ -167,10 +167,14 @@ class Api:
         return entry["value"]
 
     def task_log(self, dag_id: str, run_id: str, ti: dict) -> str:
-        path = (f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}"
-                f"?map_index={ti['map_index']}&full_content=true")
-        content = self.get(path).get("content", [])
-        return "\n".join(json.dumps(line) if not isinstance(line, str) else line for line in content)
+        """The logs of every try of the task instance, oldest first (a deferral may be in an earlier try's)."""
+        tries = []
+        for try_number in range(1, int(ti["try_number"]) + 1):
+            path = (f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}/taskInstances/{ti['task_id']}/logs/{try_number}"
+                    f"?map_index={ti['map_index']}&full_content=true")
+            content = self.get(path).get("content", [])
+            tries.append("\n".join(json.dumps(line) if not isinstance(line, str) else line for line in content))
+        return "\n".join(tries)
 
 
 def quote(value: str) -> str:

@@ -58,8 +58,14 @@ class BatchJobWaitTrigger(BaseTrigger):
     def hook(self) -> BatchClientHook:
         return BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
+    #: The least time between the trigger's start and its event. A trigger that fires before the scheduler has
+    #: handled the deferring try's exit (a job that ends at once) lets Airflow's scheduler take that exit for the
+    #: resumed try's end and send the task to retry (apache/airflow#66374, #72716).
+    settle_s = 5.0
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         last = None
+        started = time.monotonic()
         async with await self.hook().get_async_conn() as client:
             while True:
                 jobs = (await client.describe_jobs(jobs=[self.job_id]))["jobs"]
@@ -73,6 +79,7 @@ class BatchJobWaitTrigger(BaseTrigger):
                     self.log.info("AWS Batch job %s: %s", self.job_id, progress)
                     last = progress
                 if job["status"] in ENDED:
+                    await asyncio.sleep(max(0.0, self.settle_s - (time.monotonic() - started)))
                     yield TriggerEvent({"job_id": self.job_id, "status": job["status"],
                                         "reason": job.get("statusReason", "")})
                     return

@@ -166,6 +166,32 @@ def test_the_trigger_fires_once_the_job_ends(local_aws):
     assert event.payload["status"] == "SUCCEEDED" and event.payload["job_id"] == job_id
 
 
+def test_the_trigger_does_not_fire_before_the_scheduler_can_have_seen_the_deferral(local_aws, monkeypatch):
+    """A job that has ended at the first poll is reported only after `settle_s` since the trigger started."""
+    from operators.kit import triggers
+
+    job_id = local_aws.batch.submit_job(jobName="trigger-settle", jobQueue="airbatch-cpu",
+                                        jobDefinition="airbatch-worker-cpu",
+                                        containerOverrides={"command": ["python", "-c", "pass"]})["jobId"]
+    wait_status(local_aws, job_id, ("SUCCEEDED",))
+    pauses = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(seconds):
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(triggers.asyncio, "sleep", recorded_sleep)
+    trigger = triggers.BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
+
+    async def first_event():
+        return await trigger.run().__anext__()
+
+    event = asyncio.run(first_event())
+    assert event.payload["status"] == "SUCCEEDED"
+    assert len(pauses) == 1 and 0 < pauses[0] <= trigger.settle_s  # the rest of settle_s, then the event
+
+
 def test_a_waiting_task_killed_in_sync_mode_terminates_its_job(local_aws):
     from operators.kit.batch import UnitsOfWorkOperator
 
