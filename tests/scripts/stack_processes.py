@@ -42,11 +42,20 @@ def script_environment(root: Path, migrated_db: Path | None = None, **overrides:
 
 
 def start_script(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`command` under bash from the repository root, as the leader of a new process group (a terminal's job)."""
+    """`command` under bash from the repository root, as the leader of a new process group (a terminal's job).
+
+    Ctrl-C and SIGTERM start at their defaults, as in a terminal: a suite started in the background
+    (`make test &`) passes SIGINT down ignored, and a shell cannot trap a signal it started with ignored.
+    """
     with open(log, "wb") as out:
         return subprocess.Popen(["bash", "-c", f"source scripts/env.sh && {command}"], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _read(path: Path) -> bytes:
