@@ -42,12 +42,11 @@ def main() -> int:
     if args.products < args.groups:
         raise SystemExit(f"--products ({args.products}) must be at least --groups ({args.groups})")
 
-    from localaws.stack import configure, migrate, running_endpoint
+    from benchmarks.harness import DAGS, airflow_home, harness_line, start_execution_api, timed_run
 
-    home = REPO / ".airflow" / "bench"
-    configure(home)
-    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    migrate(home)
+    airflow_home("bench-packaging-inference",
+                 [DAGS / "packaging_inference_monthly.py", DAGS / "packaging_inference_daily.py"])
+    from localaws.stack import running_endpoint
 
     import pendulum
 
@@ -71,27 +70,22 @@ def main() -> int:
 
         figures = []
         with running_endpoint(vcpus=args.vcpus):
-            from airflow.dag_processing.dagbag import DagBag
-            from airflow.utils.state import DagRunState
-
             from operators.kit.summary import format_task_times, task_times, xcom_value
 
+            api_start_s = start_execution_api()
             for scope, run_after, extra in (("monthly", "2026-03-02T06:00:00", {"bucket_count": args.buckets}),
                                             ("daily", "2026-03-03T06:00:00", {})):
                 dag_id = f"packaging_inference_{scope}"
-                dag = DagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py")).dags[dag_id]
                 run_conf = {**conf, **{k: v for k, v in extra.items() if v is not None}}
-                started = time.perf_counter()
-                run = dag.test(logical_date=None, run_after=pendulum.parse(run_after), run_conf=run_conf)
-                seconds = time.perf_counter() - started
-                if run.state != DagRunState.SUCCESS:
-                    raise SystemExit(f"{dag_id} ended {run.state}")
+                seconds, run = timed_run(DAGS / f"{dag_id}.py", logical_date=None,
+                                         run_after=pendulum.parse(run_after), run_conf=run_conf)
                 published = xcom_value(run.dag_id, run.run_id, "publish")
                 fanout = xcom_value(run.dag_id, run.run_id, "summary")
                 print(f"{dag_id} task times:")
                 print(format_task_times(task_times(run.dag_id, run.run_id)))
                 figures.append((scope, published["products"], fanout["batches"], seconds))
 
+    print(harness_line(api_start_s))
     for scope, products, batches, seconds in figures:
         met = "yes" if seconds <= TARGETS_S[scope] else "no"
         scale = "" if products >= TARGET_SIZES[scope] else f" (target size {TARGET_SIZES[scope]:,})"

@@ -16,7 +16,9 @@ product groups (2,000 units by default), L labels a week for the W weeks before 
 
 The pipeline is timed through `dag.test()` rather than the kit's engine functions alone because the
 target is a weekly training run as it is scheduled: prep, evaluation, registry and publish are
-part of what a week costs, not only the fan-out. The two outputs are then checked equal: the
+part of what a week costs, not only the fan-out. The pipeline's clock starts after `dag.test()`'s in-process execution API has started, in a bundle
+holding only this DAG (benchmarks/harness.py says why); the API's start is printed, and the last
+line also gives the ratio counting it. The two outputs are then checked equal: the
 same units, statuses and label counts, coefficients within 1e-6 relative. Ends with one line:
 units, labels, both times, the ratio and the target (pipeline <= 2x floor).
 """
@@ -82,12 +84,10 @@ def main() -> int:
     if min(args.groups, args.products_per_group, args.labels_per_week, args.weeks) < 1:
         parser.error("--groups, --products-per-group, --labels-per-week and --weeks must be at least 1")
 
-    from localaws.stack import configure, migrate, running_endpoint
+    from benchmarks.harness import DAGS, airflow_home, harness_line, start_execution_api, timed_run
 
-    home = REPO / ".airflow" / "bench-packaging-training"
-    configure(home)
-    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    migrate(home)
+    airflow_home("bench-packaging-training", [DAGS / "packaging_training.py"])
+    from localaws.stack import running_endpoint
 
     import pendulum
 
@@ -108,18 +108,12 @@ def main() -> int:
         os.environ["DATA_ROOT"] = str(Path(scratch) / "root")
         os.environ["AIRBATCH_INPUT_PREFIXES"] = str(Path(scratch) / "labels")  # the input lies outside DATA_ROOT
         with running_endpoint(vcpus=args.vcpus):
-            from airflow.dag_processing.dagbag import DagBag
-            from airflow.utils.state import DagRunState
-
             from operators.kit.engine import read_run_outputs
             from operators.kit.summary import format_task_times, task_times, xcom_value
 
-            dag = DagBag(dag_folder=str(REPO / "dags" / "packaging_training.py")).dags["packaging_training"]
-            started = time.perf_counter()
-            run = dag.test(logical_date=pendulum.parse(END), run_conf={"input_uri": labels, **conf})
-            pipeline_s = time.perf_counter() - started
-            if run.state != DagRunState.SUCCESS:
-                raise SystemExit(f"pipeline run ended {run.state}")
+            api_start_s = start_execution_api()
+            pipeline_s, run = timed_run(DAGS / "packaging_training.py", logical_date=pendulum.parse(END),
+                                        run_conf={"input_uri": labels, **conf})
             prepared = xcom_value(run.dag_id, run.run_id, "prepare")
             fanout = xcom_value(run.dag_id, run.run_id, "collect")
             decision = xcom_value(run.dag_id, run.run_id, "decide")
@@ -135,12 +129,14 @@ def main() -> int:
     print(f"pipeline: {len(pipeline_out):,} units in {pipeline_s:.1f} s, {fanout['batches']} batches, "
           f"{fanout['shards']} shard(s), {prepared['rows_quarantined']} rows quarantined by prep, "
           f"decision {decision['status']}")
+    print(harness_line(api_start_s))
     print("outputs: " + ("equal (units, statuses, label counts; coefficients and metrics within 1e-6)"
                          if not problems else "DIFFER: " + "; ".join(problems)))
     ratio = pipeline_s / floor_s
     print(f"units={len(single)} labels={prepared['rows_ok']} batches={fanout['batches']} floor_s={floor_s:.1f} "
           f"pipeline_s={pipeline_s:.1f} ratio={ratio:.2f}x target<={TARGET_RATIO:g}x "
-          f"met={'yes' if ratio <= TARGET_RATIO else 'no'} vcpus={args.vcpus}")
+          f"met={'yes' if ratio <= TARGET_RATIO else 'no'} vcpus={args.vcpus} "
+          f"ratio_counting_api_start={(pipeline_s + api_start_s) / floor_s:.2f}x")
     return 1 if problems else 0
 
 

@@ -43,30 +43,28 @@ def main() -> int:
     if args.configs > 20_000:
         raise SystemExit("--configs: at most 20,000 here (the grid's max_iterations goes up to 200)")
 
-    from benchmarks.fanout_overhead import dag_seconds
-    from localaws.stack import configure, migrate, running_endpoint
+    from benchmarks.harness import DAGS, airflow_home, timed_run
 
-    home = REPO / ".airflow" / "bench"
-    configure(home)
-    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
-    migrate(home)
+    airflow_home("bench-sweep", [DAGS / "units_of_work.py", DAGS / "training_sweep.py"])
+    from localaws.stack import running_endpoint
+
     spec = grid_of(args.configs)
     count = len(spec["grid"]["l2"]) * len(spec["grid"]["max_iterations"])
     with running_endpoint(vcpus=args.vcpus):
         with tempfile.TemporaryDirectory(prefix="sweep-warmup-") as scratch:
             os.environ["DATA_ROOT"] = scratch  # the first run in a process pays the imports: not timed
-            dag_seconds("units_of_work", REPO / "dags", {"units": 10, "rows_per_unit": 1, "bucket_count": 10})
+            timed_run(DAGS / "units_of_work.py", run_conf={"units": 10, "rows_per_unit": 1, "bucket_count": 10})
         with tempfile.TemporaryDirectory(prefix="sweep-fanout-") as scratch:
             os.environ["DATA_ROOT"] = scratch
-            fanout_s, _ = dag_seconds("units_of_work", REPO / "dags",
-                                      {"units": count, "rows_per_unit": 1, "bucket_count": min(count, 3000),
-                                       "salt": uuid.uuid4().hex})
+            fanout_s, _ = timed_run(DAGS / "units_of_work.py",
+                                    run_conf={"units": count, "rows_per_unit": 1, "bucket_count": min(count, 3000),
+                                              "salt": uuid.uuid4().hex})
         with tempfile.TemporaryDirectory(prefix="sweep-") as scratch:
             os.environ["DATA_ROOT"] = scratch
             conf = {"sweep": spec, "trainer": "trivial"}
             if args.configs_per_batch:
                 conf["configs_per_batch"] = args.configs_per_batch
-            sweep_s, run = dag_seconds("training_sweep", REPO / "dags", conf)
+            sweep_s, run = timed_run(DAGS / "training_sweep.py", run_conf=conf)
             from operators.kit.summary import xcom_value
 
             summary = xcom_value(run.dag_id, run.run_id, "summary")

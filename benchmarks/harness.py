@@ -1,0 +1,83 @@
+"""The Airflow side every DAG benchmark shares, so that each times its pipeline and not the test harness.
+
+A benchmark runs its DAG with `dag.test()`: one process, with Airflow's execution API in that process
+instead of the api-server. Two of `dag.test()`'s costs belong to that harness, not to a run:
+
+- the in-process execution API's first request builds its versioned routes (cadwyn), 3-5 s on the
+  2-core machine. Under the scheduler that is the api-server's start, paid once, not per run.
+  `start_execution_api` pays it before the clock starts and returns the seconds, which each
+  benchmark prints beside its figures;
+- every `dag.test()` parses and serialises each DAG of the bundle its DAG belongs to into the
+  metadata DB, which under the scheduler is the dag-processor's standing work. The project's
+  `dags/` folder holds eight DAGs (about a second of serialisation); `airflow_home` gives the
+  benchmark a bundle holding only the DAG files it runs.
+
+Everything a run does itself stays on the clock: each task's imports, prep, the array jobs, the
+polls, the evaluation, the registry and the notification.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from airflow.models.dagrun import DagRun
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "dags"
+
+
+def airflow_home(name: str, dag_files: Sequence[Path]) -> Path:
+    """Configure this process's Airflow under `.airflow/<name>` with one DAG bundle holding only `dag_files`
+    (links to them), and migrate its DB when Airflow's version changed. Call before anything imports Airflow."""
+    from localaws.stack import configure, local_bundle, migrate
+
+    home = REPO / ".airflow" / name
+    configure(home)
+    bundle = home / "bundles" / name
+    shutil.rmtree(bundle, ignore_errors=True)
+    bundle.mkdir(parents=True)
+    for dag_file in dag_files:
+        (bundle / dag_file.name).symlink_to(dag_file.resolve())
+    os.environ["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([local_bundle(f"bench-{name}", bundle)])
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+    migrate(home)
+    return home
+
+
+def start_execution_api() -> float:
+    """Start `dag.test()`'s in-process execution API and answer its first request; the seconds it took."""
+    import httpx
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+    started = time.perf_counter()
+    api = in_process_api_server()  # cached: the one every later dag.test() in this process uses
+    httpx.Client(transport=api.transport, base_url="http://in-process.invalid").get("/health").raise_for_status()
+    return time.perf_counter() - started
+
+
+def timed_run(dag_file: Path, dag_id: str | None = None, **test_kwargs: Any) -> tuple[float, "DagRun"]:
+    """One `dag.test()` of the DAG in `dag_file` (its id: the file's name unless given); its seconds and run.
+    Exits naming the run when it did not succeed."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.state import DagRunState
+
+    dag_id = dag_id or dag_file.stem
+    bag = DagBag(dag_folder=str(dag_file))
+    if bag.import_errors:
+        raise SystemExit(f"{dag_file}: {bag.import_errors}")
+    started = time.perf_counter()
+    run = bag.dags[dag_id].test(**test_kwargs)
+    elapsed = time.perf_counter() - started
+    if run.state != DagRunState.SUCCESS:
+        raise SystemExit(f"{dag_id} run {run.run_id} ended {run.state}")
+    return elapsed, run
+
+
+def harness_line(api_start_s: float) -> str:
+    return (f"not timed: dag.test()'s in-process execution API started in {api_start_s:.1f} s "
+            f"(the api-server's start under the scheduler, once)")
