@@ -4,7 +4,8 @@
 1. **dataset**: `input_uri` (CSV/Parquet labels), or, when empty, synthetic labels that grow week
    by week under `DATA_ROOT/datasets/packaging` (`dataset_*` params, with an optional drift).
 2. **prepare**: the labels of the `lookback_days` days before the end of the run's week, checked
-   against the packaging schema and bucketed by unit.
+   against the packaging schema and bucketed by unit into batches of about `rows_per_batch`
+   labels (50,000), at most `bucket_count` of them.
 3. **plan / run_shard**: AWS Batch array jobs fit a regularised logistic regression per unit and
    validate it on the unit's latest `holdout_days` of labels. Batches already computed for the
    same labels, code version and parameters are not recomputed.
@@ -34,7 +35,7 @@ unit_pipeline(
     source=SyntheticLabels(),
     publish=PUBLISH_MODELS,
     **weekly_intervals("2026-01-05", catchup=True),
-    defaults={"bucket_count": 400},
+    defaults={"bucket_count": 400, "rows_per_batch": 50_000},
     doc_md=__doc__,
     tags=["packaging", "training", "batch"],
 )

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.system
 
 #: 40 units (4 package types x 10 groups), 2,000 labels a week from 2025-11-03: 10 weeks before MONDAY.
 SMALL = {"dataset_groups": 10, "dataset_products_per_group": 50, "dataset_labels_per_week": 2000,
-         "dataset_start_date": "2025-11-03", "dataset_seed": 3, "bucket_count": 8, "queue": "airbatch-cpu"}
+         "dataset_start_date": "2025-11-03", "dataset_seed": 3, "bucket_count": 8, "rows_per_batch": 2000,
+         "queue": "airbatch-cpu"}
 MONDAY = pendulum.datetime(2026, 1, 12, tz="UTC")
 #: A rougher carrier from three weeks before the next run: the newest labels (and the holdout) change.
 DRIFT = {"dataset_drift": 0.5, "dataset_drift_from": "2025-12-29"}
