@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from batch_worker import runtime
-from batch_worker.cache import DONE_FILE, FAILED_FILE, RESULT_FILE, cache_key, child_slice, children_needed
+from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, cache_key, child_slice, children_needed,
+                                params_digest)
 from batch_worker.workloads import get_workload
 
 
@@ -50,6 +51,14 @@ def test_each_child_runs_its_slice_and_writes_result_then_marker(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(i["key"] for i in items[2:4])
     marker = json.loads((out / items[2]["key"] / DONE_FILE).read_text())
     assert marker["status"] == "done" and marker["key"] == items[2]["key"] and marker["batch_id"] == 2
+    assert set(marker) == {"status", "key", "batch_id", "content_hash", "workload", "workload_version",
+                           "params_digest", "rows_in", "rows_out", "units", "result", "seconds", "finished_at",
+                           "job_id", "attempt", "run"}
+    assert (marker["content_hash"], marker["workload"], marker["workload_version"], marker["result"]) == (
+        "content-2", "noop", "1", RESULT_FILE)
+    assert marker["params_digest"] == params_digest({"sleep_s": 0.0, "fail_units": [], "salt": ""})
+    assert (marker["rows_in"], marker["rows_out"], marker["units"], marker["run"]) == (2, 2, 2, {"dag_id": "t"})
+    assert (marker["job_id"], marker["attempt"]) == ("local", "1")
     result = pd.read_parquet(out / items[2]["key"] / RESULT_FILE)
     assert result.to_dict("list") == {"unit_id": ["u2a", "u2b"], "rows": [1, 1], "value_sum": [3.0, 2.0]}
     assert child_slice(items, 2, 2) == items[4:]
@@ -117,8 +126,45 @@ def test_transient_errors_exit_75_so_batch_retries(tmp_path, monkeypatch):
 
     monkeypatch.setattr(noop, "run", flaky)
     assert runtime.run(uri, 0) == runtime.EXIT_TRANSIENT
+    failed = tmp_path / "out" / items[0]["key"] / FAILED_FILE
+    assert json.loads(failed.read_text())["class"] == "transient"
     assert runtime.run(uri, 0) == runtime.EXIT_OK  # the retry does only the batch that failed
     assert len(calls) == 3
+    assert (tmp_path / "out" / items[0]["key"] / DONE_FILE).exists() and not failed.exists()
+
+
+@pytest.mark.parametrize("error, code, kind", [
+    (PermissionError(13, "Permission denied"), runtime.EXIT_NO_PERMISSION, "permission_denied"),
+    (ConnectionError("connection reset by peer"), runtime.EXIT_TRANSIENT, "transient"),
+])
+def test_a_child_that_cannot_read_the_markers_runs_nothing_and_says_why(tmp_path, monkeypatch, caplog, error, code,
+                                                                         kind):
+    from batch_worker.cache import parse_failure_line
+    from batch_worker.storage import Location
+
+    items = make_batches(tmp_path, 2)
+    uri = write_worklist(tmp_path, items)
+
+    def refused(self, paths):
+        raise error
+
+    monkeypatch.setattr(Location, "read_many", refused)
+    assert runtime.run(uri, 0) == code
+    [record] = [r for r in map(parse_failure_line, caplog.messages) if r]
+    assert record["class"] == kind
+    assert record["error"].startswith(f"cannot read the markers under {tmp_path / 'out'}: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_is_read_to_the_same_frame_with_or_without_threads(tmp_path, monkeypatch):
+    frame = pd.DataFrame({"unit_id": [f"u{i % 7}" for i in range(300)], "seq": range(300),
+                          "value": [i / 3 for i in range(300)]})
+    path = tmp_path / "batch.parquet"
+    frame.to_parquet(path, index=False, row_group_size=100)
+    single = runtime.read_batch(str(path))
+    monkeypatch.setattr(runtime, "THREADED_READ_ROWS", 1)
+    pd.testing.assert_frame_equal(runtime.read_batch(str(path)), single)
+    pd.testing.assert_frame_equal(single, pd.read_parquet(path))
 
 
 def test_an_unexpected_error_exits_1_with_its_traceback(tmp_path, monkeypatch, caplog):
@@ -172,6 +218,8 @@ def test_the_runtime_reads_and_writes_s3_through_the_endpoint(local_aws, tmp_pat
         item["uri"] = f"s3://airbatch-runtime/{key}"
     worklist = json.loads(Path(write_worklist(tmp_path, items, per_child=3)).read_text())
     worklist["output_root"] = "s3://airbatch-runtime/outputs/noop"
+    old_failure = f"outputs/noop/{items[1]['key']}/{FAILED_FILE}"  # from an earlier attempt: a success clears it
+    s3.put_object(Bucket="airbatch-runtime", Key=old_failure, Body=b'{"status": "failed", "class": "transient"}')
     s3.put_object(Bucket="airbatch-runtime", Key="worklists/w.json", Body=json.dumps(worklist).encode())
     env = {"PATH": _path(), "AWS_ENDPOINT_URL": local_aws.url,
            "AWS_ACCESS_KEY_ID": local_aws.credentials.job.access_key_id,  # a job's keys, as a job has

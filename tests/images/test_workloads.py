@@ -241,3 +241,84 @@ def test_enforce_names_the_column_and_both_types(frame, message):
     with pytest.raises(OutputSchemaError) as err:
         SCHEMA.enforce(frame, "where")
     assert message in str(err.value)
+
+
+EVERY_TYPE = OutputSchema((OutputColumn("s", "string"), OutputColumn("i", "int"), OutputColumn("f", "float"),
+                           OutputColumn("b", "bool"), OutputColumn("d", "date"), OutputColumn("t", "timestamp"),
+                           OutputColumn("key", "string", nullable=False), OutputColumn("n", "int", nullable=False),
+                           OutputColumn("yes", "bool", nullable=False)))
+
+
+def test_enforce_gives_an_empty_output_every_declared_type():
+    out = EVERY_TYPE.enforce(pd.DataFrame({name: [] for name in reversed(EVERY_TYPE.names)}), "test")
+    assert list(out.columns) == list(EVERY_TYPE.names) and len(out) == 0
+    assert {name: str(dtype) for name, dtype in out.dtypes.items()} == {
+        "s": "string", "i": "Int64", "f": "float64", "b": "boolean", "d": "datetime64[s]",
+        "t": "datetime64[us, UTC]", "key": "string", "n": "int64", "yes": "bool"}
+
+
+def test_enforce_keeps_columns_of_their_type_and_converts_only_floats_and_timestamps():
+    import datetime
+
+    index = pd.Index([7, 7, 3], name="unit")  # a repeated, named index: the output gets a fresh one
+    frame = pd.DataFrame({
+        "yes": [True, False, True], "n": pd.array([1, 2, 3], dtype="int32"),
+        "key": pd.array(["a", "b", "c"], dtype="str"), "s": pd.Series(["x", None, "z"], dtype=object, index=index),
+        "i": pd.array([1, None, 3], dtype="Int64"), "f": pd.array([1, 2, 3], dtype="int32"),
+        "b": pd.array([True, None, False], dtype="boolean"),
+        "d": [datetime.date(2026, 1, 1), None, datetime.date(2026, 1, 3)],
+        "t": pd.to_datetime(["2026-01-01 10:00", "2026-01-02 10:00", None]).tz_localize("Europe/Paris"),
+    }, index=index)
+    before = frame.copy()
+    out = EVERY_TYPE.enforce(frame, "test")
+    assert list(out.columns) == list(EVERY_TYPE.names)
+    assert out.index.equals(pd.RangeIndex(3))
+    assert {name: str(dtype) for name, dtype in out.dtypes.items()} == {
+        "s": "object", "i": "Int64", "f": "float64", "b": "boolean", "d": "object", "t": "datetime64[us, UTC]",
+        "key": "str", "n": "int32", "yes": "bool"}
+    assert out["f"].tolist() == [1.0, 2.0, 3.0]
+    assert out["t"].iloc[0] == pd.Timestamp("2026-01-01 09:00", tz="UTC") and pd.isna(out["t"].iloc[2])
+    out.loc[0, "key"] = "changed"
+    out.loc[0, "n"] = 99
+    pd.testing.assert_frame_equal(frame, before)  # the workload's own frame is untouched
+
+
+def test_enforce_refuses_a_non_nullable_column_that_is_all_null():
+    schema = OutputSchema((OutputColumn("key", "string", nullable=False), OutputColumn("n", "int", nullable=False)))
+    with pytest.raises(OutputSchemaError, match=r"^where: output column 'key' is declared not nullable but holds 2 "
+                                                r"null value\(s\)$"):
+        schema.enforce(pd.DataFrame({"key": [None, None], "n": [1, 2]}), "where")
+    with pytest.raises(OutputSchemaError, match=r"output column 'n' is declared not nullable but holds 1 null"):
+        schema.enforce(pd.DataFrame({"key": ["a"], "n": [float("nan")]}), "where")
+
+
+@pytest.mark.parametrize("frame, message", [
+    (pd.DataFrame({"unit_id": pd.Series([None, 4], dtype=object), "rows": [3, 4], "score": [1.0, 2.0],
+                   "note": ["x", "y"], "ok": [True, False]}, index=[0, 1]).iloc[1:],
+     "where: output column 'unit_id' is declared string but is object holding int; make the workload return "
+     "string values or change its `output` (and bump its version)"),
+    (pd.DataFrame({"unit_id": ["a"], "rows": [True], "score": [1.0], "note": ["x"], "ok": [True]}),
+     "where: output column 'rows' is declared int but is bool"),
+    (pd.DataFrame({"unit_id": ["a"], "rows": [1], "score": [1.0], "note": ["x"], "ok": [1]}),
+     "where: output column 'ok' is declared bool but is int64"),
+    (pd.DataFrame([["a", 1, 1.0, "x", True, 2]], columns=["unit_id", "rows", "score", "note", "ok", "rows"]),
+     "where: the output has column(s) ['rows'] more than once; return each declared column once"),
+    (pd.DataFrame({"rows": [1], "score": [1.0], "note": ["x"], "ok": [True]}),
+     "where: the output does not have the declared columns: missing ['unit_id']; declared: ['unit_id', 'rows', "
+     "'score', 'note', 'ok']"),
+])
+def test_enforce_errors_name_the_column_and_what_to_do(frame, message):
+    with pytest.raises(OutputSchemaError) as err:
+        SCHEMA.enforce(frame, "where")
+    assert str(err.value).startswith(message)
+
+
+def test_enforce_output_round_trips_through_the_result_file(tmp_path):
+    from batch_worker.runtime import parquet_bytes
+
+    frame = pd.DataFrame({"ok": pd.array([True, None], dtype="boolean"), "note": [None, None], "score": [1, 2], "rows": pd.array([3, None],
+                          dtype="Int64"), "unit_id": ["a", "b"]})
+    out = SCHEMA.enforce(frame, "test")
+    path = tmp_path / RESULT_FILE
+    path.write_bytes(parquet_bytes(out, SCHEMA.arrow_schema()))
+    pd.testing.assert_frame_equal(pd.read_parquet(path), out)

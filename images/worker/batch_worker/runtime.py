@@ -129,14 +129,19 @@ def resolve(worklist: dict[str, Any]) -> tuple[Workload, dict[str, Any]]:
         raise WorklistError(str(exc)) from None
 
 
+#: Batches of fewer rows are decoded in the calling thread: for them Arrow's thread pool costs more than it saves.
+THREADED_READ_ROWS = 50_000
+
+
 def read_batch(uri: str) -> pd.DataFrame:
     """One batch file as a table. A batch is one Parquet file: read as such, without the dataset discovery
-    `pd.read_parquet` does first (half of its time on a small batch), to the same frame."""
+    `pd.read_parquet` does first, to the same frame. From S3 the object comes in one GET, not a HEAD and
+    ranged reads."""
     location = Location.parse(uri)
-    if not location.remote:
-        return pq.ParquetFile(location.uri).read().to_pandas()
-    with location.fs.open(location.uri, "rb") as handle:
-        return pq.ParquetFile(handle).read().to_pandas()
+    source = location.uri if not location.remote else pa.BufferReader(location.read_bytes())
+    parquet = pq.ParquetFile(source, pre_buffer=False)
+    threads = parquet.metadata.num_rows >= THREADED_READ_ROWS
+    return parquet.read(use_threads=threads).to_pandas(use_threads=threads)
 
 
 def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
@@ -157,48 +162,72 @@ def job_identity() -> dict[str, str]:
             "attempt": os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1")}
 
 
-def run_batch(item: dict[str, Any], workload: Workload, params: dict[str, Any], out: Location,
-              worklist: dict[str, Any]) -> tuple[str, str | None]:
-    """Run one batch; return (outcome, error) with outcome done | cached | bad_data | transient | error."""
-    key = item["key"]
-    folder = out.join(key)
-    done_path = out.join(key, DONE_FILE)
-    if is_valid_done(out.read_many([done_path]).get(done_path), key):
-        return "cached", None
-    started = time.perf_counter()
-    try:
-        batch = read_batch(item["uri"])
-        result = workload.run(batch, params)
-        if not isinstance(result, pd.DataFrame):
-            raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
-        result, schema = checked_output(workload, result, f"workload {workload.name!r} batch {item['batch_id']}")
-        out.write_bytes(out.join(key, RESULT_FILE), parquet_bytes(result, schema))
-        seconds = time.perf_counter() - started
-        out.write_json(done_path, {
-            "status": "done", "key": key, "batch_id": item["batch_id"], "content_hash": item.get("content_hash"),
-            "workload": workload.name, "workload_version": str(workload.version),
-            "params_digest": params_digest(params), "rows_in": len(batch), "rows_out": len(result),
-            "units": item.get("units"), "result": RESULT_FILE, "seconds": round(seconds, 6),
-            "finished_at": time.time(), **job_identity(), "run": worklist.get("run", {}),
-        })
-        out.remove(out.join(key, FAILED_FILE))
-        log.info("batch %s: %d rows -> %d rows in %.3f s (%s)", item["batch_id"], len(batch), len(result),
-                 seconds, folder)
-        return "done", None
-    except Exception as exc:  # every failure is recorded and classified; the slice goes on
-        kind = failure_class(exc)
-        error = first_line(exc)
-        log.error("batch %s failed (%s): %s", item["batch_id"], kind, error)
-        if kind == "error":
-            log.error("%s", traceback.format_exc().rstrip())
-        record = {"status": "failed", "key": key, "batch_id": item["batch_id"], "class": kind, "error": error,
-                  "at": time.time(), **job_identity()}
+class SliceRunner:
+    """Runs the batches of one child's slice; what they all share is worked out once, when the child starts.
+
+    That includes the slice's done- and failure-markers, read in one round (one concurrent round on
+    S3): a batch done by then is skipped, and a failure-marker is removed after a success only where
+    one was found then (or locally, where a removal costs no more than a check). Batches are the
+    house operator's pending ones, and each belongs to one child, so no marker of the slice appears
+    meanwhile but those this child writes.
+    """
+
+    def __init__(self, worklist: dict[str, Any], workload: Workload, params: dict[str, Any], items: list[dict[str, Any]]):
+        self.workload = workload
+        self.params = params
+        self.out = Location.parse(worklist["output_root"])
+        self.arrow_schema = workload.output.arrow_schema() if workload.output is not None else None
+        self.identity = job_identity()
+        self.marker_fields = {"workload": workload.name, "workload_version": str(workload.version),
+                              "params_digest": params_digest(params), "result": RESULT_FILE, **self.identity,
+                              "run": worklist.get("run", {})}
+        markers = self.out.read_many([self.out.join(item["key"], name) for item in items
+                                      for name in (DONE_FILE, FAILED_FILE)])
+        self.done = {item["key"] for item in items
+                     if is_valid_done(markers.get(self.out.join(item["key"], DONE_FILE)), item["key"])}
+        self.failed_before = {item["key"] for item in items if self.out.join(item["key"], FAILED_FILE) in markers}
+
+    def run_batch(self, item: dict[str, Any]) -> tuple[str, str | None]:
+        """Run one batch; return (outcome, error) with outcome done | cached | bad_data | transient | error."""
+        key = item["key"]
+        if key in self.done:
+            return "cached", None
+        workload, out = self.workload, self.out
+        folder = out.join(key)
+        started = time.perf_counter()
         try:
-            out.write_json(out.join(key, FAILED_FILE), record)
-        except Exception as record_exc:  # the marker is missing either way, so the batch stays pending
-            log.error("could not record the failure of batch %s: %s", item["batch_id"], first_line(record_exc))
-            log.error("%s", failure_line(record))
-        return kind, error
+            batch = read_batch(item["uri"])
+            result = workload.run(batch, self.params)
+            if not isinstance(result, pd.DataFrame):
+                raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
+            if workload.output is not None:
+                result = workload.output.enforce(result, f"workload {workload.name!r} batch {item['batch_id']}")
+            out.write_bytes(out.join(key, RESULT_FILE), parquet_bytes(result, self.arrow_schema))
+            seconds = time.perf_counter() - started
+            out.write_json(out.join(key, DONE_FILE), {
+                "status": "done", "key": key, "batch_id": item["batch_id"], "content_hash": item.get("content_hash"),
+                "rows_in": len(batch), "rows_out": len(result), "units": item.get("units"),
+                "seconds": round(seconds, 6), "finished_at": time.time(), **self.marker_fields,
+            })
+            if key in self.failed_before or not out.remote:
+                out.remove(out.join(key, FAILED_FILE))
+            log.info("batch %s: %d rows -> %d rows in %.3f s (%s)", item["batch_id"], len(batch), len(result),
+                     seconds, folder)
+            return "done", None
+        except Exception as exc:  # every failure is recorded and classified; the slice goes on
+            kind = failure_class(exc)
+            error = first_line(exc)
+            log.error("batch %s failed (%s): %s", item["batch_id"], kind, error)
+            if kind == "error":
+                log.error("%s", traceback.format_exc().rstrip())
+            record = {"status": "failed", "key": key, "batch_id": item["batch_id"], "class": kind, "error": error,
+                      "at": time.time(), **self.identity}
+            try:
+                out.write_json(out.join(key, FAILED_FILE), record)
+            except Exception as record_exc:  # the marker is missing either way, so the batch stays pending
+                log.error("could not record the failure of batch %s: %s", item["batch_id"], first_line(record_exc))
+                log.error("%s", failure_line(record))
+            return kind, error
 
 
 def exit_code(outcomes: Counter) -> int:
@@ -232,13 +261,22 @@ def run(worklist_uri: str, index: int) -> int:
     if not items:
         log.warning("child %d has no batches (worklist holds %d)", index, len(worklist["items"]))
         return EXIT_OK
-    out = Location.parse(worklist["output_root"])
     log.info("child %d: %d batches (%s .. %s) of workload %s v%s", index, len(items), items[0]["batch_id"],
              items[-1]["batch_id"], workload.name, workload.version)
     started = time.perf_counter()
+    try:
+        runner = SliceRunner(worklist, workload, params, items)
+    except Exception as exc:  # without the markers no batch can be run or skipped
+        kind = failure_class(exc)
+        error = f"cannot read the markers under {worklist['output_root']}: {first_line(exc)}"
+        log.error("%s", error)
+        if kind == "error":
+            log.error("%s", traceback.format_exc().rstrip())
+        log.error("%s", failure_line({"class": kind, "error": error[:500]}))
+        return exit_code(Counter([kind]))
     outcomes: Counter = Counter()
     for item in items:
-        outcome, _ = run_batch(item, workload, params, out, worklist)
+        outcome, _ = runner.run_batch(item)
         outcomes[outcome] += 1
     code = exit_code(outcomes)
     log.info("child %d finished in %.2f s: %s; exit %d", index, time.perf_counter() - started,

@@ -111,7 +111,11 @@ class Location:
         self.write_bytes(path, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
 
     def remove(self, path: str) -> None:
+        """Remove the file at `path`, if there is one."""
         try:
-            self.fs.rm_file(path)
+            if self.remote:
+                self.fs.rm_file(path)
+            else:
+                os.remove(path)
         except FileNotFoundError:
             pass

@@ -219,61 +219,84 @@ class OutputSchema:
         return pa.schema([pa.field(c.name, c.arrow_type(), nullable=c.nullable) for c in self.columns])
 
     def enforce(self, frame: "pd.DataFrame", where: str) -> "pd.DataFrame":
-        """`frame` with the declared columns in order; an all-null column cast to its type.
+        """`frame` with the declared columns in order and a fresh index; an all-null column cast to its type.
 
         Raises OutputSchemaError naming `where`, the column, the declared and the found type when a
-        column is missing, extra, of another type, or holds nulls while declared not nullable.
+        column is missing, extra, repeated, of another type, or holds nulls while declared not nullable.
+        Columns that already hold their declared type are kept as they are, not copied (pandas copies
+        on write, so the caller's frame is never changed through the result).
         """
-        missing = [n for n in self.names if n not in frame.columns]
-        extra = [str(n) for n in frame.columns if n not in self.names]
+        names = self.names
+        found = frame.columns.tolist()
+        found_set = set(found)
+        missing = [n for n in names if n not in found_set]
+        extra = [str(n) for n in found if n not in self._name_set]
         if missing or extra:
             raise OutputSchemaError(
                 f"{where}: the output does not have the declared columns: "
                 + "; ".join(part for part in (f"missing {missing}" if missing else "",
                                               f"not declared {extra}" if extra else "") if part)
-                + f"; declared: {list(self.names)}")
-        frame = frame.loc[:, list(self.names)].copy()
+                + f"; declared: {list(names)}")
+        if len(found_set) < len(found):
+            repeated = sorted({str(n) for n in found if found.count(n) > 1})
+            raise OutputSchemaError(f"{where}: the output has column(s) {repeated} more than once; return each "
+                                    "declared column once")
+        changed = {}
         for column in self.columns:
-            frame[column.name] = self._checked(frame[column.name], column, where)
+            values = self._checked(frame[column.name], column, where)
+            if values is not None:
+                changed[column.name] = values
+        if changed:
+            frame = frame.assign(**changed)  # replaces columns in place: the order stays `found`
+        if tuple(found) != names:
+            frame = frame[list(names)]
         return frame.reset_index(drop=True)
 
+    @property
+    def _name_set(self) -> frozenset:
+        return frozenset(self.names)
+
     @staticmethod
-    def _checked(values: "pd.Series", column: OutputColumn, where: str) -> "pd.Series":
+    def _checked(values: "pd.Series", column: OutputColumn, where: str) -> "pd.Series | None":
+        """`values` as `column` holds them, or None when they need no change; OutputSchemaError if they cannot be."""
+        import numpy as np
         import pandas as pd
         from pandas.api import types
 
-        nulls = values.isna()
-        if nulls.all():
-            return pd.Series([None] * len(values), index=values.index, dtype=object).astype(column.pandas_dtype)
-        if nulls.any() and not column.nullable:
+        nulls = values.array.isna()
+        null_count = int(nulls.sum())
+        if null_count and not column.nullable:
             raise OutputSchemaError(f"{where}: output column {column.name!r} is declared not nullable but holds "
-                                    f"{int(nulls.sum())} null value(s)")
+                                    f"{null_count} null value(s)")
+        if null_count == len(values):  # all null, or no rows: nothing to check, only the type to give
+            return pd.Series([None] * len(values), index=values.index, dtype=object).astype(column.pandas_dtype)
         dtype = values.dtype
-        present = values[~nulls]
+        present = values.to_numpy()[~nulls] if dtype == object else None
+        changed = None
         if column.dtype == "string":
             ok = isinstance(dtype, pd.StringDtype) or (
-                dtype == object and present.map(lambda v: isinstance(v, str)).all())
+                present is not None and all(isinstance(v, str) for v in present))
         elif column.dtype == "int":
             ok = types.is_integer_dtype(dtype) and not types.is_bool_dtype(dtype)
         elif column.dtype == "float":
             ok = types.is_float_dtype(dtype) or (types.is_integer_dtype(dtype) and not types.is_bool_dtype(dtype))
-            if ok:
-                values = values.astype("float64")
+            if ok and dtype != np.float64:
+                changed = values.astype("float64")
         elif column.dtype == "bool":
             ok = types.is_bool_dtype(dtype)
         elif column.dtype == "date":
             ok = types.is_datetime64_any_dtype(dtype) or (
-                dtype == object and present.map(lambda v: type(v).__name__ == "date").all())
+                present is not None and all(type(v).__name__ == "date" for v in present))
         else:
             ok = types.is_datetime64_any_dtype(dtype)
             if ok:
-                values = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+                changed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         if not ok:
-            found = f"{dtype}" + (f" holding {type(present.iloc[0]).__name__}" if dtype == object else "")
+            found = f"{dtype}" + (f" holding {type(present[0]).__name__}" if present is not None else "")
             raise OutputSchemaError(f"{where}: output column {column.name!r} is declared {column.dtype} but is "
                                     f"{found}; make the workload return {column.dtype} values or change its "
                                     "`output` (and bump its version)")
-        return values
+        return changed
 
 
 # --- the workload --------------------------------------------------------------------------------
