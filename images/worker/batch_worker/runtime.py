@@ -4,10 +4,13 @@
     batch-worker try <workload> <input file> [--params JSON] [--rows N]   (see `batch_worker.tryout`)
 
 It reads the worklist (see `batch_worker.cache`), takes its slice by AWS_BATCH_JOB_ARRAY_INDEX (0
-for a plain job), and for each batch in the slice: skips it if a valid done-marker exists, else
-loads the batch, runs the registered workload, checks its output against the workload's declared
-`output` schema, writes `result.parquet`, then the done-marker (both atomically; the marker last). A batch that fails gets a `_FAILED.json` with its failure
-class and first error line; the other batches of the slice still run.
+for a plain job), reads the slice's done- and failure-markers in one round, and for each batch in
+the slice: skips it if it had a valid done-marker, else loads the batch, runs the registered
+workload, checks its output against the workload's declared `output` schema, writes
+`result.parquet`, then the done-marker (both atomically; the marker last), and removes an earlier
+`_FAILED.json`. A batch that fails gets a `_FAILED.json` with its failure class and first error
+line; the other batches of the slice still run. A child that cannot read the markers runs
+nothing and exits by the failure's class (77 refused, 75 transient, 1 otherwise).
 
 Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.json`):
 
