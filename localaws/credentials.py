@@ -17,6 +17,11 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The endpoint's readiness path: answered 200 once it is up and provisioned (guard.py), polled by
+#: `wait_until_ready`. Here, with the other names clients and the endpoint share, so that a client
+#: needs neither moto nor botocore to wait for it.
+READY_PATH = "/_localaws/ready"
+
 FILE_MODE = 0o600
 #: under AIRFLOW_HOME, where the local stack keeps it
 CREDENTIALS_FILE_NAME = "localaws-credentials.json"

@@ -32,9 +32,8 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials as BotocoreCredentials
 
-from localaws.credentials import Credentials
+from localaws.credentials import READY_PATH, Credentials
 
-READY_PATH = "/_localaws/ready"
 HIDDEN_PREFIXES = ("/moto-api", "/favicon.ico")
 #: what the job key pair may call: the services a Batch job role grants on AWS (see the job role in
 #: config/batch_resources.json), by the name moto routes them under

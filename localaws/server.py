@@ -14,13 +14,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import BaseWSGIServer, make_server
+from localaws.credentials import READY_PATH, Credentials, KeyPair
 
-from localaws import batch
-from localaws.credentials import Credentials, KeyPair
-from localaws.guard import READY_PATH, RequestGuard
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
+
+    from localaws.guard import RequestGuard
+
+# moto, werkzeug and botocore are imported where the endpoint starts: `python -m localaws stop`, `wait`
+# and `connection` run once or more per `make demo` and need none of them (about 2 s each with them).
 
 DEFAULT_REGION = "us-east-1"
 #: what a job process inherits from the endpoint's environment (when set); nothing else does
@@ -123,6 +127,12 @@ class LocalAWS:
         }
 
     def start(self) -> "LocalAWS":
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        from localaws import batch
+        from localaws.guard import RequestGuard
+
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns the job logs
         batch.install(job_environment=self.job_environment())
         self._guard = RequestGuard(DomainDispatcherApplication(create_backend_app), self.credentials)
@@ -156,6 +166,8 @@ class LocalAWS:
 
     def stop(self) -> None:
         if self._server is not None:
+            from localaws import batch
+
             with batch.dispatcher().lock:
                 for job in list(batch.dispatcher().running):
                     job.terminate("local AWS endpoint stopped")
