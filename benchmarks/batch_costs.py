@@ -9,10 +9,11 @@ operators.pipelines.noop.noop_data, as `fanout_overhead.py` does), prepares them
 
 - the steps one by one: the read of the batch file, the workload's run, the output-schema check,
   the Parquet encoding, and the writes of the result and the done-marker;
-- the array child's whole path: `runtime.run` over a worklist of all the batches (done-marker
-  check, read, run, check, encode, both writes, the failure-marker clean-up, the log line), and
-  of that the worker's own part (everything but the workload's `run`); with `--repeat R` the
-  best of R runs, for a shared machine;
+- the array child's whole path: `runtime.run` over a worklist of all the batches, and of that the
+  worker's own part (everything but the workload's `run`) by step: reading the markers, the read,
+  the output check, the encoding, the writes of the result and of the done-marker, the
+  failure-marker clean-up, and the rest (the marker's JSON, the log line, the loop); with
+  `--repeat R` the best of R runs, for a shared machine;
 - with `--profile N`, a cProfile of that `runtime.run`, its N most costly functions.
 
 Then the start of a worker process (`import batch_worker.runtime`, what each array child pays
@@ -32,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-SORT = os.environ.get("SORT", "tottime")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -90,24 +90,46 @@ def step_costs(workload, params: dict, uris: list[str], out) -> dict[str, float]
     return steps
 
 
-def child_costs(workload, worklist_uri: str, profile_top: int) -> tuple[float, float, float]:
-    """(seconds of `runtime.run` over the worklist, of which in the workload's `run`, and its CPU seconds).
+#: The child path's steps as `child_costs` times them; whatever else `runtime.run` does is "other".
+CHILD_STEPS = ("run", "markers", "read", "check", "encode", "write result", "write marker", "clean-up")
 
-    The CPU seconds are the process's own: on a shared machine they move less than the wall time."""
-    from batch_worker import runtime
 
-    workload_class = type(workload)
-    real_run = workload_class.run
-    in_workload = [0.0]
+def _timing(owner, name: str, totals: dict[str, float], step) -> object:
+    """Wrap `owner.name` so that its seconds add to totals[step(args)]; return what it replaced."""
+    real = getattr(owner, name)
 
-    def timed_run(self, batch, params):
+    def timed(*args, **kwargs):
         at = time.perf_counter()
         try:
-            return real_run(self, batch, params)
+            return real(*args, **kwargs)
         finally:
-            in_workload[0] += time.perf_counter() - at
+            totals[step(args)] += time.perf_counter() - at
 
-    workload_class.run = timed_run
+    setattr(owner, name, timed)
+    return real
+
+
+def child_costs(workload, worklist_uri: str, profile_top: int = 0,
+                profile_sort: str = "tottime") -> tuple[float, dict[str, float], float]:
+    """(seconds of `runtime.run` over the worklist, its seconds by step (CHILD_STEPS), its CPU seconds).
+
+    The steps are timed by wrapping the functions the runtime calls for them (a microsecond each).
+    The CPU seconds are the process's own: on a shared machine they move less than the wall time."""
+    from batch_worker import runtime
+    from batch_worker.cache import RESULT_FILE
+    from batch_worker.storage import Location
+    from batch_worker.workloads import OutputSchema
+
+    totals = dict.fromkeys(CHILD_STEPS, 0.0)
+    wrapped = [(owner, name, _timing(owner, name, totals, step)) for owner, name, step in (
+        (type(workload), "run", lambda args: "run"),
+        (Location, "read_many", lambda args: "markers"),
+        (runtime, "read_batch", lambda args: "read"),
+        (OutputSchema, "enforce", lambda args: "check"),
+        (runtime, "parquet_bytes", lambda args: "encode"),
+        (Location, "write_bytes", lambda args: "write result" if args[1].endswith(RESULT_FILE) else "write marker"),
+        (Location, "remove", lambda args: "clean-up"),
+    )]
     profiler = cProfile.Profile() if profile_top else None
     try:
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -118,13 +140,14 @@ def child_costs(workload, worklist_uri: str, profile_top: int) -> tuple[float, f
             profiler.disable()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
-        workload_class.run = real_run
+        for owner, name, real in wrapped:
+            setattr(owner, name, real)
     if code != runtime.EXIT_OK:
         raise SystemExit(f"runtime.run exited {code}")
     if profiler:
-        print(f"  cProfile of runtime.run (profiled: {elapsed:.2f} s), top {profile_top} by own time:")
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats(SORT).print_stats(profile_top)
-    return elapsed, in_workload[0], cpu
+        print(f"  cProfile of runtime.run (profiled: {elapsed:.2f} s), top {profile_top} by {profile_sort}:")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(profile_sort).print_stats(profile_top)
+    return elapsed, totals, cpu
 
 
 def main() -> int:
@@ -138,15 +161,19 @@ def main() -> int:
                         help="run the child's path this many times and report the run with the least worker time")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile the child's path and print its N most costly functions")
+    parser.add_argument("--profile-sort", choices=("tottime", "cumulative"), default="tottime",
+                        help="order of the profile: a function's own time, or with what it calls")
     args = parser.parse_args()
-    counts = [int(c) for c in (args.batches or ("400,40,8" if args.workload == "pricing" else str(args.units))).split(",")]
+    default_counts = "400,40,8" if args.workload == "pricing" else str(args.units)
+    counts = [int(c) for c in (args.batches or default_counts).split(",")]
 
     from batch_worker.storage import Location
     from batch_worker.workloads import get_workload
     from operators.kit import prep
 
     # the child's log lines are formatted and written as in a child, to nowhere
-    logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"), format="%(asctime)s %(levelname)s %(message)s")
+    nowhere = open(os.devnull, "w")
+    logging.basicConfig(level=logging.INFO, stream=nowhere, format="%(asctime)s %(levelname)s %(message)s")
     workload = get_workload(args.workload)
     params = workload.resolve_params({"holdout_days": 7} if args.workload == "pricing" else {})
     with tempfile.TemporaryDirectory(prefix="batch-costs-") as scratch:
@@ -164,19 +191,23 @@ def main() -> int:
             for attempt in range(args.repeat):  # each on a fresh output root, so every batch computes
                 Path(worklist_uri).write_text(json.dumps(
                     worklist_for(workload, params, result.manifest_uri, str(folder / f"out-{count}-{attempt}"))))
-                runs.append(child_costs(workload, worklist_uri, 0))
-            total, in_workload, cpu = min(runs, key=lambda run: run[0] - run[1])
+                runs.append(child_costs(workload, worklist_uri))
+            total, steps, cpu = min(runs, key=lambda run: run[0] - run[1]["run"])
+            own = total - steps["run"]
+            by_step = ", ".join(f"{name} {1000 * steps[name] / result.batches:.2f}" for name in CHILD_STEPS[1:])
             print(f"      child path (runtime.run): {1000 * total / result.batches:.2f} ms a batch, of which the "
-                  f"workload's run {1000 * in_workload / result.batches:.2f} ms and the worker's own "
-                  f"{1000 * (total - in_workload) / result.batches:.2f} ms; all batches {total:.2f} s "
-                  f"({cpu:.2f} s of CPU)")
+                  f"workload's run {1000 * steps['run'] / result.batches:.2f} ms and the worker's own "
+                  f"{1000 * own / result.batches:.2f} ms ({by_step}, other "
+                  f"{1000 * (own - sum(steps[name] for name in CHILD_STEPS[1:])) / result.batches:.2f}); "
+                  f"all batches {total:.2f} s ({cpu:.2f} s of CPU)")
             if args.profile:
                 Path(worklist_uri).write_text(json.dumps(
                     worklist_for(workload, params, result.manifest_uri, str(folder / f"profiled-{count}"))))
-                child_costs(workload, worklist_uri, args.profile)
+                child_costs(workload, worklist_uri, args.profile, args.profile_sort)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import batch_worker.runtime"], check=True)
     print(f"worker process start (interpreter + imports): {time.perf_counter() - started:.2f} s")
+    nowhere.close()
     return 0
 
 
