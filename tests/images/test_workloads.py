@@ -316,8 +316,8 @@ def test_enforce_errors_name_the_column_and_what_to_do(frame, message):
 def test_enforce_output_round_trips_through_the_result_file(tmp_path):
     from batch_worker.runtime import parquet_bytes
 
-    frame = pd.DataFrame({"ok": pd.array([True, None], dtype="boolean"), "note": [None, None], "score": [1, 2], "rows": pd.array([3, None],
-                          dtype="Int64"), "unit_id": ["a", "b"]})
+    frame = pd.DataFrame({"ok": pd.array([True, None], dtype="boolean"), "note": [None, None], "score": [1, 2],
+                          "rows": pd.array([3, None], dtype="Int64"), "unit_id": ["a", "b"]})
     out = SCHEMA.enforce(frame, "test")
     path = tmp_path / RESULT_FILE
     path.write_bytes(parquet_bytes(out, SCHEMA.arrow_schema()))

@@ -175,7 +175,8 @@ class SliceRunner:
     meanwhile but those this child writes.
     """
 
-    def __init__(self, worklist: dict[str, Any], workload: Workload, params: dict[str, Any], items: list[dict[str, Any]]):
+    def __init__(self, worklist: dict[str, Any], workload: Workload, params: dict[str, Any],
+                 items: list[dict[str, Any]]):
         self.workload = workload
         self.params = params
         self.out = Location.parse(worklist["output_root"])
