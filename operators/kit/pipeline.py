@@ -261,7 +261,8 @@ class UnitPipeline:
             result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
                                              window=window, storage_options=engine.options_for(out, "aws_default"),
                                              max_quarantined_share=params["max_quarantined_share"],
-                                             rows_per_batch=params.get("rows_per_batch") or None)
+                                             rows_per_batch=params.get("rows_per_batch") or None,
+                                             reuse_root=engine.data_root())
         except prep.EmptyWindow as empty:
             if not self.empty_window_skips:
                 raise

@@ -20,7 +20,15 @@ connection and writes, under `out_uri`:
   `unique_key` with the same value in every schema column: the one that sorts first on all its
   values is kept) and `conflicting_duplicate` (rows sharing a `unique_key` that differ in some
   schema column: all of them are quarantined, since none is known to be right).
-- `manifest.parquet`: one row per batch (batch_id, uri, rows, units, content_hash), written last.
+- `manifest.parquet`: one row per batch (batch_id, uri, rows, units, content_hash).
+- `_PREPARED.json`, written last: the fingerprint of what was prepared and the counts. A later
+  `prepare` into the same `out_uri` with the same fingerprint returns those counts and writes
+  nothing (a cleared prepare task of the same run, on unchanged input); with `reuse_root`, a
+  prepare of the same fingerprint into another folder under that root (another run of the
+  pipeline) is copied, hard-linked where possible, found through `<root>/prep-index/`. The
+  fingerprint covers every input file's path, size, modification time and inode (ETag on S3),
+  the schema, the window, the batching and quarantine limits, prep's own code and DuckDB's
+  release; the reuse also needs the manifest and every batch it lists to be in place.
 
 rows_in = rows_ok + rows_quarantined, counting every unparseable CSV line as one row.
 
@@ -55,10 +63,15 @@ import csv
 import dataclasses
 import datetime as dt
 import difflib
+import hashlib
+import io
+import json
+import logging
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import closing
@@ -72,8 +85,11 @@ import pyarrow as pa
 from batch_worker.schema import DTYPES, RESERVED_PREFIX, InputSchema, is_reserved
 from batch_worker.storage import Location
 
+log = logging.getLogger(__name__)
+
 BATCHES_DIR = "batches"
 MANIFEST_FILE = "manifest.parquet"
+PREPARED_FILE = "_PREPARED.json"
 QUARANTINE_FILE = "quarantine.parquet"
 #: The partition folder of a batch (`bucket=<id>`); the batch files themselves hold only schema columns.
 BUCKET_COLUMN = "bucket"
@@ -606,20 +622,20 @@ def prepare_configured(input_uri: str, schema: InputSchema, out_uri: str, bucket
                        window: tuple[str, str] | None = None, storage_options: dict | None = None,
                        env: Mapping[str, str] | None = None,
                        max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
-                       rows_per_batch: int | None = None) -> PrepResult:
+                       rows_per_batch: int | None = None, reuse_root: str | None = None) -> PrepResult:
     """`prepare` (DuckDB) of data under the allowed prefixes, or `prepare_athena` for `athena://database.table`.
 
     This is the entry point for a user-given `input_uri`: a path or s3:// URI must lie under
     DATA_ROOT or a prefix of AIRBATCH_INPUT_PREFIXES (`input_prefixes`), and so must every file a
     folder or glob leads to. The Athena path reads ATHENA_OUTPUT_LOCATION (query results, s3://)
     and ATHENA_WORKGROUP (default primary) from the environment; the database is the table's.
-    `rows_per_batch` applies to the DuckDB path; Athena's CTAS writes `bucket_count` buckets.
+    `rows_per_batch` and `reuse_root` apply to the DuckDB path; Athena's CTAS writes `bucket_count` buckets.
     """
     env = os.environ if env is None else env
     if not input_uri.startswith(ATHENA_SCHEME):
         return prepare(input_uri, schema, out_uri, bucket_count, window=window, storage_options=storage_options,
                        max_quarantined_share=max_quarantined_share, allowed_prefixes=input_prefixes(env),
-                       rows_per_batch=rows_per_batch)
+                       rows_per_batch=rows_per_batch, reuse_root=reuse_root)
     table = input_uri.removeprefix(ATHENA_SCHEME)
     if "." not in table or not _TABLE_NAME.match(table):
         raise ValueError(f"{input_uri!r}: expected athena://database.table")
@@ -732,6 +748,8 @@ def _resolve_input(source: Location, allowed: Sequence[str] | None = None) -> tu
     """The input files (sorted) and their one format. An existing path is taken as itself, whatever
     characters its name holds; only a path that does not exist is a glob."""
     fs = source.fs
+    if source.remote:
+        fs.invalidate_cache()  # s3fs keeps listings per process: a file added since must be seen
     if fs.isdir(source.uri):
         paths = (_local_files(source.uri, allowed) if not source.remote
                  else [source.full(p) for p in fs.find(source.uri)])
@@ -933,7 +951,8 @@ def _in_schema_order(schema: InputSchema, mistyped: list[tuple[str, str, str]]) 
 def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int,
             window: tuple[str, str] | None = None, storage_options: dict | None = None,
             max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
-            allowed_prefixes: Sequence[str] | None = None, rows_per_batch: int | None = None) -> PrepResult:
+            allowed_prefixes: Sequence[str] | None = None, rows_per_batch: int | None = None,
+            reuse_root: str | None = None) -> PrepResult:
     """Validate, quarantine and bucket `input_uri` into batches under `out_uri` (see the module doc).
 
     `window` is [start, end) in ISO dates (or date-times) on `schema.time_column`. `storage_options`
@@ -943,7 +962,10 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
     `max_quarantined_share` of the rows are quarantined or the window holds no usable row (the
     quarantine is written, batches and manifest are not). Replaces batches, manifest and quarantine
     left under `out_uri` by an earlier run. With `rows_per_batch`, the good rows go into fewer than
-    `bucket_count` buckets when they are few (`buckets_for`).
+    `bucket_count` buckets when they are few (`buckets_for`). With `reuse_root` (a folder holding
+    `out_uri`, e.g. DATA_ROOT), a prepare of the same fingerprint into another folder under it is
+    copied (hard links where the filesystem allows) instead of computed again; the copy is this
+    run's own, with its own manifest and marker.
     """
     buckets_for(0, bucket_count, rows_per_batch)
     _check_schema_shape(schema)
@@ -955,6 +977,16 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
     source = Location.parse(input_uri, storage_options)
     out = Location.parse(out_uri, storage_options)
     files, fmt = _resolve_input(source, allowed_prefixes)
+    fingerprint = _fingerprint(source, files, schema, window, bucket_count, rows_per_batch, max_quarantined_share)
+    earlier = _prepared_before(out, fingerprint)
+    if earlier is not None:
+        log.info("prep: input and settings unchanged since %s was prepared: reused as it is", out.uri)
+        return earlier
+    index = _PrepIndex(reuse_root, out) if reuse_root else None
+    if index is not None:
+        copied = index.copy_into(out, fingerprint)
+        if copied is not None:
+            return copied
     with tempfile.TemporaryDirectory(prefix="prep-") as scratch, closing(duckdb.connect()) as con:
         con.execute(f"SET temp_directory = {_literal(os.path.join(scratch, 'duckdb'))}")
         if source.remote:
@@ -1009,7 +1041,7 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
 
     if int(manifest["rows"].sum()) != rows_ok:
         raise RuntimeError(f"batches hold {int(manifest['rows'].sum())} rows but {rows_ok} rows passed the checks")
-    return PrepResult(
+    result = PrepResult(
         out_uri=out.uri,
         manifest_uri=out.join(MANIFEST_FILE),
         quarantine_uri=quarantine_uri,
@@ -1021,6 +1053,134 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
         batches=len(manifest),
         bucket_count=bucket_count,
     )
+    out.write_json(out.join(PREPARED_FILE), {"fingerprint": fingerprint, "result": result.to_dict()})
+    if index is not None:
+        index.record(fingerprint, out)
+    return result
+
+
+# --- Reuse of an earlier prepare into the same place ---------------------------------------------------
+
+#: Prep's own code: a change to any of these files changes every fingerprint.
+_PREP_CODE = (__file__, sys.modules[InputSchema.__module__].__file__)
+
+
+def _fingerprint(source: Location, files: Sequence[str], schema: InputSchema, window: tuple[str, str] | None,
+                 bucket_count: int, rows_per_batch: int | None, max_quarantined_share: float) -> str:
+    """What decides a prepare's output: each input file's identity and version, and every setting."""
+    if source.remote:
+        listed = [(path, info.get("size"), info.get("ETag") or info.get("etag"), str(info.get("LastModified")))
+                  for path, info in ((path, source.fs.info(path)) for path in files)]
+    else:
+        listed = [(path, stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev)
+                  for path, stat in ((path, os.stat(path)) for path in files)]
+    code = hashlib.sha256()
+    for path in _PREP_CODE:
+        with open(path, "rb") as handle:
+            code.update(handle.read())
+    described = {"files": listed, "schema": repr(schema), "window": list(window) if window else None,
+                 "bucket_count": bucket_count, "rows_per_batch": rows_per_batch,
+                 "max_quarantined_share": max_quarantined_share, "code": code.hexdigest(),
+                 "engine": "duckdb-" + duckdb.__version__}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _PrepIndex:
+    """`<root>/prep-index/<fingerprint>.json`: where under `root` a fingerprint was last prepared.
+
+    An entry holds a path relative to `root`, read back only if it stays under `root`, so an entry
+    cannot make prep copy from elsewhere.
+    """
+
+    FOLDER = "prep-index"
+
+    def __init__(self, root: str, out: Location):
+        self.root = Location(root.rstrip("/") if out.remote else os.path.abspath(root), out.fs, out.remote)
+
+    def _entry(self, fingerprint: str) -> str:
+        return self.root.join(self.FOLDER, f"{fingerprint}.json")
+
+    def _relative(self, uri: str) -> str | None:
+        prefix = self.root.uri.rstrip("/") + "/"
+        relative = uri.removeprefix(prefix) if uri.startswith(prefix) else None
+        if not relative or os.path.isabs(relative) or os.path.normpath(relative).split(os.sep)[0] == "..":
+            return None
+        return relative
+
+    def record(self, fingerprint: str, out: Location) -> None:
+        relative = self._relative(out.uri)
+        if relative is not None:
+            self.root.write_json(self._entry(fingerprint), {"out": relative})
+
+    def copy_into(self, out: Location, fingerprint: str) -> PrepResult | None:
+        """The earlier prepare of `fingerprint`, copied into `out`; None when there is none intact."""
+        entry = self.root.read_many([self._entry(fingerprint)]).get(self._entry(fingerprint))
+        try:
+            relative = json.loads(entry)["out"] if entry else None
+        except (ValueError, KeyError, TypeError):
+            relative = None
+        if not isinstance(relative, str) or self._relative(self.root.join(relative)) != relative:
+            return None
+        source = Location(self.root.join(relative), out.fs, out.remote)
+        if source.uri == out.uri:
+            return None
+        earlier = _prepared_before(source, fingerprint)
+        if earlier is None:
+            return None
+        with source.fs.open(earlier.manifest_uri, "rb") as handle:
+            manifest = pd.read_parquet(handle)
+        if not manifest["uri"].str.startswith(source.join("")).all():
+            return None
+        _clear_outputs(out)
+        moved = {uri: out.uri + uri[len(source.uri):] for uri in manifest["uri"]}
+        if earlier.quarantine_uri:
+            moved[earlier.quarantine_uri] = out.join(QUARANTINE_FILE)
+        for old, new in moved.items():
+            _copy_file(out, old, new)
+        manifest["uri"] = manifest["uri"].map(moved)
+        buffer = io.BytesIO()
+        manifest.to_parquet(buffer, index=False)
+        out.write_bytes(out.join(MANIFEST_FILE), buffer.getvalue())
+        result = dataclasses.replace(earlier, out_uri=out.uri, manifest_uri=out.join(MANIFEST_FILE),
+                                     quarantine_uri=out.join(QUARANTINE_FILE) if earlier.quarantine_uri else None)
+        out.write_json(out.join(PREPARED_FILE), {"fingerprint": fingerprint, "result": result.to_dict()})
+        log.info("prep: input and settings unchanged since %s was prepared: its %d batches copied, not recomputed",
+                 source.uri, result.batches)
+        return result
+
+
+def _copy_file(out: Location, source: str, target: str) -> None:
+    if out.remote:
+        out.fs.copy(source, target)  # server-side on S3
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.link(source, target)  # prep outputs are never written in place, so sharing the inode is safe
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _prepared_before(out: Location, fingerprint: str) -> PrepResult | None:
+    """The result of an earlier prepare into `out` of the same fingerprint, when all it wrote is in place."""
+    marker = out.read_many([out.join(PREPARED_FILE)]).get(out.join(PREPARED_FILE))
+    if marker is None:
+        return None
+    try:
+        recorded = json.loads(marker)
+        if recorded["fingerprint"] != fingerprint:
+            return None
+        result = PrepResult(**recorded["result"])
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable marker is no reuse: prepare again
+    needed = [result.manifest_uri] + ([result.quarantine_uri] if result.quarantine_uri else [])
+    if not all(out.fs.exists(path) for path in needed):
+        return None
+    with out.fs.open(result.manifest_uri, "rb") as handle:
+        batches = set(pd.read_parquet(handle, columns=["uri"])["uri"])
+    present = {out.full(path) for path in out.fs.find(out.join(BATCHES_DIR))} if batches else set()
+    if len(batches) != result.batches or not batches <= present:
+        return None
+    return result
 
 
 # --- Limits and the errors that explain them ---------------------------------------------------------
@@ -1203,8 +1363,8 @@ def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: Location,
 
 
 def _clear_outputs(out: Location) -> None:
-    """Remove what an earlier prep wrote under `out`, manifest first (it is what marks a complete run)."""
-    for name in (MANIFEST_FILE, QUARANTINE_FILE):
+    """Remove what an earlier prep wrote under `out`, its completion marker and manifest first."""
+    for name in (PREPARED_FILE, MANIFEST_FILE, QUARANTINE_FILE):
         if out.fs.exists(out.join(name)):
             out.fs.rm(out.join(name))
     batches = out.join(BATCHES_DIR)

@@ -13,6 +13,8 @@ import pytest
 
 from airflow.utils.state import DagRunState, TaskInstanceState
 
+from operators.kit.prep import read_manifest
+
 from tests.system.test_batch_smoke import load_dag
 from tests.system.test_units_of_work import task_instances, xcom
 
@@ -103,6 +105,11 @@ def test_auto_approve_publishes_and_notifies_then_an_identical_run_is_entirely_c
     assert again.state == DagRunState.SUCCESS
     [second] = xcom(again, "notify")
     assert second["fanout"]["cached"] == 20 and second["fanout"]["succeeded"] == 0
+    [reprepared] = xcom(again, "prepare")  # the same input and settings: the first run's prep, copied
+    assert reprepared["run_root"] != prepared["run_root"]
+    counts = ("rows_in", "rows_ok", "rows_quarantined", "quarantined_by_reason", "units", "batches")
+    assert {k: reprepared[k] for k in counts} == {k: prepared[k] for k in counts}
+    assert read_manifest(reprepared["manifest_uri"])["uri"].str.startswith(reprepared["run_root"]).all()
     assert len(registry_versions(data_root)) == 2  # the re-run is a new version; the decided one stays final
 
 

@@ -1,11 +1,13 @@
 """Tests of operators.kit.prep: schema errors, quarantine, bucketing, manifest, window, inputs, s3 and Athena."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import glob
 import hashlib
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from batch_worker.schema import Column, InputSchema
 from operators.kit.prep import (
     ATHENA,
     DUCKDB,
+    PrepError,
     SchemaError,
     SchemaSql,
     athena_ctas_sql,
@@ -273,6 +276,117 @@ def test_a_rerun_replaces_the_earlier_outputs(tmp_path):
     assert len(batches(result)) == len(sales())
 
 
+def written(out: Path) -> dict[str, int]:
+    """Every file under `out` with its modification time in nanoseconds."""
+    return {str(path): path.stat().st_mtime_ns for path in out.rglob("*") if path.is_file()}
+
+
+def test_the_same_input_and_settings_prepared_again_into_the_same_place_reuse_the_earlier_output(tmp_path):
+    frame, _ = spoiled_csv(tmp_path / "in.csv")
+    out = tmp_path / "out"
+    first = prepare(str(tmp_path / "in.csv"), SCHEMA, str(out), 8)
+    before = written(out)
+    again = prepare(str(tmp_path / "in.csv"), SCHEMA, str(out), 8)
+    assert again == first
+    assert written(out) == before  # nothing rewritten
+    assert json.loads((out / "_PREPARED.json").read_text())["result"] == first.to_dict()
+
+
+@pytest.mark.parametrize("change", ["input_content", "input_touched", "input_added", "settings", "window",
+                                    "batch_missing", "marker_corrupt", "marker_missing"])
+def test_a_prepare_is_reused_only_when_nothing_it_depends_on_changed(tmp_path, change):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frame = sales()
+    frame.iloc[:200].to_parquet(folder / "a.parquet")
+    frame.iloc[200:].to_parquet(folder / "b.parquet")
+    out = tmp_path / "out"
+    args = dict(window=None)
+    first = prepare(str(folder), SCHEMA, str(out), 8)
+    bucket_count = 8
+    if change == "input_content":
+        frame.iloc[200:-1].to_parquet(folder / "b.parquet")
+    elif change == "input_touched":
+        stat = (folder / "a.parquet").stat()
+        os.utime(folder / "a.parquet", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    elif change == "input_added":
+        sales(units=2, seed=1).assign(segment="S9").to_parquet(folder / "c.parquet")
+    elif change == "settings":
+        bucket_count = 4
+    elif change == "window":
+        args = dict(window=("2026-01-02", "2026-01-09"))
+    elif change == "batch_missing":
+        os.remove(read_manifest(first.manifest_uri)["uri"].iloc[-1])
+    elif change == "marker_corrupt":
+        (out / "_PREPARED.json").write_text("{not json")
+    elif change == "marker_missing":
+        (out / "_PREPARED.json").unlink()
+    marker_before = (out / "_PREPARED.json").stat().st_mtime_ns if (out / "_PREPARED.json").exists() else None
+
+    again = prepare(str(folder), SCHEMA, str(out), bucket_count, **args)
+
+    assert (out / "_PREPARED.json").stat().st_mtime_ns != marker_before  # prepared again, marker rewritten
+    expected = pd.concat([pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))], ignore_index=True)
+    if args["window"]:
+        expected = expected[(expected["date"] >= dt.date(2026, 1, 2)) & (expected["date"] < dt.date(2026, 1, 9))]
+    assert again.rows_in == len(expected) == len(batches(again)) + again.rows_quarantined
+    assert again.batches == len(read_manifest(again.manifest_uri))
+    if change in ("input_touched", "batch_missing", "marker_corrupt", "marker_missing"):
+        assert again == first  # same rows, same batches: only the reuse was refused
+
+
+def test_another_runs_prepare_of_the_same_input_is_copied_into_this_runs_folder(tmp_path):
+    spoiled_csv(tmp_path / "in.csv")
+    root = tmp_path / "root"
+    first = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "a" / "prep"), 8, reuse_root=str(root))
+    assert len(list((root / "prep-index").glob("*.json"))) == 1
+    second = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "b" / "prep"), 8, reuse_root=str(root))
+
+    out = root / "runs" / "b" / "prep"
+    assert second == dataclasses.replace(first, out_uri=str(out), manifest_uri=str(out / "manifest.parquet"),
+                                         quarantine_uri=str(out / "quarantine.parquet"))
+    manifest = read_manifest(second.manifest_uri)
+    assert manifest["uri"].str.startswith(str(out / "batches") + "/").all()
+    assert manifest.drop(columns="uri").equals(read_manifest(first.manifest_uri).drop(columns="uri"))
+    assert batches(second).drop(columns="batch_id").sort_values(list(SCHEMA.names)).reset_index(drop=True).equals(
+        batches(first).drop(columns="batch_id").sort_values(list(SCHEMA.names)).reset_index(drop=True))
+    assert pd.read_parquet(second.quarantine_uri).equals(pd.read_parquet(first.quarantine_uri))
+    shutil.rmtree(root / "runs" / "a")  # the copy is this run's own
+    assert len(batches(second)) == second.rows_ok
+    again = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "b" / "prep"), 8, reuse_root=str(root))
+    assert again == second
+
+
+@pytest.mark.parametrize("entry", ['{"out": "../elsewhere/prep"}', '{"out": "/abs/prep"}', "not json",
+                                   '{"out": "runs/gone/prep"}'])
+def test_a_prep_index_entry_leading_outside_the_root_or_to_nothing_is_not_used(tmp_path, entry):
+    spoiled_csv(tmp_path / "in.csv")
+    root = tmp_path / "root"
+    elsewhere = tmp_path / "elsewhere" / "prep"
+    prepare(str(tmp_path / "in.csv"), SCHEMA, str(elsewhere), 8)  # a real prepare outside the root
+    first = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "a" / "prep"), 8, reuse_root=str(root))
+    [index] = (root / "prep-index").glob("*.json")
+    index.write_text(entry)
+    marker = root / "runs" / "b" / "prep" / "_PREPARED.json"
+    second = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "b" / "prep"), 8, reuse_root=str(root))
+    assert second.rows_ok == first.rows_ok and marker.exists()
+    assert read_manifest(second.manifest_uri)["uri"].str.startswith(str(root / "runs" / "b" / "prep")).all()
+    assert json.loads(index.read_text()) == {"out": "runs/b/prep"}  # computed here, and indexed here
+
+
+def test_a_failed_prepare_leaves_nothing_a_later_one_could_reuse(tmp_path):
+    out = tmp_path / "out"
+    sales().to_csv(tmp_path / "in.csv", index=False)
+    prepare(str(tmp_path / "in.csv"), SCHEMA, str(out), 8)
+    assert (out / "_PREPARED.json").exists()
+    bad = sales()
+    bad["price"] = -1.0  # every row out of range
+    bad.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(PrepError):
+        prepare(str(tmp_path / "in.csv"), SCHEMA, str(out), 8)
+    assert not (out / "_PREPARED.json").exists() and not (out / "manifest.parquet").exists()
+
+
 def test_to_dict_is_small_and_json_serialisable(tmp_path):
     spoiled_csv(tmp_path / "in.csv")
     result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
@@ -452,6 +566,18 @@ def test_prepare_reads_and_writes_s3(moto_endpoint, tmp_path):
     s3.download_file("prep-test", read_manifest(from_parquet.manifest_uri, options)["uri"][0]
                      .removeprefix("s3://prep-test/"), str(tmp_path / "batch.parquet"))
     assert list(pd.read_parquet(tmp_path / "batch.parquet").columns) == list(SCHEMA.names)
+
+    def objects() -> dict[str, str]:
+        return {o["Key"]: o["ETag"] + str(o["LastModified"])
+                for o in s3.list_objects_v2(Bucket="prep-test", Prefix="prepped/parquet/")["Contents"]}
+    before = objects()
+    again = prepare("s3://prep-test/raw/parquet/**/*.parquet", SCHEMA, "s3://prep-test/prepped/parquet", 8,
+                    storage_options=options)
+    assert again == from_parquet and objects() == before  # unchanged input: the earlier output is reused
+    s3.upload_file(str(tmp_path / "in.parquet"), "prep-test", "raw/parquet/2026/more.parquet")
+    doubled = prepare("s3://prep-test/raw/parquet/**/*.parquet", SCHEMA, "s3://prep-test/prepped/parquet", 8,
+                      storage_options=options, max_quarantined_share=0.5)
+    assert doubled.rows_in == 2 * len(clean) and doubled.quarantined_by_reason == {"duplicate": len(clean)}
 
 
 def test_run_athena_prep_submits_the_generated_ctas(moto_endpoint):
