@@ -25,7 +25,7 @@ DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=6)
 #: to `poll_interval`, so a job of seconds is seen ending within a fraction of a second and a job of
 #: hours costs no more calls than a steady poll.
 FIRST_POLL_S = 0.25
-POLL_GROWTH = 1.5
+POLL_GROWTH = 1.25
 
 
 def next_poll_pause(pause: float, poll_interval: float) -> float:
