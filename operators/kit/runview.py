@@ -56,10 +56,11 @@ def batch_counts(completed: list[dict[str, Any]], failed: list[dict[str, Any]]) 
 
 def note_text(counts: dict[str, int], cost: dict[str, Any] | None = None) -> str:
     """"N batches: D done, C cached, F failed, L dead-lettered (U units)" and the cost, for the DAG run's note."""
-    text = (f"{counts['batches']:,} batches: {counts['done']:,} done, {counts['cached']:,} cached, "
-            f"{counts['failed']:,} failed, {counts['dead_lettered']:,} dead-lettered")
+    text = (f"{counts['batches']:,} batch{'' if counts['batches'] == 1 else 'es'}: {counts['done']:,} done, "
+            f"{counts['cached']:,} cached, {counts['failed']:,} failed, {counts['dead_lettered']:,} dead-lettered")
     if counts.get("units_dead_lettered"):
-        text += f" ({counts['units_dead_lettered']:,} units)"
+        units = counts["units_dead_lettered"]
+        text += f" ({units:,} unit{'' if units == 1 else 's'})"
     if cost:
         from operators.kit.cost import money
 

@@ -22,6 +22,11 @@ def test_the_note_of_a_collected_run_counts_its_failed_batches_as_dead_lettered(
     assert runview.run_note(fanout) == "3,000 batches: 2,990 done, 0 cached, 0 failed, 10 dead-lettered (333 units)"
 
 
+def test_a_note_of_one_batch_and_one_unit_reads_in_the_singular():
+    fanout = {"batches": 1, "succeeded": 0, "cached": 0, "failed": 1, "units_failed": 1}
+    assert runview.run_note(fanout) == "1 batch: 0 done, 0 cached, 0 failed, 1 dead-lettered (1 unit)"
+
+
 @pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "s3://bucket/key", "", ".", "a\\..\\b",
                                   "results/..", "x\x00y"])
 def test_paths_outside_the_run_folder_are_refused_before_anything_is_read(path):
