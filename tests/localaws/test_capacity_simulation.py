@@ -10,6 +10,8 @@ from botocore.exceptions import ClientError
 
 from localaws.batch import LOSE_HOSTS_TAG, LOST_HOST_REASON, THROTTLE_SUBMITS_TAG
 
+from tests.operators.kit.test_engine import wait_status
+
 PY = sys.executable
 
 
@@ -34,16 +36,6 @@ def definition(aws, script: str = "print('ok')", **extra) -> str:
     return name
 
 
-def status_after(aws, job_id: str, wanted=("SUCCEEDED", "FAILED"), timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]
-        if job["status"] in wanted:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
-
-
 def queue_arn(aws, name: str) -> str:
     return aws.batch.describe_job_queues(jobQueues=[name])["jobQueues"][0]["jobQueueArn"]
 
@@ -61,12 +53,12 @@ def test_a_disabled_environment_keeps_jobs_runnable_until_enabled(aws):
         time.sleep(1.0)  # several dispatcher passes
         assert aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNABLE"
         aws.batch.cancel_job(jobId=job_id, reason="capacity shortage")
-        cancelled = status_after(aws, job_id)
+        cancelled = wait_status(aws, job_id)
         assert cancelled["status"] == "FAILED" and cancelled["statusReason"] == "capacity shortage"
     finally:
         aws.batch.update_compute_environment(computeEnvironment="ce-capacity", state="ENABLED")
     job_id = aws.batch.submit_job(jobName="capacity-back", jobQueue="q-capacity", jobDefinition=definition(aws))["jobId"]
-    assert status_after(aws, job_id)["status"] == "SUCCEEDED"
+    assert wait_status(aws, job_id)["status"] == "SUCCEEDED"
 
 
 def test_throttled_submissions_are_refused_then_accepted(aws):
@@ -80,7 +72,7 @@ def test_throttled_submissions_are_refused_then_accepted(aws):
         assert "Too Many Requests" in str(refused.value)
     assert THROTTLE_SUBMITS_TAG not in aws.batch.list_tags_for_resource(resourceArn=arn)["tags"]
     job_id = aws.batch.submit_job(jobName="accepted", jobQueue="q-capacity", jobDefinition=jd)["jobId"]
-    assert status_after(aws, job_id)["status"] == "SUCCEEDED"
+    assert wait_status(aws, job_id)["status"] == "SUCCEEDED"
 
 
 def test_a_lost_host_is_retried_by_the_retry_strategy(aws):
@@ -89,6 +81,6 @@ def test_a_lost_host_is_retried_by_the_retry_strategy(aws):
         jobName="host-loss", jobQueue="q-capacity", jobDefinition=definition(aws, "import time; time.sleep(0.2)"),
         retryStrategy={"attempts": 2, "evaluateOnExit": [{"onStatusReason": "Host EC2*", "action": "RETRY"},
                                                           {"onReason": "*", "action": "EXIT"}]})["jobId"]
-    job = status_after(aws, job_id)
+    job = wait_status(aws, job_id)
     assert job["status"] == "SUCCEEDED"
     assert [a["statusReason"] for a in job["attempts"]][0] == LOST_HOST_REASON and len(job["attempts"]) == 2

@@ -123,9 +123,10 @@ def sleeping_job(local_aws, name: str) -> str:
         containerOverrides={"command": ["python", "-c", "import time; time.sleep(120)"]})["jobId"]
 
 
-def wait_status(local_aws, job_id: str, wanted: tuple[str, ...], timeout: float = 30) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_status(local_aws, job_id: str, wanted: tuple[str, ...] = ("SUCCEEDED", "FAILED"), timeout: float = 60) -> dict:
+    """The job once its status is one of `wanted`; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         job = local_aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]
         if job["status"] in wanted:
             return job
