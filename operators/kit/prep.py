@@ -984,7 +984,12 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
         return earlier
     index = _PrepIndex(reuse_root, out) if reuse_root else None
     if index is not None:
-        copied = index.copy_into(out, fingerprint)
+        try:
+            copied = index.copy_into(out, fingerprint)
+        except (OSError, ValueError) as error:  # e.g. the earlier run's folder removed while copying
+            log.warning("prep: could not copy the earlier prepare (%s: %s); preparing from the input",
+                        type(error).__name__, error)
+            copied = None
         if copied is not None:
             return copied
     with tempfile.TemporaryDirectory(prefix="prep-") as scratch, closing(duckdb.connect()) as con:

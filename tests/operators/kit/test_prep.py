@@ -374,6 +374,27 @@ def test_a_prep_index_entry_leading_outside_the_root_or_to_nothing_is_not_used(t
     assert json.loads(index.read_text()) == {"out": "runs/b/prep"}  # computed here, and indexed here
 
 
+def test_an_earlier_prepare_that_vanishes_while_it_is_copied_is_prepared_again(tmp_path, monkeypatch):
+    from operators.kit import prep
+
+    spoiled_csv(tmp_path / "in.csv")
+    root = tmp_path / "root"
+    first = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "a" / "prep"), 8, reuse_root=str(root))
+    copies = []
+
+    def removed_midway(out, source, target):
+        if copies:
+            raise FileNotFoundError(source)  # the earlier run's folder was cleared after the first file
+        copies.append(source)
+        shutil.copyfile(source, target)
+
+    monkeypatch.setattr(prep, "_copy_file", removed_midway)
+    second = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "b" / "prep"), 8, reuse_root=str(root))
+    assert copies and second.rows_ok == first.rows_ok and second.batches == first.batches
+    assert read_manifest(second.manifest_uri)["uri"].str.startswith(str(root / "runs" / "b")).all()
+    assert len(batches(second)) == second.rows_ok
+
+
 def test_a_failed_prepare_leaves_nothing_a_later_one_could_reuse(tmp_path):
     out = tmp_path / "out"
     sales().to_csv(tmp_path / "in.csv", index=False)
