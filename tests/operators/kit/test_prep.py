@@ -601,6 +601,28 @@ def test_prepare_reads_and_writes_s3(moto_endpoint, tmp_path):
     assert doubled.rows_in == 2 * len(clean) and doubled.quarantined_by_reason == {"duplicate": len(clean)}
 
 
+def test_another_runs_prepare_on_s3_is_copied_server_side_into_this_runs_folder(moto_endpoint, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="prep-reuse")
+    spoiled_csv(tmp_path / "in.csv")
+    s3.upload_file(str(tmp_path / "in.csv"), "prep-reuse", "raw/in.csv")
+    options = {"key": "testing", "secret": "testing", "endpoint_url": moto_endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    root = "s3://prep-reuse/root"
+    first = prepare("s3://prep-reuse/raw/", SCHEMA, f"{root}/runs/a/prep", 8, storage_options=options,
+                    reuse_root=root)
+    second = prepare("s3://prep-reuse/raw/", SCHEMA, f"{root}/runs/b/prep", 8, storage_options=options,
+                     reuse_root=root)
+    out = f"{root}/runs/b/prep"
+    assert second == dataclasses.replace(first, out_uri=out, manifest_uri=f"{out}/manifest.parquet",
+                                         quarantine_uri=f"{out}/quarantine.parquet")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="prep-reuse", Prefix="root/runs/b/")["Contents"]}
+    manifest = read_manifest(second.manifest_uri, storage_options=options)
+    assert all(uri.removeprefix("s3://prep-reuse/") in keys for uri in manifest["uri"])
+    assert manifest["uri"].str.startswith(f"{out}/batches/").all()
+    assert {"root/runs/b/prep/quarantine.parquet", "root/runs/b/prep/_PREPARED.json"} <= keys
+
+
 def test_run_athena_prep_submits_the_generated_ctas(moto_endpoint):
     window = ("2026-01-01", "2026-01-08")
     execution_id = run_athena_prep("sales.raw", SCHEMA, "sales.prepped", "s3://lake/prepped/", 64,
