@@ -1149,7 +1149,7 @@ class _PrepIndex:
         result = dataclasses.replace(earlier, out_uri=out.uri, manifest_uri=out.join(MANIFEST_FILE),
                                      quarantine_uri=out.join(QUARANTINE_FILE) if earlier.quarantine_uri else None)
         out.write_json(out.join(PREPARED_FILE), {"fingerprint": fingerprint, "result": result.to_dict()})
-        log.info("prep: input and settings unchanged since %s was prepared: its %d batches copied, not recomputed",
+        log.info("prep: input and settings unchanged since %s was prepared: its batches (%d) copied, not recomputed",
                  source.uri, result.batches)
         return result
 
