@@ -981,7 +981,7 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
     earlier = _prepared_before(out, fingerprint)
     if earlier is not None:
         log.info("prep: input and settings unchanged since %s was prepared: reused as it is", out.uri)
-        return earlier
+        return earlier[0]
     index = _PrepIndex(reuse_root, out) if reuse_root else None
     if index is not None:
         try:
@@ -1129,11 +1129,10 @@ class _PrepIndex:
         source = Location(self.root.join(relative), out.fs, out.remote)
         if source.uri == out.uri:
             return None
-        earlier = _prepared_before(source, fingerprint)
-        if earlier is None:
+        found = _prepared_before(source, fingerprint)
+        if found is None:
             return None
-        with source.fs.open(earlier.manifest_uri, "rb") as handle:
-            manifest = pd.read_parquet(handle)
+        earlier, manifest = found
         if not manifest["uri"].str.startswith(source.join("")).all():
             return None
         _clear_outputs(out)
@@ -1165,8 +1164,9 @@ def _copy_file(out: Location, source: str, target: str) -> None:
         shutil.copyfile(source, target)
 
 
-def _prepared_before(out: Location, fingerprint: str) -> PrepResult | None:
-    """The result of an earlier prepare into `out` of the same fingerprint, when all it wrote is in place."""
+def _prepared_before(out: Location, fingerprint: str) -> tuple[PrepResult, pd.DataFrame] | None:
+    """The result and manifest of an earlier prepare into `out` of the same fingerprint, when all it wrote is
+    in place."""
     marker = out.read_many([out.join(PREPARED_FILE)]).get(out.join(PREPARED_FILE))
     if marker is None:
         return None
@@ -1181,11 +1181,12 @@ def _prepared_before(out: Location, fingerprint: str) -> PrepResult | None:
     if not all(out.fs.exists(path) for path in needed):
         return None
     with out.fs.open(result.manifest_uri, "rb") as handle:
-        batches = set(pd.read_parquet(handle, columns=["uri"])["uri"])
+        manifest = pd.read_parquet(handle)
+    batches = set(manifest["uri"])
     present = {out.full(path) for path in out.fs.find(out.join(BATCHES_DIR))} if batches else set()
     if len(batches) != result.batches or not batches <= present:
         return None
-    return result
+    return result, manifest
 
 
 # --- Limits and the errors that explain them ---------------------------------------------------------
