@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pendulum
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
 from operators.kit.batch import HouseBatchOperator
+from operators.kit.pipeline import stage
 
 
 def output_folder(run_id: str) -> str:
@@ -49,7 +50,7 @@ def output_folder(run_id: str) -> str:
     },
 )
 def batch_smoke():
-    @task
+    @stage()
     def plan(params=None, run_id=None) -> list[dict]:
         from operators.kit import engine
 
@@ -68,7 +69,7 @@ def batch_smoke():
             })
         return shards
 
-    @task
+    @stage()
     def summary(job_ids, params=None, run_id=None) -> dict:
         out = Path(output_folder(run_id))
         written = sorted(out.rglob("child-*.json"))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import pendulum
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
 from operators.kit.batch import SHARD_LABEL, UnitsOfWorkOperator
 from operators.kit.notify import FailureNotifier
+from operators.kit.pipeline import stage
 
 
 @dag(
@@ -40,7 +41,7 @@ from operators.kit.notify import FailureNotifier
     },
 )
 def gpu_batch_benchmark():
-    @task
+    @stage()
     def plan(params=None, dag=None, run_id=None) -> list[dict]:
         from operators.kit import engine
         from operators.pipelines.gpu import gpu_benchmark
@@ -49,7 +50,7 @@ def gpu_batch_benchmark():
                                   run_dir=engine.own_run_root(dag.dag_id, run_id),
                                   out_root=engine.output_root("gpu_benchmark"), nonce=run_id)
 
-    @task
+    @stage()
     def compare(shard_summaries, dag=None, run_id=None, params=None) -> dict:
         from operators.kit import engine, notify
         from operators.pipelines.gpu import gpu_benchmark

@@ -41,6 +41,16 @@ QUEUES = ["airbatch-cpu", "airbatch-gpu"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def stage(**task_kwargs: Any):
+    """`@task` for a pipeline stage: its result is pushed as ONE XCom.
+
+    Airflow reads a `-> dict` annotation as `multiple_outputs=True` and then also pushes every key of
+    the dict as an XCom of its own: a request to the execution API and a row each, that nothing reads
+    (a pricing run's stages pushed 68 of them).
+    """
+    return task(multiple_outputs=False, **task_kwargs)
+
+
 def kit_params(when_empty: str) -> dict[str, Param]:
     """The params every unit pipeline has (a fresh set per DAG: Param objects hold their value)."""
     return {
@@ -380,20 +390,20 @@ class UnitPipeline:
         kwargs = {**self.dag_kwargs, "doc_md": (self.dag_kwargs.get("doc_md") or "") + params_doc(self.params)}
         with DAG(self.dag_id, params=self.params, default_args=default_args, **kwargs) as dag:
 
-            @task
+            @stage()
             def dataset(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
                 return pipeline.dataset(params, dag_run.conf if dag_run else None, run_id,
                                         data_interval_end or getattr(dag_run, "run_after", None))
 
-            @task
+            @stage()
             def prepare(source: dict, params=None, dag=None, run_id=None, data_interval_end=None) -> dict:
                 return pipeline.prepare(source, params, run_id, data_interval_end)
 
-            @task
+            @stage()
             def plan(prepared: dict, params=None) -> list[dict]:
                 return pipeline.plan(prepared, params)
 
-            @task(task_id="collect" if self.evaluator is not None else "summary")
+            @stage(task_id="collect" if self.evaluator is not None else "summary")
             def collect(shard_summaries, prepared: dict) -> dict:
                 return pipeline.collect(shard_summaries, prepared)
 
@@ -404,7 +414,7 @@ class UnitPipeline:
                     self._notify_task(prepared, fanout, None, None)
                 return dag
 
-            @task
+            @stage()
             def evaluate(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None, dag_run=None,
                          data_interval_end=None) -> dict:
                 return pipeline.evaluate(fanout, prepared, params, run_id, logical_date,
@@ -414,7 +424,7 @@ class UnitPipeline:
             def gate(evaluation: dict) -> str:
                 return "ask_reviewer" if evaluation["proposal"] == "review" else "auto_decision"
 
-            @task(trigger_rule="none_failed")
+            @stage(trigger_rule="none_failed")
             def decide(evaluation: dict, ti=None) -> dict:
                 return pipeline.decide(evaluation, ti.xcom_pull(task_ids="ask_reviewer", key=REVIEW_KEY))
 
@@ -429,7 +439,7 @@ class UnitPipeline:
             [reviewed, auto_decision] >> decision
             published = None
             if self.target is not None:
-                @task(outlets=[self.target.asset])
+                @stage(outlets=[self.target.asset])
                 def publish(evaluation: dict, decision: dict, outlet_events=None) -> str:
                     uri = pipeline.publish(evaluation, decision)
                     outlet_events[pipeline.target.asset].extra = {"version": evaluation["version"], "uri": uri}
@@ -445,7 +455,7 @@ class UnitPipeline:
     def _notify_task(self, prepared, fanout, evaluated, decision):
         pipeline = self
 
-        @task(trigger_rule="none_failed")
+        @stage(trigger_rule="none_failed")
         def notify(prepared: dict, fanout: dict, evaluation: dict | None, decision: dict | None, ti=None) -> dict:
             published = ti.xcom_pull(task_ids="publish") if pipeline.target is not None else None
             return pipeline.notify(prepared, fanout, evaluation, decision, published, ti.dag_id, ti.run_id)

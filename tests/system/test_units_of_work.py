@@ -44,6 +44,17 @@ def xcom(run, task_id: str, key: str = "return_value", map_index: int | None = N
     return values
 
 
+def xcom_keys(run, task_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return sorted(session.scalars(select(XComModel.key).where(
+            XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id, XComModel.task_id == task_id)).all())
+
+
 def task_instances(run, task_id: str):
     return [ti for ti in run.get_task_instances() if ti.task_id == task_id]
 
@@ -95,6 +106,9 @@ def test_3000_batches_complete_then_an_identical_run_is_entirely_cached(airflow_
     # mapped instances carry readable names
     names = sorted(ti.rendered_map_index for ti in task_instances(run, "run_shard"))
     assert names[0].startswith("shard 0: batches 0-")
+    # a stage's dict is one XCom, not one more per key
+    for stage in ("dataset", "prepare", "summary"):
+        assert xcom_keys(run, stage) == ["return_value"], stage
 
     again = run_dag(conf)
     assert again.state == DagRunState.SUCCESS

@@ -23,9 +23,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, Param
 
-from operators.kit.pipeline import DataSource, UnitPipeline
+from operators.kit.pipeline import DataSource, UnitPipeline, stage
 
 MODEL = "packaging"
 SCOPES = ("daily", "monthly")
@@ -220,7 +220,7 @@ class PackagingInference(UnitPipeline):
         dag = super().build()
         pipeline = self
         with dag:
-            @task(outlets=[PREDICTIONS])
+            @stage(outlets=[PREDICTIONS])
             def publish(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None,
                         outlet_events=None) -> dict:
                 extra = pipeline.publish_predictions(fanout, prepared, params, run_id, logical_date)

@@ -28,11 +28,11 @@ import json
 import time
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Param
 
 from operators.kit.batch import run_shards
 from operators.kit.notify import FailureNotifier
-from operators.kit.pipeline import kit_params, params_doc
+from operators.kit.pipeline import kit_params, params_doc, stage
 
 WORKLOAD = "sweep_train"
 #: Sent one by one at most; the rest of the failed configurations are in the history.
@@ -239,20 +239,20 @@ class SweepPipeline:
         with DAG(self.dag_id, params=self.params, default_args={"on_failure_callback": FailureNotifier()},
                  **kwargs) as dag:
 
-            @task
+            @stage()
             def prepare(params=None, dag_run=None, run_id=None) -> dict:
                 return pipeline.prepare(params, dag_run.conf if dag_run else None, run_id)
 
-            @task
+            @stage()
             def plan(prepared: dict, params=None) -> list[dict]:
                 return pipeline.plan(prepared, params)
 
             # Runs when every configuration was reused, too (run_shard then maps over nothing and is skipped).
-            @task(trigger_rule="none_failed")
+            @stage(trigger_rule="none_failed")
             def summary(shard_summaries, prepared: dict, params=None, ti=None) -> dict:
                 return pipeline.summary(list(shard_summaries or []), prepared, params, ti.dag_id, ti.run_id)
 
-            @task
+            @stage()
             def notify(result: dict, params=None) -> dict:
                 return pipeline.notify(result, params)
 
