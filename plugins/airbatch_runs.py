@@ -8,6 +8,7 @@
 - A listener: when a run ends, its note says "N batches: done, cached, failed, dead-lettered".
 """
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, defined inside create_app.
+import asyncio
 import json
 import logging
 
@@ -124,6 +125,27 @@ def create_app():
     return app
 
 
+class AppOnFirstRequest:
+    """An ASGI app that builds the real one (`factory()`) when its first request comes.
+
+    Every Airflow process loads the plugins, each task's process included (for their listeners), and
+    building the run view imports the api-server's security layer and the engine: about a second of
+    every task that only the api-server ever uses.
+    """
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.app = None
+        self._building = asyncio.Lock()
+
+    async def __call__(self, scope, receive, send):
+        if self.app is None:
+            async with self._building:
+                if self.app is None:
+                    self.app = await asyncio.to_thread(self.factory)
+        await self.app(scope, receive, send)
+
+
 class RunNoteListener:
     """Sets a finished run's note from its collect step (or its shards) in the scheduler's own session."""
 
@@ -159,7 +181,7 @@ class RunNoteListener:
 
 class AirbatchRunsPlugin(AirflowPlugin):
     name = "airbatch_runs"
-    fastapi_apps = [{"name": "airbatch run view", "app": create_app(), "url_prefix": URL_PREFIX}]
+    fastapi_apps = [{"name": "airbatch run view", "app": AppOnFirstRequest(create_app), "url_prefix": URL_PREFIX}]
     external_views = [
         {"name": "Run view", "href": f"{URL_PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}", "destination": "dag_run",
          "url_route": "airbatch-run-view"},
