@@ -493,7 +493,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         results_uri = root.join("results", f"shard-{spec.index}.json")
         root.write_json(results_uri, result.results())
         summary = result.summary(job_ids, time.time() - started, results_uri)
-        summary.update(capacity_shortages=list(shortages), throttled_submits=throttled)
+        summary.update(capacity_shortages=list(shortages), throttled_submits=throttled, cost=self.own_cost(job_ids))
         self.log.info("%s: %d batches: %d succeeded, %d cached, %d failed (%.1f%% done); results %s", spec.label,
                       summary["batches"], summary["succeeded"], summary["cached"], summary["failed"],
                       100 * result.success_ratio, results_uri)
@@ -564,6 +564,17 @@ class UnitsOfWorkOperator(HouseBatchOperator):
             for job in self.hook.client.describe_jobs(jobs=job_ids[start:start + 100])["jobs"]:
                 found[job["jobId"]] = job["status"]
         return found
+
+    def own_cost(self, job_ids: list[str]) -> dict[str, Any] | None:
+        """This shard's jobs costed now that they have ended, with this task's Batch client (collect only adds
+        the shards up); None when they cannot be described now, and collect describes them itself."""
+        from operators.kit import cost
+
+        try:
+            return cost.shard_cost(job_ids, lambda ids: self.hook.client.describe_jobs(jobs=ids)["jobs"])
+        except Exception as error:  # noqa: BLE001 - a cost must never change a shard's outcome
+            self.log.warning("Could not cost this shard's jobs now (%s); collect will describe them", error)
+            return None
 
     def describe_or_none(self, job_id: str) -> dict[str, Any] | None:
         jobs = self.hook.client.describe_jobs(jobs=[job_id])["jobs"]

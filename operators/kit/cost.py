@@ -6,7 +6,9 @@ counts from its `startedAt` to its `stoppedAt` (DescribeJobs), times the job's v
 config/batch_rates.json by the family and provisioning model of the queue's compute environment.
 
 The figures are estimates from list rates, never a bill; on the local endpoint no money is spent
-and the label says so. `collect` writes the run's figures to `<run folder>/cost.json`; `plan`
+and the label says so. Each shard's task costs its own jobs once they have ended, with the Batch
+client it holds; `collect` adds the shards up (describing only a shard that could not cost itself)
+and writes the run's figures to `<run folder>/cost.json`; `plan`
 refuses a run whose estimate, from the last comparable run (same DAG and queue), exceeds its
 `budget`, before any job is submitted.
 """
@@ -25,6 +27,8 @@ COST_FILE = "cost.json"
 #: DescribeJobs takes up to 100 ids per call.
 DESCRIBE_PAGE = 100
 MODELS = ("on_demand", "spot")
+#: The figures a cost adds up, per job, shard and run.
+TOTALS = ("seconds", "vcpu_hours", "gpu_hours", "cost")
 
 
 class RateTableError(ValueError):
@@ -133,7 +137,7 @@ def describe_leaves(describe: Callable[[list[str]], list[dict[str, Any]]], job_i
 
 
 def _total(costs: list[dict[str, Any]]) -> dict[str, float]:
-    return {key: sum(c[key] for c in costs) for key in ("seconds", "vcpu_hours", "gpu_hours", "cost")}
+    return {key: sum(c[key] for c in costs) for key in TOTALS}
 
 
 def label(local: bool) -> str:
@@ -141,22 +145,39 @@ def label(local: bool) -> str:
             else "estimate from list rates (config/batch_rates.json), not a bill")
 
 
+def shard_cost(job_ids: Iterable[str], describe: Callable[[list[str]], list[dict[str, Any]]], *,
+               rates_table: dict[str, Any] | None = None, resources: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One shard's jobs costed: `jobs` (the leaves that ran), seconds, vCPU-hours, GPU-hours, cost and `queues`.
+
+    The shard's task works this out when its jobs have ended, with the Batch client it already holds,
+    and puts it in its summary; `run_cost` then only adds the shards up.
+    """
+    rates_table = rates_table or load_rates()
+    resources = resources or load_resources()
+    costs, queues = [], set()
+    for job in describe_leaves(describe, job_ids):
+        costs.append(job_cost(job, rates_table, resources))
+        queues.add(_name(job.get("jobQueue", "")))
+    return {"jobs": len(costs), **_total(costs), "queues": sorted(queues)}
+
+
 def run_cost(shard_summaries: list[dict[str, Any]], describe: Callable[[list[str]], list[dict[str, Any]]], *,
              local: bool, rates_table: dict[str, Any] | None = None,
              resources: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A run's cost from its shards' summaries (`job_ids`, `shard`, `units`, `batches`): per run, shard, unit."""
+    """A run's cost from its shards' summaries (`job_ids`, `shard`, `units`, `batches`, and `cost` where the
+    shard costed its own jobs): per run, shard, unit. Only a shard without its `cost` is described here."""
     rates_table = rates_table or load_rates()
-    resources = resources or load_resources()
     shards, queues = [], set()
     for summary in shard_summaries:
         if not summary:
             continue
-        costs = []
-        for job in describe_leaves(describe, summary.get("job_ids") or []):
-            costs.append(job_cost(job, rates_table, resources))
-            queues.add(_name(job.get("jobQueue", "")))
+        own = summary.get("cost")
+        if not (isinstance(own, dict) and {"jobs", "queues", *TOTALS} <= set(own)):
+            resources = resources or load_resources()
+            own = shard_cost(summary.get("job_ids") or [], describe, rates_table=rates_table, resources=resources)
+        queues.update(own["queues"])
         shards.append({"shard": summary["shard"], "units": summary.get("units", 0), "batches": summary.get("batches", 0),
-                       "jobs": len(costs), **_total(costs)})
+                       "jobs": own["jobs"], **{key: own[key] for key in TOTALS}})
     total = _total(shards)
     units = sum(s["units"] for s in shards)
     batches = sum(s["batches"] for s in shards)

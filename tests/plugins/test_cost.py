@@ -65,6 +65,29 @@ def test_a_run_costs_every_attempt_of_every_array_child_per_shard_and_per_unit()
     assert ["p0:0", "p0:1"] in calls  # children described by id, not guessed
 
 
+def test_a_shard_that_costed_its_own_jobs_is_added_up_without_describing_them_again():
+    jobs = {
+        "p0": {"jobId": "p0", "arrayProperties": {"size": 2}, "jobQueue": CPU_QUEUE},
+        "p0:0": child("p0:0", CPU_QUEUE, CPU_DEF, [(0, 1_800_000)]),
+        "p0:1": child("p0:1", CPU_QUEUE, CPU_DEF, [(0, 3_600_000)]),
+        "single": child("single", CPU_QUEUE, CPU_DEF, [(0, 360_000)]),
+    }
+    describe, calls = describer(jobs)
+    own = cost.shard_cost(["p0"], describe)
+    assert own["jobs"] == 2 and own["vcpu_hours"] == pytest.approx(1.5) and own["queues"] == ["airbatch-cpu"]
+    calls.clear()
+    summaries = [{"shard": 0, "job_ids": ["p0"], "units": 100, "batches": 10, "cost": own},
+                 # a shard that could not cost itself (its describe failed then), and one from before shards did
+                 {"shard": 1, "job_ids": ["single"], "units": 50, "batches": 5, "cost": None},
+                 {"shard": 2, "job_ids": ["single"], "units": 50, "batches": 5}]
+    result = cost.run_cost(summaries, describe, local=True)
+    assert calls == [["single"], ["single"]]  # only the shards without their own figures
+    described = cost.shard_cost(["single"], describe)
+    assert result["shards"][0]["cost"] == pytest.approx(own["cost"]) and result["shards"][0]["jobs"] == 2
+    assert result["shards"][1]["cost"] == result["shards"][2]["cost"] == pytest.approx(described["cost"])
+    assert result["cost"] == pytest.approx(own["cost"] + 2 * described["cost"])
+
+
 def test_gpu_hours_use_the_job_definitions_gpus_and_the_gpu_rate():
     rates_table = cost.load_rates()
     rates = rates_table["families"]["g5"]["spot"]

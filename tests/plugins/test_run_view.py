@@ -74,6 +74,15 @@ def test_collect_prices_every_job_of_the_run_into_the_summary_and_the_run_folder
     assert "local endpoint" in cost["label"]
     [written] = list(module_data_root.glob("runs/units_of_work/*/cost.json"))
     assert json.loads(written.read_text())["cost"] == cost["cost"]
+    # each shard costed its own jobs when they ended; collect added them up
+    from operators.kit.runview import xcoms
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        shards = sorted((value for _, _, value in xcoms(session, dead_letter_run.dag_id, dead_letter_run.run_id,
+                                                         ("run_shard",))), key=lambda shard: shard["shard"])
+    assert [shard["cost"]["jobs"] for shard in shards] == [s["jobs"] for s in cost["shards"]]
+    assert sum(shard["cost"]["cost"] for shard in shards) == pytest.approx(cost["cost"])
 
 
 @pytest.fixture(scope="module")
