@@ -46,7 +46,7 @@ def stage(**task_kwargs: Any):
 
     Airflow reads a `-> dict` annotation as `multiple_outputs=True` and then also pushes every key of
     the dict as an XCom of its own: a request to the execution API and a row each, that nothing reads
-    (a pricing run's stages pushed 68 of them).
+    (68 in one run of a pipeline with an evaluator).
     """
     return task(multiple_outputs=False, **task_kwargs)
 
