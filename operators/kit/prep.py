@@ -64,7 +64,6 @@ import dataclasses
 import datetime as dt
 import difflib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -602,13 +601,11 @@ def prepare_athena(source_table: str, schema: InputSchema, out_uri: str, bucket_
         "units": [int(row["units"]) for row in files],
         "content_hash": [f"athena-{row['bucket']}-{row['content_hash']}" for row in files],
     }, columns=list(MANIFEST_COLUMNS))
-    from batch_worker.runtime import parquet_bytes
-
     rows_ok = int(manifest["rows"].sum())
     rows_quarantined = sum(by_reason.values())
     _check_limits(f"athena://{source_table}", schema, window, rows_ok + rows_quarantined, rows_ok, by_reason,
                   max_quarantined_share)
-    out.write_bytes(out.join(MANIFEST_FILE), parquet_bytes(manifest))
+    _write_manifest(out, manifest)
     return PrepResult(out_uri=out.uri, manifest_uri=out.join(MANIFEST_FILE), quarantine_uri=None,
                       rows_in=rows_ok + rows_quarantined, rows_ok=rows_ok, rows_quarantined=rows_quarantined,
                       quarantined_by_reason=dict(sorted(by_reason.items())), units=int(manifest["units"].sum()),
@@ -1142,9 +1139,7 @@ class _PrepIndex:
         for old, new in moved.items():
             _copy_file(out, old, new)
         manifest["uri"] = manifest["uri"].map(moved)
-        buffer = io.BytesIO()
-        manifest.to_parquet(buffer, index=False)
-        out.write_bytes(out.join(MANIFEST_FILE), buffer.getvalue())
+        _write_manifest(out, manifest)
         result = dataclasses.replace(earlier, out_uri=out.uri, manifest_uri=out.join(MANIFEST_FILE),
                                      quarantine_uri=out.join(QUARANTINE_FILE) if earlier.quarantine_uri else None)
         out.write_json(out.join(PREPARED_FILE), {"fingerprint": fingerprint, "result": result.to_dict()})
@@ -1366,6 +1361,13 @@ def _manifest(con: duckdb.DuckDBPyConnection, sql: SchemaSql, staging: Location,
     prefix = staging.join(BATCHES_DIR)
     frame["uri"] = [out.join(BATCHES_DIR, os.path.relpath(path, prefix).replace(os.sep, "/")) for path in frame["uri"]]
     return frame[list(MANIFEST_COLUMNS)]
+
+
+def _write_manifest(out: Location, manifest: pd.DataFrame) -> None:
+    """`manifest` as `<out>/manifest.parquet`, written atomically (for the paths that build it as a frame)."""
+    from batch_worker.runtime import parquet_bytes
+
+    out.write_bytes(out.join(MANIFEST_FILE), parquet_bytes(manifest))
 
 
 def _clear_outputs(out: Location) -> None:
