@@ -107,3 +107,15 @@ def test_a_missing_artifact_is_named(published, tmp_path):
     missing = artifact_path(str(tmp_path / "data"), "v9")
     with pytest.raises(BadData, match="v9.*does not exist"):
         get_workload("packaging_scoring").run(products(), {"model_version": "v9", "model_uri": missing})
+
+
+def test_scoring_products_together_gives_each_group_the_rows_it_gets_alone(published):
+    """The workload says it combines batches: each unit's rows must not depend on the others of the call."""
+    workload = get_workload("packaging_scoring")
+    params = workload.resolve_params(published)
+    assert workload.combines_batches(params)
+    batch = products()
+    together, _ = checked_output(workload, workload.run(batch, params), "together")
+    for group, rows in batch.groupby("product_group"):
+        alone, _ = checked_output(workload, workload.run(rows.reset_index(drop=True), params), "alone")
+        pd.testing.assert_frame_equal(together[together["product_group"] == group].reset_index(drop=True), alone)

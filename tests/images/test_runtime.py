@@ -304,3 +304,97 @@ def test_the_result_file_carries_the_declared_types(tmp_path):
     written = pq.read_schema(tmp_path / "out" / items[0]["key"] / RESULT_FILE)
     assert [(f.name, f.type, f.nullable) for f in written] == [
         ("unit_id", pa.large_string(), False), ("rows", pa.int64(), False), ("value_sum", pa.float64(), True)]
+
+
+# --- small batches run in groups ---------------------------------------------------------------------
+
+def run_slice_outputs(tmp_path: Path, items: list[dict], name: str, **worklist) -> dict[str, tuple[str, dict]]:
+    """Run every item in one child on the output root `name`; {key: (result digest, marker)}."""
+    uri = write_worklist(tmp_path, items, per_child=len(items), output_root=str(tmp_path / name), **worklist)
+    code = runtime.run(uri, 0)
+    out = tmp_path / name
+    return code, {item["key"]: (digest(out / item["key"] / RESULT_FILE),
+                                json.loads((out / item["key"] / DONE_FILE).read_text()))
+                  for item in items if (out / item["key"] / DONE_FILE).exists()}
+
+
+def test_batches_run_together_give_each_batch_the_result_it_gets_alone(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 12)
+    monkeypatch.setattr(type(get_workload("noop")), "combines_batches", lambda self, params: False)
+    code, alone = run_slice_outputs(tmp_path, items, "alone")
+    assert code == 0 and all("group" not in marker for _, marker in alone.values())
+    monkeypatch.undo()
+    monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)  # every group as large as the limits allow
+    calls = []
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+    monkeypatch.setattr(noop, "run", lambda self, batch, params: calls.append(len(batch)) or real_run(self, batch, params))
+    caplog.set_level("INFO")
+    code, together = run_slice_outputs(tmp_path, items, "together")
+    assert code == 0
+    assert calls == [2, 22]  # the first batch alone (it sets the pace), then the other 11 in one call
+    assert {key: result for key, (result, _) in together.items()} == {key: result for key, (result, _) in alone.items()}
+    markers = [together[item["key"]][1] for item in items]
+    assert [m.get("group") for m in markers] == [None] + [11] * 11
+    assert all((m["rows_in"], m["rows_out"], m["units"]) == (2, 2, 2) for m in markers)
+    assert "batch 5: 2 rows -> 2 rows in" in caplog.text and "(run with 10 other batch(es))" in caplog.text
+
+
+def test_a_failure_in_a_group_lands_on_its_own_batch_and_the_others_succeed(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 6)
+    monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)
+    caplog.set_level("INFO")
+    code, done = run_slice_outputs(tmp_path, items, "out", params={"sleep_s": 0.0, "fail_units": ["u3b"], "salt": ""})
+    assert code == runtime.EXIT_BAD_DATA
+    assert set(done) == {item["key"] for item in items if item["batch_id"] != 3}
+    failed = json.loads((tmp_path / "out" / items[3]["key"] / FAILED_FILE).read_text())
+    assert failed["batch_id"] == 3 and failed["class"] == "bad_data" and "u3b" in failed["error"]
+    assert "batches 1..5 together: BadData" in caplog.text and "running them one at a time" in caplog.text
+
+
+def test_a_group_whose_output_names_no_unit_of_it_runs_batch_by_batch(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 6)
+    monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+
+    def renamed(self, batch, params):  # a unit the input does not hold: the rows cannot be split by unit
+        return real_run(self, batch, params).assign(unit_id=lambda f: f["unit_id"] + "-x")
+
+    monkeypatch.setattr(noop, "run", renamed)
+    caplog.set_level("INFO")
+    code, done = run_slice_outputs(tmp_path, items, "out")
+    assert code == 0 and len(done) == 6 and all("group" not in marker for _, marker in done.values())
+    # the first batch ran alone, the other five together: their 10 output rows cannot be split
+    assert "10 output row(s) name no unit of the group by unit_id" in caplog.text
+    assert caplog.text.count("running them one at a time") == 1  # then no more groups in this child
+    result = pd.read_parquet(tmp_path / "out" / items[4]["key"] / RESULT_FILE)
+    assert result["unit_id"].tolist() == ["u4a-x", "u4b-x"]
+
+
+def test_the_group_pace_holds_the_rows_the_last_call_got_through(monkeypatch):
+    pending = [{"rows": 2}] * 3000
+    pace = runtime.GroupPace()
+    assert len(pace.next_group(pending, 0)) == 1  # no call yet: the first batch runs alone
+    pace.record(rows=2, seconds=2 * runtime.GROUP_TARGET_S)  # slow: one row per target
+    assert len(pace.next_group(pending, 0)) == 1
+    pace.record(rows=2, seconds=runtime.GROUP_TARGET_S / 50)  # 100 rows per target: 50 batches of 2
+    assert len(pace.next_group(pending, 10)) == 50
+    assert len(pace.next_group(pending, 2990)) == 10  # no further than the slice
+    pace.record(rows=2, seconds=0)  # instant: the limits hold
+    assert len(pace.next_group(pending, 0)) == runtime.GROUP_MAX_BATCHES
+    assert len(pace.next_group([{"rows": 40_000}] * 3, 0)) == 1  # 80,000 rows > GROUP_MAX_ROWS
+    assert len(pace.next_group([{"rows": 2}, {}, {"rows": 2}], 0)) == 1  # a batch without its rows runs alone
+
+
+def test_a_workload_groups_batches_only_when_it_says_so_and_its_output_names_the_unit(tmp_path, monkeypatch):
+    from batch_worker.workloads import Workload
+
+    items = make_batches(tmp_path, 2)
+    worklist = json.loads(Path(write_worklist(tmp_path, items)).read_text())
+    noop = get_workload("noop")
+    assert runtime.SliceRunner(worklist, noop, noop.resolve_params({}), items).grouping
+    assert not runtime.SliceRunner(worklist, noop, noop.resolve_params({"sleep_s": 0.1}), items).grouping
+    assert Workload.combines_batches(noop, {}) is False  # the default: batch by batch
+    monkeypatch.setattr(type(noop), "output", None)  # no declared output: nothing names the unit
+    assert not runtime.SliceRunner(worklist, noop, noop.resolve_params({}), items).grouping

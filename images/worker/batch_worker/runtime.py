@@ -12,6 +12,14 @@ workload, checks its output against the workload's declared `output` schema, wri
 line; the other batches of the slice still run. A child that cannot read the markers runs
 nothing and exits by the failure's class (77 refused, 75 transient, 1 otherwise).
 
+Small batches run in groups when the workload allows it (`Workload.combines_batches`): one call
+of the workload over several consecutive batches of the slice, its output split back by unit
+into each batch's own result and marker, exactly as if each had run alone. A group holds the rows
+the workload got through in about GROUP_TARGET_S on its last call, so a per-call cost (pandas'
+own, a model's load) is paid once per group while a group never holds much more work than that.
+When a group's call fails, or its output cannot be split by unit, its batches run one by one, so
+every failure still lands on its own batch.
+
 Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.json`):
 
     0   every batch of the slice is done
@@ -43,6 +51,7 @@ import traceback
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -136,21 +145,32 @@ def resolve(worklist: dict[str, Any]) -> tuple[Workload, dict[str, Any]]:
 THREADED_READ_ROWS = 50_000
 
 
-def read_batch(uri: str) -> pd.DataFrame:
-    """One batch file as a table. A batch is one Parquet file: read as such, without the dataset discovery
-    `pd.read_parquet` does first, to the same frame. From S3 the object comes in one GET, not a HEAD and
-    ranged reads."""
+def read_batch_table(uri: str) -> pa.Table:
+    """One batch file as an Arrow table. A batch is one Parquet file: read as such, without the dataset
+    discovery `pd.read_parquet` does first. From S3 the object comes in one GET, not a HEAD and ranged reads."""
     location = Location.parse(uri)
     source = location.uri if not location.remote else pa.BufferReader(location.read_bytes())
     parquet = pq.ParquetFile(source, pre_buffer=False)
-    threads = parquet.metadata.num_rows >= THREADED_READ_ROWS
-    return parquet.read(use_threads=threads).to_pandas(use_threads=threads)
+    return parquet.read(use_threads=parquet.metadata.num_rows >= THREADED_READ_ROWS)
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas(use_threads=table.num_rows >= THREADED_READ_ROWS)
+
+
+def read_batch(uri: str) -> pd.DataFrame:
+    """One batch file as a table: the frame `pd.read_parquet` gives."""
+    return to_frame(read_batch_table(uri))
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
 
 
 def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), buffer)
-    return buffer.getvalue()
+    return table_bytes(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
 def checked_output(workload: Workload, result: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pa.Schema | None]:
@@ -163,6 +183,41 @@ def checked_output(workload: Workload, result: pd.DataFrame, where: str) -> tupl
 def job_identity() -> dict[str, str]:
     return {"job_id": os.environ.get("AWS_BATCH_JOB_ID", "local"),
             "attempt": os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1")}
+
+
+#: A group of small batches holds the rows the workload got through in about this many seconds on its
+#: last call: long enough that a per-call cost is shared, short enough that a stopped child loses little.
+GROUP_TARGET_S = 0.5
+#: The most rows and batches one group holds, however fast the workload is (memory, and progress to see).
+GROUP_MAX_ROWS = 50_000
+GROUP_MAX_BATCHES = 1000
+
+
+class GroupPace:
+    """How many rows the next group may hold: what the workload's last call got through in GROUP_TARGET_S.
+
+    Before any call it is 0, so the slice's first batch runs alone and measures the pace."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def record(self, rows: int, seconds: float) -> None:
+        self.rows = min(GROUP_MAX_ROWS, int(rows * GROUP_TARGET_S / max(seconds, 1e-4)))
+
+    def next_group(self, pending: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+        """pending[start], and the batches after it that fit in the pace (each must say its `rows`)."""
+        group = [pending[start]]
+        rows = pending[start].get("rows")
+        for item in pending[start + 1:start + GROUP_MAX_BATCHES]:
+            if rows is None or item.get("rows") is None or rows + item["rows"] > self.rows:
+                break
+            group.append(item)
+            rows += item["rows"]
+        return group
+
+
+class GroupNotSplit(Exception):
+    """A group's output cannot be split back into its batches (a row names no unit of the group)."""
 
 
 class SliceRunner:
@@ -190,48 +245,143 @@ class SliceRunner:
         self.done = {item["key"] for item in items
                      if is_valid_done(markers.get(self.out.join(item["key"], DONE_FILE)), item["key"])}
         self.failed_before = {item["key"] for item in items if self.out.join(item["key"], FAILED_FILE) in markers}
+        unit_key = list(workload.schema.unit_key)
+        # a group's output is split back by unit, so the output must name each row's unit
+        self.grouping = (workload.output is not None and set(unit_key) <= set(workload.output.names)
+                         and bool(workload.combines_batches(params)))
+        self.unit_key = unit_key
+        self.pace = GroupPace()
+
+    def run_slice(self, items: list[dict[str, Any]]) -> Counter:
+        """Run every batch of the slice (alone, or in groups when the workload allows it); count the outcomes."""
+        outcomes: Counter = Counter()
+        pending = []
+        for item in items:
+            if item["key"] in self.done:
+                outcomes["cached"] += 1
+            else:
+                pending.append(item)
+        start = 0
+        while start < len(pending):
+            group = self.pace.next_group(pending, start) if self.grouping else [pending[start]]
+            start += len(group)
+            if len(group) == 1:
+                outcomes[self.run_batch(group[0])[0]] += 1
+            else:
+                outcomes.update(self.run_group(group))
+        return outcomes
 
     def run_batch(self, item: dict[str, Any]) -> tuple[str, str | None]:
         """Run one batch; return (outcome, error) with outcome done | cached | bad_data | transient | error."""
         key = item["key"]
         if key in self.done:
             return "cached", None
-        workload, out = self.workload, self.out
-        folder = out.join(key)
+        workload = self.workload
         started = time.perf_counter()
         try:
             batch = read_batch(item["uri"])
+            called = time.perf_counter()
             result = workload.run(batch, self.params)
-            if not isinstance(result, pd.DataFrame):
-                raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
-            if workload.output is not None:
-                result = workload.output.enforce(result, f"workload {workload.name!r} batch {item['batch_id']}")
-            out.write_bytes(out.join(key, RESULT_FILE), parquet_bytes(result, self.arrow_schema))
-            seconds = time.perf_counter() - started
-            out.write_json(out.join(key, DONE_FILE), {
-                "status": "done", "key": key, "batch_id": item["batch_id"], "content_hash": item.get("content_hash"),
-                "rows_in": len(batch), "rows_out": len(result), "units": item.get("units"),
-                "seconds": round(seconds, 6), "finished_at": time.time(), **self.marker_fields,
-            })
-            if key in self.failed_before or not out.remote:
-                out.remove(out.join(key, FAILED_FILE))
-            log.info("batch %s: %d rows -> %d rows in %.3f s (%s)", item["batch_id"], len(batch), len(result),
-                     seconds, folder)
+            self.pace.record(len(batch), time.perf_counter() - called)
+            result = self._checked(result, f"batch {item['batch_id']}")
+            self._write_done(item, table_bytes(self._table(result)), len(batch), len(result),
+                             time.perf_counter() - started)
             return "done", None
         except Exception as exc:  # every failure is recorded and classified; the slice goes on
-            kind = failure_class(exc)
-            error = first_line(exc)
-            log.error("batch %s failed (%s): %s", item["batch_id"], kind, error)
-            if kind == "error":
-                log.error("%s", traceback.format_exc().rstrip())
-            record = {"status": "failed", "key": key, "batch_id": item["batch_id"], "class": kind, "error": error,
-                      "at": time.time(), **self.identity}
-            try:
-                out.write_json(out.join(key, FAILED_FILE), record)
-            except Exception as record_exc:  # the marker is missing either way, so the batch stays pending
-                log.error("could not record the failure of batch %s: %s", item["batch_id"], first_line(record_exc))
-                log.error("%s", failure_line(record))
-            return kind, error
+            return self._record_failure(item, exc)
+
+    def run_group(self, group: list[dict[str, Any]]) -> list[str]:
+        """Run the group's batches in one call of the workload and write each batch's own result and marker.
+
+        When the call fails, or its output cannot be split by unit, the batches not yet written run one by
+        one instead: a failure is then recorded on the batch it belongs to, and the others still succeed."""
+        first, last = group[0]["batch_id"], group[-1]["batch_id"]
+        written: list[str] = []
+        try:
+            started = time.perf_counter()
+            tables = [read_batch_table(item["uri"]) for item in group]
+            batch = to_frame(pa.concat_tables(tables))
+            called = time.perf_counter()
+            result = self.workload.run(batch, self.params)
+            self.pace.record(len(batch), time.perf_counter() - called)
+            result = self._checked(result, f"batches {first}..{last} (run together)")
+            owner = self._owners(batch, [t.num_rows for t in tables], result)
+            table = self._table(result)
+            order = np.argsort(owner, kind="stable")
+            bounds = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=len(group)))))
+            seconds_per_row = (time.perf_counter() - started) / max(len(batch), 1)
+            for position, item in enumerate(group):
+                part = table.take(order[bounds[position]:bounds[position + 1]])
+                rows_in = tables[position].num_rows
+                self._write_done(item, table_bytes(part), rows_in, part.num_rows, seconds_per_row * rows_in,
+                                 group=len(group))
+                written.append("done")
+            return written
+        except Exception as exc:  # run what is left alone: each failure is then its batch's own
+            log.warning("batches %s..%s together: %s; running them one at a time", first, last, first_line(exc))
+            if isinstance(exc, GroupNotSplit):
+                self.grouping = False
+            return written + [self.run_batch(item)[0] for item in group[len(written):]]
+
+    def _checked(self, result: Any, where: str) -> pd.DataFrame:
+        workload = self.workload
+        if not isinstance(result, pd.DataFrame):
+            raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
+        if workload.output is not None:
+            result = workload.output.enforce(result, f"workload {workload.name!r} {where}")
+        return result
+
+    def _table(self, result: pd.DataFrame) -> pa.Table:
+        return pa.Table.from_pandas(result, schema=self.arrow_schema, preserve_index=False)
+
+    def _owners(self, batch: pd.DataFrame, rows: list[int], result: pd.DataFrame) -> np.ndarray:
+        """For each output row, the position in the group of the batch holding its unit."""
+        position = np.repeat(np.arange(len(rows)), rows)
+        if len(self.unit_key) == 1:
+            units = pd.Index(batch[self.unit_key[0]])
+            found = pd.Index(result[self.unit_key[0]])
+        else:
+            units = pd.MultiIndex.from_frame(batch[self.unit_key])
+            found = pd.MultiIndex.from_frame(result[self.unit_key])
+        first = ~units.duplicated()
+        if len(batch[self.unit_key].assign(_position=position).drop_duplicates()) != int(first.sum()):
+            raise GroupNotSplit("a unit is in more than one batch of the group")
+        at = units[first].get_indexer(found)
+        if (at < 0).any():
+            raise GroupNotSplit(f"{int((at < 0).sum())} output row(s) name no unit of the group by "
+                                f"{', '.join(self.unit_key)}")
+        return position[first][at]
+
+    def _write_done(self, item: dict[str, Any], result: bytes, rows_in: int, rows_out: int, seconds: float,
+                    group: int = 1) -> None:
+        """The batch's result, then its done-marker (the marker last), then no stale failure-marker."""
+        key, out = item["key"], self.out
+        out.write_bytes(out.join(key, RESULT_FILE), result)
+        out.write_json(out.join(key, DONE_FILE), {
+            "status": "done", "key": key, "batch_id": item["batch_id"], "content_hash": item.get("content_hash"),
+            "rows_in": rows_in, "rows_out": rows_out, "units": item.get("units"),
+            "seconds": round(seconds, 6), "finished_at": time.time(), **({"group": group} if group > 1 else {}),
+            **self.marker_fields,
+        })
+        if key in self.failed_before or not out.remote:
+            out.remove(out.join(key, FAILED_FILE))
+        log.info("batch %s: %d rows -> %d rows in %.3f s%s (%s)", item["batch_id"], rows_in, rows_out, seconds,
+                 f" (run with {group - 1} other batch(es))" if group > 1 else "", out.join(key))
+
+    def _record_failure(self, item: dict[str, Any], exc: Exception) -> tuple[str, str]:
+        kind = failure_class(exc)
+        error = first_line(exc)
+        log.error("batch %s failed (%s): %s", item["batch_id"], kind, error)
+        if kind == "error":
+            log.error("%s", traceback.format_exc().rstrip())
+        record = {"status": "failed", "key": item["key"], "batch_id": item["batch_id"], "class": kind,
+                  "error": error, "at": time.time(), **self.identity}
+        try:
+            self.out.write_json(self.out.join(item["key"], FAILED_FILE), record)
+        except Exception as record_exc:  # the marker is missing either way, so the batch stays pending
+            log.error("could not record the failure of batch %s: %s", item["batch_id"], first_line(record_exc))
+            log.error("%s", failure_line(record))
+        return kind, error
 
 
 def exit_code(outcomes: Counter) -> int:
@@ -278,10 +428,7 @@ def run(worklist_uri: str, index: int) -> int:
             log.error("%s", traceback.format_exc().rstrip())
         log.error("%s", failure_line({"class": kind, "error": error[:500]}))
         return exit_code(Counter([kind]))
-    outcomes: Counter = Counter()
-    for item in items:
-        outcome, _ = runner.run_batch(item)
-        outcomes[outcome] += 1
+    outcomes = runner.run_slice(items)
     code = exit_code(outcomes)
     log.info("child %d finished in %.2f s: %s; exit %d", index, time.perf_counter() - started,
              ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())), code)

@@ -320,6 +320,17 @@ class Workload:
     def run(self, batch: "pd.DataFrame", params: dict[str, Any]) -> "pd.DataFrame":
         raise NotImplementedError
 
+    def combines_batches(self, params: dict[str, Any]) -> bool:
+        """Whether the worker may run several small batches of a child in one call of `run` (False here).
+
+        Say True when a unit's results depend only on its own rows (no state carried from one unit to
+        the next, such as a random stream or a warm-up) and `output` names every unit-key column: the
+        worker then splits the call's output back into each batch's result by unit, so the results are
+        those of batch-by-batch runs, and a per-call cost (pandas' own, a model's load) is paid once per
+        group of small batches instead of once per batch. `batch_worker.runtime` says how groups are sized.
+        """
+        return False
+
     def validate(self, params: dict[str, Any]) -> list[str]:
         """Problems between fields of resolved, well-typed parameters, each naming every field involved and
         what to change. Called where parameters are resolved, so `plan` refuses them before anything runs."""

@@ -39,6 +39,9 @@ class NoopWorkload(Workload):
         OutputColumn("value_sum", "float", description="sum of the unit's `value`"),
     ))
 
+    def combines_batches(self, params: dict[str, Any]) -> bool:
+        return not params["sleep_s"]  # the simulated work is per batch, so such batches run alone
+
     def run(self, batch: "pd.DataFrame", params: dict[str, Any]) -> "pd.DataFrame":
         if params["sleep_s"]:
             time.sleep(float(params["sleep_s"]))

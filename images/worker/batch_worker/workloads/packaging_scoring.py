@@ -180,6 +180,9 @@ class PackagingScoringWorkload(Workload):
     parameters = PARAMETERS
     output = OUTPUT
 
+    def combines_batches(self, params: dict[str, Any]) -> bool:
+        return True  # each product is scored on its own; the models are loaded once per call
+
     def run(self, batch: "pd.DataFrame", params: dict[str, Any]) -> "pd.DataFrame":
         import numpy as np
         import pandas as pd
