@@ -318,12 +318,17 @@ def run_slice_outputs(tmp_path: Path, items: list[dict], name: str, **worklist) 
                   for item in items if (out / item["key"] / DONE_FILE).exists()}
 
 
+def outputs_batch_by_batch(tmp_path: Path, items: list[dict], monkeypatch) -> dict[str, tuple[str, dict]]:
+    with monkeypatch.context() as patch:
+        patch.setattr(type(get_workload("noop")), "combines_batches", lambda self, params: False)
+        code, alone = run_slice_outputs(tmp_path, items, "alone")
+    assert code == 0 and len(alone) == len(items) and all("group" not in marker for _, marker in alone.values())
+    return alone
+
+
 def test_batches_run_together_give_each_batch_the_result_it_gets_alone(tmp_path, monkeypatch, caplog):
     items = make_batches(tmp_path, 12)
-    monkeypatch.setattr(type(get_workload("noop")), "combines_batches", lambda self, params: False)
-    code, alone = run_slice_outputs(tmp_path, items, "alone")
-    assert code == 0 and all("group" not in marker for _, marker in alone.values())
-    monkeypatch.undo()
+    alone = outputs_batch_by_batch(tmp_path, items, monkeypatch)
     monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)  # every group as large as the limits allow
     calls = []
     noop = type(get_workload("noop"))
@@ -338,6 +343,24 @@ def test_batches_run_together_give_each_batch_the_result_it_gets_alone(tmp_path,
     assert [m.get("group") for m in markers] == [None] + [11] * 11
     assert all((m["rows_in"], m["rows_out"], m["units"]) == (2, 2, 2) for m in markers)
     assert "batch 5: 2 rows -> 2 rows in" in caplog.text and "(run with 10 other batch(es))" in caplog.text
+
+
+def test_a_workload_that_reorders_its_input_in_place_still_gets_each_unit_to_its_batch(tmp_path, monkeypatch):
+    items = make_batches(tmp_path, 8)
+    alone = outputs_batch_by_batch(tmp_path, items, monkeypatch)
+    monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+
+    def reorders(self, batch, params):
+        batch.sort_values("unit_id", ascending=False, inplace=True)
+        batch.reset_index(drop=True, inplace=True)
+        return real_run(self, batch, params)
+
+    monkeypatch.setattr(noop, "run", reorders)
+    code, together = run_slice_outputs(tmp_path, items, "together")
+    assert code == 0 and sum("group" in marker for _, marker in together.values()) == 7
+    assert {k: r for k, (r, _) in together.items()} == {k: r for k, (r, _) in alone.items()}
 
 
 def test_a_failure_in_a_group_lands_on_its_own_batch_and_the_others_succeed(tmp_path, monkeypatch, caplog):

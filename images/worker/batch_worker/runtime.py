@@ -300,21 +300,22 @@ class SliceRunner:
         try:
             started = time.perf_counter()
             tables = [read_batch_table(item["uri"]) for item in group]
+            rows = [t.num_rows for t in tables]
             batch = to_frame(pa.concat_tables(tables))
+            units = self._units(batch, rows)  # before the call, which may change `batch` in place
             called = time.perf_counter()
             result = self.workload.run(batch, self.params)
-            self.pace.record(len(batch), time.perf_counter() - called)
+            self.pace.record(sum(rows), time.perf_counter() - called)
             result = self._checked(result, f"batches {first}..{last} (run together)")
-            owner = self._owners(batch, [t.num_rows for t in tables], result)
+            owner = self._owners(units, result)
             table = self._table(result)
             order = np.argsort(owner, kind="stable")
             bounds = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=len(group)))))
-            seconds_per_row = (time.perf_counter() - started) / max(len(batch), 1)
+            seconds_per_row = (time.perf_counter() - started) / max(sum(rows), 1)
             for position, item in enumerate(group):
                 part = table.take(order[bounds[position]:bounds[position + 1]])
-                rows_in = tables[position].num_rows
-                self._write_done(item, table_bytes(part), rows_in, part.num_rows, seconds_per_row * rows_in,
-                                 group=len(group))
+                self._write_done(item, table_bytes(part), rows[position], part.num_rows,
+                                 seconds_per_row * rows[position], group=len(group))
                 written.append("done")
             return written
         except Exception as exc:  # run what is left alone: each failure is then its batch's own
@@ -334,23 +335,26 @@ class SliceRunner:
     def _table(self, result: pd.DataFrame) -> pa.Table:
         return pa.Table.from_pandas(result, schema=self.arrow_schema, preserve_index=False)
 
-    def _owners(self, batch: pd.DataFrame, rows: list[int], result: pd.DataFrame) -> np.ndarray:
-        """For each output row, the position in the group of the batch holding its unit."""
+    def _units(self, batch: pd.DataFrame, rows: list[int]) -> tuple[pd.Index, np.ndarray]:
+        """The group's units (an index of their keys) and, for each, its batch's position in the group."""
         position = np.repeat(np.arange(len(rows)), rows)
-        if len(self.unit_key) == 1:
-            units = pd.Index(batch[self.unit_key[0]])
-            found = pd.Index(result[self.unit_key[0]])
-        else:
-            units = pd.MultiIndex.from_frame(batch[self.unit_key])
-            found = pd.MultiIndex.from_frame(result[self.unit_key])
+        keys = batch[self.unit_key]
+        units = pd.Index(keys.iloc[:, 0]) if len(self.unit_key) == 1 else pd.MultiIndex.from_frame(keys)
         first = ~units.duplicated()
-        if len(batch[self.unit_key].assign(_position=position).drop_duplicates()) != int(first.sum()):
+        if len(keys.assign(_position=position).drop_duplicates()) != int(first.sum()):
             raise GroupNotSplit("a unit is in more than one batch of the group")
-        at = units[first].get_indexer(found)
+        return units[first], position[first]
+
+    def _owners(self, units: tuple[pd.Index, np.ndarray], result: pd.DataFrame) -> np.ndarray:
+        """For each output row, the position in the group of the batch holding its unit."""
+        index, position = units
+        keys = result[self.unit_key]
+        found = pd.Index(keys.iloc[:, 0]) if len(self.unit_key) == 1 else pd.MultiIndex.from_frame(keys)
+        at = index.get_indexer(found)
         if (at < 0).any():
             raise GroupNotSplit(f"{int((at < 0).sum())} output row(s) name no unit of the group by "
                                 f"{', '.join(self.unit_key)}")
-        return position[first][at]
+        return position[at]
 
     def _write_done(self, item: dict[str, Any], result: bytes, rows_in: int, rows_out: int, seconds: float,
                     group: int = 1) -> None:
