@@ -95,6 +95,7 @@ def test_the_pages_pipeline_installs_tries_and_runs_end_to_end_with_no_edit_to_t
                             "--params", '{"alpha": 0.5}'], capture_output=True, text=True, timeout=300)
     assert tried.returncode == 0, tried.stdout + tried.stderr
     assert "forecast" in tried.stdout
+    assert "combines batches: checked: 40 units in two calls give the rows they get in one" in tried.stdout
 
     bag = DagBag(dag_folder=str(doc_package / "dags" / "store_forecast.py"))
     assert not bag.import_errors, bag.import_errors

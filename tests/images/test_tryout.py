@@ -32,6 +32,28 @@ def test_a_good_sample_runs_one_batch_and_prints_its_head_counts_and_timings(tmp
     head = [line.split() for line in out.splitlines() if line.startswith(("0 ", "1 "))]
     assert head == [["0", "007", "2", "3.5"], ["1", "u2", "1", "3.0"]]  # "007" stays text
     assert "timings: read " in out and " run " in out and " check output " in out
+    assert "combines batches: checked: 2 units in two calls give the rows they get in one" in out
+    assert " combine check " in out
+    alone = batch_worker_try("noop", str(noop_sample(tmp_path)), "--params", '{"sleep_s": 0.01}')
+    assert alone.returncode == 0 and "combines batches" not in alone.stdout  # per-batch work: no groups, no check
+
+
+def test_a_workload_that_says_it_combines_batches_but_mixes_its_units_fails_the_try(tmp_path, monkeypatch, capsys):
+    from batch_worker import tryout
+    from batch_worker.workloads import get_workload
+
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+    # every unit's sum shifted by the rows of the whole call: a result that depends on the other units
+    monkeypatch.setattr(noop, "run", lambda self, batch, params: real_run(self, batch, params).assign(
+        value_sum=lambda f: f["value_sum"] + len(batch)))
+    assert tryout.main(["noop", str(noop_sample(tmp_path))]) == runtime.EXIT_ERROR
+    error = capsys.readouterr().err
+    assert "cannot combine batches: workload 'noop' says it combines batches, but its units (the first: [{'unit_id': '007'}" in error
+    assert "return False from combines_batches" in error
+    monkeypatch.setattr(noop, "run", lambda self, batch, params: real_run(self, batch, params).assign(unit_id="x"))
+    assert tryout.main(["noop", str(noop_sample(tmp_path))]) == runtime.EXIT_ERROR
+    assert "output row(s) name no unit of the group by unit_id" in capsys.readouterr().err
 
 
 def test_a_parquet_sample_of_the_pricing_workload_runs(tmp_path):

@@ -220,6 +220,31 @@ class GroupNotSplit(Exception):
     """A group's output cannot be split back into its batches (a row names no unit of the group)."""
 
 
+def _key_index(frame: pd.DataFrame, unit_key: list[str]) -> pd.Index:
+    keys = frame[unit_key]
+    return pd.Index(keys.iloc[:, 0]) if len(unit_key) == 1 else pd.MultiIndex.from_frame(keys)
+
+
+def group_units(batch: pd.DataFrame, unit_key: list[str], rows: list[int]) -> tuple[pd.Index, np.ndarray]:
+    """The units of a group's rows (`batch`: its batches' rows, `rows` of each, one after the other): an
+    index of their keys and, for each unit, the position in the group of the batch holding it."""
+    position = np.repeat(np.arange(len(rows)), rows)
+    units = _key_index(batch, unit_key)
+    first = ~units.duplicated()
+    if len(batch[unit_key].assign(_position=position).drop_duplicates()) != int(first.sum()):
+        raise GroupNotSplit("a unit is in more than one batch of the group")
+    return units[first], position[first]
+
+
+def row_owners(units: tuple[pd.Index, np.ndarray], result: pd.DataFrame, unit_key: list[str]) -> np.ndarray:
+    """For each row of a group's output, the position in the group of the batch holding its unit."""
+    index, position = units
+    at = index.get_indexer(_key_index(result, unit_key))
+    if (at < 0).any():
+        raise GroupNotSplit(f"{int((at < 0).sum())} output row(s) name no unit of the group by {', '.join(unit_key)}")
+    return position[at]
+
+
 class SliceRunner:
     """Runs the batches of one child's slice; what they all share is worked out once, when the child starts.
 
@@ -302,12 +327,12 @@ class SliceRunner:
             tables = [read_batch_table(item["uri"]) for item in group]
             rows = [t.num_rows for t in tables]
             batch = to_frame(pa.concat_tables(tables))
-            units = self._units(batch, rows)  # before the call, which may change `batch` in place
+            units = group_units(batch, self.unit_key, rows)  # before the call: it may change `batch`
             called = time.perf_counter()
             result = self.workload.run(batch, self.params)
             self.pace.record(sum(rows), time.perf_counter() - called)
             result = self._checked(result, f"batches {first}..{last} (run together)")
-            owner = self._owners(units, result)
+            owner = row_owners(units, result, self.unit_key)
             table = self._table(result)
             order = np.argsort(owner, kind="stable")
             bounds = np.concatenate(([0], np.cumsum(np.bincount(owner, minlength=len(group)))))
@@ -334,27 +359,6 @@ class SliceRunner:
 
     def _table(self, result: pd.DataFrame) -> pa.Table:
         return pa.Table.from_pandas(result, schema=self.arrow_schema, preserve_index=False)
-
-    def _units(self, batch: pd.DataFrame, rows: list[int]) -> tuple[pd.Index, np.ndarray]:
-        """The group's units (an index of their keys) and, for each, its batch's position in the group."""
-        position = np.repeat(np.arange(len(rows)), rows)
-        keys = batch[self.unit_key]
-        units = pd.Index(keys.iloc[:, 0]) if len(self.unit_key) == 1 else pd.MultiIndex.from_frame(keys)
-        first = ~units.duplicated()
-        if len(keys.assign(_position=position).drop_duplicates()) != int(first.sum()):
-            raise GroupNotSplit("a unit is in more than one batch of the group")
-        return units[first], position[first]
-
-    def _owners(self, units: tuple[pd.Index, np.ndarray], result: pd.DataFrame) -> np.ndarray:
-        """For each output row, the position in the group of the batch holding its unit."""
-        index, position = units
-        keys = result[self.unit_key]
-        found = pd.Index(keys.iloc[:, 0]) if len(self.unit_key) == 1 else pd.MultiIndex.from_frame(keys)
-        at = index.get_indexer(found)
-        if (at < 0).any():
-            raise GroupNotSplit(f"{int((at < 0).sum())} output row(s) name no unit of the group by "
-                                f"{', '.join(self.unit_key)}")
-        return position[at]
 
     def _write_done(self, item: dict[str, Any], result: bytes, rows_in: int, rows_out: int, seconds: float,
                     group: int = 1) -> None:

@@ -11,7 +11,11 @@
 4. resolves the parameters as `plan` does and runs the workload on the batch (the batch reaches it
    through Parquet, typed as the worker reads it);
 5. checks the output against the declared output schema and prints its head, the counts and the
-   time of each step.
+   time of each step;
+6. when the workload says it combines batches (`Workload.combines_batches`), runs the batch's
+   units again in two calls and checks that each unit gets the same rows as in one call: the
+   worker relies on that to run small batches together. A unit whose rows differ fails the try
+   (exit 1), naming the unit.
 
 Exit codes: 0 ok; 65 the sample or the output is bad; 64 usage or configuration (unknown
 workload or parameter, unreadable --params, no such file).
@@ -198,9 +202,50 @@ def run_try(workload_name: str, input_path: str, params_text: str, max_rows: int
     print(f"output: {len(result)} rows x {len(result.columns)} columns; {declared}")
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(result.head(head).to_string())
+    if workload.combines_batches(params):
+        mark = time.perf_counter()
+        print(f"combines batches: {check_combining(workload, batch, params, result)}")
+        timings["combine check"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
     print("timings: " + ", ".join(f"{step} {seconds:.3f} s" for step, seconds in timings.items()))
     return EXIT_OK
+
+
+class CombiningBroken(Exception):
+    """A workload says it combines batches, but a unit's rows depend on the other units of the call."""
+
+
+def check_combining(workload: Workload, batch: pd.DataFrame, params: dict[str, Any], result: pd.DataFrame) -> str:
+    """Run the batch's units in two calls (the first half of its units, then the rest) and compare each unit's
+    rows with those of the one call (`result`, checked); a line saying what was checked, or CombiningBroken."""
+    from batch_worker.runtime import GroupNotSplit, checked_output, group_units, row_owners
+
+    unit_key = list(workload.schema.unit_key)
+    unit = batch.groupby(unit_key, sort=False, dropna=False).ngroup().to_numpy()
+    units = int(unit.max()) + 1 if len(unit) else 0
+    if units < 2:
+        return "not checked (the batch holds one unit; give a sample of two or more)"
+    halves = [batch[unit < units // 2].reset_index(drop=True), batch[unit >= units // 2].reset_index(drop=True)]
+    try:
+        owner = row_owners(group_units(pd.concat(halves, ignore_index=True), unit_key, [len(h) for h in halves]),
+                           result, unit_key)
+    except GroupNotSplit as exc:
+        raise CombiningBroken(f"workload {workload.name!r} says it combines batches, but {exc}: the worker could not "
+                              "split its output back by unit; return False from combines_batches, or name the "
+                              "unit in every output row") from None
+    for half, rows in enumerate(halves):
+        alone, _ = checked_output(workload, workload.run(rows.copy(), params), f"workload {workload.name!r}")
+        together = result[owner == half].reset_index(drop=True)
+        try:
+            pd.testing.assert_frame_equal(together, alone, check_exact=False, rtol=1e-9, atol=0)
+        except AssertionError as exc:
+            keys = together[unit_key].drop_duplicates().head(3).to_dict("records")
+            raise CombiningBroken(
+                f"workload {workload.name!r} says it combines batches, but its units (the first: {keys}) get other rows when "
+                f"run without the batch's other units ({str(exc).strip().splitlines()[0]}): their results depend "
+                "on the other units of the call, so the worker must not run batches together; return False from "
+                "combines_batches") from None
+    return f"checked: {units} units in two calls give the rows they get in one"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadData as exc:
         print(f"bad data: {exc}", file=sys.stderr)
         return EXIT_BAD_DATA
+    except CombiningBroken as exc:
+        print(f"cannot combine batches: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception:  # the workload's own bug: show where
         traceback.print_exc()
         return EXIT_ERROR
