@@ -408,6 +408,8 @@ def test_the_group_pace_holds_the_rows_the_last_call_got_through(monkeypatch):
     assert len(pace.next_group(pending, 0)) == runtime.GROUP_MAX_BATCHES
     assert len(pace.next_group([{"rows": 40_000}] * 3, 0)) == 1  # 80,000 rows > GROUP_MAX_ROWS
     assert len(pace.next_group([{"rows": 2}, {}, {"rows": 2}], 0)) == 1  # a batch without its rows runs alone
+    assert len(pace.next_group([{"rows": 2}, {"rows": "2"}], 0)) == 1
+    assert len(pace.next_group([{"rows": True}, {"rows": 2}], 0)) == 1
 
 
 def test_a_workload_groups_batches_only_when_it_says_so_and_its_output_names_the_unit(tmp_path, monkeypatch):

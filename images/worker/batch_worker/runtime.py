@@ -207,13 +207,19 @@ class GroupPace:
     def next_group(self, pending: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
         """pending[start], and the batches after it that fit in the pace (each must say its `rows`)."""
         group = [pending[start]]
-        rows = pending[start].get("rows")
+        rows = _rows(pending[start])
         for item in pending[start + 1:start + GROUP_MAX_BATCHES]:
-            if rows is None or item.get("rows") is None or rows + item["rows"] > self.rows:
+            if rows is None or _rows(item) is None or rows + _rows(item) > self.rows:
                 break
             group.append(item)
-            rows += item["rows"]
+            rows += _rows(item)
         return group
+
+
+def _rows(item: dict[str, Any]) -> int | None:
+    """The batch's rows as its worklist item says (None when it does not: such a batch runs alone)."""
+    rows = item.get("rows")
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None
 
 
 class GroupNotSplit(Exception):
