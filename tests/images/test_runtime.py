@@ -423,3 +423,11 @@ def test_a_workload_groups_batches_only_when_it_says_so_and_its_output_names_the
     assert Workload.combines_batches(noop, {}) is False  # the default: batch by batch
     monkeypatch.setattr(type(noop), "output", None)  # no declared output: nothing names the unit
     assert not runtime.SliceRunner(worklist, noop, noop.resolve_params({}), items).grouping
+
+
+def test_a_combines_batches_that_raises_leaves_the_batches_to_run_one_at_a_time(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 4)
+    monkeypatch.setattr(type(get_workload("noop")), "combines_batches", lambda self, params: params["missing"])
+    code, done = run_slice_outputs(tmp_path, items, "out")
+    assert code == 0 and len(done) == 4 and all("group" not in marker for _, marker in done.values())
+    assert "workload noop: combines_batches raised KeyError: 'missing'; its batches run one at a time" in caplog.text

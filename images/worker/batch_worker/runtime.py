@@ -276,12 +276,19 @@ class SliceRunner:
         self.done = {item["key"] for item in items
                      if is_valid_done(markers.get(self.out.join(item["key"], DONE_FILE)), item["key"])}
         self.failed_before = {item["key"] for item in items if self.out.join(item["key"], FAILED_FILE) in markers}
-        unit_key = list(workload.schema.unit_key)
+        self.unit_key = list(workload.schema.unit_key)
         # a group's output is split back by unit, so the output must name each row's unit
-        self.grouping = (workload.output is not None and set(unit_key) <= set(workload.output.names)
-                         and bool(workload.combines_batches(params)))
-        self.unit_key = unit_key
+        self.grouping = (workload.output is not None and set(self.unit_key) <= set(workload.output.names)
+                         and self._combines())
         self.pace = GroupPace()
+
+    def _combines(self) -> bool:
+        try:
+            return bool(self.workload.combines_batches(self.params))
+        except Exception as exc:  # the workload's own bug: its batches still run, one at a time
+            log.warning("workload %s: combines_batches raised %s; its batches run one at a time",
+                        self.workload.name, first_line(exc))
+            return False
 
     def run_slice(self, items: list[dict[str, Any]]) -> Counter:
         """Run every batch of the slice (alone, or in groups when the workload allows it); count the outcomes."""
