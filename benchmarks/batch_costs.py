@@ -124,7 +124,7 @@ def child_costs(workload, worklist_uri: str, profile_top: int = 0,
     wrapped = [(owner, name, _timing(owner, name, totals, step)) for owner, name, step in (
         (type(workload), "run", lambda args: "run"),
         (Location, "read_many", lambda args: "markers"),
-        (runtime, "read_batch_table", lambda args: "read"),
+        (runtime, "read_batch", lambda args: "read"),
         (OutputSchema, "enforce", lambda args: "check"),
         (runtime.SliceRunner, "_table", lambda args: "encode"),
         (runtime, "table_bytes", lambda args: "encode"),

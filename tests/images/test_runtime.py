@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batch_worker import runtime
@@ -352,9 +354,9 @@ def test_a_workload_that_reorders_its_input_in_place_still_gets_each_unit_to_its
     noop = type(get_workload("noop"))
     real_run = noop.run
 
-    def reorders(self, batch, params):
-        batch.sort_values("unit_id", ascending=False, inplace=True)
-        batch.reset_index(drop=True, inplace=True)
+    def reorders(self, batch, params):  # the rows in reverse order, in the frame it was given
+        for column in batch.columns:
+            batch[column] = batch[column].iloc[::-1].to_numpy()
         return real_run(self, batch, params)
 
     monkeypatch.setattr(noop, "run", reorders)
@@ -395,12 +397,56 @@ def test_a_group_whose_output_names_no_unit_of_it_runs_batch_by_batch(tmp_path, 
     assert result["unit_id"].tolist() == ["u4a-x", "u4b-x"]
 
 
+def test_batches_whose_columns_pandas_types_differently_run_one_at_a_time(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 6)
+    # batch 3's seq holds a null: pandas reads it as float there, int elsewhere
+    pq.write_table(pa.table({"unit_id": ["u3a", "u3b"], "seq": pa.array([0, None], pa.int64()), "value": [4.0, 2.0]}),
+                   items[3]["uri"])  # as prep writes it: no pandas metadata
+    assert runtime.read_batch(items[3]["uri"])["seq"].dtype == "float64"
+    alone = outputs_batch_by_batch(tmp_path, items, monkeypatch)
+    monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)
+    seen = []
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+    monkeypatch.setattr(noop, "run", lambda self, batch, params: seen.append(str(batch["seq"].dtype))
+                        or real_run(self, batch, params))
+    caplog.set_level("INFO")
+    code, together = run_slice_outputs(tmp_path, items, "together")
+    assert code == 0 and seen == ["int64", "int64", "int64", "float64", "int64", "int64"]
+    assert "batches 1..5: their columns' types differ; running them one at a time" in caplog.text
+    assert {k: r for k, (r, _) in together.items()} == {k: r for k, (r, _) in alone.items()}
+
+
+def test_a_group_that_fails_where_its_batches_do_not_ends_grouping_for_the_child(tmp_path, monkeypatch, caplog):
+    items = make_batches(tmp_path, 12)
+    monkeypatch.setattr(runtime, "GROUP_TARGET_S", 1e6)
+    monkeypatch.setattr(runtime, "GROUP_MAX_BATCHES", 4)
+    calls = []
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+
+    def fails_together(self, batch, params):  # an output only a call of several batches gets wrong
+        calls.append(len(batch))
+        result = real_run(self, batch, params)
+        return result.assign(rows="many") if len(batch) > 2 else result
+
+    monkeypatch.setattr(noop, "run", fails_together)
+    caplog.set_level("INFO")
+    code, done = run_slice_outputs(tmp_path, items, "out")
+    assert code == 0 and len(done) == 12 and all("group" not in marker for _, marker in done.values())
+    assert calls == [2, 8] + [2] * 11  # one group failed, its batches then succeeded alone: no more groups
+    assert "batches 1..4 together: OutputSchemaError" in caplog.text
+    assert "running the rest of the slice one batch at a time" in caplog.text
+
+
 def test_the_group_pace_holds_the_rows_the_last_call_got_through(monkeypatch):
     pending = [{"rows": 2}] * 3000
     pace = runtime.GroupPace()
     assert len(pace.next_group(pending, 0)) == 1  # no call yet: the first batch runs alone
     pace.record(rows=2, seconds=2 * runtime.GROUP_TARGET_S)  # slow: one row per target
     assert len(pace.next_group(pending, 0)) == 1
+    pace.record(rows=2, seconds=0.9 * runtime.GROUP_TARGET_S)  # a call mostly of fixed cost: twice its rows
+    assert len(pace.next_group(pending, 0)) == 2
     pace.record(rows=2, seconds=runtime.GROUP_TARGET_S / 50)  # 100 rows per target: 50 batches of 2
     assert len(pace.next_group(pending, 10)) == 50
     assert len(pace.next_group(pending, 2990)) == 10  # no further than the slice
@@ -410,6 +456,7 @@ def test_the_group_pace_holds_the_rows_the_last_call_got_through(monkeypatch):
     assert len(pace.next_group([{"rows": 2}, {}, {"rows": 2}], 0)) == 1  # a batch without its rows runs alone
     assert len(pace.next_group([{"rows": 2}, {"rows": "2"}], 0)) == 1
     assert len(pace.next_group([{"rows": True}, {"rows": 2}], 0)) == 1
+    assert len(pace.next_group([{"rows": 2}, {"rows": 0}, {"rows": 2}], 0)) == 1  # an empty batch runs alone
 
 
 def test_a_workload_groups_batches_only_when_it_says_so_and_its_output_names_the_unit(tmp_path, monkeypatch):

@@ -56,6 +56,28 @@ def test_a_workload_that_says_it_combines_batches_but_mixes_its_units_fails_the_
     assert "output row(s) name no unit of the group by unit_id" in capsys.readouterr().err
 
 
+def test_the_combine_check_runs_on_the_sample_as_read_and_as_the_worker_would_group(tmp_path, monkeypatch, capsys):
+    from batch_worker import tryout
+    from batch_worker.workloads import OutputColumn, OutputSchema, get_workload
+
+    noop = type(get_workload("noop"))
+    real_run = noop.run
+
+    def doubles_in_place(self, batch, params):  # changes its input, each unit from its own rows only
+        batch["value"] *= 2
+        return real_run(self, batch, params)
+
+    monkeypatch.setattr(noop, "run", doubles_in_place)
+    assert tryout.main(["noop", str(noop_sample(tmp_path))]) == 0
+    assert "combines batches: checked: 4 units in two calls give the rows they get in one" in capsys.readouterr().out
+    monkeypatch.setattr(noop, "run", real_run)
+    monkeypatch.setattr(noop, "output", OutputSchema((OutputColumn("rows", "int"), OutputColumn("value_sum", "float"))))
+    monkeypatch.setattr(noop, "run", lambda self, batch, params: real_run(self, batch, params)[["rows", "value_sum"]])
+    assert tryout.main(["noop", str(noop_sample(tmp_path))]) == 0
+    assert ("combines batches: no: the worker runs its batches one at a time, because the declared `output` does "
+            "not name every unit-key column (unit_id)") in capsys.readouterr().out
+
+
 def test_a_parquet_sample_of_the_pricing_workload_runs(tmp_path):
     days = pd.date_range("2026-01-01", periods=40, freq="D")
     frame = pd.DataFrame({"segment": "S", "location": "L", "product": "P", "date": days,

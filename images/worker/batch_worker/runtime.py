@@ -18,7 +18,8 @@ into each batch's own result and marker, exactly as if each had run alone. A gro
 the workload got through in about GROUP_TARGET_S on its last call, so a per-call cost (pandas'
 own, a model's load) is paid once per group while a group never holds much more work than that.
 When a group's call fails, or its output cannot be split by unit, its batches run one by one, so
-every failure still lands on its own batch.
+every failure still lands on its own batch; so do batches whose columns pandas types differently
+(an int column with a null in one of them), so that each sees the types it would alone.
 
 Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.json`):
 
@@ -145,22 +146,15 @@ def resolve(worklist: dict[str, Any]) -> tuple[Workload, dict[str, Any]]:
 THREADED_READ_ROWS = 50_000
 
 
-def read_batch_table(uri: str) -> pa.Table:
-    """One batch file as an Arrow table. A batch is one Parquet file: read as such, without the dataset
-    discovery `pd.read_parquet` does first. From S3 the object comes in one GET, not a HEAD and ranged reads."""
+def read_batch(uri: str) -> pd.DataFrame:
+    """One batch file as a table. A batch is one Parquet file: read as such, without the dataset discovery
+    `pd.read_parquet` does first, to the same frame. From S3 the object comes in one GET, not a HEAD and
+    ranged reads."""
     location = Location.parse(uri)
     source = location.uri if not location.remote else pa.BufferReader(location.read_bytes())
     parquet = pq.ParquetFile(source, pre_buffer=False)
-    return parquet.read(use_threads=parquet.metadata.num_rows >= THREADED_READ_ROWS)
-
-
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas(use_threads=table.num_rows >= THREADED_READ_ROWS)
-
-
-def read_batch(uri: str) -> pd.DataFrame:
-    """One batch file as a table: the frame `pd.read_parquet` gives."""
-    return to_frame(read_batch_table(uri))
+    threads = parquet.metadata.num_rows >= THREADED_READ_ROWS
+    return parquet.read(use_threads=threads).to_pandas(use_threads=threads)
 
 
 def table_bytes(table: pa.Table) -> bytes:
@@ -194,7 +188,9 @@ GROUP_MAX_BATCHES = 1000
 
 
 class GroupPace:
-    """How many rows the next group may hold: what the workload's last call got through in GROUP_TARGET_S.
+    """How many rows the next group may hold: what the workload's last call got through in GROUP_TARGET_S,
+    and at least twice the last call's rows while calls take less than that (so a call whose cost is
+    mostly fixed, a model's load, still grows into groups).
 
     Before any call it is 0, so the slice's first batch runs alone and measures the pace."""
 
@@ -202,7 +198,10 @@ class GroupPace:
         self.rows = 0
 
     def record(self, rows: int, seconds: float) -> None:
-        self.rows = min(GROUP_MAX_ROWS, int(rows * GROUP_TARGET_S / max(seconds, 1e-4)))
+        paced = int(rows * GROUP_TARGET_S / max(seconds, 1e-4))
+        if seconds < GROUP_TARGET_S:  # a call's fixed cost does not grow with its rows: at least double
+            paced = max(paced, 2 * rows)
+        self.rows = min(GROUP_MAX_ROWS, paced)
 
     def next_group(self, pending: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
         """pending[start], and the batches after it that fit in the pace (each must say its `rows`)."""
@@ -217,9 +216,16 @@ class GroupPace:
 
 
 def _rows(item: dict[str, Any]) -> int | None:
-    """The batch's rows as its worklist item says (None when it does not: such a batch runs alone)."""
+    """The batch's rows as its worklist item says (None when it does not, or says none: such a batch runs alone,
+    so that the workload sees it as it would otherwise)."""
     rows = item.get("rows")
-    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
+
+
+def output_names_unit(workload: Workload) -> bool:
+    """Whether the workload's declared output names every unit-key column: a group's output is split back
+    into its batches by them, so without them its batches run one at a time."""
+    return workload.output is not None and set(workload.schema.unit_key) <= set(workload.output.names)
 
 
 class GroupNotSplit(Exception):
@@ -277,9 +283,7 @@ class SliceRunner:
                      if is_valid_done(markers.get(self.out.join(item["key"], DONE_FILE)), item["key"])}
         self.failed_before = {item["key"] for item in items if self.out.join(item["key"], FAILED_FILE) in markers}
         self.unit_key = list(workload.schema.unit_key)
-        # a group's output is split back by unit, so the output must name each row's unit
-        self.grouping = (workload.output is not None and set(self.unit_key) <= set(workload.output.names)
-                         and self._combines())
+        self.grouping = output_names_unit(workload) and self._combines()
         self.pace = GroupPace()
 
     def _combines(self) -> bool:
@@ -337,9 +341,14 @@ class SliceRunner:
         written: list[str] = []
         try:
             started = time.perf_counter()
-            tables = [read_batch_table(item["uri"]) for item in group]
-            rows = [t.num_rows for t in tables]
-            batch = to_frame(pa.concat_tables(tables))
+            frames = [read_batch(item["uri"]) for item in group]
+            if any(not frame.dtypes.equals(frames[0].dtypes) for frame in frames[1:]):
+                # pandas types a column by its values (an int column with a null is float): each batch is
+                # to see the types it would alone
+                log.info("batches %s..%s: their columns' types differ; running them one at a time", first, last)
+                return [self.run_batch(item)[0] for item in group]
+            rows = [len(frame) for frame in frames]
+            batch = pd.concat(frames, ignore_index=True)
             units = group_units(batch, self.unit_key, rows)  # before the call: it may change `batch`
             called = time.perf_counter()
             result = self.workload.run(batch, self.params)
@@ -358,9 +367,12 @@ class SliceRunner:
             return written
         except Exception as exc:  # run what is left alone: each failure is then its batch's own
             log.warning("batches %s..%s together: %s; running them one at a time", first, last, first_line(exc))
-            if isinstance(exc, GroupNotSplit):
+            alone = [self.run_batch(item)[0] for item in group[len(written):]]
+            if isinstance(exc, GroupNotSplit) or all(outcome == "done" for outcome in alone):
+                # the failure was the group's, not a batch's: the next groups would fail the same way
+                log.warning("running the rest of the slice one batch at a time")
                 self.grouping = False
-            return written + [self.run_batch(item)[0] for item in group[len(written):]]
+            return written + alone
 
     def _checked(self, result: Any, where: str) -> pd.DataFrame:
         workload = self.workload

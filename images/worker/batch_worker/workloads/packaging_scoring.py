@@ -181,7 +181,7 @@ class PackagingScoringWorkload(Workload):
     output = OUTPUT
 
     def combines_batches(self, params: dict[str, Any]) -> bool:
-        return True  # each product is scored on its own; the models are loaded once per call
+        return True  # each product is scored on its own, whatever else the call holds
 
     def run(self, batch: "pd.DataFrame", params: dict[str, Any]) -> "pd.DataFrame":
         import numpy as np
