@@ -313,15 +313,16 @@ class SliceRunner:
                 outcomes.update(self.run_group(group))
         return outcomes
 
-    def run_batch(self, item: dict[str, Any]) -> tuple[str, str | None]:
-        """Run one batch; return (outcome, error) with outcome done | cached | bad_data | transient | error."""
+    def run_batch(self, item: dict[str, Any], batch: pd.DataFrame | None = None) -> tuple[str, str | None]:
+        """Run one batch (`batch`: its rows when already read); return (outcome, error) with outcome
+        done | cached | bad_data | transient | error."""
         key = item["key"]
         if key in self.done:
             return "cached", None
         workload = self.workload
         started = time.perf_counter()
         try:
-            batch = read_batch(item["uri"])
+            batch = read_batch(item["uri"]) if batch is None else batch
             called = time.perf_counter()
             result = workload.run(batch, self.params)
             self.pace.record(len(batch), time.perf_counter() - called)
@@ -346,7 +347,7 @@ class SliceRunner:
                 # pandas types a column by its values (an int column with a null is float): each batch is
                 # to see the types it would alone
                 log.info("batches %s..%s: their columns' types differ; running them one at a time", first, last)
-                return [self.run_batch(item)[0] for item in group]
+                return [self.run_batch(item, frame)[0] for item, frame in zip(group, frames)]
             rows = [len(frame) for frame in frames]
             batch = pd.concat(frames, ignore_index=True)
             units = group_units(batch, self.unit_key, rows)  # before the call: it may change `batch`
