@@ -167,11 +167,18 @@ def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes
     return table_bytes(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
-def checked_output(workload: Workload, result: pd.DataFrame, where: str) -> tuple[pd.DataFrame, pa.Schema | None]:
-    """The result held to the workload's declared output (OutputSchemaError otherwise) and its Arrow schema."""
-    if workload.output is None:
-        return result, None
-    return workload.output.enforce(result, where), workload.output.arrow_schema()
+def checked_frame(workload: Workload, result: Any, where: str) -> pd.DataFrame:
+    """The workload's result: a DataFrame (TypeError otherwise) held to its declared output (OutputSchemaError
+    otherwise, naming `where`)."""
+    if not isinstance(result, pd.DataFrame):
+        raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
+    return result if workload.output is None else workload.output.enforce(result, where)
+
+
+def checked_output(workload: Workload, result: Any, where: str) -> tuple[pd.DataFrame, pa.Schema | None]:
+    """`checked_frame`, and the declared output's Arrow schema (None without one)."""
+    schema = workload.output.arrow_schema() if workload.output is not None else None
+    return checked_frame(workload, result, where), schema
 
 
 def job_identity() -> dict[str, str]:
@@ -326,7 +333,7 @@ class SliceRunner:
             called = time.perf_counter()
             result = workload.run(batch, self.params)
             self.pace.record(len(batch), time.perf_counter() - called)
-            result = self._checked(result, f"batch {item['batch_id']}")
+            result = checked_frame(workload, result, f"workload {workload.name!r} batch {item['batch_id']}")
             self._write_done(item, table_bytes(self._table(result)), len(batch), len(result),
                              time.perf_counter() - started)
             return "done", None
@@ -354,7 +361,8 @@ class SliceRunner:
             called = time.perf_counter()
             result = self.workload.run(batch, self.params)
             self.pace.record(sum(rows), time.perf_counter() - called)
-            result = self._checked(result, f"batches {first}..{last} (run together)")
+            result = checked_frame(self.workload, result,
+                                   f"workload {self.workload.name!r} batches {first}..{last} (run together)")
             owner = row_owners(units, result, self.unit_key)
             table = self._table(result)
             order = np.argsort(owner, kind="stable")
@@ -374,14 +382,6 @@ class SliceRunner:
                 log.warning("running the rest of the slice one batch at a time")
                 self.grouping = False
             return written + alone
-
-    def _checked(self, result: Any, where: str) -> pd.DataFrame:
-        workload = self.workload
-        if not isinstance(result, pd.DataFrame):
-            raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
-        if workload.output is not None:
-            result = workload.output.enforce(result, f"workload {workload.name!r} {where}")
-        return result
 
     def _table(self, result: pd.DataFrame) -> pa.Table:
         return pa.Table.from_pandas(result, schema=self.arrow_schema, preserve_index=False)
