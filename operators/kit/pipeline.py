@@ -129,6 +129,37 @@ class DataSource:
         return None
 
 
+def run_interval(timetable, run_after, data_interval_start=None, data_interval_end=None) -> tuple[Any, Any]:
+    """The (start, end) of the data a run covers.
+
+    A run with a logical date (scheduled, backfilled, triggered with one, `airflow dags test DAG DATE`) has its
+    data interval: that one. A run without a logical date has none: Airflow 3 creates such runs for
+    `"logical_date": null` through the REST API (what the official client sends), for asset events and for
+    `dag.test(logical_date=None)`, and leaves `logical_date`, `data_interval_start/end`, `ds` and `ts` out of
+    their tasks' context. Such a run covers the interval Airflow infers for a manual run at its `run_after`
+    (`timetable.infer_manual_data_interval`, what the REST API does for a run triggered with a logical date):
+    for a cron or weekly schedule the last complete interval, ending at or before `run_after`; for a DAG
+    without a schedule, or scheduled by assets only, the instant `run_after`.
+    """
+    if data_interval_end is not None:
+        return data_interval_start if data_interval_start is not None else data_interval_end, data_interval_end
+    if run_after is None:
+        raise ValueError("the run has neither a data interval nor a run_after: no window can be given to it")
+    import pendulum
+
+    run_after = pendulum.instance(run_after)
+    if timetable is not None:
+        from airflow.serialization.encoders import coerce_to_core_timetable
+
+        try:
+            inferred = coerce_to_core_timetable(timetable).infer_manual_data_interval(run_after=run_after)
+        except NotImplementedError:  # a custom timetable that infers nothing: the instant it runs
+            pass
+        else:
+            return inferred.start, inferred.end
+    return run_after, run_after
+
+
 class LookbackWindow(DataSource):
     """A source whose runs read the `lookback_days` days before the end of their data interval."""
 
@@ -138,7 +169,9 @@ class LookbackWindow(DataSource):
     def params(self) -> dict[str, Param]:
         return {"lookback_days": Param(self.lookback_days, type="integer", minimum=self.minimum, maximum=self.maximum,
                                        description="the run reads the days [end - lookback_days, end) of its input, "
-                                                   "where end is the end of its data interval")}
+                                                   "where end is the end of its data interval (a run without a "
+                                                   "logical date: of the interval its schedule gives its "
+                                                   "run_after)")}
 
     def window(self, params: dict[str, Any], data_interval_end) -> tuple[str, str]:
         end = data_interval_end.date()
@@ -320,7 +353,8 @@ class UnitPipeline:
     def lineage(self, prepared: dict, fanout: dict, params: dict[str, Any], run_id: str, logical_date) -> dict:
         import os
 
-        return {"dag_id": self.dag_id, "run_id": run_id, "logical_date": str(logical_date),
+        return {"dag_id": self.dag_id, "run_id": run_id,
+                "logical_date": str(logical_date) if logical_date is not None else None,
                 "window": prepared["window"], "input_uri": prepared["input_uri"], "workload": self.workload_name,
                 "workload_version": self.workload.version,
                 "workload_params": self.workload.resolve_params(self.workload_params(params)),
@@ -390,14 +424,19 @@ class UnitPipeline:
         kwargs = {**self.dag_kwargs, "doc_md": (self.dag_kwargs.get("doc_md") or "") + params_doc(self.params)}
         with DAG(self.dag_id, params=self.params, default_args=default_args, **kwargs) as dag:
 
+            # Every stage that needs the run's dates takes them from `interval_end`: a run without a logical date
+            # has no data_interval_* in its context (see `run_interval`).
             @stage()
-            def dataset(params=None, dag_run=None, run_id=None, data_interval_end=None) -> dict:
+            def dataset(params=None, dag=None, dag_run=None, run_id=None, data_interval_start=None,
+                        data_interval_end=None) -> dict:
                 return pipeline.dataset(params, dag_run.conf if dag_run else None, run_id,
-                                        data_interval_end or getattr(dag_run, "run_after", None))
+                                        interval_end(dag, dag_run, data_interval_start, data_interval_end))
 
             @stage()
-            def prepare(source: dict, params=None, dag=None, run_id=None, data_interval_end=None) -> dict:
-                return pipeline.prepare(source, params, run_id, data_interval_end)
+            def prepare(source: dict, params=None, dag=None, dag_run=None, run_id=None, data_interval_start=None,
+                        data_interval_end=None) -> dict:
+                return pipeline.prepare(source, params, run_id,
+                                        interval_end(dag, dag_run, data_interval_start, data_interval_end))
 
             @stage()
             def plan(prepared: dict, params=None) -> list[dict]:
@@ -415,10 +454,10 @@ class UnitPipeline:
                 return dag
 
             @stage()
-            def evaluate(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None, dag_run=None,
-                         data_interval_end=None) -> dict:
+            def evaluate(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None, dag=None,
+                         dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
                 return pipeline.evaluate(fanout, prepared, params, run_id, logical_date,
-                                         data_interval_end or dag_run.run_after)
+                                         interval_end(dag, dag_run, data_interval_start, data_interval_end))
 
             @task.branch
             def gate(evaluation: dict) -> str:
@@ -461,6 +500,12 @@ class UnitPipeline:
             return pipeline.notify(prepared, fanout, evaluation, decision, published, ti.dag_id, ti.run_id)
 
         return notify(prepared, fanout, evaluated, decision)
+
+
+def interval_end(dag, dag_run, data_interval_start, data_interval_end):
+    """The end of the run's data interval, inferred from its DAG's schedule and run_after when it has none."""
+    return run_interval(getattr(dag, "timetable", None), getattr(dag_run, "run_after", None), data_interval_start,
+                        data_interval_end)[1]
 
 
 def params_doc(params: dict[str, Param]) -> str:

@@ -229,3 +229,22 @@ def test_the_default_synthetic_dataset_ends_where_the_run_interval_ends(airflow_
     [prepared] = xcom(run, "prepare")
     assert prepared["window"] == ["2026-10-19", "2026-11-16"] and prepared["rows_ok"] > 5000
     assert prepared["input_stats"]["last_date"] == "2026-11-15"
+
+
+def test_a_run_without_a_logical_date_reads_the_week_its_run_after_ends(airflow_db, local_aws, data_root):
+    """What `POST /api/v2/dags/{dag_id}/dagRuns` creates for `"logical_date": null` (the official client's
+    default): a run with no logical date and no data interval, whose tasks' context has no data_interval_end,
+    logical_date, ds or ts. It covers the last complete week before its run_after, as a manual run would."""
+    wednesday = MONDAY.add(days=2, hours=9, minutes=30)
+    run = load_dag("pricing_optimization").test(run_conf={**SMALL, **ALWAYS_APPROVE, "dataset_start_date": None},
+                                                logical_date=None, run_after=wednesday)
+    assert run.logical_date is None and run.data_interval_end is None and run.run_after == wednesday
+    assert run.state == DagRunState.SUCCESS
+    [prepared] = xcom(run, "prepare")
+    assert prepared["window"] == ["2026-01-19", "2026-02-16"] and prepared["rows_ok"] > 0
+    # the synthetic data ends where the inferred interval ends, as for a scheduled run of that week
+    assert prepared["input_stats"]["last_date"] == "2026-02-15"
+    [version] = registry_versions(data_root)
+    assert version["version"].startswith("2026-02-16T00") and version["status"] == "Approved"
+    assert version["lineage"]["window"] == ["2026-01-19", "2026-02-16"] and version["lineage"]["logical_date"] is None
+    assert current_version(data_root) == version["version"]

@@ -8,8 +8,8 @@ import pytest
 from airflow.sdk import Asset, Param
 
 from operators.kit.evaluation import Evaluator, Limit
-from operators.kit.pipeline import (DataSource, LookbackWindow, PublishTarget, UnitPipeline, shown_location,
-                                    unit_pipeline)
+from operators.kit.pipeline import (DataSource, LookbackWindow, PublishTarget, UnitPipeline, run_interval,
+                                    shown_location, unit_pipeline, weekly_intervals)
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 FULL = ["dataset", "prepare", "plan", "run_shard", "collect", "evaluate", "gate", "ask_reviewer", "auto_decision",
@@ -182,3 +182,90 @@ def test_weekly_intervals_run_monday_to_monday_one_at_a_time_and_refuse_another_
                                               pendulum.datetime(2026, 2, 16, tz="UTC"))
     with pytest.raises(ValueError, match="2026-01-06"):
         weekly_intervals("2026-01-06")
+
+
+def utc(*args) -> pendulum.DateTime:
+    return pendulum.datetime(*args, tz="UTC")
+
+
+def test_a_run_with_a_data_interval_keeps_it_whatever_its_run_after():
+    weekly = weekly_intervals("2026-01-05")["schedule"]
+    assert run_interval(weekly, utc(2026, 3, 4), utc(2026, 2, 9), utc(2026, 2, 16)) == (utc(2026, 2, 9),
+                                                                                        utc(2026, 2, 16))
+
+
+@pytest.mark.parametrize("run_after, start, end", [
+    (utc(2026, 2, 18, 9, 30), utc(2026, 2, 9), utc(2026, 2, 16)),  # mid-week: the last complete week
+    (utc(2026, 2, 16), utc(2026, 2, 9), utc(2026, 2, 16)),  # on the boundary: the week ending then
+    (utc(2026, 2, 15, 23, 59), utc(2026, 2, 2), utc(2026, 2, 9)),
+])
+def test_a_run_without_a_logical_date_covers_the_weekly_interval_its_run_after_ends(run_after, start, end):
+    weekly = weekly_intervals("2026-01-05")["schedule"]
+    assert run_interval(weekly, run_after, None, None) == (start, end)
+    window = LookbackWindow(lookback_days=28).window({"lookback_days": 28}, run_interval(weekly, run_after)[1])
+    assert window == ((end - pendulum.duration(days=28)).date().isoformat(), end.date().isoformat())
+
+
+def test_a_run_without_a_logical_date_of_an_unscheduled_or_asset_or_time_dag():
+    unscheduled = build(schedule=None)
+    run_after = utc(2026, 2, 18, 9, 30)
+    assert run_interval(unscheduled.timetable, run_after) == (run_after, run_after)
+    window = LookbackWindow(lookback_days=7).window({"lookback_days": 7}, run_interval(unscheduled.timetable,
+                                                                                      run_after)[1])
+    assert window == ("2026-02-11", "2026-02-18")  # ends at run_after's date
+    # the inference DAGs' Airflow-3 SDK timetable (cron or an asset event): the cron's last complete day
+    from operators.pipelines.packaging.inference import asset_or_time
+
+    daily = asset_or_time("daily", "2026-01-01")["schedule"]
+    assert run_interval(daily, run_after) == (utc(2026, 2, 17), utc(2026, 2, 18))
+    assert run_interval(None, run_after) == (run_after, run_after)  # no DAG at hand: the instant it runs
+    with pytest.raises(ValueError, match="neither a data interval nor a run_after"):
+        run_interval(daily, None)
+
+
+class RecordingSource(LookbackWindow):
+    def __init__(self, seen: list):
+        super().__init__(lookback_days=28)
+        self.seen = seen
+
+    def resolve(self, params, run_root, data_interval_end) -> str:
+        self.seen.append(("resolve", data_interval_end))
+        return "/data/in.csv"
+
+
+class Run:
+    """The `dag_run` of a task's context, as Airflow 3 gives a run triggered with `"logical_date": null`."""
+    conf: dict = {}
+    run_after = utc(2026, 2, 18, 9, 30)
+
+
+def test_the_stages_of_a_run_without_a_logical_date_get_the_end_of_its_inferred_interval(monkeypatch):
+    """Airflow leaves data_interval_start/end, logical_date, ds and ts out of such a run's context."""
+    from operators.kit import prep
+
+    seen: list = []
+    pipeline = UnitPipeline("probe", workload="noop", evaluator=TinyEvaluator(), model="probe",
+                            source=RecordingSource(seen), **weekly_intervals("2026-01-05"), doc_md="d", tags=["t"])
+    dag = pipeline.build()
+    monkeypatch.setattr(pipeline, "run_root", lambda run_id: f"/runs/{run_id}")
+    monkeypatch.setattr(pipeline, "check_run", lambda params, conf: {})
+
+    def prepare_configured(uri, schema, out, bucket_count, *, window, **kwargs):
+        seen.append(("prepare", window))
+        raise prep.EmptyWindow("stop here")
+
+    monkeypatch.setattr(prep, "prepare_configured", prepare_configured)
+    context = {"params": dag.params.dump(), "dag": dag, "dag_run": Run(), "run_id": "manual__2026-02-18T09:30"}
+    source = dag.get_task("dataset").python_callable(**context)
+    with pytest.raises(prep.EmptyWindow):
+        dag.get_task("prepare").python_callable(source, **context)
+    assert seen == [("resolve", utc(2026, 2, 16)), ("prepare", ("2026-01-19", "2026-02-16"))]
+
+    evaluated = []
+    monkeypatch.setattr(pipeline, "evaluate", lambda *args: evaluated.append(args))
+    dag.get_task("evaluate").python_callable({}, {}, **context)
+    [(_, _, _, run_id, logical_date, end)] = evaluated
+    assert logical_date is None and end == utc(2026, 2, 16)
+    lineage = pipeline.lineage({"window": ["2026-01-19", "2026-02-16"], "input_uri": "/data/in.csv",
+                                "manifest_uri": "m"}, {"job_ids": []}, dag.params.dump(), run_id, logical_date)
+    assert lineage["logical_date"] is None  # not the text "None"
