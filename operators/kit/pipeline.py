@@ -534,8 +534,9 @@ def weekly_intervals(first_monday: str, *, catchup: bool = False) -> dict[str, A
     start = pendulum.parse(first_monday, tz="UTC")
     if start.day_of_week != pendulum.MONDAY or start.time() != pendulum.time(0):
         raise ValueError(f"weekly_intervals: {first_monday!r} is not a Monday at 00:00 UTC")
+    # Paused until someone turns the schedule on: a new stack runs nobody's catch-up by surprise.
     return {"schedule": CronDataIntervalTimetable("0 0 * * 1", timezone="UTC"), "start_date": start,
-            "catchup": catchup, "max_active_runs": 1}
+            "catchup": catchup, "max_active_runs": 1, "is_paused_upon_creation": True}
 
 
 def unit_pipeline(dag_id: str, **options: Any) -> DAG:

@@ -245,7 +245,8 @@ def asset_or_time(scope: str, start_date: str) -> dict[str, Any]:
 
     return {"schedule": AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(CRONS[scope], timezone="UTC"),
                                             assets=CURRENT_MODELS),
-            "start_date": pendulum.parse(start_date, tz="UTC"), "catchup": False, "max_active_runs": 1}
+            "start_date": pendulum.parse(start_date, tz="UTC"), "catchup": False, "max_active_runs": 1,
+            "is_paused_upon_creation": True}  # paused until someone turns the schedule on
 
 
 def inference_pipeline(dag_id: str, *, scope: str, start_date: str = "2026-01-01", **options: Any) -> DAG:
