@@ -25,7 +25,9 @@ def local_env(repo: Path = REPO) -> dict[str, str]:
         if not line.strip() or line.startswith("#"):
             continue
         key, _, value = line.partition("=")
-        env[key] = value.replace("${REPO}", str(repo))
+        value = value.replace("${REPO}", str(repo))
+        # as scripts/env.sh: a value may name LOCALAWS_PORT, given in the environment or above it in the file
+        env[key] = value.replace("${LOCALAWS_PORT}", os.environ.get("LOCALAWS_PORT") or env.get("LOCALAWS_PORT", ""))
     return env
 
 

@@ -24,11 +24,14 @@ stop_progress() {
   wait "$PROGRESS_PID" 2>/dev/null || true
   PROGRESS_PID=""
 }
+STARTED_DB=""
 cleanup() {
   [[ -n "$MIGRATE_PID" ]] && { kill -TERM "$MIGRATE_PID" 2>/dev/null; wait "$MIGRATE_PID" 2>/dev/null; MIGRATE_PID=""; }
   stop_progress
   [[ -n "$DAG_RUN_PID" ]] && stop_sessions "$RUN_GRACE_SECONDS" "$DAG_RUN_PID"
   stop_endpoint
+  [[ -n "$STARTED_DB" ]] && python -m localdb stop >/dev/null
+  return 0
 }
 interrupted() {
   trap - INT TERM
@@ -41,24 +44,29 @@ trap cleanup EXIT
 trap 'interrupted 130' INT
 trap 'interrupted 143' TERM
 
-# The SQLite DB's schema revision and this Airflow's release; empty for another database or no DB yet.
+# The DB's schema revision and this Airflow's release; empty when there is no migrated DB yet.
 db_revision() {
   python - <<'PY'
-import importlib.metadata, os, sqlite3
+import importlib.metadata, os
+import sqlalchemy
 url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
-path = url.removeprefix("sqlite:///")
-if url.startswith("sqlite:///") and os.path.isfile(path):
+if not url.startswith("sqlite:///") or os.path.isfile(url.removeprefix("sqlite:///")):
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            revision = db.execute("SELECT version_num FROM alembic_version").fetchone()
-    except sqlite3.Error:
+        with sqlalchemy.create_engine(url).connect() as db:
+            revision = db.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+    except sqlalchemy.exc.SQLAlchemyError:
         revision = None
     if revision:
-        print(f"{importlib.metadata.version('apache-airflow')} {revision[0]} {path}")
+        print(f"{importlib.metadata.version('apache-airflow')} {revision} {url}")
 PY
 }
 
 start=$(date +%s)
+# The local metadata DB (localdb/): started here unless make up runs it; stopped again at the end if so.
+if [[ "$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" == "$(python -m localdb url)" ]] && ! python -m localdb status >/dev/null; then
+  python -m localdb start >/dev/null || exit 1
+  STARTED_DB=1
+fi
 # `airflow db migrate` takes seconds even when there is nothing to do: skipped when the DB is at the
 # revision this Airflow release left it at last time; otherwise it runs while the endpoint starts.
 MIGRATED_STAMP="$AIRFLOW_HOME/migrated.stamp"

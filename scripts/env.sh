@@ -7,9 +7,17 @@ while IFS= read -r line || [[ -n "$line" ]]; do
   key="${line%%=*}"
   value="${line#*=}"
   if [[ -z "${!key+x}" ]]; then
-    export "$key=${value//\$\{REPO\}/$REPO}"
+    value="${value//\$\{REPO\}/$REPO}"
+    # Values may name a setting above them (the endpoint's URL follows LOCALAWS_PORT alone).
+    export "$key=${value//\$\{LOCALAWS_PORT\}/$LOCALAWS_PORT}"
   fi
 done < "$REPO/config/local.env"
+
+# The metadata DB: the PostgreSQL of this AIRFLOW_HOME on its private socket (localdb/), unless given.
+if [[ -z "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-}" ]]; then
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$(PYTHONPATH="$REPO" python3 -m localdb --home "$AIRFLOW_HOME" url)"
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
+fi
 
 # Every URL of the local stack follows [api] host and port: tasks reach the api-server at the
 # execution API URL, which Airflow would otherwise leave at localhost:8080 whatever the port.
