@@ -12,9 +12,13 @@ device's peak) and a log-scale bar chart, stores both under
 `DATA_ROOT/gpu_benchmark/<run>/`, and notifies. Where no CUDA device is visible, the GPU rows say
 "no CUDA device"; no number is made up.
 
-**Params**: `small` (shrink every case for a quick pass), `cases` (ids; empty: all), `repeats`.
+**Params**: `small` (shrink every case for a quick pass; on by default on the local endpoint, whose
+"GPU" queue is this machine's CPU too and the full suite holds it for over half an hour), `cases`
+(ids; empty: all), `repeats`.
 """
 from __future__ import annotations
+
+import os
 
 import pendulum
 
@@ -34,7 +38,7 @@ from operators.kit.pipeline import stage
     tags=["gpu", "benchmark", "batch"],
     default_args={"on_failure_callback": FailureNotifier()},
     params={
-        "small": Param(False, type="boolean", description="matmul n/10, images side/16: a quick pass"),
+        "small": Param(os.environ.get("BATCH_ENV_TYPE") == "UNMANAGED", type="boolean", description="matmul n/10, images side/16: a quick pass"),
         "cases": Param([], type="array", items={"type": "string"}, description="case ids; empty: every case"),
         "repeats": Param(3, type="integer", minimum=1, maximum=20,
                          description="steady-state calls timed per case (their median is reported; the first call apart)"),

@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# make up: the local AWS endpoint plus Airflow's api-server, scheduler, dag-processor and triggerer
-# (LocalExecutor, SQLite); the web UI at $AIRFLOW__API__BASE_URL. Ctrl-C or SIGTERM stops all of it.
+# make up: the local metadata DB (PostgreSQL, localdb/), the local AWS endpoint, and Airflow's
+# api-server, scheduler, dag-processor and triggerer (LocalExecutor); the web UI at
+# $AIRFLOW__API__BASE_URL. Ctrl-C or SIGTERM (to this script, its process group or its shell) stops
+# all of it within STOP_GRACE_SECONDS and a few more.
 #
 # Each component runs in a session of its own, recorded in $AIRFLOW_HOME/stack.pids with the pid
 # of this script: stopping a session reaches the LocalExecutor workers and the task processes too,
 # and a later `make up` finds what an earlier one left behind.
 set -euo pipefail
-source "$REPO/scripts/localaws.sh"
-source "$REPO/scripts/sessions.sh"
 API="${AIRFLOW__API__BASE_URL%/}"
 STACK_FILE="$AIRFLOW_HOME/stack.pids"
-COMPONENT_LOGS="$AIRFLOW_HOME/logs/up"
-STOP_GRACE_SECONDS=30
+# Each start's logs in a folder of their own (a crash's logs survive the restart); `latest` names the newest.
+LOG_ROOT="$AIRFLOW_HOME/logs/up"
+COMPONENT_LOGS="$LOG_ROOT/$(date -u +%Y%m%dT%H%M%SZ)-$$"
+KEEP_LOG_FOLDERS=10
+export ENDPOINT_LOG="$COMPONENT_LOGS/localaws.log"
+source "$REPO/scripts/localaws.sh"
+source "$REPO/scripts/sessions.sh"
+# Airflow's components get SIGTERM first, SIGKILL after this: the whole stop stays within 30 s.
+STOP_GRACE_SECONDS=20
 READY_TIMEOUT_SECONDS=360
+# The watchdog: the health endpoint is read every WATCH_SECONDS; a component found unhealthy
+# STALE_CHECKS times in a row while its process lives is restarted, at most MAX_RESTARTS times.
+WATCH_SECONDS="${UP_WATCH_SECONDS:-10}"
+STALE_CHECKS="${UP_STALE_CHECKS:-3}"
+MAX_RESTARTS="${UP_MAX_RESTARTS:-3}"
 # The log servers of the scheduler and the triggerer listen on every interface, with no setting to
 # change that; the api-server reads task logs from $AIRFLOW_HOME/logs on this machine, so they stay off.
 declare -A COMMANDS=(
@@ -36,7 +48,7 @@ owner_of_this_home() {  # owner_of_this_home PID: a make up started with this AI
 
 component_of_this_home() {  # component_of_this_home PID: writes to this home's component logs
   # (Airflow's processes rename themselves with setproctitle, which overwrites their environment.)
-  [[ "$(readlink "/proc/$1/fd/1" 2>/dev/null)" == "$COMPONENT_LOGS/"* ]]
+  [[ "$(readlink "/proc/$1/fd/1" 2>/dev/null)" == "$LOG_ROOT/"* ]]
 }
 
 stop_previous_stack() {
@@ -62,12 +74,14 @@ port_in_use() {
 }
 
 cleanup() {
-  trap - INT TERM
+  # A second signal, or a terminal that went away, must not cut the stop short.
+  trap '' INT TERM HUP PIPE
   if (( ${#SESSIONS[@]} )); then
-    echo "stopping Airflow (${!SESSIONS[*]})"
+    echo "stopping Airflow (${!SESSIONS[*]})" 2>/dev/null || true
     stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[@]}"
   fi
-  stop_endpoint
+  stop_endpoint || true
+  python -m localdb stop >/dev/null 2>&1 || true
   [[ -f "$STACK_FILE" ]] && awk -v me="$$" '$1 == "owner" && $2 == me { found = 1 } END { exit !found }' "$STACK_FILE" \
     && rm -f "$STACK_FILE"
   return 0
@@ -75,6 +89,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 # Which components are not healthy yet: /api/v2/monitor/health as JSON, each component "healthy"
 # with a heartbeat from after $1 (a component of a stack stopped a moment ago still looks alive).
@@ -100,28 +115,63 @@ for name in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
 print(" ".join(waiting))' "$1" <<<"$health"
 }
 
+# The execution API answers a real request (the first one builds its versioned routes, which took
+# over half a minute under load): only then may the scheduler hand it tasks.
+execution_api_answers() {
+  curl -fsS --max-time 60 -o /dev/null "$API/execution/health/ping" 2>/dev/null
+}
+
+start_component() {  # start_component NAME: in a session of its own, recorded in the stack file
+  local name=$1
+  # shellcheck disable=SC2086  # the command is words by design
+  start_session "$COMPONENT_LOGS/$name.log" ${COMMANDS[$name]}
+  SESSIONS[$name]=$SESSION_PID
+  echo "$name $SESSION_PID" >>"$STACK_FILE"
+}
+
+restart_component() {  # restart_component NAME WHY
+  local name=$1 why=$2
+  RESTARTS[$name]=$(( ${RESTARTS[$name]:-0} + 1 ))
+  if (( RESTARTS[$name] > MAX_RESTARTS )); then
+    fail "Airflow's $name $why, again after $MAX_RESTARTS restarts: stopping the stack (log: $COMPONENT_LOGS/$name.log)"
+  fi
+  echo "make up: Airflow's $name $why: restarting it ($(( RESTARTS[$name] )) of $MAX_RESTARTS; log: $COMPONENT_LOGS/$name.log)" >&2
+  stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[$name]}"
+  start_component "$name"
+}
+
 stop_previous_stack
 port_in_use && fail "port $AIRFLOW__API__PORT on ${AIRFLOW__API__HOST:-127.0.0.1} is in use by another program: stop it, or run
 AIRFLOW__API__PORT=<a free port> make up"
 command -v airflow >/dev/null || fail "airflow is not on PATH: run make up, which activates .venv"
+check_endpoint_port || exit 1
 
 mkdir -p "$COMPONENT_LOGS"
+ln -sfn "$(basename "$COMPONENT_LOGS")" "$LOG_ROOT/latest"
+# Older starts' logs beyond the last KEEP_LOG_FOLDERS go.
+ls -1d "$LOG_ROOT"/*Z-* 2>/dev/null | sort | head -n "-$KEEP_LOG_FOLDERS" | xargs -r rm -rf
+echo "owner $$" >"$STACK_FILE"
+python -m localdb start --log "$COMPONENT_LOGS/postgres.log" || fail "the local database did not start (log: $COMPONENT_LOGS/postgres.log)"
 airflow db migrate >"$COMPONENT_LOGS/migrate.log" 2>&1 || { cat "$COMPONENT_LOGS/migrate.log" >&2; fail "airflow db migrate failed"; }
 start_endpoint
 python -m operators.kit.provisioning apply
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
-echo "owner $$" >"$STACK_FILE"
-for name in api-server scheduler dag-processor triggerer; do
-  # shellcheck disable=SC2086  # the command is words by design
-  start_session "$COMPONENT_LOGS/$name.log" ${COMMANDS[$name]}
-  SESSIONS[$name]=$SESSION_PID
-  echo "$name $SESSION_PID" >>"$STACK_FILE"
-done
+declare -A RESTARTS=()
+start_component api-server
+start_component dag-processor
 echo "waiting for Airflow at $API (logs: $COMPONENT_LOGS/)"
+deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
+until execution_api_answers; do
+  alive "${SESSIONS[api-server]}" || { tail -n 40 "$COMPONENT_LOGS/api-server.log" >&2
+    fail "Airflow's api-server exited while starting (its log, above: $COMPONENT_LOGS/api-server.log)"; }
+  (( SECONDS < deadline )) || fail "the execution API did not answer within $READY_TIMEOUT_SECONDS s (log: $COMPONENT_LOGS/api-server.log)"
+  sleep 1
+done
+start_component scheduler
+start_component triggerer
 
 # A run queued before every component answers fails its first task, so report ready only then.
-deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
 while :; do
   for name in "${!SESSIONS[@]}"; do
     alive "${SESSIONS[$name]}" || { tail -n 40 "$COMPONENT_LOGS/$name.log" >&2
@@ -135,10 +185,29 @@ done
 echo "Airflow is ready at $API"
 echo "user: admin, password: in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 
-# Running until Ctrl-C or SIGTERM; a component that stops on its own takes the stack down with it.
-status=0
-wait -n "${SESSIONS[@]}" || status=$?
-for name in "${!SESSIONS[@]}"; do
-  alive "${SESSIONS[$name]}" || fail "Airflow's $name exited ($status): see $COMPONENT_LOGS/$name.log; stopping the rest"
+# Running until Ctrl-C or SIGTERM. A component that exits takes the stack down with it; one whose
+# heartbeat goes stale while its process lives (or an api-server that stops answering) is restarted.
+declare -A STALE=()
+while :; do
+  sleep "$WATCH_SECONDS" &
+  wait "$!" || true
+  for name in "${!SESSIONS[@]}"; do
+    alive "${SESSIONS[$name]}" || fail "Airflow's $name exited: see $COMPONENT_LOGS/$name.log; stopping the rest"
+  done
+  waiting=" $(unhealthy_components "$(date -u -d "-60 seconds" +%Y-%m-%dT%H:%M:%S+00:00)") "
+  for name in api-server scheduler triggerer dag-processor; do
+    if [[ "$waiting" == *" $name "* ]]; then STALE[$name]=$(( ${STALE[$name]:-0} + 1 )); else STALE[$name]=0; fi
+  done
+  if (( STALE[api-server] >= STALE_CHECKS )); then
+    restart_component api-server "has not answered for $(( STALE_CHECKS * WATCH_SECONDS )) s while its process lives"
+    STALE=()
+    continue
+  fi
+  (( STALE[api-server] )) && continue  # the others' health is read through it
+  for name in scheduler triggerer dag-processor; do
+    if (( STALE[$name] >= STALE_CHECKS )); then
+      restart_component "$name" "has no fresh heartbeat (health: unhealthy $(( STALE_CHECKS * WATCH_SECONDS )) s) while its process lives"
+      STALE[$name]=0
+    fi
+  done
 done
-exit "$status"
