@@ -22,7 +22,8 @@ stop_sessions() {
   local sid pids deadline=$((SECONDS + grace))
   for sid in "$@"; do
     pids=$(session_members "$sid")
-    [[ -n "$pids" ]] && kill -TERM $pids 2>/dev/null
+    # SIGCONT after it: a stopped process (SIGSTOP, a debugger gone) handles the SIGTERM too.
+    [[ -n "$pids" ]] && { kill -TERM $pids 2>/dev/null; kill -CONT $pids 2>/dev/null; }
   done
   while (( SECONDS < deadline )); do
     pids=""
