@@ -20,6 +20,11 @@ source "$REPO/scripts/sessions.sh"
 # Airflow's components get SIGTERM first, SIGKILL after this: the whole stop stays within 30 s.
 STOP_GRACE_SECONDS=20
 READY_TIMEOUT_SECONDS=360
+# A task killed by a stop or a restart of the stack (its process gone with the scheduler that ran it)
+# runs again rather than failing its run: one retry for tasks that set none, ten seconds later (a
+# shard's retry resumes the Batch job it submitted). `airflow dags test` (make demo, the tests) keeps none.
+export AIRFLOW__CORE__DEFAULT_TASK_RETRIES="${AIRFLOW__CORE__DEFAULT_TASK_RETRIES:-1}"
+export AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="${AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY:-10}"
 # The watchdog: the health endpoint is read every WATCH_SECONDS; a component found unhealthy
 # STALE_CHECKS times in a row while its process lives is restarted, at most MAX_RESTARTS times.
 WATCH_SECONDS="${UP_WATCH_SECONDS:-10}"
@@ -185,14 +190,15 @@ done
 echo "Airflow is ready at $API"
 echo "user: admin, password: in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 
-# Running until Ctrl-C or SIGTERM. A component that exits takes the stack down with it; one whose
-# heartbeat goes stale while its process lives (or an api-server that stops answering) is restarted.
+# Running until Ctrl-C or SIGTERM. A component that exits (killed, crashed), or whose heartbeat goes
+# stale while its process lives (or an api-server that stops answering), is named and restarted; one
+# that needs more than MAX_RESTARTS restarts takes the stack down with it.
 declare -A STALE=()
 while :; do
   sleep "$WATCH_SECONDS" &
   wait "$!" || true
   for name in "${!SESSIONS[@]}"; do
-    alive "${SESSIONS[$name]}" || fail "Airflow's $name exited: see $COMPONENT_LOGS/$name.log; stopping the rest"
+    alive "${SESSIONS[$name]}" || restart_component "$name" "exited (see $COMPONENT_LOGS/$name.log)"
   done
   waiting=" $(unhealthy_components "$(date -u -d "-60 seconds" +%Y-%m-%dT%H:%M:%S+00:00)") "
   for name in api-server scheduler triggerer dag-processor; do
