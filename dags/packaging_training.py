@@ -18,7 +18,10 @@
    Parquet file) go to `DATA_ROOT/published/packaging/current/` with an event on the Asset
    `packaging_models` carrying the version; a rejected one leaves the current model in place.
 
-Backfill: `airflow backfill create --dag-id packaging_training --from-date A --to-date B`.
+Backfill: `airflow backfill create --dag-id packaging_training --from-date A --to-date B`, with
+`--dag-run-conf '{...}'` for run params; the DAG starts paused, and its backfill runs wait until it is
+unpaused. The UI's Backfill dialog sends its params form only when "Override parameters on existing
+runs" is ticked: without it every run uses the defaults (docs/architecture.md, "Backfills").
 """
 from __future__ import annotations
 

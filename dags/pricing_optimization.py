@@ -18,7 +18,10 @@
    `DATA_ROOT/published/pricing/current/` and the Asset `pricing_current_prices` is updated;
    notify sends the summary. A failed task notifies with its first error and its failed units.
 
-Backfill: `airflow backfill create --dag-id pricing_optimization --from-date A --to-date B`.
+Backfill: `airflow backfill create --dag-id pricing_optimization --from-date A --to-date B`, with
+`--dag-run-conf '{...}'` for run params; the DAG starts paused, and its backfill runs wait until it is
+unpaused. The UI's Backfill dialog sends its params form only when "Override parameters on existing
+runs" is ticked: without it every run uses the defaults (docs/architecture.md, "Backfills").
 """
 from __future__ import annotations
 
