@@ -2,9 +2,7 @@
 they left running: every process whose command line or environment names that private folder."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,20 +21,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def script_environment(root: Path, migrated_db: Path | None = None, **overrides: str) -> dict[str, str]:
-    """The environment `make` would give a script, with everything local under `root`."""
+def script_environment(root: Path, **overrides: str) -> dict[str, str]:
+    """The environment `make` would give a script, with everything local under `root`: the metadata DB is the
+    home's own PostgreSQL (scripts/env.sh), and LOCALAWS_PORT alone moves the endpoint and its connection."""
     env = {key: value for key, value in os.environ.items()
            if key not in local_env() and key not in TEST_ONLY_SETTINGS and not key.startswith("AIRFLOW_")}
     home, data = root / "airflow", root / "data"
     home.mkdir(parents=True, exist_ok=True)
-    if migrated_db is not None:
-        shutil.copy(migrated_db, home / "airflow.db")
-    port = free_port()
-    conn = json.loads(local_env()["AIRFLOW_CONN_AWS_DEFAULT"])
-    conn["extra"]["endpoint_url"] = f"http://127.0.0.1:{port}"
-    env.update(AIRFLOW_HOME=str(home), DATA_ROOT=str(data), LOCALAWS_PORT=str(port),
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
-               AIRFLOW_CONN_AWS_DEFAULT=json.dumps(conn))
+    env.update(AIRFLOW_HOME=str(home), DATA_ROOT=str(data), LOCALAWS_PORT=str(free_port()))
     env.update(overrides)
     return env
 

@@ -45,9 +45,9 @@ def progress_before_summary(output: str, dag_id: str) -> tuple[list[str], dict]:
     return progress, json.loads(summary_json)
 
 
-def test_the_demo_prints_progress_with_tasks_and_batch_counts_before_its_summary(tmp_path, airflow_db):
+def test_the_demo_prints_progress_with_tasks_and_batch_counts_before_its_summary(tmp_path):
     marker = str(tmp_path)
-    env = script_environment(tmp_path, migrated_db=airflow_db, DEMO_DAG="units_of_work", DEMO_DATE="",
+    env = script_environment(tmp_path, DEMO_DAG="units_of_work", DEMO_DATE="",
                              DEMO_CONF=SMALL_RUN, DEMO_PROGRESS_SECONDS="1")
     try:
         progress, summary = progress_before_summary(demo_output(env, tmp_path / "first.out"), "units_of_work")
@@ -70,9 +70,9 @@ def test_the_demo_prints_progress_with_tasks_and_batch_counts_before_its_summary
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_interrupting_the_demo_stops_the_run_its_batch_job_and_the_endpoint(how, tmp_path, airflow_db):
+def test_interrupting_the_demo_stops_the_run_its_batch_job_and_the_endpoint(how, tmp_path):
     marker = str(tmp_path)
-    env = script_environment(tmp_path, migrated_db=airflow_db, DEMO_DAG="units_of_work", DEMO_DATE="",
+    env = script_environment(tmp_path, DEMO_DAG="units_of_work", DEMO_DATE="",
                              DEMO_CONF=SLOW_RUN)
     log = tmp_path / "demo.out"
     # `make demo` runs this recipe; the terminal's Ctrl-C reaches the whole group, `kill` the script alone.

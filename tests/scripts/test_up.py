@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import stat
 import subprocess
 import time
@@ -24,14 +23,12 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 @pytest.fixture
-def stack(tmp_path, airflow_db):
+def stack(tmp_path):
     """Start scripts/up.sh (several times if asked) in a private home on free ports; kill what is left after."""
     marker = str(tmp_path)
     # Only the DAG a test unpauses runs (the scheduler would start every scheduled DAG otherwise).
-    env = script_environment(tmp_path, migrated_db=airflow_db, AIRFLOW__API__PORT=str(free_port()),
+    env = script_environment(tmp_path, AIRFLOW__API__PORT=str(free_port()),
                              AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True")
-    with contextlib.closing(sqlite3.connect(tmp_path / "airflow" / "airflow.db")) as db, db:
-        db.execute("UPDATE dag SET is_paused = 1")
     started: list[subprocess.Popen] = []
 
     def up(name: str = "up", extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
@@ -116,8 +113,12 @@ def test_up_on_another_port_runs_tasks_listens_on_loopback_only_and_stops_as_a_w
     # Local state is private to the user.
     for folder in (stack.home, Path(stack.env["DATA_ROOT"])):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
-    for private in ("simple_auth_manager_passwords.json.generated", "airflow.db", "airflow.cfg"):
+    for private in ("simple_auth_manager_passwords.json.generated", "airflow.cfg", "postgres", "postgres/data"):
         assert stat.S_IMODE((stack.home / private).stat().st_mode) & 0o077 == 0, private
+    # The metadata DB is the home's PostgreSQL, on a unix socket only: no TCP listener of its own.
+    assert not (stack.home / "airflow.db").exists()
+    postgres = [pid for pid, cmd in processes_naming(stack.marker).items() if "postgres -D" in cmd]
+    assert postgres and not set(postgres) & set(listening_sockets()), postgres
 
     # A second `make up` for the same home refuses and leaves the first one alone.
     again, again_log = stack("again")
@@ -160,3 +161,60 @@ def test_up_names_the_component_that_died_while_starting_and_stops_the_rest(stac
     assert "Airflow's triggerer exited while starting" in tail(log)
     assert "Airflow is ready" not in tail(log)
     wait_until_gone(stack.marker, 60)
+
+
+def test_up_restarts_a_component_whose_heartbeat_stops_and_a_restart_keeps_the_db_and_each_start_its_logs(stack):
+    # A scheduler that hangs while its process lives (here: SIGSTOP) is named and restarted.
+    watch = {"UP_WATCH_SECONDS": "2", "UP_STALE_CHECKS": "3",
+             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "15"}
+    first, first_log = stack("first", watch)
+    wait_ready(first, first_log)
+    # ready means the execution API answers a task's request at once
+    port = stack.env["AIRFLOW__API__PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health/ping", timeout=30) as response:
+        assert response.status == 200
+    unpaused = airflow_cli(stack.env, "dags", "unpause", "batch_smoke")
+    deadline = time.monotonic() + 300
+    while unpaused.returncode != 0 and time.monotonic() < deadline:  # registered a little after start
+        time.sleep(3)
+        unpaused = airflow_cli(stack.env, "dags", "unpause", "batch_smoke")
+    assert unpaused.returncode == 0, unpaused.stderr[-2000:]
+
+    hung = stack_sessions(stack.home)["scheduler"]
+    os.kill(hung, signal.SIGSTOP)
+    wait_for(lambda: "Airflow's scheduler has no fresh heartbeat" in tail(first_log), 300,
+             "the watchdog naming the hung scheduler", first, first_log)
+    wait_for(lambda: stack_sessions(stack.home)["scheduler"] != hung, 120, "a new scheduler", first, first_log)
+    assert hung not in processes_naming(stack.marker)
+    assert first.poll() is None, tail(first_log)
+
+    # SIGTERM to make up's process group (what `timeout` or a supervisor sends) stops everything in 30 s.
+    os.killpg(first.pid, signal.SIGTERM)
+    assert first.wait(timeout=60) != 0
+    wait_until_gone(stack.marker, 30)
+
+    second, second_log = stack("second")
+    wait_ready(second, second_log)
+    listed = airflow_cli(stack.env, "dags", "list", "-o", "json")
+    dags = {dag["dag_id"]: dag for dag in json.loads(listed.stdout.strip().splitlines()[-1])}
+    assert str(dags["batch_smoke"]["is_paused"]).lower() == "false", dags["batch_smoke"]  # the DB was kept
+
+    # Each start keeps its own component logs; `latest` is the newest.
+    logs = stack.home / "logs" / "up"
+    starts = sorted(folder for folder in logs.iterdir() if folder.is_dir() and not folder.is_symlink())
+    assert len(starts) == 2 and (logs / "latest").resolve() == starts[1].resolve(), starts
+    assert "has no fresh heartbeat" not in (starts[1] / "scheduler.log").read_text()
+    assert (starts[0] / "scheduler.log").stat().st_size > 0
+    os.killpg(second.pid, signal.SIGINT)
+    assert second.wait(timeout=60) != 0
+    wait_until_gone(stack.marker, 30)
+
+
+def test_up_refuses_a_connection_that_names_another_local_endpoint_naming_the_variable(stack):
+    proc, log = stack(extra={"AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+        {"conn_type": "aws", "extra": {"region_name": "us-east-1", "endpoint_url": "http://127.0.0.1:4566"}})})
+    assert proc.wait(timeout=120) != 0
+    message = tail(log)
+    assert "names a local endpoint on port 4566" in message and f"LOCALAWS_PORT={stack.env['LOCALAWS_PORT']}" in message
+    assert "Airflow is ready" not in message
+    wait_until_gone(stack.marker, 30)
