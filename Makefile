@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ENV := source scripts/env.sh
 
-.PHONY: venv demo up test test-ui provision rehearsal clean
+.PHONY: venv demo up test test-ui provision rehearsal soak clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ provision: $(STAMP)
 ## deferrable waits; runs both DAGs through the REST API, checks them, stops everything (README).
 rehearsal: $(STAMP)
 	$(ENV) && exec scripts/rehearsal.sh
+
+## make up on free ports under load at once: 20 triggered runs, REST and CLI backfills, a cleared failed
+## shard, a killed triggerer, a stack restart mid-run; checks every run and Batch job, prints its figures
+## (scripts/soak.py; about a quarter of an hour here). SOAK_ARGS="--runs 5 --idle-seconds 30" for a short one.
+soak: $(STAMP)
+	$(ENV) && python scripts/soak.py $(SOAK_ARGS)
 
 # tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
