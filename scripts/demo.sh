@@ -93,6 +93,7 @@ submitted=$(date +%s)
 # every DAG before the one that dag.test() itself does.
 dag_file=()
 [[ -f "$REPO/dags/$DEMO_DAG.py" ]] && dag_file=(--bundle-name dags-folder --dagfile-path "$REPO/dags/$DEMO_DAG.py")
+: >"$log"  # this run's log alone: the progress follower reads it
 start_session "$log" airflow dags test "$DEMO_DAG" ${DEMO_DATE:+"$DEMO_DATE"} --conf "$DEMO_CONF" "${dag_file[@]}"
 DAG_RUN_PID=$SESSION_PID
 # Progress from the run's log, task instances and done-markers; once the run has ended, a last line

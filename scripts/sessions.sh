@@ -2,10 +2,11 @@
 # Airflow's task supervisor moves each task into its own process group, so a process group does not
 # hold a component's tasks; the session does (a process cannot leave it without setsid).
 
-# start_session LOG COMMAND...: start COMMAND in a new session with stdout/stderr to LOG; sets SESSION_PID.
+# start_session LOG COMMAND...: start COMMAND in a new session with stdout/stderr appended to LOG (a
+# restarted component keeps its crashed predecessor's log); sets SESSION_PID.
 start_session() {
   local log=$1; shift
-  setsid "$@" >"$log" 2>&1 </dev/null &
+  setsid "$@" >>"$log" 2>&1 </dev/null &
   SESSION_PID=$!
 }
 

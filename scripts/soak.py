@@ -108,9 +108,9 @@ class Stack:
     def processes(self) -> dict[int, str]:
         """pid -> command of every live process started for this stack (by its home in the command line,
         environment or log files)."""
-        found, needle = {}, str(self.root).encode()
+        found, needle, mine = {}, str(self.root).encode(), own_ancestry()
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            if not proc.name.isdigit() or int(proc.name) in mine:
                 continue
             try:
                 cmdline = (proc / "cmdline").read_bytes()
@@ -142,8 +142,8 @@ class Stack:
 
         client = Credentials.load(str(self.home / "localaws-credentials.json")).client
         return boto3.client("batch", endpoint_url=f"http://127.0.0.1:{self.env['LOCALAWS_PORT']}",
-                            region_name="us-east-1", aws_access_key_id=client["access_key_id"],
-                            aws_secret_access_key=client["secret_access_key"])
+                            region_name="us-east-1", aws_access_key_id=client.access_key_id,
+                            aws_secret_access_key=client.secret_access_key)
 
     def kill(self) -> None:
         for pid in self.processes():
@@ -151,6 +151,18 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def own_ancestry() -> set[int]:
+    """This process and those it runs under (`make soak ... --root DIR` names the folder too)."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return pids
 
 
 def tree_cpu_seconds(pids) -> float:
@@ -247,7 +259,8 @@ def soak(args: argparse.Namespace) -> dict:
         shard = wait_for(f"{slow}'s shard to submit its Batch job",
                          lambda: [ti for ti in shard_tis(api, "units_of_work", slow) if ti["state"] == "running"],
                          600, interval=1)[0]
-        job_ids = wait_for(f"{slow}'s running Batch job", lambda: running_parent_jobs(batch, "units_of_work"), 300,
+        job_ids = wait_for(f"{slow}'s running Batch job", lambda: running_parent_jobs(batch, "units_of_work", slow, shard["map_index"]),
+                           300,
                            interval=0.5)
         for job_id in job_ids:
             batch.terminate_job(jobId=job_id, reason="soak: a shard that fails")
@@ -362,12 +375,15 @@ def soak(args: argparse.Namespace) -> dict:
         stack.kill()
 
 
-def running_parent_jobs(batch, dag_id: str) -> list[str]:
+def running_parent_jobs(batch, dag_id: str, run_id: str, shard: int) -> list[str]:
+    """The jobs of a run's shard not ended yet (a job names its run only through its worklist's folder)."""
     found = []
     for queue in ("airbatch-cpu", "airbatch-cpu-ondemand"):
-        for status in ("RUNNABLE", "STARTING", "RUNNING", "PENDING", "SUBMITTED"):
-            for job in batch.list_jobs(jobQueue=queue, jobStatus=status)["jobSummaryList"]:
-                if job["jobName"].startswith(f"{dag_id}-run_shard") and ":" not in job["jobId"]:
+        for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"):
+            ids = [job["jobId"] for job in batch.list_jobs(jobQueue=queue, jobStatus=status)["jobSummaryList"]
+                   if job["jobName"] == f"{dag_id}-run_shard-shard{shard}" and ":" not in job["jobId"]]
+            for job in batch.describe_jobs(jobs=ids)["jobs"] if ids else []:
+                if f"/{run_id}/" in (job.get("parameters") or {}).get("worklist", ""):
                     found.append(job["jobId"])
     return found
 
@@ -389,7 +405,7 @@ def _shard_state(api: Api, run_id: str, map_index: int, batch) -> bool:
         if ti["map_index"] == map_index:
             if ti["state"] == "failed":
                 return True
-            for job_id in running_parent_jobs(batch, "units_of_work"):
+            for job_id in running_parent_jobs(batch, "units_of_work", run_id, map_index):
                 batch.terminate_job(jobId=job_id, reason="soak: a shard that fails")
     return False
 
