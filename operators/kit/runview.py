@@ -25,6 +25,7 @@ from urllib.parse import quote
 #: Where the plugin's FastAPI app is mounted in the api-server.
 URL_PREFIX = "/airbatch"
 SHARD_TASK = "run_shard"
+PLAN_TASK = "plan"
 COLLECT_TASKS = ("collect", "summary")
 EVALUATE_TASK = "evaluate"
 DEAD_LETTER_FILE = "dead_letter.parquet"
@@ -61,6 +62,8 @@ def note_text(counts: dict[str, int], cost: dict[str, Any] | None = None) -> str
     if counts.get("units_dead_lettered"):
         units = counts["units_dead_lettered"]
         text += f" ({units:,} unit{'' if units == 1 else 's'})"
+    if counts.get("not_finished"):
+        text += f", {counts['not_finished']:,} not finished (their shard has no result)"
     if cost:
         from operators.kit.cost import money
 
@@ -105,9 +108,24 @@ def note_for_run(session, dag_id: str, run_id: str) -> str | None:
         if isinstance(value, dict) and value.get("note"):
             return value["note"]
     completed, failed = shard_summaries(session, dag_id, run_id)
-    if not completed and not failed:
+    planned = planned_batches(session, dag_id, run_id)
+    if not completed and not failed and not planned:
         return None
-    return note_text(batch_counts(list(completed.values()), list(failed.values())))
+    counts = batch_counts(list(completed.values()), list(failed.values()))
+    # A shard with no summary (its task was killed, or never ran) still holds its batches: a note that left
+    # them out would report a part of the run as the whole of it.
+    counts["not_finished"] = sum(size for index, size in planned.items() if index not in completed and index not in failed)
+    counts["batches"] += counts["not_finished"]
+    return note_text(counts)
+
+
+def planned_batches(session, dag_id: str, run_id: str) -> dict[int, int]:
+    """{shard index: batch count} from the run's plan step (empty when it did not run)."""
+    for _, _, value in xcoms(session, dag_id, run_id, (PLAN_TASK,)):
+        if isinstance(value, list):
+            return {int(item["shard"]["index"]): int(item["shard"]["stop"]) - int(item["shard"]["start"])
+                    for item in value if isinstance(item, dict) and isinstance(item.get("shard"), dict)}
+    return {}
 
 
 def set_run_note(dag_run, session) -> str | None:

@@ -87,3 +87,22 @@ def test_the_page_escapes_what_the_run_recorded():
     page = runview.render_page(data, {"total": 0, "page": 1, "pages": 1, "columns": [], "rows": []})
     assert "<script>x" not in page and "<img src=x" not in page and "<b>boom" not in page
     assert "&lt;b&gt;boom&lt;/b&gt;" in page
+
+
+def test_the_note_of_a_run_whose_shard_left_no_summary_counts_that_shards_batches_as_not_finished(monkeypatch):
+    # After a restart killed a shard's task, only the other shard had a summary: the note said "10 batches:
+    # 10 done" of a run of 20.
+    plan = [{"shard": {"index": 0, "start": 0, "stop": 10}}, {"shard": {"index": 1, "start": 10, "stop": 20}}]
+    records = {("plan", "return_value"): [("plan", -1, plan)],
+               ("run_shard", "return_value"): [("run_shard", 0, {"batches": 10, "succeeded": 10, "cached": 0,
+                                                                 "failed": 0})],
+               ("run_shard", "summary"): [], ("collect", "return_value"): [], ("summary", "return_value"): []}
+
+    def xcoms(session, dag_id, run_id, task_ids, key="return_value"):
+        return [row for task_id in task_ids for row in records.get((task_id, key), [])]
+
+    monkeypatch.setattr(runview, "xcoms", xcoms)
+    assert runview.note_for_run(None, "units_of_work", "r") == \
+        "20 batches: 10 done, 0 cached, 0 failed, 0 dead-lettered, 10 not finished (their shard has no result)"
+    records[("run_shard", "summary")] = [("run_shard", 1, {"batches": 10, "succeeded": 4, "cached": 0, "failed": 6})]
+    assert runview.note_for_run(None, "units_of_work", "r") == "20 batches: 14 done, 0 cached, 6 failed, 0 dead-lettered"
