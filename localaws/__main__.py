@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from localaws.credentials import CREDENTIALS_FILE_NAME, Credentials, CredentialsFileError
-from localaws.server import LocalAWS, NonLoopbackAddress, connection, pid_alive, wait_until_ready
+from localaws.server import (DEFAULT_START_SECONDS, START_SECONDS_ENV, LocalAWS, NonLoopbackAddress, connection,
+                             pid_alive, start_seconds_setting, wait_until_ready)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -21,11 +22,13 @@ def serve(args: argparse.Namespace) -> int:
               "clients to read", file=sys.stderr)
         return 2
     try:
+        start_seconds = start_seconds_setting(os.environ.get(START_SECONDS_ENV) if args.start_seconds is None
+                                              else args.start_seconds)
         credentials = Credentials.load_or_create(args.credentials)
         vcpus = None if args.no_provision else int(os.environ.get("BATCH_LOCAL_VCPUS") or os.cpu_count() or 1)
         endpoint = LocalAWS(host=args.host, port=args.port, region=args.region, credentials=credentials,
-                            provision_vcpus=vcpus)
-    except (NonLoopbackAddress, CredentialsFileError) as exc:
+                            provision_vcpus=vcpus, start_seconds=start_seconds)
+    except (NonLoopbackAddress, CredentialsFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -38,8 +41,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.pidfile:
         Path(args.pidfile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    print(f"local AWS endpoint ready at {endpoint.url} (Batch jobs run as local processes); "
-          f"its credentials: {args.credentials}", flush=True)
+    print(f"local AWS endpoint ready at {endpoint.url} (Batch jobs run as local processes, "
+          f"{endpoint.start_seconds:g} s from submit to RUNNING); its credentials: {args.credentials}", flush=True)
     try:
         while not stop.wait(1.0):
             if args.exit_with_parent and not pid_alive(args.exit_with_parent):
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                               "generated and written there (default: $AIRFLOW_HOME/localaws-credentials.json)")
     p_serve.add_argument("--no-provision", action="store_true",
                          help="do not apply config/batch_resources.json at start")
+    p_serve.add_argument("--start-seconds", metavar="SECONDS",
+                         help="a Batch job's time from SubmitJob to RUNNING when capacity is free, spread over "
+                              "SUBMITTED, PENDING, RUNNABLE and STARTING; 0: at once (default: "
+                              f"${START_SECONDS_ENV}, else {DEFAULT_START_SECONDS:g})")
     p_serve.add_argument("--pidfile")
     p_serve.add_argument("--exit-with-parent", type=int, default=0, metavar="PID",
                          help="stop when this process is gone")

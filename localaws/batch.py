@@ -5,11 +5,16 @@ moto 5.2.5 runs a Batch job in Docker (no engine here) or, in `batch_simple` mod
 `moto.batch.models.Job`, so the swap takes effect for every submit) and hands each job to one
 `Dispatcher` that behaves like a Batch scheduler on one host:
 
-* statuses SUBMITTED -> PENDING -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED;
-* capacity: a job leaves RUNNABLE only while its compute environment has free vCPUs
-  (`unmanagedvCpus` or `computeResources.maxvCpus`, default: this machine's cores);
-* array jobs: children run, the parent aggregates them (`arrayProperties.statusSummary`) and ends
-  FAILED if any child failed, SUCCEEDED when all succeeded;
+* statuses SUBMITTED -> PENDING -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED | FAILED, with a
+  start latency (`start_seconds`, `LOCALAWS_BATCH_START_SECONDS`) spread over the stages before
+  RUNNING, as a warm compute environment takes on AWS (0: as fast as the dispatcher goes);
+* capacity: a job takes its vCPUs when it leaves RUNNABLE, only while its compute environment has
+  them free (`unmanagedvCpus` or `computeResources.maxvCpus`, default: this machine's cores);
+* array jobs: children are spawned PENDING and run; the parent goes PENDING once they do and stays
+  PENDING while they run (`arrayProperties.statusSummary`), then ends FAILED if any child failed,
+  SUCCEEDED when all succeeded;
+* ListJobs as AWS answers it: RUNNING jobs unless `jobStatus` or `filters` say otherwise, a queue's
+  array parents but not their children (`arrayJobId` lists those), filters, pages;
 * `retryStrategy` with `evaluateOnExit` (job definition or submit_job), every attempt recorded;
 * `timeout.attemptDurationSeconds`; terminate/cancel reach array children; the whole process
   group is killed;
@@ -32,8 +37,10 @@ The job definition's `image` is not used: the command runs with this Python envi
 """
 from __future__ import annotations
 
+import base64
 import copy
 import fnmatch
+import json
 import logging
 import os
 import signal
@@ -60,6 +67,14 @@ LOST_HOST_REASON = "Host EC2 (instance i-0localhost) terminated."
 DEPENDENCY_FAILED_REASON = "Dependent Job failed"
 TERMINATION_GRACE_SECONDS = 2.0
 ENDED = ("SUCCEEDED", "FAILED")
+STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+
+#: How the start latency (Dispatcher.start_seconds: LOCALAWS_BATCH_START_SECONDS, read by localaws.server)
+#: is spread over the stages before RUNNING, so that a poller sees each:
+#: the scheduler takes the job in (SUBMITTED), checks its dependencies (PENDING), places it (RUNNABLE,
+#: and then for as long as its compute environment has no free vCPUs), the container starts (STARTING).
+#: An array child is spawned PENDING: it spends the SUBMITTED share there too.
+STAGE_SHARES = {"SUBMITTED": 0.2, "PENDING": 0.2, "RUNNABLE": 0.2, "STARTING": 0.4}
 
 _submit_context = threading.local()
 
@@ -110,6 +125,12 @@ class ProcessJob(moto_batch.Job):
         self.attempt_deadline: float | None = None
         self.stop_requested_reason: str | None = None
         self.killed_by_dispatcher = False
+        #: time.monotonic() at which the job may leave its current stage (SUBMITTED, PENDING, RUNNABLE, STARTING)
+        self.due = 0.0
+        #: set when the job (an attempt; for a parent, its first child) went RUNNING: startedAt is shown from then
+        self.started = False
+        self.is_cancelled = False
+        self.is_terminated = False
         self.array_index: int | None = self.array_properties.get("index")
         self.parent: ProcessJob | None = None
         if self.array_index is not None:
@@ -117,6 +138,8 @@ class ProcessJob(moto_batch.Job):
         self.children_ended = 0
         self.children_failed: list[ProcessJob] = []
         self.children_started = 0
+        #: epoch ms of the last change of a child's status (statusSummaryLastUpdatedAt)
+        self.summary_updated_ms = _now_ms()
 
     # moto's ManagedState advances statuses on reads, and moto's describe() writes SUCCEEDED from child
     # counts; here the dispatcher alone moves statuses (set_status, under its lock), so writes through
@@ -130,7 +153,11 @@ class ProcessJob(moto_batch.Job):
         pass
 
     def set_status(self, value: str) -> None:
+        if value == self._state:
+            return
         self._state = value
+        if self.parent is not None:
+            self.parent.summary_updated_ms = _now_ms()
 
     @property
     def is_parent(self) -> bool:
@@ -145,40 +172,73 @@ class ProcessJob(moto_batch.Job):
 
     # -- what the API shows -------------------------------------------------------------------
 
-    def describe_short(self) -> dict[str, Any]:
-        result = super().describe_short()
+    def array_properties_shown(self) -> dict[str, Any] | None:
+        """arrayProperties as AWS shows them: a child's index; a parent's size and its children per status."""
         if self.array_index is not None:
-            result["arrayProperties"] = {"index": self.array_index}
-        elif self.is_parent:
-            result["arrayProperties"] = {"size": len(self._child_jobs or [])}
-        if self.job_stopped and self.exit_code is not None:
-            result["container"] = {"exitCode": self.exit_code}
+            return {"index": self.array_index}
+        children = self._child_jobs
+        if not children:
+            return None
+        summary = dict.fromkeys(STATUSES, 0)
+        for child in children:
+            summary[child.status] += 1
+        return {"statusSummary": summary, "statusSummaryLastUpdatedAt": self.summary_updated_ms,
+                "size": len(children)}
+
+    def stopped_container_reason(self) -> str | None:
+        return (self.latest_attempt or {}).get("container", {}).get("reason") if self.job_stopped else None
+
+    def describe_short(self) -> dict[str, Any]:
+        """A JobSummary (ListJobs): startedAt only once the job ran, a stopped job's exit code and reason."""
+        result: dict[str, Any] = {
+            "jobArn": self.arn,
+            "jobId": self.job_id,
+            "jobName": self.job_name,
+            "createdAt": moto_batch.datetime2int_milliseconds(self.job_created_at),
+            "status": self.status,
+            "jobDefinition": self.job_definition.arn,
+        }
+        if self.job_stopped_reason:
+            result["statusReason"] = self.job_stopped_reason
+        if self.started:
+            result["startedAt"] = moto_batch.datetime2int_milliseconds(self.job_started_at)
+        if self.job_stopped:
+            result["stoppedAt"] = moto_batch.datetime2int_milliseconds(self.job_stopped_at)
+            container: dict[str, Any] = {}
+            if self.exit_code is not None:
+                container["exitCode"] = self.exit_code
+            if self.stopped_container_reason():
+                container["reason"] = self.stopped_container_reason()
+            if container:
+                result["container"] = container
+        array = self.array_properties_shown()
+        if array is not None:
+            result["arrayProperties"] = array
+        if self.is_cancelled:
+            result["isCancelled"] = True
+        if self.is_terminated:
+            result["isTerminated"] = True
         return result
 
     def describe(self) -> dict[str, Any]:
         children = self._child_jobs
-        result = super().describe()
+        result = super().describe()  # starts from describe_short() above
         result["status"] = self.status
         if self.job_stopped_reason:
             result["statusReason"] = self.job_stopped_reason
         if self.retry_strategy:
             result["retryStrategy"] = self.retry_strategy
+        array = self.array_properties_shown()
+        if array is not None:
+            result["arrayProperties"] = array
         if children:
-            summary = dict.fromkeys(moto_batch.JobStatus.job_statuses(), 0)
-            for child in children:
-                summary[child.status] += 1
-            result["arrayProperties"] = {"statusSummary": summary, "size": len(children)}
             first = (self.children_failed or children)[0]
             if first.log_stream_name and "container" in result:
                 result["container"]["logStreamName"] = first.log_stream_name
-        elif self.array_index is not None:
-            result["arrayProperties"] = {"index": self.array_index}
         if "container" in result and self.job_stopped:
             result["container"]["exitCode"] = self.exit_code
-            if self.latest_attempt:
-                reason = self.latest_attempt["container"].get("reason")
-                if reason:
-                    result["container"]["reason"] = reason
+            if self.stopped_container_reason():
+                result["container"]["reason"] = self.stopped_container_reason()
         return result
 
     # -- what the process gets ----------------------------------------------------------------
@@ -229,9 +289,15 @@ class ProcessJob(moto_batch.Job):
         self._stop(reason, only_before_start=True)
 
     def _stop(self, reason: str, only_before_start: bool) -> None:
+        flag = "is_cancelled" if only_before_start else "is_terminated"
         with dispatcher().lock:
+            accepted = False
             for job in self._child_jobs if self.is_parent else [self]:
-                dispatcher().request_stop(job, reason, only_before_start=only_before_start)
+                if dispatcher().request_stop(job, reason, only_before_start=only_before_start):
+                    setattr(job, flag, True)
+                    accepted = True
+            if accepted and self.is_parent:
+                setattr(self, flag, True)
 
 
 class Dispatcher:
@@ -240,39 +306,65 @@ class Dispatcher:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.wakeup = threading.Condition(self.lock)
-        self.pending: list[ProcessJob] = []  # waiting for dependencies
+        self.pending: list[ProcessJob] = []  # SUBMITTED, or PENDING: their stage's share, then dependencies
         self.runnable: dict[str, deque[ProcessJob]] = {}  # per compute environment, in submit order
+        self.starting: list[ProcessJob] = []  # STARTING: holding their vCPUs, their process not started yet
         self.running: set[ProcessJob] = set()
         self.used_vcpus: dict[str, float] = {}
         self.job_base_environment: dict[str, str] = {}
         self.default_vcpus = float(os.cpu_count() or 1)
+        #: submit to RUNNING with free capacity (see STAGE_SHARES); set by install()
+        self.start_seconds = 0.0
         self._thread = threading.Thread(target=self._loop, name="localaws-batch-dispatcher", daemon=True)
         self._thread.start()
+
+    def stage_seconds(self, status: str) -> float:
+        return self.start_seconds * STAGE_SHARES[status]
 
     # -- requests from the API threads ---------------------------------------------------------
 
     def submit(self, job: ProcessJob) -> None:
         with self.lock:
-            if job.parent is not None and job.parent.status == "SUBMITTED":
-                job.parent.set_status("PENDING")
-            if job.depends_on:
+            now = time.monotonic()
+            if job.parent is not None:  # spawned by its parent, PENDING from the start (its createdAt on AWS)
                 job.set_status("PENDING")
-                self.pending.append(job)
+                job.due = now + self.stage_seconds("SUBMITTED") + self.stage_seconds("PENDING")
             else:
-                self._make_runnable(job)
+                job.due = now + self.stage_seconds("SUBMITTED")
+            if not self._advance_pending(job, now):
+                self.pending.append(job)
             self.wakeup.notify()
 
-    def request_stop(self, job: ProcessJob, reason: str, only_before_start: bool) -> None:
+    def request_stop(self, job: ProcessJob, reason: str, only_before_start: bool) -> bool:
+        """Stop `job` (cancel: only before it started); True when the request was accepted."""
         with self.lock:
             if job.status in ENDED:
-                return
+                return False
             if job.status in ("SUBMITTED", "PENDING", "RUNNABLE"):
                 self._finish(job, success=False, reason=reason)
-                return
+                return True
             if only_before_start:
-                return
+                return False  # CancelJob leaves STARTING and RUNNING jobs alone, as on AWS
+            if job.status == "STARTING" and job.process is None:
+                self._release(job)  # it took its vCPUs when it left RUNNABLE
+                self._finish(job, success=False, reason=reason)
+                return True
             job.stop_requested_reason = reason
             self._kill(job)
+            return True
+
+    def stop_started(self, reason: str, timeout: float = TERMINATION_GRACE_SECONDS + 3) -> None:
+        """Terminate every job STARTING or RUNNING, and wait (up to `timeout`) for their processes to end."""
+        with self.lock:
+            for job in [*self.starting, *self.running]:
+                if job.status not in ENDED:
+                    job.terminate(reason)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.running:
+                    return
+            time.sleep(0.05)
 
     # -- the scheduler ------------------------------------------------------------------------
 
@@ -286,14 +378,24 @@ class Dispatcher:
         return float(max_vcpus) if max_vcpus else self.default_vcpus
 
     def _loop(self) -> None:
+        pause = 0.1
         while True:
             with self.lock:
-                self.wakeup.wait(timeout=0.1)
+                self.wakeup.wait(timeout=pause)
                 try:
                     self._check_deadlines()
                     self._schedule()
+                    pause = self._next_pause()
                 except Exception:  # the dispatcher must outlive any one job's error
                     logger.exception("dispatcher pass failed")
+                    pause = 0.1
+
+    def _next_pause(self) -> float:
+        """Until the next stage change is due (at most 0.1 s: deadlines, capacity freed elsewhere)."""
+        now = time.monotonic()
+        dues = [job.due for job in self.pending] + [job.due for job in self.starting]
+        dues += [queue[0].due for queue in self.runnable.values() if queue]
+        return min([0.1, *(due - now for due in dues if due > now)])
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -303,36 +405,60 @@ class Dispatcher:
                 self._kill(job)
 
     def _schedule(self) -> None:
-        still_pending: list[ProcessJob] = []
-        for job in self.pending:
-            if job.status in ENDED:
-                continue
-            verdict = self._dependencies(job)
-            if verdict == "failed":
-                self._finish(job, success=False, reason=DEPENDENCY_FAILED_REASON)
-            elif verdict == "waiting":
-                still_pending.append(job)
-            else:
-                self._make_runnable(job)
-        self.pending = still_pending
+        now = time.monotonic()
+        self.pending = [job for job in self.pending if not self._advance_pending(job, now)]
         for ce_key, queue in self.runnable.items():
             while queue:
                 job = queue[0]
-                if job.status in ENDED:
+                if job.status != "RUNNABLE":  # stopped while it waited
                     queue.popleft()
                     continue
                 if getattr(job.compute_environment(), "state", "ENABLED") == "DISABLED":
                     break  # no capacity: the queue's jobs stay RUNNABLE
+                if now < job.due:
+                    break  # first in, first out: later jobs wait behind this one
                 need = job.vcpus()
                 used = self.used_vcpus.get(ce_key, 0.0)
                 if used > 0 and used + need > self.capacity(job.compute_environment()):
-                    break  # first in, first out: later jobs wait behind this one
+                    break
                 queue.popleft()
                 self.used_vcpus[ce_key] = used + need
-                self._launch(job)
+                self._place(job, now)
+        starting, self.starting = self.starting, []
+        for job in starting:
+            if job.status != "STARTING":  # terminated while it started
+                continue
+            if now < job.due:
+                self.starting.append(job)
+            else:
+                self._spawn(job)
 
-    def _make_runnable(self, job: ProcessJob) -> None:
+    def _advance_pending(self, job: ProcessJob, now: float) -> bool:
+        """Move a SUBMITTED or PENDING job on when its stage's time is up; True once it has left both."""
+        if job.status in ENDED:
+            return True
+        if job.status == "SUBMITTED":
+            if now < job.due:
+                return False
+            job.set_status("PENDING")
+            job.due = now + self.stage_seconds("PENDING")
+        if now < job.due:
+            return False
+        parent = job.parent
+        if parent is not None and parent.status == "SUBMITTED":
+            parent.set_status("PENDING")  # and PENDING it stays while its children run, as on AWS
+        verdict = self._dependencies(job)
+        if verdict == "failed":
+            self._finish(job, success=False, reason=DEPENDENCY_FAILED_REASON)
+            return True
+        if verdict == "waiting":
+            return False
+        self._make_runnable(job, now)
+        return True
+
+    def _make_runnable(self, job: ProcessJob, now: float) -> None:
         job.set_status("RUNNABLE")
+        job.due = now + self.stage_seconds("RUNNABLE")
         ce = job.compute_environment()
         self.runnable.setdefault(ce.arn if ce else "", deque()).append(job)
 
@@ -347,19 +473,31 @@ class Dispatcher:
                 return "waiting"
         return "ready"
 
-    def _launch(self, job: ProcessJob) -> None:
+    def _place(self, job: ProcessJob, now: float) -> None:
+        """RUNNABLE -> STARTING: the job holds its vCPUs from here; its process starts when STARTING is over."""
         job.set_status("STARTING")
-        attempt_number = len(job.attempts) + 1
         job.log_stream_name = f"{job.job_definition.name}/default/{uuid.uuid4().hex}"
-        job.job_started_at = datetime.now()
         job.killed_by_dispatcher = False
         job.stop_requested_reason = None
+        delay = self.stage_seconds("STARTING")
+        if delay <= 0:
+            self._spawn(job)
+            return
+        job.due = now + delay
+        self.starting.append(job)
+
+    def _spawn(self, job: ProcessJob) -> None:
+        """STARTING -> RUNNING: the attempt and its process group."""
+        attempt_number = len(job.attempts) + 1
+        job.job_started_at = datetime.now()
+        job.started = True
         job._start_attempt()
-        if job.parent is not None:
-            job.parent.children_started += 1
-            if job.parent.status in ("SUBMITTED", "PENDING", "RUNNABLE"):
-                job.parent.job_started_at = job.job_started_at
-                job.parent.set_status("RUNNING")
+        parent = job.parent
+        if parent is not None:
+            parent.children_started += 1
+            if not parent.started:
+                parent.job_started_at = job.job_started_at
+                parent.started = True
         ensure_log_stream(job.backend, job.log_stream_name)
         try:
             process = subprocess.Popen(
@@ -370,7 +508,7 @@ class Dispatcher:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, killed as a whole
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             job.latest_attempt["container"]["reason"] = f"CannotStartContainerError: {exc}"
             self._release(job)
             self._attempt_ended(job, exit_code=None, status_reason="Task failed to start")
@@ -431,7 +569,7 @@ class Dispatcher:
         # AWS retries neither a terminated job nor one that ran past its timeout.
         stoppable = job.stop_requested_reason is None
         if stoppable and retry_decision(job.retry_strategy, len(job.attempts), attempt):
-            self._make_runnable(job)
+            self._make_runnable(job, time.monotonic())
             return
         self._finish(job, success=False, reason=status_reason)
 
@@ -587,6 +725,100 @@ def _cancel_job(self: moto_batch.BatchBackend, job_id: str, reason: str) -> None
         job.cancel(reason)
 
 
+#: The most jobs one ListJobs page holds, as on AWS: 1000 listing by status, 100 with `filters` (fewer with maxResults).
+LIST_PAGE_BY_STATUS = 1000
+LIST_PAGE_WITH_FILTERS = 100
+
+
+def _prefix_match(value: str, pattern: str) -> bool:
+    return value.startswith(pattern[:-1]) if pattern.endswith("*") else value == pattern
+
+
+def _filter_matches(job: ProcessJob, name: str, values: list[str]) -> bool:
+    """One ListJobs filter (AWS's names and rules); a value list matches when any of its values does."""
+    if name == "JOB_NAME":  # case-insensitive, `prefix*`
+        return any(_prefix_match(job.job_name.lower(), value.lower()) for value in values)
+    if name == "JOB_DEFINITION":  # case-sensitive; a name (every revision, `prefix*`) or an ARN
+        definition = job.job_definition
+        for value in values:
+            if value.startswith("arn:"):
+                if value in (definition.arn, definition.arn.rsplit(":", 1)[0]):
+                    return True
+            elif _prefix_match(definition.name, value):
+                return True
+        return False
+    if name in ("BEFORE_CREATED_AT", "AFTER_CREATED_AT"):  # epoch milliseconds
+        created = moto_batch.datetime2int_milliseconds(job.job_created_at)
+        try:
+            times = [int(value) for value in values]
+        except ValueError:
+            raise moto_batch_exceptions.ClientException(f"{name} takes epoch milliseconds, not {values}") from None
+        return any(created < t if name == "BEFORE_CREATED_AT" else created > t for t in times)
+    if name == "SHARE_IDENTIFIER":
+        return False  # no fair-share scheduling here: no job has a share identifier
+    raise moto_batch_exceptions.ClientException(
+        f"Invalid filter name {name!r}: JOB_NAME, JOB_DEFINITION, BEFORE_CREATED_AT, AFTER_CREATED_AT, SHARE_IDENTIFIER")
+
+
+def list_jobs(backend: moto_batch.BatchBackend, queue: str | None, array_job_id: str | None,
+              job_status: str | None, filters: list[dict[str, Any]] | None) -> list[ProcessJob]:
+    """The jobs ListJobs answers with, as AWS chooses them.
+
+    A queue lists its jobs and array parents, not array children (`arrayJobId` lists those). Without
+    `filters` only jobs in `jobStatus` are listed, RUNNING when none is given; `filters` list every
+    status, newest first, and do not apply to an array's children.
+    """
+    if job_status is not None and job_status not in STATUSES:
+        raise moto_batch_exceptions.ClientException(
+            "Job status is not one of SUBMITTED | PENDING | RUNNABLE | STARTING | RUNNING | SUCCEEDED | FAILED")
+    if array_job_id:
+        parent = backend.get_job_by_id(array_job_id)
+        jobs = list(parent._child_jobs or []) if parent is not None else []
+        filters = None
+    elif queue:
+        job_queue = backend.get_job_queue(queue)
+        if job_queue is None:
+            raise moto_batch_exceptions.ClientException(f"Job queue {queue} does not exist")
+        jobs = [job for job in job_queue.jobs if getattr(job, "array_index", None) is None]
+    else:
+        jobs = []  # a multi-node job's nodes: there are no multi-node jobs here
+    if filters:
+        jobs = [job for job in jobs if all(_filter_matches(job, f.get("name", ""), f.get("values") or [])
+                                           for f in filters)]
+        return sorted(jobs, key=lambda job: job.job_created_at, reverse=True)
+    status = job_status or "RUNNING"
+    return [job for job in jobs if job.status == status]
+
+
+def _page_start(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        kind, _, offset = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind == "localaws-listjobs" and int(offset) >= 0:
+            return int(offset)
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise moto_batch_exceptions.ClientException("Invalid nextToken")
+
+
+def _listjobs(self: moto_batch_responses.BatchResponse) -> str:
+    filters = self._get_param("filters")
+    jobs = list_jobs(self.batch_backend, self._get_param("jobQueue"), self._get_param("arrayJobId"),
+                     self._get_param("jobStatus"), filters)
+    size = LIST_PAGE_WITH_FILTERS if filters else LIST_PAGE_BY_STATUS
+    max_results = self._get_param("maxResults")
+    if max_results is not None:
+        if int(max_results) < 1:
+            raise moto_batch_exceptions.ClientException("maxResults must be at least 1")
+        size = min(size, int(max_results))
+    start = _page_start(self._get_param("nextToken"))
+    result: dict[str, Any] = {"jobSummaryList": [job.describe_short() for job in jobs[start:start + size]]}
+    if start + size < len(jobs):
+        result["nextToken"] = base64.urlsafe_b64encode(f"localaws-listjobs:{start + size}".encode()).decode()
+    return json.dumps(result)
+
+
 def _call_action(self: moto_batch_responses.BatchResponse):
     # Every Batch API call sees and changes job state under the lock the dispatcher and the job
     # watchers hold: no call observes a half-made change (a submit whose children are not all
@@ -603,9 +835,10 @@ def _reset(self: moto_batch.BatchBackend) -> None:
         BaseBackend.reset(self)
 
 
-def install(job_environment: dict[str, str] | None = None) -> None:
-    """Make moto's Batch run jobs as local processes. Idempotent."""
+def install(job_environment: dict[str, str] | None = None, start_seconds: float = 0.0) -> None:
+    """Make moto's Batch run jobs as local processes, `start_seconds` from submit to RUNNING. Idempotent."""
     dispatcher().job_base_environment = dict(job_environment or {})
+    dispatcher().start_seconds = float(start_seconds)
     if _ORIGINALS:
         return
     _ORIGINALS["Job"] = moto_batch.Job
@@ -615,6 +848,7 @@ def install(job_environment: dict[str, str] | None = None) -> None:
     _ORIGINALS["describe_compute_environments"] = moto_batch.BatchBackend.describe_compute_environments
     _ORIGINALS["cancel_job"] = moto_batch.BatchBackend.cancel_job
     _ORIGINALS["call_action"] = moto_batch_responses.BatchResponse.call_action
+    _ORIGINALS["listjobs"] = moto_batch_responses.BatchResponse.listjobs
     moto_batch.Job = ProcessJob
     moto_batch_responses.BatchResponse.submitjob = _submitjob
     moto_batch_responses.BatchResponse.createcomputeenvironment = _createcomputeenvironment
@@ -623,3 +857,4 @@ def install(job_environment: dict[str, str] | None = None) -> None:
     moto_batch.BatchBackend.cancel_job = _cancel_job
     moto_batch.BatchBackend.reset = _reset
     moto_batch_responses.BatchResponse.call_action = _call_action
+    moto_batch_responses.BatchResponse.listjobs = _listjobs

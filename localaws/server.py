@@ -31,6 +31,25 @@ DEFAULT_REGION = "us-east-1"
 INHERITED_BY_JOBS = ("HOME", "LANG", "LC_ALL", "TMPDIR")
 
 
+#: A Batch job's time from SubmitJob to RUNNING when its compute environment has free vCPUs.
+START_SECONDS_ENV = "LOCALAWS_BATCH_START_SECONDS"
+#: A warm compute environment's few seconds on AWS (an instance already up, the image already pulled).
+DEFAULT_START_SECONDS = 3.0
+
+
+def start_seconds_setting(value: str | float | None) -> float:
+    """The start latency a setting gives (None or "": DEFAULT_START_SECONDS); ValueError unless 0 to 3600 seconds."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_START_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{START_SECONDS_ENV} / --start-seconds must be a number of seconds, not {value!r}") from None
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"{START_SECONDS_ENV} / --start-seconds must be from 0 to 3600 seconds, not {value!r}")
+    return seconds
+
+
 class NonLoopbackAddress(ValueError):
     """The endpoint may only listen on a loopback address."""
 
@@ -81,11 +100,18 @@ class LocalAWS:
     """The endpoint, in this process: `with LocalAWS(port=0) as aws: boto3.client(..., **aws.client_kwargs)`.
 
     `credentials`: the key pairs to accept (default: new ones); `provision_vcpus`: apply
-    config/batch_resources.json at start with that many vCPUs per compute environment (None: do not).
+    config/batch_resources.json at start with that many vCPUs per compute environment (None: do not);
+    `start_seconds`: a Batch job's time from SubmitJob to RUNNING when capacity is free (None:
+    $LOCALAWS_BATCH_START_SECONDS, else DEFAULT_START_SECONDS). Batch state and its
+    scheduler belong to the process: every LocalAWS of one process shares them and the last started
+    sets this.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 4566, region: str = DEFAULT_REGION,
-                 credentials: Credentials | None = None, provision_vcpus: int | None = None):
+                 credentials: Credentials | None = None, provision_vcpus: int | None = None,
+                 start_seconds: float | None = None):
+        self.start_seconds = start_seconds_setting(os.environ.get(START_SECONDS_ENV) if start_seconds is None
+                                                   else start_seconds)
         self.host = check_loopback(host)
         self.port = port or free_port(host if host != "localhost" else "127.0.0.1")
         self.region = region
@@ -134,7 +160,7 @@ class LocalAWS:
         from localaws.guard import RequestGuard
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns the job logs
-        batch.install(job_environment=self.job_environment())
+        batch.install(job_environment=self.job_environment(), start_seconds=self.start_seconds)
         self._guard = RequestGuard(DomainDispatcherApplication(create_backend_app), self.credentials)
         self._server = make_server(self.host, self.port, self._guard, threaded=True,
                                    request_handler=MotoRequestHandler)
@@ -168,9 +194,8 @@ class LocalAWS:
         if self._server is not None:
             from localaws import batch
 
-            with batch.dispatcher().lock:
-                for job in list(batch.dispatcher().running):
-                    job.terminate("local AWS endpoint stopped")
+            # its job processes end with it (SIGTERM, SIGKILL after the grace), not after it
+            batch.dispatcher().stop_started("local AWS endpoint stopped")
             self._server.shutdown()
             self._server.server_close()
             if self._thread is not None:

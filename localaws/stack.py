@@ -4,7 +4,8 @@
     migrate(home)            `airflow db migrate` once per Airflow version
     running_endpoint(vcpus)  LocalAWS on a free loopback port with new credentials, the aws_default
                              connection pointed at it with the client key pair, Batch resources
-                             provisioned from config/batch_resources.json
+                             provisioned from config/batch_resources.json; Batch jobs start at once
+                             (start_seconds=0) unless start_seconds says otherwise
 """
 from __future__ import annotations
 
@@ -68,15 +69,20 @@ def migrate(home: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_endpoint(vcpus: int | None = None) -> Iterator:
-    """LocalAWS on a free loopback port, provisioned; `aws_default` points at it while it runs."""
+def running_endpoint(vcpus: int | None = None, start_seconds: float = 0.0) -> Iterator:
+    """LocalAWS on a free loopback port, provisioned; `aws_default` points at it while it runs.
+
+    `start_seconds` (a Batch job's time from submit to RUNNING) is 0 here whatever
+    LOCALAWS_BATCH_START_SECONDS says: tests and benchmarks time their own work, not a simulated
+    wait; a test about that wait sets it (`localaws.batch.dispatcher().start_seconds`).
+    """
     import boto3
 
     from localaws import LocalAWS
 
     vcpus = vcpus or int(os.environ.get("BATCH_LOCAL_VCPUS") or os.cpu_count() or 1)
     previous = os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")
-    with LocalAWS(port=0, provision_vcpus=vcpus) as aws:
+    with LocalAWS(port=0, provision_vcpus=vcpus, start_seconds=start_seconds) as aws:
         os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(aws.connection(json.loads(previous or "{}") or None))
         try:
             aws.batch = boto3.client("batch", **aws.client_kwargs)

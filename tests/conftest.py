@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from localaws.server import START_SECONDS_ENV
 from localaws.stack import REPO, configure, local_bundle, migrate, running_endpoint
 
 # AIRBATCH_TEST_HOME lets two test runs in one checkout keep separate Airflow DBs.
@@ -36,6 +37,9 @@ def keep_private(folder: Path) -> None:
 keep_private(TEST_HOME)
 # The product's DAGs plus DAGs that exist only for tests.
 configure(TEST_HOME, extra_bundles=[local_bundle("test-dags", REPO / "tests" / "fixture_dags")])
+# Batch jobs start at once in tests (the in-process endpoint, and an endpoint a test starts with this
+# environment): a test about the start latency asks for it (tests/localaws/test_batch_timing.py).
+os.environ[START_SECONDS_ENV] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,9 @@ def test_array_job_children_get_their_index_and_parent_aggregates(aws):
     assert job["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 25
     children = aws.batch.list_jobs(arrayJobId=parent, jobStatus="SUCCEEDED")["jobSummaryList"]
     assert sorted(c["arrayProperties"]["index"] for c in children) == list(range(25))
+    queue = [j for j in aws.batch.list_jobs(jobQueue="q-ce-four", jobStatus="SUCCEEDED")["jobSummaryList"]
+             if j["jobId"].startswith(parent)]
+    assert [(j["jobId"], j["arrayProperties"]["size"]) for j in queue] == [(parent, 25)]  # children are not listed
     child = describe(aws, f"{parent}:7")
     env = json.loads(log_messages(aws, child["container"]["logStreamName"])[0])
     assert env["AWS_BATCH_JOB_ARRAY_INDEX"] == "7" and env["AWS_BATCH_JOB_ID"] == f"{parent}:7"
@@ -162,6 +165,100 @@ def test_array_size_bounds_are_accepted(aws):
     jd = register(aws, "pass")
     parent = submit(aws, jd, arrayProperties={"size": 2})
     assert wait_status(aws, parent)["arrayProperties"]["size"] == 2
+
+
+# -- ListJobs, as AWS answers it ------------------------------------------------------------------
+
+def listed(aws, **kwargs) -> list[dict]:
+    pages = aws.batch.get_paginator("list_jobs").paginate(**kwargs)
+    return [job for page in pages for job in page["jobSummaryList"]]
+
+
+def test_list_jobs_lists_running_jobs_unless_given_a_status(aws):
+    done = submit(aws, register(aws, "pass"))
+    wait_status(aws, done)
+    running = submit(aws, register(aws, "import time; time.sleep(60)"))
+    wait_status(aws, running, statuses=("RUNNING",))
+    try:
+        by_default = [job["jobId"] for job in listed(aws, jobQueue="q-ce-four")]
+        assert running in by_default and done not in by_default  # no jobStatus: RUNNING jobs only
+        succeeded = {job["jobId"]: job for job in listed(aws, jobQueue="q-ce-four", jobStatus="SUCCEEDED")}
+        assert done in succeeded and running not in succeeded
+        assert succeeded[done]["container"] == {"exitCode": 0}
+        assert succeeded[done]["createdAt"] <= succeeded[done]["startedAt"] <= succeeded[done]["stoppedAt"]
+    finally:
+        aws.batch.terminate_job(jobId=running, reason="done")
+    assert wait_status(aws, running)["isTerminated"] is True
+
+
+def test_a_queue_lists_array_parents_and_array_job_id_their_children(aws):
+    jd = register(aws, "import os, sys, time; i = int(os.environ['AWS_BATCH_JOB_ARRAY_INDEX']); "
+                       "time.sleep(60 if i == 0 else 0); sys.exit(5 if i == 2 else 0)")
+    parent = submit(aws, jd, arrayProperties={"size": 3})
+    wait_status(aws, f"{parent}:0", statuses=("RUNNING",))
+    wait_status(aws, f"{parent}:2")
+    try:
+        # AWS: a parent is PENDING while its children run, and a queue lists parents, not children
+        assert describe(aws, parent)["status"] == "PENDING"
+        [summary] = [job for job in listed(aws, jobQueue="q-ce-four", jobStatus="PENDING") if job["jobId"] == parent]
+        assert summary["arrayProperties"]["size"] == 3
+        assert {k: v for k, v in summary["arrayProperties"]["statusSummary"].items() if v} == {
+            "RUNNING": 1, "SUCCEEDED": 1, "FAILED": 1}
+        assert summary["arrayProperties"]["statusSummaryLastUpdatedAt"] >= summary["createdAt"]
+        every_status = [job["jobId"] for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING",
+                                                     "SUCCEEDED", "FAILED")
+                        for job in listed(aws, jobQueue="q-ce-four", jobStatus=status)]
+        assert parent in every_status and not [job_id for job_id in every_status if job_id.startswith(f"{parent}:")]
+        # the children: RUNNING ones unless a status is given, each with its index
+        assert [(c["jobId"], c["arrayProperties"]) for c in listed(aws, arrayJobId=parent)] == [
+            (f"{parent}:0", {"index": 0})]
+        [failed] = listed(aws, arrayJobId=parent, jobStatus="FAILED")
+        assert failed["jobId"] == f"{parent}:2" and failed["container"] == {"exitCode": 5}
+        assert failed["statusReason"] == "Essential container in task exited"
+    finally:
+        aws.batch.terminate_job(jobId=parent, reason="done")
+    job = wait_status(aws, parent, timeout=20)
+    assert job["status"] == "FAILED" and job["isTerminated"] is True
+
+
+def test_list_jobs_filters_list_every_status_newest_first_in_pages(aws):
+    jd = register(aws, "pass")
+    prefix = f"Filtered-{uuid.uuid4().hex[:6]}"
+    ids = []
+    for i in range(5):
+        ids.append(aws.batch.submit_job(jobName=f"{prefix}-{i}", jobQueue="q-ce-four", jobDefinition=jd)["jobId"])
+        time.sleep(0.01)
+    for job_id in ids:
+        wait_status(aws, job_id)
+    newest_first = ids[::-1]
+
+    def filtered(name: str, *values: str, **kwargs) -> list[str]:
+        return [job["jobId"] for job in listed(aws, jobQueue="q-ce-four",
+                                                filters=[{"name": name, "values": list(values)}], **kwargs)]
+
+    # a filter ignores jobStatus and lists every status; JOB_NAME is case-insensitive, `prefix*`
+    assert filtered("JOB_NAME", f"{prefix.lower()}*", jobStatus="RUNNING") == newest_first
+    assert filtered("JOB_NAME", f"{prefix}-3") == [ids[3]]
+    # JOB_DEFINITION: a name (every revision), `prefix*`, or an ARN; case-sensitive
+    arn = describe(aws, ids[0])["jobDefinition"]
+    assert filtered("JOB_DEFINITION", jd) == filtered("JOB_DEFINITION", arn) == filtered("JOB_DEFINITION", f"{jd[:-2]}*") == newest_first
+    assert filtered("JOB_DEFINITION", jd.upper()) == []
+    created = [describe(aws, job_id)["createdAt"] for job_id in ids]
+    assert filtered("AFTER_CREATED_AT", str(created[2])) == [i for i, c in zip(newest_first, created[::-1]) if c > created[2]]
+    assert ids[4] in filtered("AFTER_CREATED_AT", str(created[2])) and ids[0] not in filtered("AFTER_CREATED_AT", str(created[2]))
+    assert set(filtered("BEFORE_CREATED_AT", str(created[1]))) >= {ids[0]} and ids[4] not in filtered("BEFORE_CREATED_AT", str(created[1]))
+    # pages of maxResults, with a nextToken while more are left
+    page = aws.batch.list_jobs(jobQueue="q-ce-four", maxResults=2,
+                               filters=[{"name": "JOB_NAME", "values": [f"{prefix}*"]}])
+    assert [job["jobId"] for job in page["jobSummaryList"]] == newest_first[:2] and page["nextToken"]
+    pages = list(aws.batch.get_paginator("list_jobs").paginate(
+        jobQueue="q-ce-four", filters=[{"name": "JOB_NAME", "values": [f"{prefix}*"]}], PaginationConfig={"PageSize": 2}))
+    assert [len(p["jobSummaryList"]) for p in pages] == [2, 2, 1]
+    assert [job["jobId"] for p in pages for job in p["jobSummaryList"]] == newest_first
+    with pytest.raises(aws.batch.exceptions.ClientException):
+        aws.batch.list_jobs(jobQueue="q-ce-four", filters=[{"name": "NOT_A_FILTER", "values": ["x"]}])
+    with pytest.raises(aws.batch.exceptions.ClientException):
+        aws.batch.list_jobs(jobQueue="q-ce-four", nextToken="not-a-token")
 
 
 # -- retry strategy -----------------------------------------------------------------------------

@@ -230,16 +230,17 @@ JOB_CALLS_BATCH_SCRIPT = ("import boto3, botocore.exceptions\n"
 
 
 class Served:
-    """`python -m localaws serve` in a process of its own, with the environment given."""
+    """`python -m localaws serve` in a process of its own, with the environment given (Batch jobs start at once)."""
 
-    def __init__(self, credentials: Path, env: dict[str, str], log: Path):
+    def __init__(self, credentials: Path, env: dict[str, str], log: Path, *options: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.region = "us-east-1"
         self.log = log
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
-                [PY, "-m", "localaws", "serve", "--port", str(self.port), "--credentials", str(credentials)],
+                [PY, "-m", "localaws", "serve", "--port", str(self.port), "--credentials", str(credentials),
+                 "--start-seconds", "0", *options],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until_ready(self.url, timeout=180)

@@ -70,17 +70,21 @@ def holders(folder: Path) -> list[str]:
     return found
 
 
+STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+
+
 def all_job_descriptions(batch) -> list[dict]:
     ids = []
     for queue in ("airbatch-cpu", "airbatch-gpu"):
-        for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED"):
+        for status in STATUSES:
             for page in batch.get_paginator("list_jobs").paginate(jobQueue=queue, jobStatus=status):
                 for summary in page["jobSummaryList"]:
                     ids.append(summary["jobId"])
-                    if summary.get("arrayProperties", {}).get("size"):
-                        for child_page in batch.get_paginator("list_jobs").paginate(arrayJobId=summary["jobId"],
-                                                                                    jobStatus=status):
-                            ids.extend(child["jobId"] for child in child_page["jobSummaryList"])
+                    if summary.get("arrayProperties", {}).get("size"):  # a queue lists parents, not children
+                        for child_status in STATUSES:
+                            for child_page in batch.get_paginator("list_jobs").paginate(arrayJobId=summary["jobId"],
+                                                                                        jobStatus=child_status):
+                                ids.extend(child["jobId"] for child in child_page["jobSummaryList"])
     jobs = []
     for start in range(0, len(ids), 100):
         jobs.extend(batch.describe_jobs(jobs=ids[start:start + 100])["jobs"])
