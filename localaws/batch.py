@@ -24,6 +24,10 @@ moto 5.2.5 runs a Batch job in Docker (no engine here) or, in `batch_simple` mod
 A process killed from outside (SIGKILL by anyone but the dispatcher) is reported as a lost host,
 the way AWS reports a reclaimed Spot instance, so retry rules on "Host EC2*" can be exercised.
 
+Job processes do not outlive the endpoint: each is started (by the dispatcher thread, which lives as
+long as the process) with PR_SET_PDEATHSIG = SIGKILL, and a small reaper process kills every job's
+process group once the endpoint is gone, however it ended.
+
 Capacity conditions, set through the (signed, loopback-only) Batch API like on AWS:
 
 * a compute environment whose `state` is DISABLED places nothing: its jobs stay RUNNABLE, as
@@ -43,6 +47,7 @@ import fnmatch
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +56,7 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 import moto.batch.exceptions as moto_batch_exceptions
 import moto.batch.models as moto_batch
@@ -300,6 +305,84 @@ class ProcessJob(moto_batch.Job):
                 setattr(self, flag, True)
 
 
+# -- ending job processes with the endpoint ------------------------------------------------------
+
+#: Started through `setpriv --pdeathsig KILL` (util-linux), which calls prctl(PR_SET_PDEATHSIG, SIGKILL) in the
+#: child: the kernel kills the job process when the thread that started it ends (the dispatcher thread, which
+#: lives as long as the endpoint process). Then `sh` checks that its parent is still the endpoint (it may
+#: have died between the fork and the prctl; the child then ends itself), drops the PWD it exports, and execs
+#: the command in place: same pid, same process group. Two small exec()s, about 1 ms; a preexec_fn calling
+#: prctl would make subprocess fork() the whole endpoint process instead of vfork(), tens of milliseconds per
+#: job in a large process (the test suite's).
+_CHECK_PARENT = 'unset PWD; test "$PPID" = "$1" || kill -KILL $$; shift; exec "$@"'
+
+
+def _death_signal_prefix() -> list[str]:
+    """The command prefix that makes a job process die with the endpoint; [] where setpriv cannot."""
+    setpriv, sh = shutil.which("setpriv"), shutil.which("sh")
+    if not (sys.platform.startswith("linux") and setpriv and sh):
+        return []
+    try:  # --pdeathsig is util-linux 2.33 (2018) and later
+        subprocess.run([setpriv, "--pdeathsig", "KILL", "--", sh, "-c", _CHECK_PARENT, "sh", str(os.getpid()), "true"],
+                       check=True, timeout=30, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env={})
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [setpriv, "--pdeathsig", "KILL", "--", sh, "-c", _CHECK_PARENT, "sh"]
+
+
+#: Reads "+PGID" / "-PGID" lines (job process groups started / ended) until the endpoint's end of the
+#: pipe closes, which happens however the endpoint ends, then SIGKILLs every group still listed: what
+#: a job started of its own (PDEATHSIG reaches only the group's first process) dies with the endpoint.
+_REAPER_SOURCE = """
+import os, signal, sys
+groups = set()
+for line in sys.stdin.buffer:
+    sign, pgid = line[:1], int(line[1:])
+    if sign == b"+":
+        groups.add(pgid)
+    else:
+        groups.discard(pgid)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class GroupReaper:
+    """The endpoint's side of the reaper process: started with the first job process, told of each group."""
+
+    def __init__(self) -> None:
+        self._pipe: IO[bytes] | None = None
+        self._process: subprocess.Popen | None = None
+        self._broken = False
+
+    def _tell(self, line: str) -> None:
+        if self._broken:
+            return
+        try:
+            if self._pipe is None:
+                # its own session: a Ctrl-C or a signal to the endpoint's process group does not reach it
+                self._process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER_SOURCE],
+                                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL, start_new_session=True)
+                self._pipe = self._process.stdin
+            assert self._pipe is not None
+            self._pipe.write(line.encode() + b"\n")
+            self._pipe.flush()
+        except OSError:
+            self._broken = True
+            logger.exception("the job process reaper is gone: job processes may outlive this endpoint")
+
+    def add(self, pgid: int) -> None:
+        self._tell(f"+{pgid}")
+
+    def remove(self, pgid: int) -> None:
+        self._tell(f"-{pgid}")
+
+
 class Dispatcher:
     """One scheduler thread for every ProcessJob of this endpoint process."""
 
@@ -315,6 +398,11 @@ class Dispatcher:
         self.default_vcpus = float(os.cpu_count() or 1)
         #: submit to RUNNING with free capacity (see STAGE_SHARES); set by install()
         self.start_seconds = 0.0
+        self.reaper = GroupReaper()
+        self.death_signal_prefix = _death_signal_prefix()
+        if not self.death_signal_prefix:
+            logger.warning("no `setpriv --pdeathsig` here: a job process outlives an endpoint killed with SIGKILL "
+                           "until the reaper process kills its group")
         self._thread = threading.Thread(target=self._loop, name="localaws-batch-dispatcher", daemon=True)
         self._thread.start()
 
@@ -488,6 +576,8 @@ class Dispatcher:
 
     def _spawn(self, job: ProcessJob) -> None:
         """STARTING -> RUNNING: the attempt and its process group."""
+        # PR_SET_PDEATHSIG is tied to the thread that forks: only this long-lived thread starts job processes.
+        assert threading.current_thread() is self._thread, "job processes are started by the dispatcher thread"
         attempt_number = len(job.attempts) + 1
         job.job_started_at = datetime.now()
         job.started = True
@@ -499,10 +589,15 @@ class Dispatcher:
                 parent.job_started_at = job.job_started_at
                 parent.started = True
         ensure_log_stream(job.backend, job.log_stream_name)
+        env = job.process_environment(attempt_number)
         try:
+            command = job.process_command()
+            if not command or not shutil.which(command[0], path=env.get("PATH", os.defpath)):
+                raise FileNotFoundError(f"executable file not found in $PATH: {command[:1]}")
+            prefix = self.death_signal_prefix and [*self.death_signal_prefix, str(os.getpid())]
             process = subprocess.Popen(
-                job.process_command(),
-                env=job.process_environment(attempt_number),
+                [*prefix, *command],
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -513,6 +608,7 @@ class Dispatcher:
             self._release(job)
             self._attempt_ended(job, exit_code=None, status_reason="Task failed to start")
             return
+        self.reaper.add(process.pid)
         job.process = process
         ce = job.compute_environment()
         if ce is not None and take_simulated(job.backend, ce.arn, LOSE_HOSTS_TAG):
@@ -537,6 +633,7 @@ class Dispatcher:
         if pending:
             put_log_events(job.backend, stream, pending)
         with self.lock:
+            self.reaper.remove(process.pid)
             self.running.discard(job)
             self._release(job)
             exit_code = returncode if returncode >= 0 else 128 - returncode
