@@ -62,10 +62,7 @@ def stack(tmp_path_factory):
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("AIRFLOW", "DATA_ROOT", "LOCALAWS"))}
     env.update(AIRFLOW_HOME=str(home), DATA_ROOT=str(data), AIRFLOW__API__PORT=str(api_port),
-               LOCALAWS_PORT=str(aws_port), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
-               AIRFLOW_CONN_AWS_DEFAULT=json.dumps({"conn_type": "aws", "extra": {
-                   "region_name": "us-east-1", "endpoint_url": f"http://127.0.0.1:{aws_port}"}}),
-               SHARD_RETRY_DELAY_S="1")
+               LOCALAWS_PORT=str(aws_port), SHARD_RETRY_DELAY_S="1")
     log = root / "up.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(["bash", "-c", "source scripts/env.sh && exec scripts/up.sh"], cwd=REPO, env=env,
