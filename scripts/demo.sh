@@ -54,7 +54,7 @@ if not url.startswith("sqlite:///") or os.path.isfile(url.removeprefix("sqlite:/
     try:
         with sqlalchemy.create_engine(url).connect() as db:
             revision = db.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
-    except sqlalchemy.exc.SQLAlchemyError:
+    except Exception:  # no DB, no table, no driver: migrate
         revision = None
     if revision:
         print(f"{importlib.metadata.version('apache-airflow')} {revision} {url}")

@@ -141,4 +141,4 @@ def test_the_demo_migrates_only_a_db_that_is_not_at_the_recorded_revision(tmp_pa
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = 'def456'")
     assert revision(f"sqlite:///{db}") != first  # another revision: migrate again
-    assert revision("postgresql://airflow@/airflow?host=/nonexistent") == ""  # a database that does not answer
+    assert revision("postgresql+psycopg2://airflow@/airflow?host=/nonexistent") == ""  # a database that does not answer
