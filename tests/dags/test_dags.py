@@ -76,3 +76,28 @@ def test_dags_document_themselves_and_have_fixed_start_dates(bag):
         assert dag.doc_md and len(dag.doc_md) > 100, dag_id
         assert dag.start_date is not None and dag.start_date.tzinfo is not None, dag_id
         assert dag.tags, dag_id
+
+
+def test_scheduled_dags_start_paused_and_unscheduled_ones_run_when_triggered(bag):
+    # A new stack ran the latest pricing week on its full default, daily and monthly inference and weeks of
+    # training catch-up before anyone asked; a trigger of an unscheduled DAG must still run at once.
+    scheduled = {dag_id for dag_id, dag in bag.dags.items() if dag.timetable.can_be_scheduled}
+    assert scheduled == {"pricing_optimization", "packaging_training", "packaging_inference_daily",
+                         "packaging_inference_monthly"}
+    for dag_id, dag in bag.dags.items():
+        assert bool(dag.is_paused_upon_creation) == (dag_id in scheduled), dag_id
+
+
+def test_the_gpu_benchmark_form_runs_the_small_suite_by_default_on_the_local_endpoint():
+    def default_small(env_type: str) -> bool:
+        code = ("import json, sys; from airflow.dag_processing.dagbag import DagBag; "
+                "bag = DagBag(dag_folder=sys.argv[1]); "
+                "print(json.dumps(bag.dags['gpu_batch_benchmark'].params['small']))")
+        out = subprocess.run([sys.executable, "-c", code, str(REPO / "dags" / "gpu_batch_benchmark.py")],
+                             capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                              "BATCH_ENV_TYPE": env_type})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert default_small("UNMANAGED") is True  # the local endpoint: this machine's CPU is its "GPU"
+    assert default_small("MANAGED") is False  # AWS: the whole suite
