@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,8 +228,10 @@ def soak(args: argparse.Namespace) -> dict:
         dataset = root / "data" / "lake" / "pricing-soak"
         from operators.pipelines.pricing import pricing_data
 
-        # 48 weeks of a small market: every window of the backfills and of the latest interval has rows.
-        pricing_data.generate(dataset, rows=60_000, units=200, start_date="2025-12-01", days=372, seed=5,
+        # A small market from before the backfills' windows to a week from now: every window has rows (a day
+        # holds a row of nearly every unit: 195 of 200).
+        days = (datetime.now(timezone.utc).date() - date(2025, 12, 1)).days + 7
+        pricing_data.generate(dataset, rows=195 * days, units=200, start_date="2025-12-01", days=days, seed=5,
                               overwrite=True)
         pricing_conf = {**PRICING_CONF, "input_uri": str(dataset)}
 
@@ -291,8 +293,9 @@ def soak(args: argparse.Namespace) -> dict:
         batch = stack.batch()
 
         # -- one more week through the CLI, once the REST backfill has ended -------------------------
-        wait_for("the REST backfill to end", lambda: _backfill_runs_done(api, backfill["id"]) >= 4, RUN_TIMEOUT,
-                 interval=3)
+        # One backfill per DAG at a time: the next is refused until the scheduler marks this one complete.
+        wait_for("the REST backfill to be complete",
+                 lambda: api.get(f"/api/v2/backfills/{backfill['id']}").get("completed_at"), RUN_TIMEOUT, interval=3)
         made = stack.cli("backfill", "create", "--dag-id", "pricing_optimization", "--from-date", CLI_BACKFILL[0],
                             "--to-date", CLI_BACKFILL[1], "--dag-run-conf", json.dumps(pricing_conf),
                             "--max-active-runs", "1", "--reprocess-behavior", "none")
