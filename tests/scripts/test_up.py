@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from localaws.stack import REPO, local_bundle
 from tests.scripts.stack_processes import (free_port, kill_leftovers, processes_naming, script_environment,
                                            start_script, tail, wait_for, wait_until_gone)
 
@@ -27,8 +28,12 @@ def stack(tmp_path):
     """Start scripts/up.sh (several times if asked) in a private home on free ports; kill what is left after."""
     marker = str(tmp_path)
     # Only the DAG a test unpauses runs (the scheduler would start every scheduled DAG otherwise).
+    # The product's DAGs and the provider's stock Batch DAG (tests/fixture_dags) as a second bundle.
+    bundles = json.dumps([{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                           "kwargs": {}}, local_bundle("test-dags", REPO / "tests" / "fixture_dags")])
     env = script_environment(tmp_path, AIRFLOW__API__PORT=str(free_port()),
-                             AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True")
+                             AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="True",
+                             AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST=bundles)
     started: list[subprocess.Popen] = []
 
     def up(name: str = "up", extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
@@ -83,26 +88,31 @@ def test_up_on_another_port_runs_tasks_listens_on_loopback_only_and_stops_as_a_w
     assert set(stack_sessions(stack.home)) == {"owner", *COMPONENTS}
 
     # A task reaches the api-server on this port: the run succeeds (it failed with "Connection refused"
-    # on localhost:8080 when only [api] port was changed).
-    trigger = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # the dag-processor registers the DAG a little after start
-        trigger = airflow_cli(stack.env, "dags", "unpause", "batch_smoke")
-        if trigger.returncode == 0:
-            trigger = airflow_cli(stack.env, "dags", "trigger", "batch_smoke", "--run-id", "on_another_port",
-                                  "--conf", json.dumps({"shards": 1, "children": 2}))
-            break
-        time.sleep(3)
-    assert trigger.returncode == 0, trigger.stderr[-2000:]
+    # on localhost:8080 when only [api] port was changed). The provider's stock BatchOperator (sync,
+    # deferrable, an array) and BatchSensor (poking, deferrable) run under the live scheduler and triggerer
+    # against the endpoint's start latency (a deferrable task saw its job end before it deferred).
+    runs = {"batch_smoke": {"shards": 1, "children": 2}, "stock_batch_with_latency": {"prefix": "under-up"}}
+    for dag_id, conf in runs.items():
+        trigger = None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the dag-processor registers the DAG a little after start
+            trigger = airflow_cli(stack.env, "dags", "unpause", dag_id)
+            if trigger.returncode == 0:
+                trigger = airflow_cli(stack.env, "dags", "trigger", dag_id, "--run-id", "on_another_port",
+                                      "--conf", json.dumps(conf))
+                break
+            time.sleep(3)
+        assert trigger.returncode == 0, trigger.stderr[-2000:]
 
-    def run_state():
-        runs = airflow_cli(stack.env, "dags", "list-runs", "batch_smoke", "-o", "json")
+    def run_state(dag_id):
+        runs = airflow_cli(stack.env, "dags", "list-runs", dag_id, "-o", "json")
         listed = runs.stdout.strip().splitlines()[-1:] if runs.returncode == 0 else []  # warnings come first
         states = {run["run_id"]: run["state"] for run in json.loads(listed[0])} if listed else {}
         return states.get("on_another_port") in ("success", "failed") and states["on_another_port"]
 
-    assert wait_for(run_state, 600, "end of the batch_smoke run", proc, log) == "success", \
-        tail(stack.home / "logs" / "up" / "scheduler.log")
+    for dag_id in runs:
+        assert wait_for(lambda: run_state(dag_id), 600, f"end of the {dag_id} run", proc, log) == "success", \
+            tail(stack.home / "logs" / "up" / "latest" / "scheduler.log")
 
     # Nothing of the stack listens beyond loopback (the log servers would, on 0.0.0.0:8793/8794).
     ours = set(processes_naming(stack.marker))
