@@ -34,14 +34,15 @@ rehearsal: $(STAMP)
 
 ## make up on free ports under load at once: 20 triggered runs, REST and CLI backfills, a cleared failed
 ## shard, a killed triggerer, a stack restart mid-run; checks every run and Batch job, prints its figures
-## (scripts/soak.py; about a quarter of an hour here). SOAK_ARGS="--runs 5 --idle-seconds 30" for a short one.
+## (scripts/soak.py; about ten minutes here, five of them idle). SOAK_ARGS="--runs 5 --idle-seconds 30" for a
+## short one; tests/scripts/test_soak.py runs a short one (`python -m pytest -m soak`), not part of make test.
 soak: $(STAMP)
 	$(ENV) && python scripts/soak.py $(SOAK_ARGS)
 
 # tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 test: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not rehearsal"
+	$(ENV) && python -m pytest -q -m "not rehearsal and not soak"
 
 ## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
 ## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).

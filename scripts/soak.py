@@ -178,21 +178,29 @@ def tree_cpu_seconds(pids) -> float:
     return total
 
 
-def rss_by_kind(processes: dict[int, str]) -> dict[str, float]:
-    kinds: dict[str, float] = {}
+#: How each process of the stack names itself (Airflow's processes rename themselves), and its kind.
+KINDS = (("api_server", "api-server"), ("api-server", "api-server"), ("dag-processor", "dag-processor"),
+         ("dag_processor", "dag-processor"), ("scheduler", "scheduler"), ("triggerer", "triggerer"),
+         ("airflow worker", "executor workers"), ("supervisor", "task processes"), ("postgres", "postgres"),
+         ("localaws", "local endpoint"), ("batch_worker", "Batch jobs"))
+
+
+def memory_by_kind(processes: dict[int, str]) -> dict[str, dict[str, float]]:
+    """{kind: {"rss_mb", "pss_mb", "processes"}}: PSS shares the pages forked processes have in common, so
+    it adds up to what the stack really holds; RSS counts them once per process."""
+    kinds: dict[str, dict[str, float]] = {}
     for pid, command in processes.items():
         try:
-            rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                          if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
             continue
-        for kind in ("api-server", "scheduler", "dag-processor", "triggerer", "postgres", "localaws", "supervisor"):
-            if kind in command:
-                break
-        else:
-            kind = "other"
-        kinds[kind] = kinds.get(kind, 0.0) + rss_kb / 1024
-    return kinds
+        values = {line.split()[0].rstrip(":"): int(line.split()[1]) for line in rollup[1:] if len(line.split()) >= 2}
+        kind = next((name for needle, name in KINDS if needle in command), "other")
+        entry = kinds.setdefault(kind, {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0})
+        entry["rss_mb"] += values.get("Rss", 0) / 1024
+        entry["pss_mb"] += values.get("Pss", 0) / 1024
+        entry["processes"] += 1
+    return {kind: {key: round(value) for key, value in entry.items()} for kind, entry in sorted(kinds.items())}
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -356,9 +364,13 @@ def soak(args: argparse.Namespace) -> dict:
                                                      "p95": round(percentile(latencies, 0.95), 1),
                                                      "runs": len(latencies)}
         processes = stack.processes()
-        figures["memory_mb"] = {kind: round(mb) for kind, mb in rss_by_kind(processes).items()}
-        figures["memory_mb"]["total"] = round(sum(rss_by_kind(processes).values()))
+        memory = memory_by_kind(processes)
+        figures["memory_after_load"] = {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
+                                        "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()),
+                                        "by_kind": memory}
         if args.idle_seconds:
+            time.sleep(args.settle_seconds)  # the last runs' tasks and callbacks end first
+            processes = stack.processes()
             # CPU of the stack's processes (those that ended meanwhile count until their last reading,
             # those started meanwhile, such as a health check's, from zero).
             before, started = {pid: tree_cpu_seconds([pid]) for pid in processes}, time.monotonic()
@@ -367,6 +379,10 @@ def soak(args: argparse.Namespace) -> dict:
             spent = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
             figures["idle_cpu_percent_of_one_core"] = round(100 * spent / (time.monotonic() - started), 2)
             figures["idle_seconds"] = args.idle_seconds
+            memory = memory_by_kind(stack.processes())
+            figures["memory_idle"] = {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
+                                      "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()),
+                                      "by_kind": memory}
         figures["stop_seconds_final"] = round(stack.stop(signal.SIGINT), 1)
         return figures
     finally:
@@ -423,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="units_of_work runs triggered at once")
     parser.add_argument("--idle-seconds", type=float, default=300, help="how long the idle CPU is measured")
+    parser.add_argument("--settle-seconds", type=float, default=60,
+                        help="the wait after the last run before the idle CPU is measured")
     parser.add_argument("--root", help="the private folder of the stack (default: a new temporary one)")
     parser.add_argument("--figures", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args(argv)

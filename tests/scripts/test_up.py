@@ -176,7 +176,7 @@ def test_up_names_the_component_that_died_while_starting_and_stops_the_rest(stac
 def test_up_restarts_a_component_whose_heartbeat_stops_and_a_restart_keeps_the_db_and_each_start_its_logs(stack):
     # A scheduler that hangs while its process lives (here: SIGSTOP) is named and restarted.
     watch = {"UP_WATCH_SECONDS": "2", "UP_STALE_CHECKS": "3",
-             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "15"}
+             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "15", "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "3"}
     first, first_log = stack("first", watch)
     wait_ready(first, first_log)
     # ready means the execution API answers a task's request at once
