@@ -369,20 +369,44 @@ def soak(args: argparse.Namespace) -> dict:
                                         "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()),
                                         "by_kind": memory}
         if args.idle_seconds:
-            time.sleep(args.settle_seconds)  # the last runs' tasks and callbacks end first
-            processes = stack.processes()
-            # CPU of the stack's processes (those that ended meanwhile count until their last reading,
-            # those started meanwhile, such as a health check's, from zero).
-            before, started = {pid: tree_cpu_seconds([pid]) for pid in processes}, time.monotonic()
-            time.sleep(args.idle_seconds)
-            after = {pid: tree_cpu_seconds([pid]) for pid in stack.processes()}
-            spent = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
-            figures["idle_cpu_percent_of_one_core"] = round(100 * spent / (time.monotonic() - started), 2)
-            figures["idle_seconds"] = args.idle_seconds
-            memory = memory_by_kind(stack.processes())
-            figures["memory_idle"] = {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
-                                      "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()),
-                                      "by_kind": memory}
+            figures.update(measure_idle(stack, args.settle_seconds, args.idle_seconds))
+        figures["stop_seconds_final"] = round(stack.stop(signal.SIGINT), 1)
+        return figures
+    finally:
+        if stack.process is not None and stack.process.poll() is None:
+            try:
+                stack.stop(signal.SIGTERM)
+            except Exception:
+                pass
+        stack.kill()
+
+
+def measure_idle(stack: Stack, settle_seconds: float, idle_seconds: float) -> dict:
+    """The stack's CPU over `idle_seconds` after `settle_seconds`, and its memory then."""
+    time.sleep(settle_seconds)  # the last runs' tasks and callbacks end first
+    processes = stack.processes()
+    # CPU of the stack's processes (those that ended meanwhile count until their last reading, those
+    # started meanwhile, such as a health check's, from zero; each with the children it reaped).
+    before, started = {pid: tree_cpu_seconds([pid]) for pid in processes}, time.monotonic()
+    time.sleep(idle_seconds)
+    after = {pid: tree_cpu_seconds([pid]) for pid in stack.processes()}
+    spent = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+    memory = memory_by_kind(stack.processes())
+    return {"idle_cpu_percent_of_one_core": round(100 * spent / (time.monotonic() - started), 2),
+            "idle_seconds": idle_seconds,
+            "memory_idle": {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
+                            "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()), "by_kind": memory}}
+
+
+def idle_only(args: argparse.Namespace) -> dict:
+    """A fresh make up with nothing to do: its idle CPU and memory."""
+    root = Path(args.root or tempfile.mkdtemp(prefix="airbatch-idle-"))
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stack = Stack(root)
+    stack.env.pop("UP_WATCH_SECONDS")  # make up's own watchdog interval, as a user runs it
+    try:
+        stack.up()
+        figures = {"root": str(root), **measure_idle(stack, args.settle_seconds, args.idle_seconds)}
         figures["stop_seconds_final"] = round(stack.stop(signal.SIGINT), 1)
         return figures
     finally:
@@ -443,15 +467,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="the wait after the last run before the idle CPU is measured")
     parser.add_argument("--root", help="the private folder of the stack (default: a new temporary one)")
     parser.add_argument("--figures", type=Path, help="also write the figures here as JSON")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="only start make up, measure it idle (--settle-seconds, then --idle-seconds) and stop it")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        figures = soak(args)
+        figures = idle_only(args) if args.idle_only else soak(args)
     except (SoakError, RehearsalError) as error:
         print(f"soak: {error}", file=sys.stderr)
         return 1
     figures["seconds"] = round(time.monotonic() - started)
-    print("soak passed: " + json.dumps(figures))
+    print(("idle: " if args.idle_only else "soak passed: ") + json.dumps(figures))
     if args.figures:
         args.figures.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

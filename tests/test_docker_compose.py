@@ -31,7 +31,7 @@ def test_every_airflow_service_sees_the_aws_connection_and_data_root():
             env = service["environment"]
             assert "AIRFLOW_CONN_AWS_DEFAULT" in env and env["DATA_ROOT"].startswith("${DATA_ROOT"), name
             settings = {**production_env(), **env}
-            assert settings["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor", name
+            assert settings["AIRFLOW__CORE__EXECUTOR"] == "operators.kit.executor.DeferSafeLocalExecutor", name
             assert settings["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True", name  # shards wait in the triggerer
             assert service["build"]["dockerfile"] == "images/airflow/Dockerfile"
 
