@@ -145,6 +145,15 @@ class Stack:
                             region_name="us-east-1", aws_access_key_id=client.access_key_id,
                             aws_secret_access_key=client.secret_access_key)
 
+    def shut_down(self) -> None:
+        """Whatever happened: stop make up if it runs, then kill anything of the stack still alive."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.stop(signal.SIGTERM)
+            except Exception:  # a stop that fails still ends in the kill below
+                pass
+        self.kill()
+
     def kill(self) -> None:
         for pid in self.processes():
             try:
@@ -201,6 +210,12 @@ def memory_by_kind(processes: dict[int, str]) -> dict[str, dict[str, float]]:
         entry["pss_mb"] += values.get("Pss", 0) / 1024
         entry["processes"] += 1
     return {kind: {key: round(value) for key, value in entry.items()} for kind, entry in sorted(kinds.items())}
+
+
+def memory_figures(processes: dict[int, str]) -> dict:
+    memory = memory_by_kind(processes)
+    return {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
+            "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()), "by_kind": memory}
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -363,22 +378,13 @@ def soak(args: argparse.Namespace) -> dict:
             figures["trigger_to_first_submit_s"] = {"p50": round(statistics.median(latencies), 1),
                                                      "p95": round(percentile(latencies, 0.95), 1),
                                                      "runs": len(latencies)}
-        processes = stack.processes()
-        memory = memory_by_kind(processes)
-        figures["memory_after_load"] = {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
-                                        "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()),
-                                        "by_kind": memory}
+        figures["memory_after_load"] = memory_figures(stack.processes())
         if args.idle_seconds:
             figures.update(measure_idle(stack, args.settle_seconds, args.idle_seconds))
         figures["stop_seconds_final"] = round(stack.stop(signal.SIGINT), 1)
         return figures
     finally:
-        if stack.process is not None and stack.process.poll() is None:
-            try:
-                stack.stop(signal.SIGTERM)
-            except Exception:
-                pass
-        stack.kill()
+        stack.shut_down()
 
 
 def measure_idle(stack: Stack, settle_seconds: float, idle_seconds: float) -> dict:
@@ -391,11 +397,8 @@ def measure_idle(stack: Stack, settle_seconds: float, idle_seconds: float) -> di
     time.sleep(idle_seconds)
     after = {pid: tree_cpu_seconds([pid]) for pid in stack.processes()}
     spent = sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
-    memory = memory_by_kind(stack.processes())
     return {"idle_cpu_percent_of_one_core": round(100 * spent / (time.monotonic() - started), 2),
-            "idle_seconds": idle_seconds,
-            "memory_idle": {"total_pss_mb": sum(entry["pss_mb"] for entry in memory.values()),
-                            "total_rss_mb": sum(entry["rss_mb"] for entry in memory.values()), "by_kind": memory}}
+            "idle_seconds": idle_seconds, "memory_idle": memory_figures(stack.processes())}
 
 
 def idle_only(args: argparse.Namespace) -> dict:
@@ -410,12 +413,7 @@ def idle_only(args: argparse.Namespace) -> dict:
         figures["stop_seconds_final"] = round(stack.stop(signal.SIGINT), 1)
         return figures
     finally:
-        if stack.process is not None and stack.process.poll() is None:
-            try:
-                stack.stop(signal.SIGTERM)
-            except Exception:
-                pass
-        stack.kill()
+        stack.shut_down()
 
 
 def running_parent_jobs(batch, dag_id: str, run_id: str, shard: int) -> list[str]:
