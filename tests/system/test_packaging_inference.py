@@ -151,14 +151,28 @@ def test_an_approval_starts_inference_with_the_new_version(airflow_db, local_aws
         assert type(timetable).__name__ == "AssetOrTimeSchedule"
         assert timetable.asset_condition.name == "packaging_models"
 
-    from sqlalchemy import delete, select
+    from sqlalchemy import delete, select, update
 
     from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.models.dag import DagModel
     from airflow.utils.session import create_session
 
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    from localaws.stack import REPO
+
     inference_dags = ("packaging_inference_daily", "packaging_inference_monthly")
+    DagBundlesManager().sync_bundles_to_db()
+    for dag_id in inference_dags:  # registered as the dag-processor would (a fresh DB has no row for them yet)
+        bag = BundleDagBag(dag_folder=str(REPO / "dags" / f"{dag_id}.py"), bundle_path=REPO / "dags",
+                           bundle_name="dags-folder")
+        sync_bag_to_db(bag, "dags-folder", None)
     with create_session() as session:  # no scheduler consumes the queue here: start from an empty one
         session.execute(delete(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id.in_(inference_dags)))
+        # The inference DAGs start paused (scheduled DAGs do), and Airflow queues an Asset event's runs only
+        # for unpaused DAGs: their schedules are on here, as a user turns them on.
+        session.execute(update(DagModel).where(DagModel.dag_id.in_(inference_dags)).values(is_paused=False))
     training = run_training(logical_date=MONDAY)
     assert training.state == DagRunState.SUCCESS
     [evaluation] = xcom(training, "evaluate")
