@@ -198,10 +198,11 @@ def test_up_restarts_a_component_whose_heartbeat_stops_and_a_restart_keeps_the_d
     assert hung not in processes_naming(stack.marker)
     assert first.poll() is None, tail(first_log)
 
-    # SIGTERM to make up's process group (what `timeout` or a supervisor sends) stops everything in 30 s.
+    # SIGTERM to make up's process group (what `timeout` or a supervisor sends) stops everything: SIGKILL
+    # after 20 s of grace; the bound leaves room for a loaded machine (it left components running for minutes).
     os.killpg(first.pid, signal.SIGTERM)
-    assert first.wait(timeout=60) != 0
-    wait_until_gone(stack.marker, 30)
+    assert first.wait(timeout=90) != 0
+    wait_until_gone(stack.marker, 60)
 
     second, second_log = stack("second")
     wait_ready(second, second_log)
@@ -217,7 +218,7 @@ def test_up_restarts_a_component_whose_heartbeat_stops_and_a_restart_keeps_the_d
     assert (starts[0] / "scheduler.log").stat().st_size > 0
     os.killpg(second.pid, signal.SIGINT)
     assert second.wait(timeout=60) != 0
-    wait_until_gone(stack.marker, 30)
+    wait_until_gone(stack.marker, 60)
 
 
 def test_up_refuses_a_connection_that_names_another_local_endpoint_naming_the_variable(stack):
@@ -227,4 +228,4 @@ def test_up_refuses_a_connection_that_names_another_local_endpoint_naming_the_va
     message = tail(log)
     assert "names a local endpoint on port 4566" in message and f"LOCALAWS_PORT={stack.env['LOCALAWS_PORT']}" in message
     assert "Airflow is ready" not in message
-    wait_until_gone(stack.marker, 30)
+    wait_until_gone(stack.marker, 60)
