@@ -84,7 +84,8 @@ def create_app():
         text = runview.dead_letter_csv(runview.RunFiles(engine.run_root(dag_id, run_id)))
         name = engine.safe_name(f"{dag_id}-{run_id}-dead_letter")
         return PlainTextResponse(text, media_type="text/csv",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+                                 headers={"Content-Disposition": f'attachment; filename="{name}.csv"',
+                                          "X-Content-Type-Options": "nosniff"})
 
     @app.get("/runs/{dag_id}/{run_id}/report", dependencies=can_read_run)
     def report(dag_id: str, run_id: str, session: SessionDep):

@@ -316,9 +316,26 @@ def dead_letter_page(files: RunFiles, page: int, size: int = PAGE_SIZE) -> dict[
     return {"total": len(frame), "page": page, "pages": pages, "columns": [str(c) for c in frame.columns], "rows": rows}
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (a unit key "=HYPERLINK(...)") with a leading
+    quote, so it opens as the text it is; every other value as it is."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def dead_letter_csv(files: RunFiles) -> str:
     frame = dead_letter_frame(files)
-    return "" if frame is None else frame.to_csv(index=False)
+    if frame is None:
+        return ""
+    text_columns = [column for column in frame.columns if frame[column].dtype == object or str(frame[column].dtype)
+                    in ("string", "str")]
+    safe = frame.copy()
+    for column in text_columns:
+        safe[column] = safe[column].map(formula_safe)
+    return safe.to_csv(index=False)
 
 
 # --- the page --------------------------------------------------------------------------------------------

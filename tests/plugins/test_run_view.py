@@ -152,7 +152,9 @@ def test_the_run_view_shows_the_runs_numbers_from_its_files(api, dead_letter_run
     dead = pd.read_parquet(summary["dead_letter"])
     page = reader.get(base + "/dead_letter.json", params={"page": 1}).json()
     assert page["total"] == len(dead) and page["columns"] == list(dead.columns)
-    rows = list(csv.DictReader(io.StringIO(reader.get(base + "/dead_letter.csv").text)))
+    exported = reader.get(base + "/dead_letter.csv")
+    assert exported.headers["x-content-type-options"] == "nosniff"
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert sorted(r["unit_id"] for r in rows) == sorted(dead["unit_id"])
 
     html = reader.get(base).text

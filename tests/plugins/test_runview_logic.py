@@ -106,3 +106,18 @@ def test_the_note_of_a_run_whose_shard_left_no_summary_counts_that_shards_batche
         "20 batches: 10 done, 0 cached, 0 failed, 0 dead-lettered, 10 not finished (their shard has no result)"
     records[("run_shard", "summary")] = [("run_shard", 1, {"batches": 10, "succeeded": 4, "cached": 0, "failed": 6})]
     assert runview.note_for_run(None, "units_of_work", "r") == "20 batches: 14 done, 0 cached, 6 failed, 0 dead-lettered"
+
+
+def test_the_dead_letter_export_opens_formula_like_cells_as_text_and_keeps_numbers(tmp_path):
+    import csv
+    import io
+
+    import pandas as pd
+
+    keys = ['=HYPERLINK("http://attacker.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "u000001"]
+    pd.DataFrame({"unit_id": keys, "rows": [1, -2, 3, 4, 5, 6], "reason": ["bad"] * 6}).to_parquet(
+        tmp_path / runview.DEAD_LETTER_FILE)
+    rows = list(csv.DictReader(io.StringIO(runview.dead_letter_csv(runview.RunFiles(str(tmp_path))))))
+    assert [row["unit_id"] for row in rows] == ["'" + key for key in keys[:5]] + ["u000001"]
+    assert [row["rows"] for row in rows] == ["1", "-2", "3", "4", "5", "6"]  # numbers stay numbers
+    assert all(row["reason"] == "bad" for row in rows)
