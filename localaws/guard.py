@@ -51,17 +51,20 @@ class Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+#: A Host header as RFC 9110 has it here: a name or IPv4 address, or a bracketed IPv6 address, then an
+#: optional port of digits. Nothing else may follow ("localhost:4612@evil.com" is not a loopback host).
+_HOST_HEADER = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
 def is_loopback_host(host_header: str) -> bool:
-    """True for `localhost`, `127.x.y.z`, `[::1]`, each with or without a port."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        host = host[1:host.find("]")] if "]" in host else ""
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    if host == "localhost":
+    """True for `localhost`, `127.x.y.z`, `[::1]`, each with or without a port, and nothing more."""
+    match = _HOST_HEADER.fullmatch(host_header.strip().lower())
+    if match is None or (match["port"] is not None and not 0 < int(match["port"]) < 65536):
+        return False
+    if match["name"] == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(match["v6"] or match["name"]).is_loopback
     except ValueError:
         return False
 

@@ -173,7 +173,9 @@ def s3fs_with_wrong_secret(local_aws):
 # -- from where ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", ["attacker.example", "attacker.example:4566", "127.0.0.1.nip.io", "10.0.0.1",
-                                  "localhost.attacker.example", "[::ffff:8.8.8.8]", ""])
+                                  "localhost.attacker.example", "[::ffff:8.8.8.8]", "",
+                                  "localhost:4612@evil.com", "127.0.0.1:80/evil", "localhost:99999", "[::1]evil",
+                                  "localhost:", "127.0.0.1:4566:1"])
 def test_a_host_that_is_not_loopback_is_refused_even_when_signed_for(local_aws, host):
     method, path, service, body, headers = DESCRIBE_QUEUES
     status, answer_headers, answer = send(local_aws, method, path, service, body, headers, host=host or None,
