@@ -7,7 +7,17 @@
 * moto's own routes (/moto-api/: reset, data, dashboard) are not served;
 * a SigV4 `Authorization` header with one of this start's access keys and a signature that
   botocore's signer computes the same from the request as received; the job key pair may call
-  only what a Batch job role may (S3, CloudWatch Logs, STS), never Batch.
+  only what a Batch job role may (S3, CloudWatch Logs, STS), never Batch;
+* a body bound to the signature: `x-amz-content-sha256`, when sent, is the hex SHA-256 of the body
+  (`UNSIGNED-PAYLOAD` and the streaming forms are refused: over plain HTTP they would let a captured
+  request be replayed with any body), and no body over LOCALAWS_MAX_BODY_BYTES.
+
+The body is read only after the key, the signed headers, the date and the declared length passed,
+and, when the signature covers `x-amz-content-sha256`, after the signature itself: a request with
+a wrong signature is refused before its body is read. A body is read once, hashed as it comes and
+kept in memory up to SPOOL_IN_MEMORY_BYTES, in a temporary file beyond; moto reads that copy.
+(After a refusal werkzeug reads and drops what the client still sends, 10 MB at a time, so that a
+client still sending its body reads the refusal instead of a reset connection.)
 
 `/_localaws/ready` answers "ready" once the endpoint is provisioned, and nothing else.
 """
@@ -16,13 +26,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import io
 import ipaddress
 import json
+import os
 import re
+import tempfile
 import threading
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
@@ -40,7 +51,43 @@ HIDDEN_PREFIXES = ("/moto-api", "/favicon.ico")
 JOB_SERVICES = frozenset({"s3", "logs", "sts"})
 MAX_CLOCK_SKEW_S = 15 * 60
 _AUTH_FIELDS = re.compile(r"(Credential|SignedHeaders|Signature)=([^,\s]+)")
-_HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+#: The largest request body the endpoint reads, in bytes (read when the endpoint starts).
+MAX_BODY_ENV = "LOCALAWS_MAX_BODY_BYTES"
+#: 1 GiB: ten times the largest single request the project's clients send (s3fs puts an object of up to
+#: twice its 50 MiB block in one request and larger ones in 50 MiB parts; boto3's upload_file uses 8 MiB
+#: parts), while moto keeps a whole body in memory as it handles it. S3 itself takes up to 5 GiB in one PUT.
+DEFAULT_MAX_BODY_BYTES = 1 << 30
+#: S3's own limit for one PUT: a larger setting would accept what AWS refuses.
+S3_MAX_PUT_BYTES = 5 << 30
+#: A body up to this size is held in memory while it is checked; a larger one in a temporary file.
+SPOOL_IN_MEMORY_BYTES = 8 << 20
+#: The largest body read before its signature can be checked: one whose hash no signed
+#: x-amz-content-sha256 declares (the JSON and query APIs: Batch, CloudWatch Logs, SNS, IAM, Athena,
+#: whose largest requests on AWS are about 1 MiB). S3 clients sign the header, so S3 bodies are
+#: checked against their signature before they are read and only LOCALAWS_MAX_BODY_BYTES limits them.
+UNDECLARED_HASH_MAX_BYTES = 16 << 20
+_READ_CHUNK = 1 << 20
+#: What a client sets so that its body is signed (the error for UNSIGNED-PAYLOAD says it).
+_SIGN_THE_BODY = ("send the body's hex SHA-256 in a signed x-amz-content-sha256 header: botocore, boto3 and s3fs do "
+                  "over http:// unless payload signing was turned off (with boto3, "
+                  "botocore.config.Config(s3={'payload_signing_enabled': True}); with s3fs, "
+                  "config_kwargs={'s3': {'payload_signing_enabled': True}})")
+
+
+def max_body_setting(value: str | int | None) -> int:
+    """The body limit a setting gives (None or "": DEFAULT_MAX_BODY_BYTES); ValueError unless 1 MiB to 5 GiB."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_MAX_BODY_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MAX_BODY_ENV} must be a whole number of bytes, not {value!r}") from None
+    if not 1 << 20 <= limit <= S3_MAX_PUT_BYTES:
+        raise ValueError(f"{MAX_BODY_ENV} must be from {1 << 20} (1 MiB) to {S3_MAX_PUT_BYTES} (5 GiB, S3's limit "
+                         f"for one PUT), not {value!r}")
+    return limit
 
 StartResponse = Callable[..., Any]
 
@@ -70,7 +117,13 @@ def is_loopback_host(host_header: str) -> bool:
 
 
 class _ExactHeaders:
-    """Sign exactly the headers the client says it signed (botocore would drop some by name)."""
+    """Sign exactly the headers the client says it signed (botocore would drop some by name), with the
+    payload hash given (the body itself is not at hand: it may not have been read yet)."""
+
+    payload_hash = ""
+
+    def payload(self, request: AWSRequest) -> str:
+        return self.payload_hash
 
     def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
         headers = HTTPHeaders()
@@ -90,9 +143,11 @@ class _S3Signer(_ExactHeaders, S3SigV4Auth):
 class RequestGuard:
     """WSGI middleware in front of moto's DomainDispatcherApplication."""
 
-    def __init__(self, app: Any, credentials: Credentials):
+    def __init__(self, app: Any, credentials: Credentials, max_body_bytes: int | None = None):
         self.app = app
         self.credentials = credentials
+        self.max_body_bytes = max_body_setting(os.environ.get(MAX_BODY_ENV) if max_body_bytes is None
+                                               else max_body_bytes)
         self.ready = threading.Event()
         self._conditional_writes = threading.Lock()
 
@@ -172,16 +227,29 @@ class RequestGuard:
             raise Refusal(403, "SignatureDoesNotMatch", "the signature must cover the Host header")
         timestamp = environ.get("HTTP_X_AMZ_DATE", "")
         _check_clock(timestamp, date)
-        body = _read_body(environ)
-        content_sha = environ.get("HTTP_X_AMZ_CONTENT_SHA256", "")
-        if _HEX_SHA256.match(content_sha) and content_sha != hashlib.sha256(body).hexdigest():
+        declared = _declared_payload_hash(environ)
+        # A signed x-amz-content-sha256 is the payload hash of the signature: the signature is checked
+        # before a byte of the body is read. Without it the signature covers the body's own hash, so the
+        # body must be read first, and only a small one is.
+        hash_is_signed = declared is not None and "x-amz-content-sha256" in signed
+        limit = self.max_body_bytes if hash_is_signed else min(self.max_body_bytes, UNDECLARED_HASH_MAX_BYTES)
+        _check_length(environ, limit, hash_is_signed)
+
+        def check_signature(payload_hash: str) -> None:
+            expected = _signature(environ, payload_hash, signed, timestamp, access_key, secret, region, service)
+            if not hmac.compare_digest(expected, fields["Signature"]):
+                raise Refusal(403, "SignatureDoesNotMatch",
+                              "The request signature we calculated does not match the signature you provided: "
+                              "check the secret access key and the signing method")
+
+        if hash_is_signed:
+            check_signature(declared)
+        actual = _read_body(environ, limit, hash_is_signed)
+        if declared is not None and declared.lower() != actual:
             raise Refusal(400, "XAmzContentSHA256Mismatch",
                           "the x-amz-content-sha256 header does not match the request body")
-        expected = _signature(environ, body, signed, timestamp, access_key, secret, region, service)
-        if not hmac.compare_digest(expected, fields["Signature"]):
-            raise Refusal(403, "SignatureDoesNotMatch",
-                          "The request signature we calculated does not match the signature you provided: check "
-                          "the secret access key and the signing method")
+        if not hash_is_signed:
+            check_signature(actual)
         return access_key
 
 
@@ -208,22 +276,91 @@ def _check_clock(timestamp: str, scope_date: str) -> None:
                       f"the request was signed {skew:.0f} s away from the endpoint's clock (at most {MAX_CLOCK_SKEW_S} s)")
 
 
-def _read_body(environ: dict[str, Any]) -> bytes:
-    """The request body, read once; moto then reads the same bytes."""
-    stream = environ["wsgi.input"]
+def _declared_payload_hash(environ: dict[str, Any]) -> str | None:
+    """The x-amz-content-sha256 header (None when absent); Refusal unless it is a hex SHA-256.
+
+    `UNSIGNED-PAYLOAD` and the streaming forms (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`,
+    `STREAMING-AWS4-HMAC-SHA256-PAYLOAD`, whose chunk signatures are not checked here) leave the body
+    out of the signature: over plain HTTP anyone who sees a request could send it again with another body.
+    """
+    value = environ.get("HTTP_X_AMZ_CONTENT_SHA256")
+    if value is None or _HEX_SHA256.fullmatch(value):
+        return value
+    raise Refusal(400, "InvalidRequest",
+                  f"x-amz-content-sha256 is {value[:80]!r}: the local AWS endpoint is plain HTTP and takes only "
+                  f"bodies covered by the signature; {_SIGN_THE_BODY}")
+
+
+def _declared_length(environ: dict[str, Any]) -> int | None:
+    """Content-Length as a number (0 when absent); None for a chunked body, whose length is known once read."""
     if environ.get("wsgi.input_terminated"):
-        body = stream.read()
-    else:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise Refusal(400, "InvalidRequest", "Content-Length is not a number") from None
-        body = stream.read(length) if length > 0 else b""
-    environ["wsgi.input"] = io.BytesIO(body)
-    return body
+        return None
+    text = (environ.get("CONTENT_LENGTH") or "0").strip()
+    if not text.isdigit():
+        raise Refusal(400, "InvalidRequest", f"Content-Length {text[:40]!r} is not a number of bytes")
+    return int(text)
 
 
-def _signature(environ: dict[str, Any], body: bytes, signed: list[str], timestamp: str,
+def _too_large(size: str, limit: int, hash_is_signed: bool) -> Refusal:
+    if not hash_is_signed and limit == UNDECLARED_HASH_MAX_BYTES:
+        return Refusal(413, "EntityTooLarge",
+                       f"the request body ({size}) is over {limit} bytes and no signed x-amz-content-sha256 header "
+                       "declares its hash: the local AWS endpoint reads a body that large only once the signature "
+                       f"has been checked; {_SIGN_THE_BODY}")
+    return Refusal(413, "EntityTooLarge",
+                   f"the request body ({size}) is larger than the local AWS endpoint takes in one request "
+                   f"({limit} bytes, {MAX_BODY_ENV}): upload it in parts (multipart upload; s3fs and boto3's "
+                   "upload_file do so by themselves) or start the endpoint with a larger "
+                   f"{MAX_BODY_ENV} (at most {S3_MAX_PUT_BYTES}, S3's limit for one PUT)")
+
+
+def _check_length(environ: dict[str, Any], limit: int, hash_is_signed: bool) -> None:
+    """Refuse a declared Content-Length over `limit` before anything of the body is read."""
+    length = _declared_length(environ)
+    if length is not None and length > limit:
+        raise _too_large(f"Content-Length {length}", limit, hash_is_signed)
+
+
+def _read_body(environ: dict[str, Any], limit: int, hash_is_signed: bool) -> str:
+    """Read the body once, hashing it as it comes; moto then reads the copy. Returns its hex SHA-256.
+
+    The copy stays in memory up to SPOOL_IN_MEMORY_BYTES and goes to a temporary file beyond, so a
+    large body is never held twice. A chunked body (`wsgi.input_terminated`: werkzeug removes the
+    chunking) is read to its end, and refused as soon as it passes `limit`.
+    """
+    stream = environ["wsgi.input"]
+    declared = _declared_length(environ)
+    remaining = limit + 1 if declared is None else declared
+    copy: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="localaws-body-")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        while remaining > 0:
+            try:
+                chunk = stream.read(min(_READ_CHUNK, remaining))
+            except (OSError, ValueError) as error:  # werkzeug's DechunkedInput: "Invalid chunk header"
+                raise Refusal(400, "IncompleteBody", f"the request body could not be read after {size} bytes: "
+                                                     f"{error}") from None
+            if not chunk:
+                break
+            size += len(chunk)
+            remaining -= len(chunk)
+            if size > limit:
+                raise _too_large(f"more than {limit} bytes, chunked", limit, hash_is_signed)
+            digest.update(chunk)
+            copy.write(chunk)
+        if declared is not None and size < declared:
+            raise Refusal(400, "IncompleteBody",
+                          f"the request ended after {size} of the {declared} bytes its Content-Length announced")
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
+    environ["wsgi.input"] = copy
+    return digest.hexdigest()
+
+
+def _signature(environ: dict[str, Any], payload_hash: str, signed: list[str], timestamp: str,
                access_key: str, secret: str, region: str, service: str) -> str:
     raw_target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
     if "://" in raw_target:  # absolute form
@@ -241,10 +378,11 @@ def _signature(environ: dict[str, Any], body: bytes, signed: list[str], timestam
             raise Refusal(403, "SignatureDoesNotMatch", f"the signed header {name!r} is not in the request")
         headers[name] = value
     request = AWSRequest(method=environ.get("REQUEST_METHOD", "GET"),
-                         url=f"http://{environ.get('HTTP_HOST', '')}{raw_target}", headers=headers, data=body)
+                         url=f"http://{environ.get('HTTP_HOST', '')}{raw_target}", headers=headers)
     request.context["timestamp"] = timestamp
     signer_class = _S3Signer if service == "s3" else _ServiceSigner
     signer = signer_class(BotocoreCredentials(access_key, secret), service, region)
+    signer.payload_hash = payload_hash
     canonical = signer.canonical_request(request)
     return signer.signature(signer.string_to_sign(request, canonical), request)
 
@@ -258,7 +396,8 @@ def _without_cors(start_response: StartResponse) -> StartResponse:
     return filtered
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+            503: "Service Unavailable"}
 
 
 def _plain(start_response: StartResponse, status: int, text: str) -> list[bytes]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import signal
@@ -364,3 +365,236 @@ def test_a_new_credentials_file_is_private_from_its_creation(tmp_path):
     assert Credentials.load(path) == written
     assert written.client != written.job and written.client != Credentials.generate().client
     assert written.client.secret_access_key not in repr(written)
+
+
+# -- the body: bound to the signature, read after it, limited --------------------------------------
+
+def raw_exchange(port: int, head: str, body_parts: list[bytes] = (), half_close: bool = False) -> tuple[int, bytes]:
+    """Send a request as raw bytes (the body as given, maybe cut short), then read the reply (head and body)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        connection.sendall(head.encode())
+        try:
+            for part in body_parts:
+                connection.sendall(part)
+        except OSError:  # the endpoint answered and closed before it read the rest
+            pass
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
+        reply = b""
+        # the reply ends after its Content-Length: the endpoint may still be reading (and dropping) what
+        # the client sent past a refusal, waiting for the client to close
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
+                http.client.parse_headers(io.BytesIO(reply.partition(b"\r\n\r\n")[0].partition(b"\r\n")[2] + b"\r\n\r\n"))
+                .get("Content-Length", "0")):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return int(reply.split(b" ", 2)[1]), reply
+
+
+def signed_head(aws, method: str, path: str, body: bytes, extra: dict | None = None, pair: KeyPair | None = None,
+                payload_hash: str | None = None, zero_signature: bool = False) -> str:
+    """The head of an S3 request signed as botocore signs one over http (the body's hash in x-amz-content-sha256)."""
+    import hashlib
+
+    host = f"127.0.0.1:{aws.port}"
+    headers = {"Host": host, "x-amz-content-sha256": payload_hash or hashlib.sha256(body).hexdigest(), **(extra or {})}
+    request = AWSRequest(method=method, url=f"http://{host}{path}", headers=headers)
+    pair = pair or aws.credentials.client
+    SigV4Auth(BotocoreCredentials(pair.access_key_id, pair.secret_access_key), "s3", aws.region).add_auth(request)
+    lines = dict(request.headers.items())
+    if zero_signature:
+        lines["Authorization"] = lines["Authorization"].rsplit("Signature=", 1)[0] + "Signature=" + "0" * 64
+    return f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.items()) + "\r\n"
+
+
+def chunked(data: bytes, size: int = 1 << 20) -> list[bytes]:
+    parts = [b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size]) for i in range(0, len(data), size)]
+    return [*parts, b"0\r\n\r\n"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(local_aws):
+    from localaws.guard import DEFAULT_MAX_BODY_BYTES, UNDECLARED_HASH_MAX_BYTES
+
+    local_aws.s3.create_bucket(Bucket="limit-bucket")
+    too_large = str(DEFAULT_MAX_BODY_BYTES + 1)
+    head = signed_head(local_aws, "PUT", "/limit-bucket/big", b"", {"Content-Length": too_large},
+                       payload_hash="0" * 64)
+    started = time.monotonic()
+    status, reply = raw_exchange(local_aws.port, head)  # no body sent at all: the answer comes from the head
+    assert status == 413 and error_code(reply.partition(b"\r\n\r\n")[2]) == "EntityTooLarge", reply
+    assert b"LOCALAWS_MAX_BODY_BYTES" in reply and b"multipart" in reply and time.monotonic() - started < 10
+    # a body whose hash no signed header declares is read before its signature can be checked: only a small one
+    method, path, service, body, headers = DESCRIBE_QUEUES
+    status, _, answer = send(local_aws, method, path, service, body,
+                             {**headers, "Content-Length": str(UNDECLARED_HASH_MAX_BYTES + 1)})
+    assert status == 413 and error_code(answer) == "EntityTooLarge" and b"x-amz-content-sha256" in answer
+    with pytest.raises(botocore.exceptions.ClientError):
+        local_aws.s3.head_object(Bucket="limit-bucket", Key="big")
+
+
+def test_a_chunked_body_is_read_to_its_end_and_limited(local_aws):
+    from localaws.guard import UNDECLARED_HASH_MAX_BYTES
+
+    local_aws.s3.create_bucket(Bucket="chunked-bucket")
+    data = os.urandom(3 << 20)
+    head = signed_head(local_aws, "PUT", "/chunked-bucket/k", data, {"Transfer-Encoding": "chunked"})
+    status, reply = raw_exchange(local_aws.port, head, chunked(data))
+    assert status == 200, reply
+    assert local_aws.s3.get_object(Bucket="chunked-bucket", Key="k")["Body"].read() == data
+    # chunked, so no Content-Length to refuse early: the endpoint stops reading past the limit
+    big = b"{" + b" " * UNDECLARED_HASH_MAX_BYTES + b"}"
+    request = AWSRequest(method="POST", url=f"http://127.0.0.1:{local_aws.port}/v1/describejobqueues", data=big,
+                         headers={"Host": f"127.0.0.1:{local_aws.port}", "Content-Type": "application/json"})
+    client = local_aws.credentials.client
+    SigV4Auth(BotocoreCredentials(client.access_key_id, client.secret_access_key), "batch", local_aws.region).add_auth(request)
+    head = ("POST /v1/describejobqueues HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in request.headers.items()) + "\r\n")
+    status, reply = raw_exchange(local_aws.port, head, chunked(big))
+    assert status == 413 and b"EntityTooLarge" in reply, reply[:300]
+    # a broken chunked body, a Content-Length that is not a number, a body cut short
+    status, reply = raw_exchange(local_aws.port, signed_head(local_aws, "PUT", "/chunked-bucket/bad", b"x",
+                                                             {"Transfer-Encoding": "chunked"}), [b"zz\r\nx\r\n0\r\n\r\n"])
+    assert status == 400 and b"IncompleteBody" in reply and b"Invalid chunk header" in reply, reply
+    status, reply = raw_exchange(local_aws.port, signed_head(local_aws, "PUT", "/chunked-bucket/bad", b"x",
+                                                             {"Content-Length": "1e3"}), [b"x"])
+    assert status == 400 and b"is not a number of bytes" in reply, reply
+    data = b"y" * 1000
+    status, reply = raw_exchange(local_aws.port, signed_head(local_aws, "PUT", "/chunked-bucket/short", data,
+                                                             {"Content-Length": "1000"}), [data[:400]], half_close=True)
+    assert status == 400 and b"IncompleteBody" in reply and b"after 400 of the 1000 bytes" in reply, reply
+    for key in ("bad", "short"):
+        with pytest.raises(botocore.exceptions.ClientError):
+            local_aws.s3.head_object(Bucket="chunked-bucket", Key=key)
+
+
+@pytest.mark.parametrize("payload", ["UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+                                     "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"])
+def test_a_body_left_out_of_the_signature_is_refused_so_a_captured_request_cannot_carry_another(local_aws, payload):
+    local_aws.s3.create_bucket(Bucket="replay-bucket")
+    original = b"what the client wrote"
+    head = signed_head(local_aws, "PUT", "/replay-bucket/k", original, {"Content-Length": "25"}, payload_hash=payload)
+    status, reply = raw_exchange(local_aws.port, head, [b"what an attacker put there"[:25]])
+    assert status == 400 and b"InvalidRequest" in reply and b"payload_signing_enabled" in reply, reply
+    assert payload.encode() in reply
+    with pytest.raises(botocore.exceptions.ClientError):
+        local_aws.s3.head_object(Bucket="replay-bucket", Key="k")
+
+
+def test_boto3_with_payload_signing_off_is_told_what_to_set(local_aws):
+    from botocore.config import Config
+
+    unsigned = boto3.client("s3", **local_aws.client_kwargs, config=Config(s3={"payload_signing_enabled": False}))
+    local_aws.s3.create_bucket(Bucket="unsigned-bucket")
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        unsigned.put_object(Bucket="unsigned-bucket", Key="k", Body=b"data")
+    assert refused.value.response["Error"]["Code"] == "InvalidRequest"
+    assert "payload_signing_enabled" in refused.value.response["Error"]["Message"]
+
+
+def test_the_projects_s3_clients_send_bodies_the_endpoint_takes(local_aws, tmp_path):
+    """boto3 (one PUT and a multipart upload), s3fs (a body over the in-memory spool) and the storage layer."""
+    import s3fs
+    from batch_worker.storage import Location
+
+    local_aws.s3.create_bucket(Bucket="clients-bucket")
+    data = os.urandom(20 << 20)
+    local_aws.s3.put_object(Bucket="clients-bucket", Key="put", Body=data)
+    (tmp_path / "big.bin").write_bytes(data)
+    local_aws.s3.upload_file(str(tmp_path / "big.bin"), "clients-bucket", "multipart")  # 8 MiB parts
+    fs = s3fs.S3FileSystem(key=local_aws.credentials.client.access_key_id,
+                           secret=local_aws.credentials.client.secret_access_key, endpoint_url=local_aws.url,
+                           skip_instance_cache=True)
+    fs.pipe_file("clients-bucket/s3fs", data)
+    with fs.open("clients-bucket/s3fs-stream", "wb", block_size=5 << 20) as out:  # a multipart upload
+        out.write(data)
+    folder = Location.parse("s3://clients-bucket/location", {"key": local_aws.credentials.client.access_key_id,
+                                                             "secret": local_aws.credentials.client.secret_access_key,
+                                                             "endpoint_url": local_aws.url})
+    folder.write_json(folder.join("a.json"), {"x": 1})
+    for key in ("put", "multipart", "s3fs", "s3fs-stream"):
+        assert local_aws.s3.get_object(Bucket="clients-bucket", Key=key)["Body"].read() == data, key
+    assert folder.read_json(folder.join("a.json")) == {"x": 1}
+
+
+def test_a_refused_upload_is_answered_to_a_client_still_sending_it(local_aws):
+    """The endpoint refuses before reading the body; it then reads and drops it, so boto3 gets the error, not a reset."""
+    local_aws.s3.create_bucket(Bucket="refused-bucket")
+    wrong = boto3.client("s3", endpoint_url=local_aws.url, region_name=local_aws.region,
+                         aws_access_key_id=local_aws.credentials.client.access_key_id, aws_secret_access_key="wrong")
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        wrong.put_object(Bucket="refused-bucket", Key="k", Body=os.urandom(20 << 20))
+    assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
+def test_the_body_limit_setting_is_checked():
+    from localaws.guard import DEFAULT_MAX_BODY_BYTES, max_body_setting
+
+    assert max_body_setting(None) == max_body_setting("") == DEFAULT_MAX_BODY_BYTES == 1 << 30
+    assert max_body_setting("5368709120") == 5 << 30 and max_body_setting(str(1 << 20)) == 1 << 20
+    for bad, problem in (("1GB", "whole number of bytes"), ("5368709121", "5 GiB"), ("1000", "1 MiB"), ("-1", "1 MiB")):
+        with pytest.raises(ValueError, match=problem) as error:
+            max_body_setting(bad)
+        assert "LOCALAWS_MAX_BODY_BYTES" in str(error.value)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+@pytest.fixture(scope="module")
+def small_limit_endpoint(tmp_path_factory):
+    """`python -m localaws serve` with LOCALAWS_MAX_BODY_BYTES at 1 MiB (nothing provisioned)."""
+    folder = tmp_path_factory.mktemp("small-limit")
+    env = dict(os.environ, LOCALAWS_MAX_BODY_BYTES=str(1 << 20))
+    served = Served(folder / "credentials.json", env, folder / "endpoint.log", "--no-provision")
+    yield served
+    served.stop()
+
+
+def test_the_body_limit_is_set_by_the_environment_and_a_chunked_body_past_it_is_refused(small_limit_endpoint):
+    served = small_limit_endpoint
+    s3 = served.client("s3")
+    s3.create_bucket(Bucket="small-bucket")
+    s3.put_object(Bucket="small-bucket", Key="fits", Body=b"x" * (1 << 20))
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        s3.put_object(Bucket="small-bucket", Key="too-big", Body=b"x" * ((1 << 20) + 1))
+    assert refused.value.response["Error"]["Code"] == "EntityTooLarge"
+    assert "1048576 bytes, LOCALAWS_MAX_BODY_BYTES" in refused.value.response["Error"]["Message"]
+    data = b"z" * (2 << 20)
+    head = signed_head(served, "PUT", "/small-bucket/chunked", data, {"Transfer-Encoding": "chunked"})
+    status, reply = raw_exchange(served.port, head, chunked(data))
+    assert status == 413 and b"EntityTooLarge" in reply, reply[:300]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="small-bucket")["Contents"]] == ["fits"]
+
+
+def test_a_large_body_with_a_wrong_signature_is_not_buffered(tmp_path):
+    """400 MB with a valid key id and a zero signature: refused before a byte of it is read (the endpoint's
+    peak memory stays where it was; reading it first took it from about 180 MB to 540 MB)."""
+    size = 400 * 1000 * 1000
+    served = Served(tmp_path / "credentials.json", dict(os.environ), tmp_path / "endpoint.log", "--no-provision")
+    try:
+        before = peak_rss_mb(served.process.pid)
+        zeros = b"\0" * (1 << 20)
+        parts = [zeros] * (size // len(zeros)) + [zeros[:size % len(zeros)]]
+        for payload_hash in (None, "0" * 64):  # the body's true hash, and a hash it does not have
+            head = signed_head(served, "PUT", "/any-bucket/k", b"", {"Content-Length": str(size)},
+                               payload_hash=payload_hash or __import__("hashlib").sha256(b"\0" * size).hexdigest(),
+                               zero_signature=True)
+            status, reply = raw_exchange(served.port, head, parts)
+            assert status == 403 and b"SignatureDoesNotMatch" in reply, reply[:300]
+        # without a signed hash the signature needs the body: a small one is read (16 MiB at most, 8 in memory)
+        method, path, service, body, headers = DESCRIBE_QUEUES
+        status, _, answer = send(served, method, path, service, b"{" + b" " * (15 << 20) + b"}", headers)
+        assert status == 200, answer[:300]
+        grown = peak_rss_mb(served.process.pid) - before
+        assert grown < 60, f"the endpoint's peak memory grew by {grown:.0f} MB"
+    finally:
+        served.stop()
