@@ -31,6 +31,24 @@ def create_app():
 
     can_read_run = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
     app = FastAPI(title="airbatch run view", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def no_sniffing(request, call_next):
+        # Every answer, files and errors included: a browser must take each as the type it is sent as
+        # (a run's file could hold HTML or script that sniffing would run in the Airflow UI's origin).
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.exception_handler(runview.UnsafePath)
+    def unsafe_path(request, error: runview.UnsafePath):
+        # A link (or a FIFO) a job may have planted below DATA_ROOT: as if the file were not there.
+        return JSONResponse({"detail": f"not served: {error}"}, status_code=404)
+
+    @app.exception_handler(runview.OutsideRunFolders)
+    def outside(request, error: runview.OutsideRunFolders):
+        return JSONResponse({"detail": f"{error}: the run view serves only files of the run's own folders"},
+                            status_code=403)
     # The report and the pages embed only inline styles and data: images; nothing may load or run anything else.
     page_policy = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                               "frame-src 'self'; frame-ancestors 'self'",
@@ -100,6 +118,8 @@ def create_app():
         files = runview.RunFiles(engine.run_root(dag_id, run_id))
         try:
             data = files.read(path)
+        except runview.UnsafePath as error:
+            raise HTTPException(404, f"the run's folder has no file {path!r} that the run view serves: {error}") from None
         except runview.OutsideRunFolders as error:
             raise HTTPException(403, f"{error}: the run view serves only files of the run's own folder") from None
         except (FileNotFoundError, IsADirectoryError):

@@ -9,17 +9,24 @@ Everything comes from the run's own folders:
     DATA_ROOT/registry/<model>/versions/<version>/          version.json, report.html (the run's version only)
 
 and from the run's XComs (shard summaries with job ids, the evaluation's version). `RunFiles.read`
-refuses any path that is not inside those folders.
+refuses any path that is not inside those folders. On a local DATA_ROOT every file is opened one
+path component at a time from the real DATA_ROOT, each relative to its parent's descriptor and
+without following a symbolic link (`open_beneath`): a link anywhere between DATA_ROOT and the file
+(a run folder a job replaced by a link to /etc, a linked DAG or registry folder, a linked file) is
+refused, including one planted between a check and the open.
 """
 from __future__ import annotations
 
+import errno
 import html
 import io
 import json
+import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 #: Where the plugin's FastAPI app is mounted in the api-server.
@@ -145,13 +152,108 @@ class OutsideRunFolders(PermissionError):
     pass
 
 
+class UnsafePath(OutsideRunFolders):
+    """A symbolic link, or something other than a folder or a regular file, between DATA_ROOT and a file."""
+
+
+def _local_parts(data_root: str, path: str) -> tuple[str, list[str]]:
+    """(the real DATA_ROOT, the components of `path` below it); OutsideRunFolders unless `path` is below it.
+
+    DATA_ROOT itself may be a link (resolved here, once); nothing below it may be."""
+    base, target = os.path.abspath(data_root), os.path.abspath(path)
+    relative = os.path.relpath(target, base)
+    if relative in (".", "..") or relative.startswith(".." + os.sep) or os.path.isabs(relative):
+        raise OutsideRunFolders(f"{path} is not inside DATA_ROOT ({data_root})")
+    return os.path.realpath(base), relative.split(os.sep)
+
+
+def _open_step(parent: int, name: str, shown: str, folder: bool) -> int:
+    """Open `name` in the folder `parent` without following a link; `shown` names it in errors."""
+    # O_NONBLOCK: a FIFO planted in a run folder would block a plain open until someone writes to it.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if folder else os.O_NONBLOCK)
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        try:
+            kind = os.lstat(name, dir_fd=parent).st_mode
+        except OSError:
+            raise error from None
+        if stat.S_ISLNK(kind):
+            raise UnsafePath(f"{shown} is a symbolic link: the run view does not follow links below DATA_ROOT "
+                             "(a job may have planted it)") from None
+        raise FileNotFoundError(errno.ENOENT, f"{shown} is not a folder", shown) from None
+
+
+def open_beneath(data_root: str, path: str, folder: bool = False) -> int:
+    """A descriptor of `path` (a local path below `data_root`) opened from the real DATA_ROOT one component at
+    a time, each relative to the one before and none through a symbolic link; UnsafePath for a link or, at
+    the end, anything but a regular file (or a folder when `folder`); FileNotFoundError when missing."""
+    real_root, parts = _local_parts(data_root, path)
+    current = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, part in enumerate(parts):
+            shown = "DATA_ROOT/" + "/".join(parts[:index + 1])
+            opened = _open_step(current, part, shown, folder=folder or index < len(parts) - 1)
+            os.close(current)
+            current = opened
+        kind = os.fstat(current).st_mode
+        if folder and not stat.S_ISDIR(kind):
+            raise FileNotFoundError(errno.ENOENT, "not a folder", path)
+        if not folder and stat.S_ISDIR(kind):
+            raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
+        if not folder and not stat.S_ISREG(kind):
+            raise UnsafePath(f"DATA_ROOT/{'/'.join(parts)} is not a regular file (a FIFO, socket or device): "
+                             "the run view reads only regular files")
+        return current
+    except BaseException:
+        os.close(current)
+        raise
+
+
+def read_beneath(data_root: str, path: str) -> bytes:
+    """The bytes of the regular file `path` below `data_root`, reached through no symbolic link."""
+    with os.fdopen(open_beneath(data_root, path), "rb") as handle:
+        return handle.read()
+
+
+def read_folder_beneath(data_root: str, directory: str, wanted: Callable[[str], bool]) -> dict[str, bytes]:
+    """{path: bytes} of the entries of `directory` (below `data_root`) whose names are `wanted`, each opened
+    relative to the folder's own descriptor without following a link; {} when the folder does not exist."""
+    try:
+        folder = open_beneath(data_root, directory, folder=True)
+    except FileNotFoundError:
+        return {}
+    found = {}
+    try:
+        shown = "DATA_ROOT/" + "/".join(_local_parts(data_root, directory)[1])
+        for name in sorted(os.listdir(folder)):
+            if not wanted(name):
+                continue
+            try:
+                handle = _open_step(folder, name, f"{shown}/{name}", folder=False)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            with os.fdopen(handle, "rb") as opened:
+                if not stat.S_ISREG(os.fstat(opened.fileno()).st_mode):
+                    raise UnsafePath(f"{shown}/{name} is not a regular file: the run view reads only regular files")
+                found[os.path.join(directory, name)] = opened.read()
+    finally:
+        os.close(folder)
+    return found
+
+
 @dataclass
 class RunFiles:
-    """The folders of one run: its run folder and, when it registered one, its registry version."""
+    """The folders of one run: its run folder and, when it registered one, its registry version.
+
+    `data_root`: the DATA_ROOT both lie under (None: the DATA_ROOT setting when a file is read)."""
 
     run_root: str
     version_dir: str | None = None
     aws_conn_id: str | None = "aws_default"
+    data_root: str | None = None
     _locations: dict[str, Any] = field(default_factory=dict)
 
     def roots(self) -> list[str]:
@@ -176,16 +278,17 @@ class RunFiles:
             self._locations[root] = engine.location(root, self.aws_conn_id)
         return self._locations[root]
 
+    def local_data_root(self) -> str:
+        from operators.kit import engine
+
+        return self.data_root or engine.data_root()
+
     def read(self, relative: str, root: str | None = None) -> bytes:
         root = root or self.run_root
         uri = self.resolve(relative, root)
         folder = self.location(root)
         if not folder.remote:
-            import os
-
-            real_root, real = os.path.realpath(root), os.path.realpath(uri)
-            if not real.startswith(real_root.rstrip("/") + "/"):
-                raise OutsideRunFolders(f"{relative!r} leads outside the run's folders")
+            return read_beneath(self.local_data_root(), uri)
         return folder.read_bytes(uri)
 
     def read_json(self, relative: str, root: str | None = None) -> Any:
@@ -197,9 +300,13 @@ class RunFiles:
     def shard_results(self) -> dict[int, dict]:
         folder = self.location(self.run_root)
         prefix = folder.join("results")
+        if folder.remote:
+            found = folder.read_many(p for p in folder.list_files(prefix) if re.search(r"/shard-\d+\.json$", p))
+        else:
+            found = read_folder_beneath(self.local_data_root(), prefix,
+                                        lambda name: re.fullmatch(r"shard-\d+\.json", name) is not None)
         results = {}
-        for uri, raw in folder.read_many(p for p in folder.list_files(prefix)
-                                         if re.search(r"/shard-\d+\.json$", p)).items():
+        for uri, raw in found.items():
             data = json.loads(raw)
             results[int(data["shard"]["index"])] = data
         return results
@@ -218,7 +325,9 @@ def version_folder_of(report_uri: str | None, run_id: str, dag_id: str, root: st
                         folder):
         return None, None
     try:
-        record = engine.location(folder, aws_conn_id).read_json(f"{folder}/version.json")
+        place = engine.location(folder, aws_conn_id)
+        record = json.loads(place.read_bytes(f"{folder}/version.json") if place.remote
+                            else read_beneath(root, f"{folder}/version.json"))
     except FileNotFoundError:
         return None, None
     lineage = record.get("lineage") or {}

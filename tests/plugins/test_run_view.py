@@ -129,6 +129,7 @@ def test_requests_without_credentials_or_without_the_right_to_read_the_dag_are_r
         assert outsider.status_code == 403, (path, outsider.text)
         assert "u0000" not in outsider.text and "batches" not in outsider.text
     assert api("reader").get(base + "/data.json").status_code == 200
+    assert outsider.headers["x-content-type-options"] == anonymous.headers["x-content-type-options"] == "nosniff"
 
 
 def test_the_run_view_shows_the_runs_numbers_from_its_files(api, dead_letter_run, module_data_root, monkeypatch):
@@ -177,10 +178,12 @@ def test_a_job_of_another_run_and_paths_outside_the_runs_folder_are_refused(api,
         assert response.status_code in (403, 404), (path, response.status_code)
         assert "not the run's" not in response.text
     assert reader.get(base + "/files/..%2F..%2F..%2Fsecret.txt").status_code == 403
-    # a symbolic link inside the run folder that points outside it is refused too
+    # a symbolic link inside the run folder that points outside it is not followed: as if there were no file
     run_folder = next(module_data_root.glob("runs/units_of_work/*/"))
     (run_folder / "escape.txt").symlink_to(module_data_root / "secret.txt")
-    assert reader.get(base + "/files/escape.txt").status_code == 403
+    escape = reader.get(base + "/files/escape.txt")
+    assert escape.status_code == 404 and "is a symbolic link" in escape.json()["detail"]
+    assert "not the run's" not in escape.text
     assert reader.get(base + "/jobs/not-a-job-of-this-run").status_code == 404
     assert reader.get(f"/airbatch/runs/{dead_letter_run.dag_id}/no-such-run/data.json").status_code == 404
 
@@ -201,3 +204,61 @@ def test_an_s3_data_root_on_the_local_endpoint_is_read_too(api, dead_letter_run,
     assert data["cost"]["cost"] == summary_of(dead_letter_run)["cost"]["cost"]
     assert "u000007" in reader.get(base + "/dead_letter.csv").text
     assert reader.get(base + "/files/..%2F..%2Fsecret.txt").status_code == 403
+
+
+def test_every_answer_of_the_run_view_is_sent_with_nosniff(api, dead_letter_run, module_data_root, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(module_data_root))
+    reader = api("reader")
+    base = view(dead_letter_run)
+    answers = {path: reader.get(base + path) for path in (
+        "", "/data.json", "/dead_letter.csv", "/dead_letter.json", "/files/cost.json", "/files/results/shard-0.json",
+        "/files/no-such-file", "/files/..%2Fx", "/report", f"/jobs/{summary_of(dead_letter_run)['job_ids'][0]}")}
+    assert {path: answer.status_code for path, answer in answers.items()} == {
+        "": 200, "/data.json": 200, "/dead_letter.csv": 200, "/dead_letter.json": 200, "/files/cost.json": 200,
+        "/files/results/shard-0.json": 200, "/files/no-such-file": 404, "/files/..%2Fx": 403, "/report": 404,
+        f"/jobs/{summary_of(dead_letter_run)['job_ids'][0]}": 200}
+    for path, answer in answers.items():
+        assert answer.headers.get("x-content-type-options") == "nosniff", path
+
+
+@pytest.mark.parametrize("linked", ["runs", "runs/units_of_work", "run folder", "run folder/results"])
+def test_a_run_folder_reached_through_a_link_is_not_served(api, dead_letter_run, module_data_root, monkeypatch,
+                                                           tmp_path, linked):
+    """A job can replace its run folder (or a folder above it) by a link to /etc: nothing behind the link is read."""
+    import shutil
+
+    monkeypatch.setenv("DATA_ROOT", str(module_data_root))
+    reader = api("reader")
+    base = view(dead_letter_run)
+    run_folder = next(module_data_root.glob("runs/units_of_work/*/"))
+    folder = {"runs": module_data_root / "runs", "runs/units_of_work": module_data_root / "runs" / "units_of_work",
+              "run folder": run_folder, "run folder/results": run_folder / "results"}[linked]
+    aside = tmp_path / "aside"
+    copy = tmp_path / "behind-the-link"
+    shutil.copytree(folder, copy, symlinks=True)
+    for sub in [copy, *[p for p in copy.rglob("*") if p.is_dir() and not p.is_symlink()]]:
+        (sub / "shadow").write_text("root:secret-hash:19000")
+    folder.rename(aside)
+    folder.symlink_to(copy, target_is_directory=True)
+    try:
+        paths = ("/files/results/shadow", "/files/results/shard-0.json", "/data.json", "")
+        if linked != "run folder/results":
+            paths += ("/files/shadow", "/files/cost.json", "/dead_letter.csv")
+        for path in paths:
+            answer = reader.get(base + path)
+            assert answer.status_code == 404, (path, answer.status_code, answer.text[:300])
+            assert "secret-hash" not in answer.text and "is a symbolic link" in answer.json()["detail"], path
+            assert answer.headers["x-content-type-options"] == "nosniff"
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    assert reader.get(base + "/files/cost.json").status_code == 200
+
+
+def test_a_data_root_that_is_itself_a_link_is_served(api, dead_letter_run, module_data_root, monkeypatch, tmp_path):
+    (tmp_path / "data-link").symlink_to(module_data_root, target_is_directory=True)
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "data-link"))
+    reader = api("reader")
+    base = view(dead_letter_run)
+    assert reader.get(base + "/files/cost.json").status_code == 200
+    assert reader.get(base + "/data.json").json()["counts"]["dead_lettered"] == 1

@@ -117,7 +117,135 @@ def test_the_dead_letter_export_opens_formula_like_cells_as_text_and_keeps_numbe
     keys = ['=HYPERLINK("http://attacker.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "u000001"]
     pd.DataFrame({"unit_id": keys, "rows": [1, -2, 3, 4, 5, 6], "reason": ["bad"] * 6}).to_parquet(
         tmp_path / runview.DEAD_LETTER_FILE)
-    rows = list(csv.DictReader(io.StringIO(runview.dead_letter_csv(runview.RunFiles(str(tmp_path))))))
+    files = runview.RunFiles(str(tmp_path), data_root=str(tmp_path.parent))
+    rows = list(csv.DictReader(io.StringIO(runview.dead_letter_csv(files))))
     assert [row["unit_id"] for row in rows] == ["'" + key for key in keys[:5]] + ["u000001"]
     assert [row["rows"] for row in rows] == ["1", "-2", "3", "4", "5", "6"]  # numbers stay numbers
     assert all(row["reason"] == "bad" for row in rows)
+
+
+# -- no symbolic link between DATA_ROOT and a file ---------------------------------------------------------
+
+def a_run(root) -> runview.RunFiles:
+    """DATA_ROOT/runs/dag/run with a result, a cost and a registry version; a secret outside DATA_ROOT."""
+    run = root / "data" / "runs" / "dag" / "run"
+    (run / "results").mkdir(parents=True)
+    (run / "results" / "shard-0.json").write_text('{"shard": {"index": 0}, "batches": []}')
+    (run / "cost.json").write_text('{"cost": 1}')
+    version = root / "data" / "registry" / "m" / "versions" / "v1"
+    version.mkdir(parents=True)
+    (version / "version.json").write_text('{"lineage": {"dag_id": "dag", "run_id": "run"}}')
+    (version / "report.html").write_text("<p>report</p>")
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "secret.txt").write_text("the secret")
+    return runview.RunFiles(str(run), version_dir=str(version), aws_conn_id=None, data_root=str(root / "data"))
+
+
+def move_behind_link(folder, root) -> None:
+    """Put a copy of `folder` outside DATA_ROOT (with the secret beside its files) and `folder` as a link to it."""
+    import shutil
+
+    copy = root / "elsewhere" / f"copy-of-{folder.name}"
+    shutil.copytree(folder, copy)
+    for sub in [copy, *[p for p in copy.rglob("*") if p.is_dir()]]:
+        (sub / "secret.txt").write_text("the secret")
+    shutil.rmtree(folder)
+    folder.symlink_to(copy, target_is_directory=True)
+
+
+def test_the_run_files_are_read_when_no_link_is_on_the_way(tmp_path):
+    files = a_run(tmp_path)
+    assert files.read_json("cost.json") == {"cost": 1}
+    assert list(files.shard_results()) == [0]
+    assert files.read("report.html", files.version_dir) == b"<p>report</p>"
+    assert files.read_json("missing.json") is None
+    with pytest.raises(IsADirectoryError):
+        files.read("results")
+    assert runview.version_folder_of(f"{files.version_dir}/report.html", "run", "dag", files.data_root,
+                                     None)[0] == files.version_dir
+
+
+def test_data_root_itself_may_be_a_link(tmp_path):
+    files = a_run(tmp_path)
+    (tmp_path / "linked-data").symlink_to(tmp_path / "data", target_is_directory=True)
+    linked = runview.RunFiles(str(tmp_path / "linked-data" / "runs" / "dag" / "run"), aws_conn_id=None,
+                              data_root=str(tmp_path / "linked-data"))
+    assert linked.read_json("cost.json") == {"cost": 1} and list(linked.shard_results()) == [0]
+    assert files.read_json("cost.json") == {"cost": 1}
+
+
+@pytest.mark.parametrize("linked", ["runs", "runs/dag", "runs/dag/run", "runs/dag/run/results"])
+def test_a_linked_folder_between_data_root_and_the_run_files_is_refused(tmp_path, linked):
+    files = a_run(tmp_path)
+    move_behind_link(tmp_path / "data" / linked, tmp_path)
+    reads = [lambda: files.shard_results(), lambda: files.read("results/secret.txt")]
+    if linked != "runs/dag/run/results":
+        reads += [lambda: files.read("secret.txt"), lambda: files.read_json("cost.json")]
+    for read in reads:
+        with pytest.raises(runview.UnsafePath, match=f"DATA_ROOT/{linked} is a symbolic link"):
+            read()
+
+
+@pytest.mark.parametrize("linked", ["registry", "registry/m", "registry/m/versions", "registry/m/versions/v1"])
+def test_a_linked_registry_folder_is_refused(tmp_path, linked):
+    files = a_run(tmp_path)
+    version_dir = files.version_dir
+    move_behind_link(tmp_path / "data" / linked, tmp_path)
+    with pytest.raises(runview.UnsafePath, match=f"DATA_ROOT/{linked} is a symbolic link"):
+        files.read("report.html", version_dir)
+    with pytest.raises(runview.UnsafePath):
+        runview.version_folder_of(f"{version_dir}/report.html", "run", "dag", files.data_root, None)
+
+
+def test_a_linked_file_is_refused_wherever_it_points(tmp_path):
+    files = a_run(tmp_path)
+    run = tmp_path / "data" / "runs" / "dag" / "run"
+    (run / "escape.txt").symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    (run / "inside.json").symlink_to(run / "cost.json")  # even a link that stays inside the folder
+    (run / "results" / "shard-1.json").symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    for name in ("escape.txt", "inside.json"):
+        with pytest.raises(runview.UnsafePath, match=f"DATA_ROOT/runs/dag/run/{name} is a symbolic link"):
+            files.read(name)
+    with pytest.raises(runview.UnsafePath, match="shard-1.json is a symbolic link"):
+        files.shard_results()
+
+
+def test_a_fifo_in_the_run_folder_is_refused_without_waiting_for_a_writer(tmp_path):
+    import os
+
+    files = a_run(tmp_path)
+    os.mkfifo(tmp_path / "data" / "runs" / "dag" / "run" / "pipe")
+    os.mkfifo(tmp_path / "data" / "runs" / "dag" / "run" / "results" / "shard-2.json")
+    with pytest.raises(runview.UnsafePath, match="not a regular file"):
+        files.read("pipe")
+    with pytest.raises(runview.UnsafePath, match="not a regular file"):
+        files.shard_results()
+
+
+def test_a_path_outside_data_root_is_refused(tmp_path):
+    files = a_run(tmp_path)
+    outside = runview.RunFiles(str(tmp_path / "elsewhere"), aws_conn_id=None, data_root=str(tmp_path / "data"))
+    with pytest.raises(runview.OutsideRunFolders, match="not inside DATA_ROOT"):
+        outside.read("secret.txt")
+    with pytest.raises(runview.OutsideRunFolders, match="not inside DATA_ROOT"):
+        runview.read_beneath(files.data_root, files.data_root)
+
+
+def test_a_link_planted_after_the_folder_was_opened_is_not_followed(tmp_path):
+    """The walk holds each folder open: swapping a folder for a link once the walk is inside it changes nothing
+    for the walk (it reads the folder it opened) and the next walk refuses the link."""
+    import os
+    import shutil
+
+    files = a_run(tmp_path)
+    run = tmp_path / "data" / "runs" / "dag" / "run"
+    handle = runview.open_beneath(files.data_root, str(run), folder=True)
+    try:
+        shutil.move(str(run), str(tmp_path / "moved-run"))
+        run.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+        with pytest.raises(FileNotFoundError):
+            os.open("secret.txt", os.O_RDONLY, dir_fd=handle)  # the opened folder is the real one, moved
+    finally:
+        os.close(handle)
+    with pytest.raises(runview.UnsafePath):
+        files.read("secret.txt")
