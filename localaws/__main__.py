@@ -24,6 +24,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         start_seconds = start_seconds_setting(os.environ.get(START_SECONDS_ENV) if args.start_seconds is None
                                               else args.start_seconds)
+        from localaws.guard import MAX_BODY_ENV, max_body_setting
+
+        max_body_setting(os.environ.get(MAX_BODY_ENV))  # a wrong value stops the start here, with the fix
         credentials = Credentials.load_or_create(args.credentials)
         vcpus = None if args.no_provision else int(os.environ.get("BATCH_LOCAL_VCPUS") or os.cpu_count() or 1)
         endpoint = LocalAWS(host=args.host, port=args.port, region=args.region, credentials=credentials,

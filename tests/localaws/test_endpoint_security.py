@@ -541,6 +541,14 @@ def test_the_body_limit_setting_is_checked():
         assert "LOCALAWS_MAX_BODY_BYTES" in str(error.value)
 
 
+def test_serve_refuses_a_wrong_body_limit_before_it_starts(tmp_path):
+    done = subprocess.run([PY, "-m", "localaws", "serve", "--port", "0", "--credentials", str(tmp_path / "c.json"),
+                           "--no-provision"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, LOCALAWS_MAX_BODY_BYTES="1GB"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "error: LOCALAWS_MAX_BODY_BYTES must be a whole number of bytes, not '1GB'" in done.stderr
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident memory so far (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
