@@ -44,7 +44,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.pidfile:
         Path(args.pidfile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    print(f"local AWS endpoint ready at {endpoint.url} (Batch jobs run as local processes, "
+    isolation = ("each isolated by bubblewrap" if endpoint.isolation_problem is None
+                 else f"NOT isolated: {endpoint.isolation_problem}")
+    print(f"local AWS endpoint ready at {endpoint.url} (Batch jobs run as local processes, {isolation}; "
           f"{endpoint.start_seconds:g} s from submit to RUNNING); its credentials: {args.credentials}", flush=True)
     try:
         while not stop.wait(1.0):

@@ -51,17 +51,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 import moto.batch.exceptions as moto_batch_exceptions
 import moto.batch.models as moto_batch
 import moto.batch.responses as moto_batch_responses
 from moto.core.base_backend import BaseBackend
+
+from localaws.sandbox import JobSandbox, SandboxError
 
 logger = logging.getLogger(__name__)
 
@@ -395,6 +399,10 @@ class Dispatcher:
         self.running: set[ProcessJob] = set()
         self.used_vcpus: dict[str, float] = {}
         self.job_base_environment: dict[str, str] = {}
+        #: isolates each job (localaws/sandbox.py); None where this machine cannot (the endpoint says so at start)
+        self.sandbox: JobSandbox | None = None
+        #: each attempt's scratch folder lives here, private to this endpoint; removed when the attempt ends
+        self.scratch_root: Path | None = None
         self.default_vcpus = float(os.cpu_count() or 1)
         #: submit to RUNNING with free capacity (see STAGE_SHARES); set by install()
         self.start_seconds = 0.0
@@ -590,20 +598,26 @@ class Dispatcher:
                 parent.started = True
         ensure_log_stream(job.backend, job.log_stream_name)
         env = job.process_environment(attempt_number)
+        scratch = None
         try:
             command = job.process_command()
             if not command or not shutil.which(command[0], path=env.get("PATH", os.defpath)):
                 raise FileNotFoundError(f"executable file not found in $PATH: {command[:1]}")
+            if self.sandbox is not None:
+                scratch = self.new_scratch(job, attempt_number)
+                command, env = self.sandbox.wrap(command, scratch, env, job.job_definition.container_properties)
             prefix = self.death_signal_prefix and [*self.death_signal_prefix, str(os.getpid())]
             process = subprocess.Popen(
                 [*prefix, *command],
                 env=env,
+                cwd=scratch,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group, killed as a whole
             )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError, SandboxError) as exc:
+            _remove_scratch(scratch)
             job.latest_attempt["container"]["reason"] = f"CannotStartContainerError: {exc}"
             self._release(job)
             self._attempt_ended(job, exit_code=None, status_reason="Task failed to start")
@@ -617,9 +631,18 @@ class Dispatcher:
         job.attempt_deadline = time.monotonic() + duration if duration else None
         job.set_status("RUNNING")
         self.running.add(job)
-        threading.Thread(target=self._watch, args=(job, process), name=f"localaws-{job.job_id}", daemon=True).start()
+        threading.Thread(target=self._watch, args=(job, process, scratch), name=f"localaws-{job.job_id}",
+                         daemon=True).start()
 
-    def _watch(self, job: ProcessJob, process: subprocess.Popen) -> None:
+    def new_scratch(self, job: ProcessJob, attempt_number: int) -> Path:
+        """The attempt's own folder, as a new container's file system is: empty, private."""
+        if self.scratch_root is None or not self.scratch_root.is_dir():
+            self.scratch_root = Path(tempfile.mkdtemp(prefix="localaws-jobs-"))  # mode 0700
+        scratch = self.scratch_root / f"{job.job_id}-{attempt_number}"
+        scratch.mkdir(mode=0o700)
+        return scratch
+
+    def _watch(self, job: ProcessJob, process: subprocess.Popen, scratch: Path | None = None) -> None:
         stream = job.log_stream_name
         pending: list[dict[str, Any]] = []
         last_flush = time.monotonic()
@@ -630,6 +653,7 @@ class Dispatcher:
                 put_log_events(job.backend, stream, pending)
                 pending, last_flush = [], time.monotonic()
         returncode = process.wait()
+        _remove_scratch(scratch)
         if pending:
             put_log_events(job.backend, stream, pending)
         with self.lock:
@@ -708,6 +732,11 @@ class Dispatcher:
         job.killed_by_dispatcher = True
         _signal_group(process, signal.SIGTERM)
         threading.Timer(TERMINATION_GRACE_SECONDS, _signal_group, args=(process, signal.SIGKILL)).start()
+
+
+def _remove_scratch(scratch: Path | None) -> None:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -932,10 +961,13 @@ def _reset(self: moto_batch.BatchBackend) -> None:
         BaseBackend.reset(self)
 
 
-def install(job_environment: dict[str, str] | None = None, start_seconds: float = 0.0) -> None:
-    """Make moto's Batch run jobs as local processes, `start_seconds` from submit to RUNNING. Idempotent."""
+def install(job_environment: dict[str, str] | None = None, start_seconds: float = 0.0,
+            sandbox: JobSandbox | None = None) -> None:
+    """Make moto's Batch run jobs as local processes, `start_seconds` from submit to RUNNING, each isolated by
+    `sandbox` when given. Idempotent."""
     dispatcher().job_base_environment = dict(job_environment or {})
     dispatcher().start_seconds = float(start_seconds)
+    dispatcher().sandbox = sandbox
     if _ORIGINALS:
         return
     _ORIGINALS["Job"] = moto_batch.Job

@@ -43,6 +43,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials as BotocoreCredentials
 
+from localaws import policy
 from localaws.credentials import READY_PATH, Credentials
 
 HIDDEN_PREFIXES = ("/moto-api", "/favicon.ico")
@@ -164,11 +165,7 @@ class RequestGuard:
                 raise Refusal(404, "NotFound", f"{path} is not served by the local AWS endpoint")
             access_key = self._authenticate(environ)
             if self.credentials.is_job_key(access_key):
-                routed = self.app.get_application(environ).service
-                if routed not in JOB_SERVICES:
-                    raise Refusal(403, "AccessDeniedException",
-                                  f"the Batch job role's key may call only {', '.join(sorted(JOB_SERVICES))}, "
-                                  f"not {routed}: a job cannot submit, terminate or change Batch resources")
+                self._check_job_role(environ)
         except Refusal as refusal:
             answer = _error(start_response, service, refusal)
             # A reply to HEAD has headers only: body bytes after them break the client's next read.
@@ -181,6 +178,26 @@ class RequestGuard:
         return self.app(environ, _without_cors(start_response))
 
     # -- checks ---------------------------------------------------------------------------------
+
+    def _check_job_role(self, environ: dict[str, Any]) -> None:
+        """The job key may do what the job role's policy allows (localaws/policy.py), nothing else."""
+        routed = self.app.get_application(environ).service
+        if routed not in JOB_SERVICES:
+            raise Refusal(403, "AccessDeniedException",
+                          f"the Batch job role's key may call only {', '.join(sorted(JOB_SERVICES))}, "
+                          f"not {routed}: a job cannot submit, terminate or change Batch resources")
+        role, policy_name = policy.job_role_names()
+        if routed == "s3":
+            headers = {name[5:].lower().replace("_", "-"): value for name, value in environ.items()
+                       if name.startswith("HTTP_")}
+            needed = policy.s3_requests(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", ""),
+                                        environ.get("QUERY_STRING", ""), headers, lambda: _body_again(environ))
+        else:
+            needed = [policy.Request(f"{routed}:{_json_target(environ)}", "*")]
+        try:
+            policy.check(policy.role_policy(role, policy_name), needed, role)
+        except policy.NotAllowed as exc:
+            raise Refusal(403, "AccessDenied" if routed == "s3" else "AccessDeniedException", str(exc)) from None
 
     @staticmethod
     def _check_browser_and_host(environ: dict[str, Any]) -> None:
@@ -251,6 +268,28 @@ class RequestGuard:
         if not hash_is_signed:
             check_signature(actual)
         return access_key
+
+
+def _body_again(environ: dict[str, Any]) -> bytes:
+    """The request body, already read and checked by `_authenticate`, read again and left for moto to read."""
+    stream = environ["wsgi.input"]
+    body = stream.read()
+    stream.seek(0)
+    return body
+
+
+def _json_target(environ: dict[str, Any]) -> str:
+    """The operation of a JSON or query protocol call (X-Amz-Target `Service.Operation`, or the Action parameter)."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    body = _body_again(environ).decode("utf-8", "replace")
+    for text in (environ.get("QUERY_STRING", ""), body):
+        for pair in text.split("&"):
+            name, _, value = pair.partition("=")
+            if name == "Action":
+                return value
+    return "(unknown operation)"
 
 
 def _is_conditional_write(environ: dict[str, Any]) -> bool:

@@ -118,6 +118,8 @@ class LocalAWS:
         self.credentials = credentials or Credentials.generate()
         self.provision_vcpus = provision_vcpus
         self.provisioned: dict[str, list[str]] | None = None
+        #: why Batch jobs run unisolated here (set at start), None where each is isolated
+        self.isolation_problem: str | None = None
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._guard: RequestGuard | None = None
@@ -152,6 +154,17 @@ class LocalAWS:
             "AWS_SECRET_ACCESS_KEY": self.credentials.job.secret_access_key,
         }
 
+    def job_sandbox(self):
+        """Each job isolated as a container is (localaws/sandbox.py), or None, with `isolation_problem` saying why."""
+        from localaws import sandbox
+
+        self.isolation_problem = sandbox.isolation_problem()
+        if self.isolation_problem is not None:
+            logging.getLogger(__name__).warning("Batch jobs are NOT isolated: %s", self.isolation_problem)
+            return None
+        return sandbox.JobSandbox(sandbox.load_job_role_grants(),
+                                  default_data_root=os.environ.get("BATCH_DATA_ROOT") or os.environ.get("DATA_ROOT") or "")
+
     def start(self) -> "LocalAWS":
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
@@ -160,7 +173,8 @@ class LocalAWS:
         from localaws.guard import RequestGuard
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns the job logs
-        batch.install(job_environment=self.job_environment(), start_seconds=self.start_seconds)
+        batch.install(job_environment=self.job_environment(), start_seconds=self.start_seconds,
+                      sandbox=self.job_sandbox())
         self._guard = RequestGuard(DomainDispatcherApplication(create_backend_app), self.credentials)
         self._server = make_server(self.host, self.port, self._guard, threaded=True,
                                    request_handler=MotoRequestHandler)

@@ -32,6 +32,15 @@ def next_poll_pause(pause: float, poll_interval: float) -> float:
     return min(max(pause, FIRST_POLL_S) * POLL_GROWTH, poll_interval)
 
 
+def with_data_root(overrides: dict[str, Any] | None, root: str) -> dict[str, Any]:
+    """`overrides` with DATA_ROOT in the job's environment: the worker checks model paths against it, and the local
+    endpoint gives an isolated job only the job role's folders of it (localaws/sandbox.py)."""
+    overrides = dict(overrides or {})
+    environment = [item for item in overrides.get("environment") or [] if item.get("name") != "DATA_ROOT"]
+    overrides["environment"] = [*environment, {"name": "DATA_ROOT", "value": root}]
+    return overrides
+
+
 class HouseBatchOperator(BatchOperator):
     """BatchOperator that waits at a steady pace, shows array progress, and explains failures.
 
@@ -61,6 +70,12 @@ class HouseBatchOperator(BatchOperator):
     ):
         super().__init__(poll_interval=poll_interval, aws_conn_id=aws_conn_id, awslogs_enabled=awslogs_enabled,
                          execution_timeout=execution_timeout or DEFAULT_EXECUTION_TIMEOUT, **kwargs)
+
+    def submit_job(self, context) -> None:
+        from operators.kit.engine import data_root
+
+        self.container_overrides = with_data_root(self.container_overrides, data_root())
+        super().submit_job(context)
 
     def monitor_job(self, context) -> None:
         if not self.job_id:

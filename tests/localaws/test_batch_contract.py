@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import moto
 import moto.batch.models as moto_batch
@@ -43,6 +45,27 @@ def register(aws, script: str, **extra) -> str:
     props.update(extra.pop("container", {}))
     aws.batch.register_job_definition(jobDefinitionName=name, type="container", containerProperties=props, **extra)
     return name
+
+
+def host_folder(path: Path) -> dict:
+    """Job definition properties that mount a test's folder into its jobs at the same path: a host volume, as a job
+    definition on AWS mounts one (each job is isolated and sees nothing else of the host, localaws/sandbox.py)."""
+    return {"volumes": [{"name": "test-folder", "host": {"sourcePath": str(path)}}],
+            "mountPoints": [{"sourceVolume": "test-folder", "containerPath": str(path)}]}
+
+
+def host_pids(marker: str) -> list[int]:
+    """The host's pids of the live processes whose command line holds `marker` (a job's pids are its own namespace's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "cmdline").read_bytes() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return found
 
 
 def submit(aws, jd: str, queue: str = "q-ce-four", **kwargs) -> str:
@@ -283,12 +306,24 @@ def test_retry_strategy_on_submit_overrides_and_evaluate_on_exit_exits(aws):
 
 
 def test_lost_host_is_retried_by_on_status_reason_glob(aws, tmp_path):
+    """The job's host (its whole process tree, sandbox included) killed from outside: a lost host, retried.
+
+    A job that kills itself with SIGKILL only exits 137, as a container does ("Essential container in task
+    exited"); the host going away is the process that holds the job's sandbox dying."""
     marker = tmp_path / "killed-once"
-    script = (f"import os, pathlib, signal, time; m = pathlib.Path({str(marker)!r});\n"
-              "if not m.exists():\n    m.write_text('x'); os.kill(os.getpid(), signal.SIGKILL)\nprint('second attempt ok')")
-    jd = register(aws, script, retryStrategy={"attempts": 2, "evaluateOnExit": [
+    script = (f"import pathlib, time; m = pathlib.Path({str(marker)!r});\n"
+              "if not m.exists():\n    m.write_text('x'); time.sleep(60)\nprint('second attempt ok')")
+    jd = register(aws, script, container=host_folder(tmp_path), retryStrategy={"attempts": 2, "evaluateOnExit": [
         {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"}]})
-    job = wait_status(aws, submit(aws, jd))
+    job_id = submit(aws, jd)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the first attempt did not start"
+        time.sleep(0.05)
+    parent = lambda pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # noqa: E731
+    [host] = [pid for pid in host_pids(str(marker)) if parent(pid) == os.getpid()]  # started by this endpoint
+    os.kill(host, signal.SIGKILL)
+    job = wait_status(aws, job_id)
     assert job["status"] == "SUCCEEDED"
     assert job["attempts"][0]["statusReason"].startswith("Host EC2 (instance")
     assert job["attempts"][0]["container"]["exitCode"] == 137
@@ -309,13 +344,18 @@ def test_retry_decision_rules():
 # -- timeout, terminate, cancel -------------------------------------------------------------------
 
 def test_attempt_timeout_kills_the_whole_process_group(aws, tmp_path):
-    pidfile = tmp_path / "grandchild.pid"
-    script = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
-    jd = register(aws, script)
+    started = tmp_path / "grandchild.started"
+    marker = f"grandchild-{uuid.uuid4().hex}"
+    script = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+              f"{marker!r}]); open({str(started)!r}, 'w').write('1'); time.sleep(60)")
+    jd = register(aws, script, container=host_folder(tmp_path))
     job = wait_status(aws, submit(aws, jd, timeout={"attemptDurationSeconds": 1}), timeout=30)
     assert job["status"] == "FAILED" and job["statusReason"] == "Job attempt duration exceeded timeout"
-    assert_process_gone(int(pidfile.read_text()))
+    assert started.exists()
+    deadline = time.monotonic() + 10
+    while host_pids(marker):
+        assert time.monotonic() < deadline, f"the job's grandchild still runs: {host_pids(marker)}"
+        time.sleep(0.1)
 
 
 def assert_process_gone(pid: int, timeout: float = 10) -> None:
@@ -370,7 +410,7 @@ def test_children_wait_runnable_while_the_environment_is_full(aws, tmp_path):
     script = ("import json, os, time; s = time.time(); time.sleep(0.3); "
               f"open(os.path.join({str(tmp_path)!r}, os.environ['AWS_BATCH_JOB_ARRAY_INDEX']), 'w')"
               ".write(json.dumps([s, time.time()]))")
-    jd = register(aws, script)
+    jd = register(aws, script, container=host_folder(tmp_path))
     parent = submit(aws, jd, queue="q-ce-two", arrayProperties={"size": 8})
     time.sleep(0.2)
     summary = describe(aws, parent)["arrayProperties"]["statusSummary"]
@@ -412,8 +452,10 @@ def test_stdout_and_stderr_reach_cloudwatch_logs(aws):
 
 
 def test_depends_on_waits_for_success_and_fails_after_a_failed_dependency(aws, tmp_path):
-    first = register(aws, f"import time; time.sleep(0.5); open({str(tmp_path / 'first')!r}, 'w').write('1')")
-    second = register(aws, f"import os, sys; sys.exit(0 if os.path.exists({str(tmp_path / 'first')!r}) else 9)")
+    first = register(aws, f"import time; time.sleep(0.5); open({str(tmp_path / 'first')!r}, 'w').write('1')",
+                     container=host_folder(tmp_path))
+    second = register(aws, f"import os, sys; sys.exit(0 if os.path.exists({str(tmp_path / 'first')!r}) else 9)",
+                      container=host_folder(tmp_path))
     upstream = submit(aws, first)
     downstream = submit(aws, second, dependsOn=[{"jobId": upstream}])
     assert describe(aws, downstream)["status"] == "PENDING"
@@ -442,8 +484,21 @@ def test_s3_and_sns_are_served_too(aws):
 def test_a_job_reaches_the_endpoint_as_a_container_reaches_aws(aws):
     import boto3
 
+    from operators.kit.provisioning import JOB_ROLE_POLICY_NAME, job_role_policy, load_spec
+
     boto3.client("s3", **aws.client_kwargs).create_bucket(Bucket="from-a-job")
-    jd = register(aws, "import boto3; boto3.client('s3').put_object(Bucket='from-a-job', Key='k', Body=b'written by a job')")
-    assert wait_status(aws, submit(aws, jd))["status"] == "SUCCEEDED"
-    body = boto3.client("s3", **aws.client_kwargs).get_object(Bucket="from-a-job", Key="k")["Body"].read()
+    # the job role's policy for an s3:// DATA_ROOT, as provisioning writes it (this endpoint's DATA_ROOT is local)
+    role = load_spec()["job_role"]
+    iam = boto3.client("iam", **aws.client_kwargs)
+    iam.put_role_policy(RoleName=role["name"], PolicyName=JOB_ROLE_POLICY_NAME,
+                        PolicyDocument=json.dumps(job_role_policy(role, "s3://from-a-job/data")))
+    try:
+        jd = register(aws, "import boto3; boto3.client('s3').put_object(Bucket='from-a-job', Key='data/outputs/k', "
+                           "Body=b'written by a job')")
+        assert wait_status(aws, submit(aws, jd))["status"] == "SUCCEEDED"
+        outside = register(aws, "import boto3; boto3.client('s3').put_object(Bucket='from-a-job', Key='data/k', Body=b'x')")
+        assert wait_status(aws, submit(aws, outside))["status"] == "FAILED"
+    finally:
+        iam.delete_role_policy(RoleName=role["name"], PolicyName=JOB_ROLE_POLICY_NAME)
+    body = boto3.client("s3", **aws.client_kwargs).get_object(Bucket="from-a-job", Key="data/outputs/k")["Body"].read()
     assert body == b"written by a job"

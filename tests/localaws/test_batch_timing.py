@@ -19,6 +19,7 @@ import boto3
 import pytest
 
 from localaws import batch as local_batch
+from tests.localaws.test_batch_contract import host_folder
 
 PY = sys.executable
 WALK = ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]
@@ -116,10 +117,10 @@ def aws(local_aws):
     return local_aws
 
 
-def register(aws, script: str, vcpus: int = 1) -> str:
+def register(aws, script: str, vcpus: int = 1, folder=None) -> str:
     name = f"timing-{uuid.uuid4().hex[:8]}"
     aws.batch.register_job_definition(jobDefinitionName=name, type="container", containerProperties={
-        "image": "unused:1", "command": [PY, "-c", script],
+        "image": "unused:1", "command": [PY, "-c", script], **(host_folder(folder) if folder else {}),
         "resourceRequirements": [{"type": "VCPU", "value": str(vcpus)}, {"type": "MEMORY", "value": "64"}]})
     return name
 
@@ -135,7 +136,8 @@ def describe(aws, job_id: str) -> dict:
 
 def test_a_job_walks_every_status_and_its_process_starts_only_after_the_latency(aws, tmp_path):
     started = tmp_path / "started"
-    definition = register(aws, f"import time; open({str(started)!r}, 'w').write(repr(time.time())); time.sleep(0.5)")
+    definition = register(aws, f"import time; open({str(started)!r}, 'w').write(repr(time.time())); time.sleep(0.5)",
+                          folder=tmp_path)
     with start_latency(3.0), StatusRecorder(aws.client_kwargs) as recorder:
         submitted = time.monotonic()
         job_id = submit(aws, definition)

@@ -112,9 +112,12 @@ def test_the_job_key_pair_cannot_call_batch(local_aws):
         with pytest.raises(botocore.exceptions.ClientError) as refused:
             call()
         assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    # nor touch data its role's policy does not grant (this endpoint's DATA_ROOT is local: it grants no S3 at all;
+    # tests/localaws/test_job_role_policy.py has the s3:// case)
     local_aws.s3.create_bucket(Bucket="job-key-bucket")
-    boto3.client("s3", **keys).put_object(Bucket="job-key-bucket", Key="k", Body=b"a job may write data")
-    assert local_aws.s3.get_object(Bucket="job-key-bucket", Key="k")["Body"].read() == b"a job may write data"
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        boto3.client("s3", **keys).put_object(Bucket="job-key-bucket", Key="k", Body=b"a job may not write here")
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
 
 
 def test_s3fs_and_the_providers_hooks_reach_the_endpoint_with_the_client_keys(local_aws):

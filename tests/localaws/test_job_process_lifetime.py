@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.localaws.test_batch_contract import PY, assert_process_gone
+from tests.localaws.test_batch_contract import PY, assert_process_gone, host_folder, host_pids
 from tests.localaws.test_endpoint_security import Served
 
-#: the job: a process of its own in its group, both pids written down, then a long sleep
+#: the job: a process of its own in its group, both carrying the job's marker (argv[2]), then a long sleep; the file
+#: argv[1] says it has started (the test finds the host's pids by the marker: a job's own pids are its namespace's)
 JOB = ("import json, subprocess, sys, time, os; "
-       "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
-       "open(sys.argv[1] + '.tmp', 'w').write(json.dumps([os.getpid(), c.pid])); "
+       "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', sys.argv[2]]); "
+       "open(sys.argv[1] + '.tmp', 'w').write('started'); "
        "os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(300)")
 
 
@@ -38,16 +39,20 @@ def start_jobs(served: Served, tmp_path: Path, count: int) -> list[int]:
     batch = served.client("batch")
     name = f"lifetime-{uuid.uuid4().hex[:6]}"
     batch.register_job_definition(jobDefinitionName=name, type="container", containerProperties={
-        "image": "unused:1", "command": [PY, "-c", JOB, "Ref::pids"],
+        "image": "unused:1", "command": [PY, "-c", JOB, "Ref::pids", "Ref::marker"], **host_folder(tmp_path),
         "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "64"}]})
-    files = [tmp_path / f"pids-{i}.json" for i in range(count)]
-    for file in files:
-        batch.submit_job(jobName=name, jobQueue="airbatch-cpu", jobDefinition=name, parameters={"pids": str(file)})
+    files = [tmp_path / f"started-{i}" for i in range(count)]
+    markers = [f"lifetime-job-{uuid.uuid4().hex}" for _ in files]
+    for file, marker in zip(files, markers):
+        batch.submit_job(jobName=name, jobQueue="airbatch-cpu", jobDefinition=name,
+                         parameters={"pids": str(file), "marker": marker})
     deadline = time.monotonic() + 120
     while not all(file.exists() for file in files):
         assert time.monotonic() < deadline, f"the jobs did not start: {served.log.read_text()}"
         time.sleep(0.05)
-    return [pid for file in files for pid in json.loads(file.read_text())]
+    pids = [pid for marker in markers for pid in host_pids(marker)]
+    assert len(pids) >= 2 * count, pids  # each job's process and the process it started, at least
+    return pids
 
 
 def alive(pid: int) -> bool:

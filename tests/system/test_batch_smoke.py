@@ -35,13 +35,15 @@ def test_unchanged_batch_operator_runs_every_child_within_capacity(airflow_db, l
     # The provider's wait sleeps 1-10 s before each phase; the docstring of BatchClientHook says to tune these.
     monkeypatch.setattr(BatchClientHook, "DEFAULT_DELAY_MIN", 0)
     monkeypatch.setattr(BatchClientHook, "DEFAULT_DELAY_MAX", 0.5)
-    out = data_root / "unchanged"
+    out = data_root / "outputs" / "unchanged"
     dag = load_dag("unchanged_batch_operator", folder="tests/fixture_dags")
-    run = dag.test(run_conf={"out": str(out), "children": 120})
+    run = dag.test(run_conf={"data_root": str(data_root), "out": str(out), "children": 120})
     assert run.state == DagRunState.SUCCESS
     records = child_records(out)
     assert sorted(r["index"] for r in records) == list(range(120))
-    assert len({r["pid"] for r in records}) == 120
+    # each child in its own job and, isolated as a container is, its own PID namespace (bwrap's init is 1)
+    assert len({r["job_id"] for r in records}) == 120
+    assert {r["pid"] for r in records} == {2}
     assert {r["queue"] for r in records} == {"airbatch-cpu"} and {r["compute_environment"] for r in records} == {"airbatch-cpu"}
     assert max_overlap(records) <= 2  # BATCH_LOCAL_VCPUS=2, one vCPU per child
     # awslogs_enabled streams the array's log stream (its first child's, as on AWS) into the task log
@@ -54,7 +56,7 @@ def test_smoke_dag_maps_shards_and_each_child_writes_its_file(airflow_db, local_
     run = dag.test(run_conf={"shards": 3, "children": 20})
     assert run.state == DagRunState.SUCCESS
     for shard in range(3):
-        [shard_dir] = list(data_root.glob(f"batch_smoke/*/shard-{shard}"))
+        [shard_dir] = list(data_root.glob(f"outputs/batch_smoke/*/shard-{shard}"))
         assert sorted(r["index"] for r in child_records(shard_dir)) == list(range(20))
 
 
