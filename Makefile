@@ -10,6 +10,10 @@ ENV := source scripts/env.sh
 venv: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml images/worker/pyproject.toml
+	@# bubblewrap isolates each local Batch job (docs/local-aws.md); Debian's package, installed here as root
+	command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; }; }; } \
+	  || echo "warning: bubblewrap is missing (apt-get install bubblewrap): local Batch jobs will run unisolated" >&2
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -r requirements.txt -c constraints.txt
