@@ -7,7 +7,9 @@ at that folder shows which children really ran.
 
 **Params**: `shards` (mapped task instances), `children` (array size per shard, 2..10000; 1 submits
 a plain job), `sleep_s` (seconds each child works), `fail_index` (an array index that fails on
-purpose, -1 for none), `queue` (`airbatch-cpu` or `airbatch-gpu`).
+purpose, below `children`; -1 for none), `queue` (`airbatch-cpu` or `airbatch-gpu`). `plan` refuses
+a conf key the DAG does not have (naming the closest param) and a `fail_index` no child has, before
+any job is submitted.
 
 **Triage**: a failed shard's log names the failed children, their reason and the tail of their log.
 """
@@ -21,7 +23,7 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from operators.kit.batch import HouseBatchOperator
-from operators.kit.pipeline import stage
+from operators.kit.pipeline import check_conf, dag_params, stage
 
 
 def output_folder(run_id: str) -> str:
@@ -37,7 +39,7 @@ def output_folder(run_id: str) -> str:
     catchup=False,
     doc_md=__doc__,
     tags=["smoke", "batch"],
-    params={
+    params=dag_params({
         "shards": Param(2, type="integer", minimum=1, maximum=100, description="shards: one mapped task and one "
                                                                                "Batch job each"),
         "children": Param(50, type="integer", minimum=1, maximum=10000,
@@ -47,13 +49,18 @@ def output_folder(run_id: str) -> str:
                             description="an array index that fails on purpose; -1: none"),
         "queue": Param("airbatch-cpu", type="string", enum=["airbatch-cpu", "airbatch-gpu"],
                        description="the AWS Batch job queue"),
-    },
+    }),
 )
 def batch_smoke():
     @stage()
-    def plan(params=None, run_id=None) -> list[dict]:
+    def plan(params=None, dag=None, dag_run=None, run_id=None) -> list[dict]:
         from operators.kit import engine
 
+        check_conf(dag.dag_id, dag_run.conf, dag.params)  # before any job is submitted
+        if params["fail_index"] >= params["children"]:
+            raise ValueError(f"fail_index {params['fail_index']} is not an index of a shard of children="
+                             f"{params['children']} (0..{params['children'] - 1}): no child would fail; give an "
+                             "index below children, or -1 for none")
         out = output_folder(run_id)
         command = ["python", "-m", "batch_worker.smoke", "--sleep", str(params["sleep_s"]),
                    "--fail-index", str(params["fail_index"])]

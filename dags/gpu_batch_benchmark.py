@@ -14,7 +14,8 @@ device's peak) and a log-scale bar chart, stores both under
 
 **Params**: `small` (shrink every case for a quick pass; on by default on the local endpoint, whose
 "GPU" queue is this machine's CPU too and the full suite holds it for over half an hour), `cases`
-(ids; empty: all), `repeats`.
+(ids; empty: all), `repeats`. `plan` refuses a conf key the DAG does not have (naming the closest
+param), an unknown case id and a repeated one, before any job is submitted.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from airflow.sdk import Param, dag
 
 from operators.kit.batch import SHARD_LABEL, UnitsOfWorkOperator
 from operators.kit.notify import FailureNotifier
-from operators.kit.pipeline import stage
+from operators.kit.pipeline import check_conf, dag_params, stage
 
 
 @dag(
@@ -37,19 +38,20 @@ from operators.kit.pipeline import stage
     doc_md=__doc__,
     tags=["gpu", "benchmark", "batch"],
     default_args={"on_failure_callback": FailureNotifier()},
-    params={
+    params=dag_params({
         "small": Param(os.environ.get("BATCH_ENV_TYPE") == "UNMANAGED", type="boolean", description="matmul n/10, images side/16: a quick pass"),
         "cases": Param([], type="array", items={"type": "string"}, description="case ids; empty: every case"),
         "repeats": Param(3, type="integer", minimum=1, maximum=20,
                          description="steady-state calls timed per case (their median is reported; the first call apart)"),
-    },
+    }),
 )
 def gpu_batch_benchmark():
     @stage()
-    def plan(params=None, dag=None, run_id=None) -> list[dict]:
+    def plan(params=None, dag=None, dag_run=None, run_id=None) -> list[dict]:
         from operators.kit import engine
         from operators.pipelines.gpu import gpu_benchmark
 
+        check_conf(dag.dag_id, dag_run.conf, dag.params)  # before any batch is written or job submitted
         return gpu_benchmark.plan(params["cases"], small=params["small"], repeats=params["repeats"],
                                   run_dir=engine.own_run_root(dag.dag_id, run_id),
                                   out_root=engine.output_root("gpu_benchmark"), nonce=run_id)

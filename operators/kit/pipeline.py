@@ -18,14 +18,27 @@ Params are generated, never written by hand in a DAG file:
 
 Airflow checks each param against its JSON Schema when a run is created (the trigger form, the
 REST API, `dags test`), and has no hook for rules between params: the first task, `dataset`,
-refuses a run whose conf names an unknown param or whose workload parameters contradict each
-other (the workload's `validate`), before any data is generated or any Batch job is submitted.
+refuses a run whose conf names an unknown param (`check_conf`, which every DAG of this project
+calls in its first task) or whose workload parameters contradict each other (the workload's
+`validate`), before any data is generated or any Batch job is submitted.
+
+NaN and Infinity: Python's JSON (the REST API's, the CLI's `--conf`) reads `NaN`, `Infinity` and
+`-Infinity` as numbers, JSON Schema's `minimum`/`maximum` never refuse NaN, and Airflow 3.3 stores
+the conf as given but hands it to tasks through its execution API as JSON, where both become `null`:
+a task sees `None`, and a nullable param (a budget, a limit) would silently mean "none". So every
+number param's schema also refuses them (`NOT_FINITE`, added by `dag_params`) when the run is
+created; inside an object or list param the task sees `null`, and the checks there say "NaN or null
+is not a number".
 """
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import re
+import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
@@ -39,6 +52,14 @@ from operators.kit.notify import FailureNotifier
 
 QUEUES = ["airbatch-cpu", "airbatch-gpu"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+#: Valid only for NaN, Infinity and -Infinity: a number param's schema says `"not": NOT_FINITE`. NaN passes every
+#: comparison keyword (`nan < 0` and `nan > -1` are both false), so it alone satisfies minimum 0 AND maximum -1; the
+#: infinities lie beyond the largest float. The description leads the schema, so that Airflow's "Invalid input for
+#: param <name>: nan should not be valid under {...}" shows it first.
+NOT_FINITE = {"description": "NaN, Infinity and -Infinity are not numbers: give a finite number", "type": "number",
+              "anyOf": [{"minimum": 0, "maximum": -1}, {"exclusiveMinimum": sys.float_info.max},
+                        {"exclusiveMaximum": -sys.float_info.max}]}
 
 
 def stage(**task_kwargs: Any):
@@ -82,6 +103,52 @@ def kit_params(when_empty: str) -> dict[str, Param]:
                                     "comparable run (same DAG and queue, its cost per batch) exceeds it; empty: no "
                                     "limit"),
     }
+
+
+def dag_params(params: Mapping[str, Param]) -> dict[str, Param]:
+    """`params` as a DAG of this project declares them: every param that may be a number also refuses NaN and
+    Infinity when a run is created (see the module docstring), naming the param."""
+    out = {}
+    for name, param in params.items():
+        types = param.schema.get("type")
+        if "number" in (types if isinstance(types, list) else [types]) and "not" not in param.schema:
+            param = Param(param.value, description=param.description, schema={**param.schema, "not": NOT_FINITE})
+        out[name] = param
+    return out
+
+
+def check_conf(dag_id: str, conf: Mapping[str, Any] | None, accepted: Iterable[str]) -> None:
+    """Refuse a run whose conf names a param the DAG does not have, or holds NaN or Infinity.
+
+    Airflow checks the params a DAG declares and keeps any other key of a run's conf without a word: a misspelt
+    name (`repeat` for `repeats`) would run with the default. Every DAG's first task calls this, before anything
+    is generated or submitted; the message names each unknown key, the closest accepted names and all of them.
+    """
+    accepted = sorted(accepted)
+    unknown = sorted(set(conf or {}) - set(accepted))
+    if unknown:
+        hints = [f"{close[0]!r} for {name!r}" for name in unknown
+                 for close in [difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)] if close]
+        raise ValueError(f"{dag_id}: unknown run param(s) {unknown}"
+                         + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+                         + f"; known: {accepted}. Correct or remove it: a key the DAG does not know would be "
+                           "ignored, and the run would use the default instead")
+    for name in sorted(conf or {}):
+        for where, value in _non_finite(conf[name], name):
+            raise ValueError(f"{dag_id}: run param {where!r} is {value}: NaN and Infinity are not numbers; give a "
+                             "number")
+
+
+def _non_finite(value: Any, where: str):
+    """(path, value) of every NaN or infinite float in a JSON value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _non_finite(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, f"{where}[{index}]")
 
 
 def review_param() -> Param:
@@ -268,7 +335,7 @@ class UnitPipeline:
             except ParamValidationError as err:
                 raise ValueError(f"{self.dag_id}: the default {value!r} of param {name!r} is not allowed: "
                                  f"{str(err).splitlines()[0]}") from None
-        return params
+        return dag_params(params)
 
     def workload_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {p.name: params[p.name] for p in getattr(self.workload, "parameters", ()) if p.name in params}
@@ -276,9 +343,7 @@ class UnitPipeline:
     def check_run(self, params: dict[str, Any], conf: dict[str, Any] | None) -> dict[str, Any]:
         """Refuse what the params' JSON Schemas cannot: unknown names in the run's conf and contradictory
         workload parameters. Returns the resolved workload parameters."""
-        unknown = sorted(set(conf or {}) - set(self.params))
-        if unknown:
-            raise ValueError(f"{self.dag_id}: unknown run param(s) {unknown}; known: {sorted(self.params)}")
+        check_conf(self.dag_id, conf, self.params)
         return self.workload.resolve_params(self.workload_params(params))
 
     # --- stages -------------------------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ def test_a_parameter_gives_its_json_schema():
     (Parameter("x", "number", 0.5, "x", exclusive_maximum=1), 1, "x must be < 1, got 1"),
     (Parameter("x", "number", 0.5, "x", maximum=1), 2.5, "x must be <= 1, got 2.5"),
     (Parameter("x", "number", 0.5, "x"), "a", "x must be a number, got 'a'"),
-    (Parameter("x", "number", 0.5, "x"), None, "x must not be null (a number)"),
+    (Parameter("x", "number", 0.5, "x"), None, "x is null: NaN or null is not a number; give a number"),
+    (Parameter("d", "string", "cpu", "d"), None, "d must not be null (a string)"),
     (Parameter("d", "string", "cpu", "d", enum=("cpu", "gpu")), "tpu", "d must be one of ['cpu', 'gpu'], got 'tpu'"),
     (Parameter("b", "boolean", False, "b"), "yes", "b must be true or false, got 'yes'"),
     (Parameter("ids", "string_list", [], "ids"), ["a", 1], "ids must be a list of strings, got ['a', 1]"),
@@ -188,6 +189,19 @@ def test_a_parameter_without_description_or_with_a_bad_default_is_refused_at_dec
         Parameter("n", "integer", 1, "count", minimum=5)
     with pytest.raises(ValueError, match="unknown kind 'float'"):
         Parameter("n", "float", 1.0, "count")
+
+
+def test_equal_numbers_resolve_to_one_form_and_so_to_one_cache_key():
+    packaging = get_workload("packaging")
+    as_int, as_float = packaging.resolve_params({"l2": 1}), packaging.resolve_params({"l2": 1.0})
+    assert as_int == as_float and isinstance(as_int["l2"], float)
+    assert cache_key("h", "packaging", "1", as_int) == cache_key("h", "packaging", "1", as_float)
+    # an integer parameter reads 28.0 as 28, as the trigger form's JSON Schema does; a fraction is refused
+    assert packaging.resolve_params({"holdout_days": 28.0})["holdout_days"] == 28
+    assert type(packaging.resolve_params({"holdout_days": 28.0})["holdout_days"]) is int
+    with pytest.raises(ValueError, match="holdout_days must be an integer, got 28.5"):
+        packaging.resolve_params({"holdout_days": 28.5})
+    assert Parameter("x", "number", 0.5, "x").canonical(True) is True  # a boolean is not a number
 
 
 def test_resolve_params_reports_every_problem_at_once():

@@ -24,9 +24,9 @@ def plan(case_ids: list[str], *, small: bool, repeats: int, run_dir: str, out_ro
 
     from operators.kit import engine
 
-    unknown = sorted(set(case_ids) - set(gpu_cases.CASES))
-    if unknown:
-        raise ValueError(f"unknown case id(s) {unknown}; known: {list(gpu_cases.CASES)}")
+    problems = case_problems(case_ids, list(gpu_cases.CASES))
+    if problems:
+        raise ValueError("cases: " + "; ".join(problems))
     cases = [c for c in gpu_cases.CASES if c in set(case_ids)] if case_ids else list(gpu_cases.CASES)
     root = engine.location(f"{run_dir}/cases", aws_conn_id)
     rows = []
@@ -45,6 +45,23 @@ def plan(case_ids: list[str], *, small: bool, repeats: int, run_dir: str, out_ro
                                 output_root=out_root, run_root=run_dir, batches_per_child=len(cases))
         shards.append({"shard": asdict(spec), "job_queue": queue, "job_definition": job_definition})
     return shards
+
+
+def case_problems(case_ids: list[str], known: list[str]) -> list[str]:
+    """What is wrong with the `cases` param: unknown ids (with the closest known ones) and repeated ids."""
+    import difflib
+
+    problems = []
+    for case_id in dict.fromkeys(c for c in case_ids if c not in known):
+        close = difflib.get_close_matches(case_id, known, n=2, cutoff=0.6)
+        problems.append(f"unknown case id {case_id!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)"
+                                                          if close else ""))
+    repeated = sorted({c for c in case_ids if case_ids.count(c) > 1})
+    if repeated:
+        problems.append(f"case id(s) {repeated} listed more than once; list each case once")
+    if problems:
+        problems.append(f"known case ids: {known}; empty: every case")
+    return problems
 
 
 def report(shard_summaries: list[dict[str, Any]], out_dir: str, aws_conn_id: str | None = "aws_default") -> dict:

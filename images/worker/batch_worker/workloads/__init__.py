@@ -126,10 +126,30 @@ class Parameter:
             schema["enum"] = [*self.enum, None] if self.nullable else list(self.enum)
         return schema
 
+    def canonical(self, value: Any) -> Any:
+        """`value` in the one form cache keys see, so that equal values give equal keys: a number parameter's
+        integer is a float (`1` is `1.0`), an integer parameter's integral float an int (`28.0` is `28`, as JSON
+        Schema's "integer" reads it). Anything else, a fraction for an integer included, is left for `problems`."""
+        if isinstance(value, bool):
+            return value
+        if self.kind == "number" and isinstance(value, int):
+            try:
+                return float(value)
+            except OverflowError:
+                return value
+        if self.kind == "integer" and isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     def problems(self, value: Any) -> list[str]:
         """What is wrong with `value` for this parameter, each problem naming it and saying what is allowed."""
         if value is None:
-            return [] if self.nullable else [f"{self.name} must not be null ({self._type_words()})"]
+            if self.nullable:
+                return []
+            if self.kind in ("number", "integer"):
+                # A JSON NaN reaches a task as null (Airflow passes a run's conf on as JSON): say both.
+                return [f"{self.name} is null: NaN or null is not a number; give {self._type_words()}"]
+            return [f"{self.name} must not be null ({self._type_words()})"]
         type_problem = self._type_problem(value)
         if type_problem:
             return [type_problem]
@@ -337,7 +357,8 @@ class Workload:
         return []
 
     def resolve_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        """The defaults updated with `params`, each checked, then `validate`d; one ValueError lists every problem."""
+        """The defaults updated with `params`, each in its canonical form (`Parameter.canonical`: `l2: 1` and
+        `l2: 1.0` give one cache key) and checked, then `validate`d; one ValueError lists every problem."""
         params = {} if params is None else params
         if not isinstance(params, dict):
             raise ValueError(f"workload {self.name!r}: parameters must be an object of name: value, got {params!r}")
@@ -348,6 +369,7 @@ class Workload:
             problems.append(f"unknown parameter(s) {sorted(unknown)}; known: {sorted(merged)}")
         merged.update({k: v for k, v in params.items() if k in merged})
         for parameter in self.parameters:
+            merged[parameter.name] = parameter.canonical(merged[parameter.name])
             problems += parameter.problems(merged[parameter.name])
         if not problems:
             problems = self.validate(merged)
