@@ -135,3 +135,54 @@ def test_an_unknown_param_is_refused_by_the_first_task_naming_it(api, data_root,
     assert dataset.state == "failed"
     assert "unknown run param(s) ['max_chnage']; known: [" in capfd.readouterr().out
     assert not list((data_root / "runs").rglob("input/*"))  # nothing generated
+
+
+@pytest.mark.parametrize("dag_id, name", [
+    ("units_of_work", "budget"), ("units_of_work", "sleep_s"), ("batch_smoke", "sleep_s"),
+    ("training_sweep", "runnable_timeout_s"), ("packaging_training", "l2"), ("pricing_optimization", "approve_mape_p50"),
+])
+@pytest.mark.parametrize("spelled", ["NaN", "Infinity"])
+def test_nan_or_infinity_in_a_trigger_is_refused_by_the_api_naming_the_param(api, dag_id, name, spelled):
+    """Python's JSON (the REST API's, the CLI's) reads NaN and Infinity as numbers; Airflow would store them and
+    hand the task null (a nullable param then silently means "none"). Every number param's schema refuses them."""
+    import json
+
+    conf, _ = form_defaults(api, dag_id)
+    body = json.dumps({"logical_date": pendulum.now("UTC").isoformat(), "conf": {**conf, name: float(spelled.lower()
+                                                                                                     .replace("infinity", "inf"))}})
+    assert f'"{name}": {spelled}' in body
+    response = api.post(f"/api/v2/dags/{dag_id}/dagRuns", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(f"Invalid input for param {name}: "), detail
+    assert ("NaN, Infinity and -Infinity are not numbers: give a finite number" in detail
+            or (spelled == "Infinity" and "is greater than the maximum" in detail)), detail
+
+
+@pytest.mark.parametrize("dag_id, conf, words", [
+    ("batch_smoke", {"repeats": 2}, "unknown run param(s) ['repeats']; known: ['children', 'fail_index', 'queue', "
+                                    "'shards', 'sleep_s']"),
+    ("gpu_batch_benchmark", {"repeat": 5}, "unknown run param(s) ['repeat'] (did you mean 'repeats' for 'repeat'?); "
+                                           "known: ['cases', 'repeats', 'small']"),
+    ("batch_smoke", {"children": 5, "fail_index": 5}, "fail_index 5 is not an index of a shard of children=5 (0..4)"),
+    ("gpu_batch_benchmark", {"cases": ["matmul_f32_n1000", "matmul_f32_n1000"]},
+     "case id(s) ['matmul_f32_n1000'] listed more than once"),
+    ("training_sweep", {"sweep": {"grid": {"l2": [1.0]}}, "leaderbord_size": 3},
+     "(did you mean 'leaderboard_size' for 'leaderbord_size'?)"),
+])
+def test_a_dag_beyond_the_house_pipelines_refuses_unknown_keys_and_impossible_values_before_any_job(
+        api, data_root, capfd, dag_id, conf, words):
+    """Airflow keeps unknown conf keys and checks each param alone; the DAG's first task refuses, naming the key and
+    the accepted ones, before any Batch job is submitted."""
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    from tests.system.test_batch_smoke import load_dag
+
+    run = load_dag(dag_id).test(run_conf=conf)
+    assert run.state == DagRunState.FAILED
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    first = "prepare" if dag_id == "training_sweep" else "plan"
+    assert states[first] == TaskInstanceState.FAILED
+    assert all(state == TaskInstanceState.UPSTREAM_FAILED for task, state in states.items() if task != first)
+    assert words in capfd.readouterr().out
+    assert not (data_root / "outputs").exists()  # nothing written for a job, and no job

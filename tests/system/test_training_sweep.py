@@ -135,3 +135,25 @@ def test_a_bad_spec_fails_before_anything_is_submitted(airflow_db, local_aws, da
     [prepare] = [ti for ti in run.get_task_instances() if ti.task_id == "prepare"]
     assert prepare.state == "failed"
     assert not (data_root / "outputs" / "sweep_train").exists()
+
+
+def test_identical_configurations_in_one_sweep_are_trained_once_and_each_gets_the_outcome(airflow_db, local_aws,
+                                                                                       data_root):
+    """`l2: 1` and `l2: 1.0` (and a GPU copy) are one training: one row trained, the repeats report its outcome."""
+    run = load_dag("training_sweep").test(run_conf={"sweep": {"configurations": [
+        {"id": "one", "hyperparameters": {"l2": 1}}, {"id": "one-float", "hyperparameters": {"l2": 1.0}},
+        {"id": "one-gpu", "hyperparameters": {"l2": 1}, "resource_class": "GPU"},
+        {"id": "two", "hyperparameters": {"l2": 2.0}}]}, "trainer": "trivial"})
+    assert run.state == DagRunState.SUCCESS
+    [summary] = xcom(run, "summary")
+    assert summary["counts"] == {"trained": 2, "duplicate": 2} and summary["duplicates"] == 2
+    assert len(summary["job_ids"]) == 1  # the CPU queue's array job only: the GPU configuration repeats "one"
+    assert sorted(r[0] for r in trained_rows(data_root)) == ["one", "two"]
+    rows = {r[0]: r[1:] for r in duckdb.sql(
+        f"SELECT config_id, status, score FROM read_parquet('{data_root}/history/configurations/*/*.parquet')"
+    ).fetchall()}
+    assert rows["one-float"] == rows["one-gpu"] == ("duplicate", rows["one"][1]) and rows["one"][0] == "trained"
+    assert [leader["config_id"] for leader in summary["leaderboard"]] == ["one", "two"]  # each training ranked once
+    [message] = outbox(data_root, "sweep")
+    assert "2 configuration(s) repeat an earlier configuration's hyper-parameters: trained once" in message["body"]
+    assert "one-float (as one), one-gpu (as one)" in message["body"]

@@ -96,7 +96,9 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
                "status": "not_run", "failure_class": None, "error": None, "attempts": 0,
                "batch_id": _clean(config["batch_id"]), "job_id": None, "score": None, "holdout_auc": None,
                "units_fitted": None, "train_seconds": None}
-        if config["reused"]:
+        if _clean(config.get("duplicate_of")) is not None:
+            pass  # takes its first configuration's outcome below, once every row is known
+        elif config["reused"]:
             before = earlier.get(config["config_key"], {})
             failed = before.get("status") == "failed"
             row.update(status="failed" if failed else "cached", failure_class=_clean(before.get("failure_class")),
@@ -118,6 +120,7 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
                 failure = failed_batches[row["batch_id"]]
                 row.update(status="failed", failure_class=failure["class"], error=failure["error"])
         rows.append(row)
+    duplicates = copy_duplicates(rows, configurations)
 
     events = history.job_events(described, dag_id=dag_id, run_id=run_id)
     shortages = [s for summary in shard_summaries for s in summary.get("capacity_shortages", [])]
@@ -147,6 +150,7 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
         "throttled_submits": throttled, "history": written, "job_ids": job_ids,
         "failed_configurations": [{k: r[k] for k in ("config_id", "failure_class", "error", "attempts", "queue")}
                                   for r in failed_rows],
+        "duplicates": len(duplicates), "duplicates_shown": dict(list(duplicates.items())[:FAILED_LISTED]),
         "duration_s": round(time.time() - prepared["started_at"], 3),
     }
     summary["report"] = write_report(summary, prepared["run_root"])
@@ -155,11 +159,39 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
     return summary
 
 
+def copy_duplicates(rows: list[dict[str, Any]], configurations) -> dict[str, str]:
+    """Give each configuration that repeats an earlier one of the sweep (`duplicate_of`) that one's outcome, with
+    status `duplicate` (so it is neither ranked nor counted as a failure twice); {its id: the earlier id}."""
+    if "duplicate_of" not in configurations:
+        return {}
+    duplicate_of = {c: first for c, first in zip(configurations["config_id"], configurations["duplicate_of"])
+                    if _clean(first) is not None}
+    by_id = {row["config_id"]: row for row in rows}
+    for row in rows:
+        first = by_id.get(duplicate_of.get(row["config_id"]))
+        if first is not None:
+            row.update({k: first[k] for k in ("failure_class", "error", "job_id", "score", "holdout_auc",
+                                              "units_fitted", "batch_id")}, status="duplicate", attempts=0)
+    return duplicate_of
+
+
+def _duplicates_line(summary: dict[str, Any]) -> str | None:
+    if not summary.get("duplicates"):
+        return None
+    shown = ", ".join(f"{c} (as {first})" for c, first in summary["duplicates_shown"].items())
+    more = summary["duplicates"] - len(summary["duplicates_shown"])
+    return (f"{summary['duplicates']:,} configuration(s) repeat an earlier configuration's hyper-parameters: trained "
+            f"once, each row carries that outcome with status duplicate: {shown}"
+            + (f" and {more:,} more" if more > 0 else ""))
+
+
 def report_text(summary: dict[str, Any]) -> str:
     counts = summary["counts"]
     lines = [f"# Sweep {summary['run_id']} of {summary['dag_id']}", "",
              f"{summary['configurations']:,} configurations: " + ", ".join(f"{n:,} {state}" for state, n in
                                                                           sorted(counts.items())), ""]
+    if _duplicates_line(summary):
+        lines += [_duplicates_line(summary), ""]
     lines += ["## Leaderboard (lowest holdout log-loss first)", "", "| rank | configuration | score | holdout AUC | "
               "hyper-parameters |", "|---|---|---|---|---|"]
     for rank, leader in enumerate(summary["leaderboard"], start=1):
@@ -198,6 +230,8 @@ def notify(summary: dict[str, Any], each_failure: bool = False) -> dict[str, Any
                ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())))
     lines = [f"{summary['configurations']:,} configurations in {summary['duration_s']:.0f} s: " +
              ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items()))]
+    if _duplicates_line(summary):
+        lines.append(_duplicates_line(summary))
     if summary["leaderboard"]:
         lines.append("best configurations:")
         lines += [f"  {rank}. {leader['config_id']}: score {leader['score']:.6g} "
@@ -214,6 +248,7 @@ def notify(summary: dict[str, Any], each_failure: bool = False) -> dict[str, Any
     lines.append(f"report: {summary['report']}")
     data = {k: summary[k] for k in ("dag_id", "run_id", "counts", "failures_by_class", "leaderboard",
                                     "capacity_shortages", "throttled_submits", "report")}
+    data["duplicates"] = summary.get("duplicates", 0)
     sent = {"sweep": notifications.send("sweep", subject, "\n".join(lines), data), "configurations": []}
     if each_failure:
         for failed in summary["failed_configurations"]:

@@ -5,9 +5,10 @@
 - **prepare** checks the spec as a whole (`spec.load`: every problem named, nothing trained when
   one is found), fixes the data slice (the `input_uri` labels through the kit's prep, or
   synthetic labels) as one content-named Parquet file, gives each configuration its key
-  (hyper-parameters + trainer + data + code version), takes out those the history has already
-  seen trained with the same key, and writes the rest as batches of `configs_per_batch`,
-  one manifest per resource class.
+  (canonical hyper-parameters + trainer + data + code version), trains once the configurations of
+  the sweep that share a key (the repeats get the first one's outcome, status `duplicate`), takes
+  out those the history has already seen trained with the same key, and writes the rest as
+  batches of `configs_per_batch`, one manifest per resource class.
 - **plan** cuts each class's batches into shards on its queue (CPU or GPU), each with the run's
   `runnable_timeout_s`: a shard whose children sit RUNNABLE that long moves its unstarted
   work to the queue's fallback (`config/batch_resources.json`).
@@ -32,17 +33,19 @@ from airflow.sdk import DAG, Param
 
 from operators.kit.batch import run_shards
 from operators.kit.notify import FailureNotifier
-from operators.kit.pipeline import kit_params, params_doc, stage
+from operators.kit.pipeline import check_conf, dag_params, kit_params, params_doc, stage
 
 WORKLOAD = "sweep_train"
 #: Sent one by one at most; the rest of the failed configurations are in the history.
 FAILURE_MESSAGES_MAX = 100
+#: Repeated configurations named in prepare's log line and the summary (all are in configurations.parquet).
+DUPLICATES_SHOWN = 20
 KIT_PARAMS_USED = ("batches_per_shard", "batches_per_child", "shard_timeout_minutes")
 
 
 def sweep_params() -> dict[str, Param]:
     kit = kit_params("synthetic packaging labels (the dataset_* params)")
-    return {
+    return dag_params({
         "sweep": Param(None, type=["object", "null"],
                        description='the sweep inline: {"grid": {"l2": [0.1, 1]}, "resource_class": "CPU"} or '
                                    '{"configurations": [{"id": "a", "hyperparameters": {"l2": 1}, '
@@ -74,7 +77,7 @@ def sweep_params() -> dict[str, Param]:
         "leaderboard_size": Param(5, type="integer", minimum=1, maximum=100,
                                   description="best configurations shown in the report and notification"),
         **{name: kit[name] for name in KIT_PARAMS_USED},
-    }
+    })
 
 
 class SweepPipeline:
@@ -90,25 +93,36 @@ class SweepPipeline:
         from operators.pipelines.sweep import outcome, spec
 
         started = time.time()
-        unknown = sorted(set(conf or {}) - set(self.params))
-        if unknown:
-            raise ValueError(f"{self.dag_id}: unknown run param(s) {unknown}; known: {sorted(self.params)}")
+        check_conf(self.dag_id, conf, self.params)
         configurations = spec.load(params.get("sweep"), params.get("sweep_uri"))
         root = engine.own_run_root(self.dag_id, run_id)
         workload = get_workload(WORKLOAD)
         data_uri = self.data_slice(params, root) if params["trainer"] == "packaging" else None
         data_hash = data_uri.rsplit("/", 1)[-1].removesuffix(".parquet") if data_uri else None
         keyed = [(c, c.key(params["trainer"], data_hash, workload.version)) for c in configurations]
-        earlier = outcome.trained_before([key for _, key in keyed])
-        fresh = [(c, key) for c, key in keyed if key not in earlier]
+        # Before fan-out: a configuration that repeats an earlier one of this sweep (same key) is trained once.
+        duplicate_of = spec.duplicates(keyed)
+        unique = [(c, key) for c, key in keyed if c.id not in duplicate_of]
+        earlier = outcome.trained_before([key for _, key in unique])
+        fresh = [(c, key) for c, key in unique if key not in earlier]
         manifests, batch_of = self.write_batches(root, fresh, params["configs_per_batch"])
-        table = self.write_configurations(root, keyed, earlier, batch_of)
-        print(f"{len(configurations)} configurations: {len(keyed) - len(fresh)} trained before with the same data, "
-              f"code and parameters (reused), {len(fresh)} to train in "
-              + ", ".join(f"{m['batches']} {cls} batches" for cls, m in manifests.items()) if fresh else
-              f"{len(configurations)} configurations, all trained before: nothing to train")
+        table = self.write_configurations(root, keyed, earlier, batch_of, duplicate_of)
+        repeated = ""
+        if duplicate_of:
+            shown = ", ".join(f"{c} as {first}" for c, first in list(duplicate_of.items())[:DUPLICATES_SHOWN])
+            more = f" and {len(duplicate_of) - DUPLICATES_SHOWN:,} more" if len(duplicate_of) > DUPLICATES_SHOWN else ""
+            repeated = (f"{len(duplicate_of)} repeat an earlier configuration's hyper-parameters and get its outcome, "
+                        f"not trained again ({shown}{more}); ")
+        reused = len(unique) - len(fresh)
+        print(f"{len(configurations)} configurations: {repeated}{reused} trained before with the same data, code "
+              f"and parameters (reused); "
+              + (f"{len(fresh)} to train in " + ", ".join(f"{m['batches']} {cls} batches"
+                                                        for cls, m in manifests.items()) if fresh
+                 else "nothing to train"))
         return {"run_root": root, "started_at": started, "data_uri": data_uri, "configurations": table,
-                "manifests": manifests, "count": len(configurations), "reused": len(keyed) - len(fresh)}
+                "manifests": manifests, "count": len(configurations), "reused": reused,
+                "duplicates": len(duplicate_of),
+                "duplicates_shown": dict(list(duplicate_of.items())[:DUPLICATES_SHOWN])}
 
     def data_slice(self, params: dict[str, Any], root: str) -> str:
         """The labels every configuration trains on, as one Parquet file named by its content under the outputs."""
@@ -179,7 +193,9 @@ class SweepPipeline:
         return manifests, batch_of
 
     def write_configurations(self, root: str, keyed: list, earlier: dict[str, dict[str, Any]],
-                             batch_of: dict[str, int]) -> str:
+                             batch_of: dict[str, int], duplicate_of: dict[str, str] | None = None) -> str:
+        """Every configuration of the spec, in its order: key, class, queue, batch, whether reused from an earlier
+        sweep, and `duplicate_of` (the id of the earlier configuration of this sweep it repeats, or null)."""
         import pandas as pd
         from batch_worker.runtime import parquet_bytes
 
@@ -190,7 +206,8 @@ class SweepPipeline:
             "resource_class": [c.resource_class for c, _ in keyed], "queue": [c.queue for c, _ in keyed],
             "hyperparameters": [json.dumps(c.hyperparameters, sort_keys=True) for c, _ in keyed],
             "batch_id": pd.array([batch_of.get(k) for _, k in keyed], dtype="Int64"),
-            "reused": [k in earlier for _, k in keyed]})
+            "reused": [k in earlier and c.id not in (duplicate_of or {}) for c, k in keyed],
+            "duplicate_of": pd.array([(duplicate_of or {}).get(c.id) for c, _ in keyed], dtype="string")})
         folder = engine.location(root)
         uri = folder.join("configurations.parquet")
         folder.write_bytes(uri, parquet_bytes(frame))

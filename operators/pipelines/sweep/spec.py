@@ -11,6 +11,11 @@ has a column `id`, optionally `resource_class`, and one column per hyper-paramet
 takes the default). The hyper-parameters are the packaging trainer's parameters; each is checked
 against its type and range, and the trainer's cross-field rules apply. Every problem names its
 configuration and field; up to MAX_PROBLEMS_SHOWN are listed.
+
+A configuration's hyper-parameters are canonical: every trainer parameter (defaults filled in), each
+value in one form (`Parameter.canonical`: `l2: 1`, `l2: 1.0` and a CSV's `1` are the same value),
+and its key (`Configuration.key`) hashes them with sorted names. Two configurations of one sweep
+with the same key are the same training: `duplicates` finds them, and the sweep trains the first.
 """
 from __future__ import annotations
 
@@ -192,6 +197,9 @@ def validate(entries: list[Any]) -> list[Configuration]:
         if not isinstance(hyper, dict):
             problems.append(f"{where}: field hyperparameters must be an object, got {hyper!r}")
             continue
+        # one form per value (`l2: 1` is `l2: 1.0`), so that equal configurations get equal keys
+        hyper = {name: parameters[name].canonical(value) if name in parameters else value
+                 for name, value in hyper.items()}
         bad_names = sorted(set(hyper) - set(parameters))
         if bad_names:
             problems.append(f"{where}: unknown hyper-parameter(s) {bad_names}; known: {sorted(parameters)}")
@@ -208,6 +216,19 @@ def validate(entries: list[Any]) -> list[Configuration]:
         raise SweepSpecError(_listing(f"the sweep spec has {len(problems)} problem(s); nothing was trained",
                                       problems))
     return configurations
+
+
+def duplicates(keyed: list[tuple[Configuration, str]]) -> dict[str, str]:
+    """{configuration id: id of the first configuration with the same key} for every configuration that repeats an
+    earlier one's training (same hyper-parameters, trainer, data and code: ids and resource classes aside)."""
+    first: dict[str, str] = {}
+    repeats: dict[str, str] = {}
+    for configuration, key in keyed:
+        if key in first:
+            repeats[configuration.id] = first[key]
+        else:
+            first[key] = configuration.id
+    return repeats
 
 
 def _listing(head: str, problems: list[str]) -> str:

@@ -53,3 +53,40 @@ def test_batches_per_resource_class_and_shards_per_queue(data_root):
         ("airbatch-cpu", 0), ("airbatch-cpu", 1), ("airbatch-gpu", 2)]
     assert shards[2]["shard"]["label"].startswith("GPU shard 2: batches ")
     assert {s["runnable_timeout_s"] for s in shards} == {30}
+
+
+def test_a_configuration_that_repeats_another_is_trained_once_and_reported(data_root, capsys):
+    pipeline = SweepPipeline("training_sweep")
+    params = {name: param.value for name, param in pipeline.params.items()}
+    params.update(trainer="trivial", sweep={"configurations": [
+        {"id": "a", "hyperparameters": {"l2": 1}}, {"id": "b", "hyperparameters": {"l2": 2.0}},
+        {"id": "a-again", "hyperparameters": {"l2": 1.0}},
+        {"id": "a-on-gpu", "hyperparameters": {"l2": 1}, "resource_class": "GPU"}]})
+    prepared = pipeline.prepare(params, {"sweep": params["sweep"], "trainer": "trivial"}, "manual__dedupe")
+    assert prepared["count"] == 4 and prepared["duplicates"] == 2
+    assert prepared["duplicates_shown"] == {"a-again": "a", "a-on-gpu": "a"}
+    # two configurations to train, on the CPU queue only: the GPU one repeats "a"
+    assert {cls: m["configurations"] for cls, m in prepared["manifests"].items()} == {"CPU": 2}
+    trained = [read_manifest(m["manifest_uri"]) for m in prepared["manifests"].values()]
+    assert sum(len(t) for t in trained) == 1 and int(trained[0]["rows"].sum()) == 2
+    table = pd.read_parquet(prepared["configurations"]).set_index("config_id")["duplicate_of"]
+    assert table.astype(object).where(table.notna(), None).to_dict() == {"a": None, "b": None, "a-again": "a",
+                                                                         "a-on-gpu": "a"}
+    assert "2 repeat an earlier configuration's hyper-parameters and get its outcome, not trained again " \
+           "(a-again as a, a-on-gpu as a)" in capsys.readouterr().out
+
+
+def test_a_repeated_configuration_gets_the_outcome_of_the_one_it_repeats():
+    from operators.pipelines.sweep import outcome
+
+    configurations = pd.DataFrame({"config_id": ["a", "b", "a-again"], "duplicate_of": ["", "", "a"]})
+    configurations["duplicate_of"] = configurations["duplicate_of"].replace("", None)
+    rows = [{"config_id": c, "status": "trained", "failure_class": None, "error": None, "job_id": f"job-{c}",
+             "score": score, "holdout_auc": 0.7, "units_fitted": 3, "batch_id": 0, "attempts": 1}
+            for c, score in (("a", 0.25), ("b", 0.5), ("a-again", None))]
+    rows[2].update(status="not_run", job_id=None, units_fitted=None, attempts=0)
+    assert outcome.copy_duplicates(rows, configurations) == {"a-again": "a"}
+    assert rows[2] == {**rows[0], "config_id": "a-again", "status": "duplicate", "attempts": 0}
+    summary = {"duplicates": 1, "duplicates_shown": {"a-again": "a"}}
+    assert outcome._duplicates_line(summary).startswith("1 configuration(s) repeat an earlier configuration's "
+                                                        "hyper-parameters: trained once")

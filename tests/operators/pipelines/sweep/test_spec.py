@@ -25,6 +25,27 @@ def test_the_key_follows_hyperparameters_data_and_code_not_the_id():
     assert a.key("packaging", "data1", "1") != a.key("trivial", "data1", "1")
 
 
+def test_equal_values_in_another_form_are_one_configuration_with_one_key():
+    """`l2: 1` and `l2: 1.0`, `holdout_days: 28.0` and `28`, a CSV's text and JSON's numbers, in any key order."""
+    configs = spec.validate([
+        {"id": "int", "hyperparameters": {"l2": 1, "holdout_days": 28}},
+        {"id": "float", "hyperparameters": {"holdout_days": 28.0, "l2": 1.0}},
+        {"id": "default", "hyperparameters": {}},
+        *spec.csv_spec("id,l2,holdout_days\ncsv,1,28\n")["configurations"],
+        {"id": "other", "hyperparameters": {"l2": 1.5}}])
+    keys = [c.key("packaging", "data", "1") for c in configs]
+    assert len(set(keys[:4])) == 1 and keys[4] != keys[0]
+    assert configs[1].hyperparameters["holdout_days"] == 28 and type(configs[1].hyperparameters["holdout_days"]) is int
+    assert spec.duplicates(list(zip(configs, keys))) == {"float": "int", "default": "int", "csv": "int"}
+
+
+def test_a_nan_in_a_spec_reaches_the_dag_as_null_and_is_named():
+    """Airflow hands a run's conf to its tasks as JSON, where a NaN inside the `sweep` object becomes null."""
+    with pytest.raises(spec.SweepSpecError) as error:
+        spec.validate(spec.expand({"grid": {"l2": [0.5, None]}}))
+    assert "configuration 'c1': hyperparameters.l2 is null: NaN or null is not a number; give a number" in str(error.value)
+
+
 def test_every_problem_names_its_configuration_and_field():
     entries = [
         {"id": "ok", "hyperparameters": {"l2": 1}},
