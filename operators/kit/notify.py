@@ -1,4 +1,5 @@
-"""Notifications: a summary on success; the failing task, its first error and the failed units on failure.
+"""Notifications: a summary on success; the failing task, its error and the failed units on failure; why a run
+was skipped.
 
 Every message goes to the local outbox (`DATA_ROOT/outbox/*.json`, one file per message, and the
 task log), which needs no server. When configured, it also goes to
@@ -7,7 +8,9 @@ task log), which needs no server. When configured, it also goes to
 - SMTP: `NOTIFY_EMAIL_TO` (comma-separated; through `SmtpNotifier` and the `smtp_default` connection,
   or `NOTIFY_SMTP_CONN_ID`).
 
-No message carries credentials: only run ids, counts, metrics, URIs and the first error line.
+No message carries credentials: only run ids, counts, metrics, URIs and the error's text. An error is carried
+whole, every line of it (prep's message puts the reasons, the advice and the quarantine's path on the lines after
+the first), up to ERROR_CHARS characters, with a note of what was cut.
 """
 from __future__ import annotations
 
@@ -23,6 +26,24 @@ from airflow.sdk import BaseNotifier
 log = logging.getLogger(__name__)
 #: How many failed batch ids a failure message lists.
 FAILED_BATCHES_SHOWN = 20
+#: The most characters of an error a message carries (an e-mail or SNS message stays readable; the task log has all).
+ERROR_CHARS = 4000
+
+
+def whole_text(text: str, limit: int = ERROR_CHARS) -> str:
+    """`text` without its surrounding blanks, every line of it, cut at `limit` characters with a note saying so."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[... {len(text) - limit:,} more characters cut; the task log has the whole message]"
+
+
+def error_text(exception: BaseException | None) -> str:
+    """`Type: message` of an exception, the whole message (bounded by ERROR_CHARS)."""
+    if exception is None:
+        return "no exception recorded"
+    message = str(exception).strip()
+    return whole_text(f"{type(exception).__name__}: {message}" if message else type(exception).__name__)
 
 
 def channels() -> list[str]:
@@ -103,9 +124,7 @@ def success_message(summary: dict[str, Any]) -> tuple[str, str]:
 
 def failure_message(context: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     ti = context["ti"]
-    exception = context.get("exception")
-    error = f"{type(exception).__name__}: {str(exception).strip().splitlines()[0] if str(exception).strip() else ''}" \
-        if exception is not None else "no exception recorded"
+    error = error_text(context.get("exception"))
     failed_batches: list[int] = []
     units_failed = 0
     if ti.task_id.endswith("run_shard"):
@@ -115,17 +134,32 @@ def failure_message(context: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             units_failed = summary.get("units_failed", 0)
     subject = f"[{ti.dag_id}] FAILED at {ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
     lines = [f"run {ti.run_id}: task {ti.task_id} (map index {ti.map_index}, try {ti.try_number}) failed",
-             f"first error: {error[:500]}"]
+             f"error: {error}"]
     if failed_batches:
         lines.append(f"failed batches ({len(failed_batches)} listed, {units_failed} units): "
                      f"{failed_batches[:FAILED_BATCHES_SHOWN]}")
     data = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
-            "error": error[:500], "failed_batches": failed_batches, "units_failed": units_failed}
+            "error": error, "failed_batches": failed_batches, "units_failed": units_failed}
     return subject, "\n".join(lines), data
 
 
+def skip_message(dag_id: str, run_id: str, task_id: str, reason: str) -> tuple[str, str, dict[str, Any]]:
+    """Subject, body and data of a run whose first stages found nothing to do and skip the rest of it."""
+    reason = whole_text(reason)
+    subject = f"[{dag_id}] SKIPPED at {task_id}: nothing to do"
+    lines = [f"run {run_id}: task {task_id} skipped the rest of the run", f"why: {reason}"]
+    return subject, "\n".join(lines), {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "reason": reason}
+
+
+def notify_skip(dag_id: str, run_id: str, task_id: str, reason: str) -> dict:
+    """Say that a run skips itself, and why. Sent by the stage that decides it, before it raises
+    AirflowSkipException: Airflow's `on_skipped_callback` gets no exception, so it could not say why."""
+    subject, body, data = skip_message(dag_id, run_id, task_id, reason)
+    return send("skipped", subject, body, data)
+
+
 class FailureNotifier(BaseNotifier):
-    """`on_failure_callback` for a pipeline's tasks: sends the failing task, first error and failed units."""
+    """`on_failure_callback` for a pipeline's tasks: sends the failing task, its whole error and failed units."""
 
     template_fields = ()
 

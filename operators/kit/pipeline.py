@@ -298,6 +298,7 @@ class UnitPipeline:
             raise ValueError(f"{dag_id}: a publish target needs an evaluator (only approved versions are published)")
         self.source = source or DataSource()
         self.target = publish
+        # `notify`: the success summary task (on with an evaluator); failures are notified in every pipeline
         self.notify_enabled = evaluator is not None if notify is None else notify
         self.poll_interval = poll_interval
         self.dag_kwargs = dag_kwargs
@@ -376,7 +377,11 @@ class UnitPipeline:
                 raise
             from airflow.sdk.exceptions import AirflowSkipException
 
-            raise AirflowSkipException(f"{empty}: nothing to do, the rest of the run is skipped") from None
+            from operators.kit import notify
+
+            reason = f"{empty}: nothing to do, the rest of the run is skipped"
+            notify.notify_skip(self.dag_id, run_id, "prepare", reason)
+            raise AirflowSkipException(reason) from None
         where = f" in the window [{window[0]}, {window[1]})" if window else ""
         if not result.rows_ok:
             raise ValueError(f"no usable rows{where} of {source['uri']} ({result.rows_in} rows read, "
@@ -485,7 +490,9 @@ class UnitPipeline:
     # --- wiring -------------------------------------------------------------------------------------------------
     def build(self) -> DAG:
         pipeline = self
-        default_args = {"on_failure_callback": FailureNotifier()} if self.notify_enabled else {}
+        # Every failed task notifies, with its whole error, whether or not the run sends a success summary
+        # (`notify`): a pipeline without an evaluator (inference, units_of_work) fails as loudly as one with.
+        default_args = {"on_failure_callback": FailureNotifier()}
         kwargs = {**self.dag_kwargs, "doc_md": (self.dag_kwargs.get("doc_md") or "") + params_doc(self.params)}
         with DAG(self.dag_id, params=self.params, default_args=default_args, **kwargs) as dag:
 

@@ -127,13 +127,46 @@ def format_task_times(times: list[tuple[str, int, float]]) -> str:
                      for task_id, n, seconds in times)
 
 
+#: A line that starts a new record of the task log (`2026-02-16T10:00:00.000000Z [error ...`): a traceback ends there.
+_LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+
+
 def first_error(log: Path) -> str | None:
+    """The first task error in a run's log, whole: the exception that failed the first failing task, every line of
+    its message (prep's reasons, advice and quarantine path follow its first line), bounded like a notification's.
+    Without a traceback, the first line that names an error."""
+    from operators.kit.notify import whole_text
+
     if not log.exists():
         return None
-    for line in log.read_text(errors="replace").splitlines():
+    lines = log.read_text(errors="replace").splitlines()
+    for start, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            block = []
+            for following in lines[start + 1:]:
+                if _LOG_RECORD.match(following):
+                    break
+                block.append(following)
+            message = final_exception(block)
+            if message:
+                return whole_text(message)
+    for line in lines:
         if "Exception:" in line or "Error:" in line:
-            return line.strip()[:500]
+            return whole_text(line)
     return None
+
+
+def final_exception(block: list[str]) -> str:
+    """The last exception of a traceback (its lines after "Traceback ..."): the `Type: message` line and every line
+    after it. The frames before it are `  File "..."` lines, each followed by its code lines indented further; a
+    chained exception's own traceback comes first, so the last frame's end is where the final message starts."""
+    end = 0
+    for index, line in enumerate(block):
+        if line.startswith('  File "'):
+            end = index + 1
+            while end < len(block) and block[end].startswith("    "):
+                end += 1
+    return "\n".join(block[end:]).strip()
 
 
 # --- progress from the task log -----------------------------------------------------------------------

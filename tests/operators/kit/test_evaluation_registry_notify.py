@@ -339,15 +339,48 @@ class _TI:
         return {"failed_batches": [4, 9], "units_failed": 31}
 
 
-def test_failure_message_names_the_task_its_first_error_and_failed_units(data_root):
+def test_failure_message_names_the_task_its_whole_error_and_failed_units(data_root):
     context = {"ti": _TI(), "exception": RuntimeError("shard 2: 2 of 40 batches failed\nmore detail")}
     notify.FailureNotifier().notify(context)
     [path] = (data_root / "outbox").glob("*-failure.json")
     message = json.loads(path.read_text())
     assert message["subject"] == "[pricing_optimization] FAILED at run_shard[2]"
-    assert "first error: RuntimeError: shard 2: 2 of 40 batches failed" in message["body"]
+    assert "error: RuntimeError: shard 2: 2 of 40 batches failed\nmore detail\n" in message["body"]
     assert "failed batches (2 listed, 31 units): [4, 9]" in message["body"]
-    assert "more detail" not in message["body"]
+    assert message["data"]["error"] == "RuntimeError: shard 2: 2 of 40 batches failed\nmore detail"
+
+
+def test_a_failure_notification_carries_prep_s_whole_message_and_cuts_a_huge_one_saying_so(data_root, tmp_path):
+    """prep's refusal puts its reasons, advice and the quarantine's path after its first line: all of it is sent."""
+    from batch_worker.workloads import get_workload
+
+    from operators.kit import prep
+
+    sample = tmp_path / "units.csv"
+    sample.write_text("unit_id,seq,value\n" + "".join(f"u{i},{i if i % 3 else 'x'},1.5\n" for i in range(30)))
+    with pytest.raises(prep.PrepError) as refused:
+        prep.prepare(str(sample), get_workload("noop").schema, str(tmp_path / "prep"), 4)
+    assert len(str(refused.value).splitlines()) >= 3
+    notify.FailureNotifier().notify({"ti": _TI(), "exception": refused.value})
+    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*-failure.json")]
+    whole = f"PrepError: {str(refused.value).strip()}"
+    assert message["data"]["error"] == whole and f"error: {whole}\n" in message["body"]
+    assert "max_quarantined_share=0.1:\n  non_numeric:seq: 10" in message["body"]
+    assert "quarantine.parquet" in message["body"]  # the last line: where the bad rows are
+
+    huge = RuntimeError("x" * 10_000)
+    text = notify.error_text(huge)
+    assert text.startswith("RuntimeError: xxx") and len(text) < notify.ERROR_CHARS + 200
+    assert text.endswith("[... 6,014 more characters cut; the task log has the whole message]")
+
+
+def test_a_run_that_skips_itself_says_why(data_root):
+    sent = notify.notify_skip("packaging_inference_daily", "r7", "prepare",
+                              "no rows in the window [2026-03-04, 2026-03-05) of x.parquet: nothing to do")
+    message = json.loads(Path(sent["outbox"]).read_text())
+    assert message["kind"] == "skipped"
+    assert message["subject"] == "[packaging_inference_daily] SKIPPED at prepare: nothing to do"
+    assert "why: no rows in the window [2026-03-04, 2026-03-05) of x.parquet: nothing to do" in message["body"]
 
 
 def test_sns_delivers_the_same_message(local_aws, data_root, monkeypatch):

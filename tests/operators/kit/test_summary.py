@@ -274,3 +274,55 @@ def test_shard_progress_without_a_closing_line_counts_only_its_cached_batches_an
     progress = LogProgress()
     progress.shards["shard 0"] = shard
     assert progress.batches(lambda worklists: pytest.fail("no worklist yet")) == (4, 4, 0)
+
+
+# --- the first error ------------------------------------------------------------------------------------
+
+def test_the_first_error_is_the_failing_tasks_whole_exception_not_its_first_line(tmp_path):
+    """`make demo` prints it: prep's refusal puts its reasons, advice and quarantine path after its first line."""
+    from operators.kit.summary import first_error
+
+    log = tmp_path / "run.log"
+    log.write_text("\n".join(log_lines("prepare_refused.log", tmp_path)) + "\n")
+    error = first_error(log)
+    assert error.splitlines() == [
+        f"operators.kit.prep.PrepError: 10 of 30 rows of {tmp_path}/bad.csv were quarantined (33.3%), more than "
+        "max_quarantined_share=0.1:",
+        f"  non_numeric:seq: 10 (first: {tmp_path}/bad.csv); write numbers (a dot for decimals, no units or "
+        "thousands separators)",
+        "Fix the input, or raise the run parameter max_quarantined_share (0..1) if this share of bad rows is "
+        f"expected. The quarantined rows are in {tmp_path}/runs/units_of_work/manual__2026-12-06T12_45_26.654708"
+        "_00_00~2f5f8d9a418b49ef/prep/quarantine.parquet with their reason, file and line."]
+
+
+def test_a_chained_exception_gives_the_last_one_and_a_huge_one_is_cut_saying_so(tmp_path):
+    from operators.kit.notify import ERROR_CHARS
+    from operators.kit.summary import first_error
+
+    log = tmp_path / "run.log"
+    log.write_text(
+        "2026-12-06T12:45:38.154977Z [error    ] Task failed with exception     [task] loc=task_runner.py:1676\n"
+        "Traceback (most recent call last):\n"
+        '  File "/repo/operators/kit/pipeline.py", line 10, in prepare\n'
+        "    raise KeyError(name)\n"
+        "KeyError: 'x'\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n"
+        '  File "/repo/operators/kit/pipeline.py", line 12, in prepare\n'
+        "    raise ValueError(text) from err\n"
+        "        ^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "ValueError: the first line\n"
+        "    an indented second line\n"
+        "the last line\n"
+        "2026-12-06T12:45:38.157904Z [info     ] ::group::Post Execute          [task] loc=task_runner.py:1677\n")
+    assert first_error(log) == "ValueError: the first line\n    an indented second line\nthe last line"
+    log.write_text("Traceback (most recent call last):\n"
+                   '  File "/repo/x.py", line 1, in f\n'
+                   "    g()\n"
+                   f"RuntimeError: {'y' * (ERROR_CHARS * 2)}\n")
+    error = first_error(log)
+    assert error.startswith("RuntimeError: yyy") and error.endswith("more characters cut; the task log has the "
+                                                                    "whole message]")
+    assert len(error) < ERROR_CHARS + 200
+    log.write_text("2026-12-06T12:45:38Z [error    ] ValueError: no traceback here\n")
+    assert first_error(log) == "2026-12-06T12:45:38Z [error    ] ValueError: no traceback here"
