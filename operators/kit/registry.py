@@ -182,7 +182,14 @@ class Registry:
                                 f"{self._version_file(version)}: nothing to publish")
         out = self.top.child("published", safe_name(self.model))
         versioned = out.join("versions", version, artifact)
-        out.write_bytes(versioned, self.loc.read_bytes(self.loc.join("versions", version, artifact)))
+        source = self.loc.join("versions", version, artifact)
+        try:
+            data = self.loc.read_bytes(source)
+        except FileNotFoundError:
+            raise RegistryError(f"version {version} of {self.model!r}: its artifact {source} does not exist: nothing "
+                                "to publish; run the training for its week again") from None
+        check_artifact(data, source, self.model, version)
+        out.write_bytes(versioned, data)
         if self._sync_published_current(out) == version:
             return out.join("current", artifact)
         return versioned
@@ -210,6 +217,22 @@ class Registry:
                 return head["version"]
         raise RegistryError(f"the current version of {self.model!r} kept changing while {out.join('current')} was "
                             f"being published; publish it again once approvals have settled")
+
+
+def check_artifact(data: bytes, uri: str, model: str, version: str) -> None:
+    """RegistryError naming the file and the version when a Parquet artifact's footer cannot be read: a damaged
+    artifact is not published, so nothing downstream starts work on it."""
+    if not uri.lower().endswith(".parquet"):
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_schema(pa.BufferReader(data))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise RegistryError(f"version {version} of {model!r}: its artifact {uri} cannot be read as Parquet "
+                            f"({type(exc).__name__}: {str(exc).strip()}): not published; run the training for its "
+                            "week again") from None
 
 
 def _when(timestamp: float | None) -> str:

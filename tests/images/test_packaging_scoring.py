@@ -119,3 +119,14 @@ def test_scoring_products_together_gives_each_group_the_rows_it_gets_alone(publi
     for group, rows in batch.groupby("product_group"):
         alone, _ = checked_output(workload, workload.run(rows.reset_index(drop=True), params), "alone")
         pd.testing.assert_frame_equal(together[together["product_group"] == group].reset_index(drop=True), alone)
+
+
+def test_a_damaged_artifact_is_bad_data_naming_the_version_and_the_file(published):
+    Path(published["model_uri"]).write_bytes(b"not a parquet file at all")
+    workload = get_workload("packaging_scoring")
+    with pytest.raises(BadData) as refused:
+        workload.run(products(), published)
+    message = str(refused.value)
+    assert message.startswith(f"model version {VERSION}: its artifact {published['model_uri']} cannot be read as "
+                              "Parquet (ArrowInvalid: ")
+    assert message.endswith("publish the version again (packaging_training's publish task) before scoring with it")

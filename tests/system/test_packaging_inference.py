@@ -59,6 +59,10 @@ def test_inference_refuses_a_missing_model_before_any_compute(airflow_db, local_
     assert all(ti.state == TaskInstanceState.UPSTREAM_FAILED for name in ("prepare", "plan", "summary", "publish")
                for ti in task_instances(refused, name))
     assert not (data_root / "datasets").exists() and not (data_root / "outputs").exists()
+    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*-failure.json")]
+    assert message["subject"] == "[packaging_inference_monthly] FAILED at dataset"
+    assert "NoApprovedModel: no approved version of model 'packaging'" in message["body"]
+    assert "this DAG also starts by itself when a version is approved" in message["body"]  # the whole message
 
     # a pending version is not a model to score with either
     from operators.kit.registry import Registry
@@ -67,6 +71,30 @@ def test_inference_refuses_a_missing_model_before_any_compute(airflow_db, local_
                                                    proposed="review", reasons=[], artifact="models.parquet")
     assert run("daily", logical_date=MARCH).state == DagRunState.FAILED
     assert not (data_root / "outputs").exists()
+
+
+def test_a_damaged_approved_model_fails_the_first_task_naming_file_and_version_before_any_job(
+        airflow_db, local_aws, data_root):
+    from tests.system.test_units_of_work import jobs_named
+
+    version = approve_true_models()
+    artifact = data_root / "published" / "packaging" / "versions" / version / "models.parquet"
+    artifact.write_bytes(artifact.read_bytes()[:100])  # truncated: the footer and its magic bytes are gone
+    before = len(jobs_named(local_aws, "packaging_inference"))
+    refused = run("monthly", logical_date=MARCH)
+    assert refused.state == DagRunState.FAILED
+    [dataset] = task_instances(refused, "dataset")
+    assert dataset.state == TaskInstanceState.FAILED
+    assert all(ti.state == TaskInstanceState.UPSTREAM_FAILED for name in ("prepare", "plan", "summary", "publish")
+               for ti in task_instances(refused, name))
+    assert len(jobs_named(local_aws, "packaging_inference")) == before  # no Batch job was submitted
+    assert not (data_root / "outputs").exists()
+    # an inference run (no evaluator, no success summary) notifies its failure, naming the file and the version
+    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*-failure.json")]
+    assert message["subject"] == "[packaging_inference_monthly] FAILED at dataset"
+    assert (f"'packaging' model version {version}: its artifact DATA_ROOT/published/packaging/versions/{version}/"
+            "models.parquet cannot be read as Parquet") in message["body"]
+    assert f"The file itself: {artifact}" in message["body"]
 
 
 def test_monthly_scores_the_inventory_caches_a_rerun_and_recomputes_for_a_new_model(airflow_db, local_aws,

@@ -5,7 +5,9 @@
 
 - **dataset** resolves the latest **approved** version of `packaging` from the registry at run
   time (never a pending or rejected one; none: the run fails here, before any data is generated
-  or any Batch job submitted), checks that its artifact is published, and fixes the run's window:
+  or any Batch job submitted), checks that its artifact is published and readable (its Parquet
+  footer and model columns: a damaged file fails here, naming file and version, not in every Batch
+  job), and fixes the run's window:
   the whole inventory added before the run's day (`monthly`), or the products added since the
   last successful run (`daily`, see `daily_since`);
 - **plan** passes the version and its artifact as the workload's run-time parameters, so both are
@@ -77,8 +79,11 @@ class NoApprovedModel(RuntimeError):
 
 
 def approved_model(root: str | None = None) -> dict[str, Any]:
-    """The latest approved version of `packaging` and its published artifact; NoApprovedModel when there is none."""
-    from batch_worker.workloads.packaging_scoring import artifact_path
+    """The latest approved version of `packaging` and its published artifact; NoApprovedModel when there is none, or
+    when its artifact is missing or cannot be read (its Parquet footer and columns are checked here, so that a
+    damaged file fails the run's first task, by name, instead of every Batch job)."""
+    from batch_worker.workloads import BadData
+    from batch_worker.workloads.packaging_scoring import artifact_path, check_model_artifact
 
     from operators.kit import engine, registry
 
@@ -97,6 +102,14 @@ def approved_model(root: str | None = None) -> dict[str, Any]:
         raise NoApprovedModel(f"version {record['version']} of {MODEL!r} is approved but its artifact "
                               f"DATA_ROOT/published/{MODEL}/versions/{record['version']}/models.parquet is missing: "
                               "clear the publish task of the packaging_training run that approved it")
+    shown = f"DATA_ROOT/published/{MODEL}/versions/{record['version']}/models.parquet"
+    try:
+        check_model_artifact(uri, record["version"], shown=shown)
+    except BadData as exc:
+        raise NoApprovedModel(
+            f"{MODEL!r} {exc}: nothing was scored and no Batch job was submitted. Publish the version again from "
+            f"the registry's copy (clear the publish task of the packaging_training run that approved it), or "
+            f"approve a newer version. The file itself: {uri}") from None
     return {"version": record["version"], "uri": uri, "approved_at": record.get("decided_at"),
             "approved_by": record.get("decided_by")}
 
@@ -151,6 +164,7 @@ class PackagingInference(UnitPipeline):
     def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:
         from airflow.sdk import get_current_context
 
+        self.check_run(params, conf)  # the run's conf first: a misspelt param is named before the model is looked at
         model = approved_model()
         context = get_current_context()
         until = run_day(context.get("data_interval_end"), context["dag_run"].run_after)

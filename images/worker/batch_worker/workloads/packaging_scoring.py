@@ -114,6 +114,38 @@ def model_location_problems(model_uri: str | None, model_version: str | None,
     return []
 
 
+#: The columns a model artifact must have: the unit, the package type and the coefficients on the raw scale.
+MODEL_COLUMNS = ("package_type", "product_group", "intercept", *(f"coef_{f}" for f in FEATURES))
+
+
+def check_model_artifact(model_uri: str, model_version: str, shown: str | None = None) -> None:
+    """Open a version's artifact and read its Parquet footer: BadData naming the file (`shown`, else the uri) and
+    the version when it is missing, is not Parquet (a truncated or overwritten file) or lacks a model column.
+
+    Reads the footer only, not the models: the pipeline's first task calls it before anything is submitted, and
+    the worker before it reads the models, so a bad file fails once, by name, instead of in every batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_worker.storage import Location
+
+    shown = shown or model_uri
+    location = Location.parse(model_uri)
+    try:
+        with location.fs.open(location.uri, "rb") as handle:
+            schema = pq.read_schema(handle)
+    except FileNotFoundError:
+        raise BadData(f"model version {model_version}: its artifact {shown} does not exist") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BadData(f"model version {model_version}: its artifact {shown} cannot be read as Parquet "
+                      f"({type(exc).__name__}: {str(exc).strip()}); the file is damaged or is not the published "
+                      "models") from None
+    missing = [c for c in MODEL_COLUMNS if c not in schema.names]
+    if missing:
+        raise BadData(f"model version {model_version}: its artifact {shown} lacks column(s) {missing}; it holds "
+                      f"{schema.names}")
+
+
 def worker_data_root() -> str | None:
     return os.environ.get("BATCH_DATA_ROOT") or os.environ.get("DATA_ROOT") or None
 
@@ -127,17 +159,15 @@ def load_models(model_uri: str, model_version: str) -> tuple[tuple[str, ...], "n
 
     from batch_worker.storage import Location
 
-    location = Location.parse(model_uri)
     try:
-        with location.fs.open(location.uri, "rb") as handle:
-            models = pd.read_parquet(handle)
-    except FileNotFoundError:
-        raise BadData(f"model version {model_version}: its artifact {model_uri} does not exist; publish the version "
-                      "(packaging_training's publish task) before scoring with it") from None
-    needed = ["package_type", "product_group", "intercept", *(f"coef_{f}" for f in FEATURES)]
-    missing = [c for c in needed if c not in models.columns]
-    if missing:
-        raise BadData(f"model artifact {model_uri} lacks column(s) {missing}; it holds {list(models.columns)}")
+        check_model_artifact(model_uri, model_version)
+    except BadData as exc:
+        raise BadData(f"{exc}; publish the version again (packaging_training's publish task) before scoring with "
+                      "it") from None
+    location = Location.parse(model_uri)
+    with location.fs.open(location.uri, "rb") as handle:
+        models = pd.read_parquet(handle)
+    needed = list(MODEL_COLUMNS)
     groups = tuple(sorted(models["product_group"].astype(str).unique()))
     group = pd.Categorical(models["product_group"].astype(str), categories=groups).codes
     package = pd.Categorical(models["package_type"].astype(str), categories=PACKAGE_PREFERENCE).codes

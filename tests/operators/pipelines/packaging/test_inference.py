@@ -42,6 +42,42 @@ def test_only_an_approved_and_published_version_is_a_model(root):
         approved_model()
 
 
+@pytest.mark.parametrize("damage, words", [
+    (lambda data: data[: len(data) // 2], "cannot be read as Parquet (ArrowInvalid: "),  # truncated: no footer
+    (lambda data: b"x" * len(data), "cannot be read as Parquet (ArrowInvalid: "),  # overwritten
+    (None, "lacks column(s) ['coef_liquid']"),  # another table
+])
+def test_an_approved_model_that_cannot_be_read_fails_the_first_task_naming_file_and_version(root, damage, words):
+    import pandas as pd
+    from batch_worker.runtime import parquet_bytes
+
+    version = register_approved_models(inventory.true_models(3), "v1", by="test")
+    uri = Path(approved_model()["uri"])
+    uri.write_bytes(damage(uri.read_bytes()) if damage else parquet_bytes(
+        pd.read_parquet(uri).drop(columns=["coef_liquid"])))
+    with pytest.raises(NoApprovedModel) as refused:
+        approved_model()
+    message = str(refused.value)
+    assert f"'packaging' model version {version}: its artifact DATA_ROOT/published/packaging/versions/{version}/" \
+           "models.parquet" in message
+    assert words in message and "nothing was scored and no Batch job was submitted" in message
+    assert f"The file itself: {uri}" in message
+
+
+def test_a_model_artifact_that_cannot_be_read_is_not_published(root):
+    store = registry.Registry(root, "packaging")
+    store.register("v1", metrics={}, input_stats={}, lineage={}, proposed="approve", reasons=[],
+                   artifact="models.parquet")
+    folder = Path(store.version_dir("v1"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "models.parquet").write_bytes(b"PAR1 not really")
+    store.decide("v1", registry.APPROVED, by="test")
+    with pytest.raises(registry.RegistryError, match=r"version v1 of 'packaging': its artifact .*/registry/packaging/"
+                                                     r"versions/v1/models.parquet cannot be read as Parquet"):
+        store.publish("v1")
+    assert not (Path(root) / "published").exists()
+
+
 def test_a_daily_run_starts_where_the_last_successful_one_ended():
     until = dt.date(2026, 3, 5)
     assert daily_since(until, None, []) == dt.date(2026, 3, 4)
@@ -84,6 +120,13 @@ def test_a_daily_window_without_new_products_skips_the_run_and_a_monthly_one_fai
         source = {"uri": uri, "started_at": 0.0, "window": ["2026-03-02", "2026-03-04"]}
         with pytest.raises(expected, match=r"no rows in the window \[2026-03-02, 2026-03-04\)"):
             pipeline.prepare(source, params, f"run-{scope}", stamp)
+    # the skipped run says so, and why (a failed one is told by the failure callback)
+    import json
+
+    [skipped] = [json.loads(p.read_text()) for p in (Path(root) / "outbox").glob("*-skipped.json")]
+    assert skipped["subject"] == "[inference_daily] SKIPPED at prepare: nothing to do"
+    assert "run run-daily: task prepare skipped the rest of the run" in skipped["body"]
+    assert "why: no rows in the window [2026-03-02, 2026-03-04) of " in skipped["body"]
     pipeline = PackagingInference("inference_daily", scope="daily")
     prepared = pipeline.prepare({"uri": uri, "started_at": 0.0, "window": ["2026-03-01", "2026-03-04"], "model": {}},
                                 {name: p.value for name, p in pipeline.params.items()}, "run-first", stamp)
