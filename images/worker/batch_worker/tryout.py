@@ -1,12 +1,16 @@
 """`batch-worker try`: run a workload on a sample, in-process and in seconds, before any pipeline run.
 
-    batch-worker try <workload> <input file> [--params JSON] [--rows N] [--head N]
+    batch-worker try <workload> <input file> [--params JSON] [--rows N] [--head N] [--max-quarantined-share S]
 
-1. reads a CSV or Parquet sample;
-2. checks it against the workload's input schema: a missing column, or a column whose values are
-   not of its declared type, is named and stops here; rows that prep would quarantine (a null
-   where none is allowed, a number out of range, an unreadable date, a repeated unique key) are
-   counted by reason and left out;
+1. reads a CSV (every value as text, as prep reads it) or Parquet sample;
+2. checks it against the workload's input schema with prep's rules: a missing column (or a
+   Parquet column of another type) is named and stops here; every value is read by
+   `Column.read_text` (the one definition prep's SQL translates: "0.5" in an int column is
+   `non_integer`, never rounded), and the rows prep would quarantine (null, non_finite,
+   non_numeric, non_integer, non_date, out_of_range, duplicate, conflicting_duplicate) are counted
+   by reason, each with its first row, unit and value, and left out; when they are more than
+   --max-quarantined-share of the rows (the pipelines' default, 0.1), the sample is refused with
+   prep's message (`schema.quarantine_refusal`), as a run on it would be;
 3. takes one batch: the first units, in file order, up to --rows rows (at least one unit);
 4. resolves the parameters as `plan` does and runs the workload on the batch (the batch reaches it
    through Parquet, typed as the worker reads it);
@@ -33,7 +37,8 @@ from typing import Any
 
 import pandas as pd
 
-from batch_worker.schema import Column, InputSchema
+from batch_worker.schema import (BLANKS, CONFLICTING_DUPLICATE, DEFAULT_MAX_QUARANTINED_SHARE, DUPLICATE, Column,
+                                 InputSchema, quarantine_refusal)
 from batch_worker.workloads import BadData, Workload, WorkloadError, get_workload
 
 EXIT_OK = 0
@@ -54,15 +59,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def read_sample(path: str, schema: InputSchema) -> pd.DataFrame:
-    """The sample file as a table; string columns of a CSV stay text ("007" is not 7)."""
+    """The sample file as a table; every value of a CSV stays text, to be read by the schema's rules ("007" is not
+    7, "0.5" is not rounded), an empty field None."""
     file = Path(path)
     if not file.exists():
         raise UsageError(f"input file {path} does not exist")
     suffix = file.suffix.lower()
     try:
         if suffix in (".csv", ".txt") or file.name.lower().endswith(".csv.gz"):
-            text_columns = {c.name: "string" for c in schema.columns if c.dtype == "string"}
-            return pd.read_csv(file, dtype=text_columns)
+            frame = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[])
+            return frame.astype(object).where(frame != "", None)
         if suffix in (".parquet", ".pq") or file.is_dir():
             return pd.read_parquet(file)
     except (ValueError, OSError) as exc:
@@ -101,13 +107,24 @@ def typed_column(values: pd.Series, column: Column) -> tuple[pd.Series | None, s
     return parsed, None
 
 
-def check_sample(frame: pd.DataFrame, schema: InputSchema, source: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The usable rows, typed, and the count of left-out rows by reason; BadData names every bad column."""
+#: A reason kind's place in prep's order (nulls, then infinities, then text that does not parse, then ranges).
+_RANK = {"null": 0, "non_finite": 1, "non_numeric": 2, "non_integer": 2, "non_date": 2, "out_of_range": 3}
+
+
+def check_sample(frame: pd.DataFrame, schema: InputSchema, source: str,
+                 max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE,
+                 text: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The usable rows, typed, and the count of left-out rows by reason, with prep's reasons and rules.
+
+    `text`: the values are a CSV's text, each read by `Column.read_text`; otherwise typed (Parquet), each column
+    checked against its declared type as a whole (a mismatch is named and stops here), then each value by
+    `Column.check_value`. BadData names every bad column, or refuses the sample with `quarantine_refusal` when more
+    than `max_quarantined_share` of its rows are bad."""
     missing = [c.name for c in schema.columns if c.name not in frame.columns]
     problems = [f"missing column(s): {', '.join(repr(n) for n in missing)} (has {list(frame.columns)})"] if missing else []
     typed: dict[str, pd.Series] = {}
     for column in schema.columns:
-        if column.name in frame.columns:
+        if column.name in frame.columns and not text:
             values, problem = typed_column(frame[column.name], column)
             if problem:
                 problems.append(f"column {column.name!r} {problem}")
@@ -115,28 +132,76 @@ def check_sample(frame: pd.DataFrame, schema: InputSchema, source: str) -> tuple
                 typed[column.name] = values
     if problems:
         raise BadData(f"{source} does not match the input schema: " + "; ".join(problems))
-    rows = pd.DataFrame(typed, index=frame.index)
-    reasons = pd.Series("", index=rows.index, dtype=object)
-
-    def leave_out(mask: pd.Series, reason: str) -> None:
-        mask = mask.fillna(False).astype(bool) & (reasons == "")
-        reasons[mask] = reason
-
-    for column in schema.columns:
-        if not column.nullable:
-            leave_out(rows[column.name].isna() & frame[column.name].notna(), f"unreadable {column.name}")
-            leave_out(rows[column.name].isna(), f"null {column.name}")
-        if column.min is not None:
-            leave_out(rows[column.name] < column.min, f"{column.name} below {column.min:g}")
-        if column.max is not None:
-            leave_out(rows[column.name] > column.max, f"{column.name} above {column.max:g}")
+    keys = set(schema.unit_key) | set(schema.unique_key)
+    best = [(9, 0, None)] * len(frame)  # per row: (rank, column position, reason kind) of its first bad value
+    values: dict[str, list] = {}
+    for position, column in enumerate(schema.columns):
+        raw = frame[column.name].tolist()
+        if text and column.dtype == "string" and column.name in keys:
+            raw = [v.strip(BLANKS) if isinstance(v, str) else v for v in raw]  # prep trims key strings
+        read = [column.read_text(v) for v in raw] if text else \
+            [(v, column.check_value(v)) for v in typed[column.name].astype(object).where(typed[column.name].notna(),
+                                                                                          None).tolist()]
+        values[column.name] = [v for v, _ in read]
+        for row, (_, kind) in enumerate(read):
+            if kind and (_RANK[kind], position) < best[row][:2]:
+                best[row] = (_RANK[kind], position, kind)
+    reasons = [f"{kind}:{schema.columns[position].name}" if kind else None for _, position, kind in best]
+    firsts: dict[str, str] = {}
+    for row, reason in enumerate(reasons):
+        if reason and reason not in firsts:
+            column = schema.columns[best[row][1]]
+            firsts[reason] = column.describe_value(best[row][2], frame[column.name].iloc[row],
+                                                   where(source, row, schema, frame))
+    rows = pd.DataFrame(values, index=frame.index, columns=list(schema.names), dtype=object)
     if schema.unique_key:
-        leave_out(rows.duplicated(list(schema.unique_key), keep="first"), "repeated " + "+".join(schema.unique_key))
-    kept = rows[reasons == ""]
-    for column in schema.columns:
-        if column.dtype == "date":
-            kept = kept.assign(**{column.name: pd.to_datetime(kept[column.name]).dt.date})
-    return kept.reset_index(drop=True), reasons[reasons != ""].value_counts().to_dict()
+        _mark_duplicates(rows, reasons, schema, source, frame, firsts)
+    bad = pd.Series(reasons, index=frame.index, dtype=object)
+    left_out = bad.dropna().value_counts().to_dict()
+    refusal = quarantine_refusal(f"of {source}", len(frame), left_out, firsts, max_quarantined_share)
+    if refusal:
+        raise BadData(refusal)
+    kept = rows[bad.isna()].reset_index(drop=True)
+    for column in schema.columns:  # the types the worker reads from the batch's Parquet
+        series = kept[column.name]
+        if column.dtype == "string":
+            kept[column.name] = series.astype("string")
+        elif column.dtype == "int":
+            kept[column.name] = series.astype("Int64")
+        elif column.dtype == "float":
+            kept[column.name] = series.astype("float64")
+        else:
+            kept[column.name] = pd.to_datetime(series).dt.date
+    return kept, left_out
+
+
+def where(source: str, row: int, schema: InputSchema, frame: pd.DataFrame) -> str:
+    """`source row N, unit k=v, ...`: row N is the file's N-th data row (the header not counted)."""
+    unit = ", ".join(f"{k}={frame[k].iloc[row]!r}" for k in schema.unit_key if k in frame.columns)
+    return f"{source} row {row + 1}" + (f", unit {unit}" if unit else "")
+
+
+def _mark_duplicates(rows: pd.DataFrame, reasons: list, schema: InputSchema, source: str, frame: pd.DataFrame,
+                     firsts: dict[str, str]) -> None:
+    """Prep's rule among the rows still good: rows sharing a unique key and equal in every schema column keep one
+    (`duplicate` for the others); rows sharing a key that differ are all `conflicting_duplicate`."""
+    good = [row for row, reason in enumerate(reasons) if reason is None]
+    if not good:
+        return
+    candidates = rows.iloc[good].astype(object)
+    key = list(schema.unique_key)
+    groups = candidates.groupby(key, sort=False, dropna=False)
+    for _, group in groups:
+        if len(group) < 2:
+            continue
+        distinct = len(group.drop_duplicates())
+        for number, index in enumerate(group.index):
+            row = frame.index.get_loc(index)
+            reason = CONFLICTING_DUPLICATE if distinct > 1 else (DUPLICATE if number else None)
+            if reason:
+                reasons[row] = reason
+                firsts.setdefault(reason, f"{where(source, row, schema, frame)}: "
+                                          + "+".join(key) + " = " + repr(tuple(group.loc[index, key])))
 
 
 def first_units(rows: pd.DataFrame, unit_key: tuple[str, ...], max_rows: int) -> tuple[pd.DataFrame, int, int]:
@@ -158,7 +223,8 @@ def as_the_worker_reads_it(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.read_parquet(buffer)
 
 
-def run_try(workload_name: str, input_path: str, params_text: str, max_rows: int, head: int) -> int:
+def run_try(workload_name: str, input_path: str, params_text: str, max_rows: int, head: int,
+            max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> int:
     from batch_worker.runtime import checked_output, output_names_unit
 
     timings: dict[str, float] = {}
@@ -179,7 +245,8 @@ def run_try(workload_name: str, input_path: str, params_text: str, max_rows: int
     frame = read_sample(input_path, workload.schema)
     timings["read"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    rows, left_out = check_sample(frame, workload.schema, input_path)
+    text = not Path(input_path).suffix.lower() in (".parquet", ".pq") and not Path(input_path).is_dir()
+    rows, left_out = check_sample(frame, workload.schema, input_path, max_quarantined_share, text=text)
     timings["check input"] = time.perf_counter() - mark
     if rows.empty:
         raise BadData(f"{input_path}: no usable rows (left out: {left_out or 'none; the file is empty'})")
@@ -261,11 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS,
                         help=f"at most this many rows in the batch, whole units only (default {DEFAULT_ROWS})")
     parser.add_argument("--head", type=int, default=10, help="result rows to print (default 10)")
+    parser.add_argument("--max-quarantined-share", type=float, default=DEFAULT_MAX_QUARANTINED_SHARE,
+                        help="refuse the sample when a larger share of its rows is bad, as prepare refuses a run "
+                             f"(the run param max_quarantined_share; default {DEFAULT_MAX_QUARANTINED_SHARE})")
     try:
         args = parser.parse_args(argv)
         if args.rows < 1:
             raise UsageError(f"--rows must be at least 1, got {args.rows}")
-        return run_try(args.workload, args.input, args.params, args.rows, args.head)
+        if not 0 <= args.max_quarantined_share <= 1:  # NaN fails both comparisons
+            raise UsageError(f"--max-quarantined-share must be a number in 0..1, got {args.max_quarantined_share}")
+        return run_try(args.workload, args.input, args.params, args.rows, args.head, args.max_quarantined_share)
     except UsageError as exc:
         print(f"cannot run: {exc}", file=sys.stderr)
         return EXIT_USAGE
