@@ -2,7 +2,7 @@
 ### batch_smoke: proves the stack end to end
 
 Plans a few shards, then runs one AWS Batch **array job per shard** through dynamic task mapping.
-Every child writes `child-NNNNN.json` under `DATA_ROOT/batch_smoke/<run id>/shard-<n>/`, so a look
+Every child writes `child-NNNNN.json` under `DATA_ROOT/outputs/batch_smoke/<run id>/shard-<n>/`, so a look
 at that folder shows which children really ran.
 
 **Params**: `shards` (mapped task instances), `children` (array size per shard, 2..10000; 1 submits
@@ -29,7 +29,8 @@ from operators.kit.pipeline import check_conf, dag_params, stage
 def output_folder(run_id: str) -> str:
     from operators.kit.engine import safe_name
 
-    return f"{os.environ.get('DATA_ROOT', '.data')}/batch_smoke/{safe_name(run_id)}"
+    # under outputs/: the one prefix a job's role may write (config/batch_resources.json)
+    return f"{os.environ.get('DATA_ROOT', '.data')}/outputs/batch_smoke/{safe_name(run_id)}"
 
 
 @dag(
