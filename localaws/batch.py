@@ -642,6 +642,13 @@ class Dispatcher:
         scratch.mkdir(mode=0o700)
         return scratch
 
+    def remove_scratch_root(self) -> None:
+        """The scratch folders' parent, once no job runs (each attempt removes its own folder when it ends)."""
+        with self.lock:
+            if self.scratch_root is not None and not self.running and not self.starting:
+                shutil.rmtree(self.scratch_root, ignore_errors=True)
+                self.scratch_root = None
+
     def _watch(self, job: ProcessJob, process: subprocess.Popen, scratch: Path | None = None) -> None:
         stream = job.log_stream_name
         pending: list[dict[str, Any]] = []

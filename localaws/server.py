@@ -210,6 +210,7 @@ class LocalAWS:
 
             # its job processes end with it (SIGTERM, SIGKILL after the grace), not after it
             batch.dispatcher().stop_started("local AWS endpoint stopped")
+            batch.dispatcher().remove_scratch_root()
             self._server.shutdown()
             self._server.server_close()
             if self._thread is not None:

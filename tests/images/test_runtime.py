@@ -15,6 +15,7 @@ from batch_worker import runtime
 from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, cache_key, child_slice, children_needed,
                                 params_digest)
 from batch_worker.workloads import get_workload
+from tests.localaws.test_batch_contract import s3_data_root
 
 
 def make_batches(tmp_path: Path, count: int = 4) -> list[dict]:
@@ -214,29 +215,30 @@ def test_the_runtime_reads_and_writes_s3_through_the_endpoint(local_aws, tmp_pat
     s3 = local_aws.s3
     s3.create_bucket(Bucket="airbatch-runtime")
     items = make_batches(tmp_path, 3)
-    for item in items:
-        key = f"batches/bucket={item['batch_id']}/data_0.parquet"
+    for item in items:  # where prep puts them, under the run's folder: the job role may read runs/
+        key = f"runs/r/batches/bucket={item['batch_id']}/data_0.parquet"
         s3.upload_file(item["uri"], "airbatch-runtime", key)
         item["uri"] = f"s3://airbatch-runtime/{key}"
     worklist = json.loads(Path(write_worklist(tmp_path, items, per_child=3)).read_text())
     worklist["output_root"] = "s3://airbatch-runtime/outputs/noop"
     old_failure = f"outputs/noop/{items[1]['key']}/{FAILED_FILE}"  # from an earlier attempt: a success clears it
     s3.put_object(Bucket="airbatch-runtime", Key=old_failure, Body=b'{"status": "failed", "class": "transient"}')
-    s3.put_object(Bucket="airbatch-runtime", Key="worklists/w.json", Body=json.dumps(worklist).encode())
+    s3.put_object(Bucket="airbatch-runtime", Key="runs/r/worklists/w.json", Body=json.dumps(worklist).encode())
     env = {"PATH": _path(), "AWS_ENDPOINT_URL": local_aws.url,
            "AWS_ACCESS_KEY_ID": local_aws.credentials.job.access_key_id,  # a job's keys, as a job has
            "AWS_SECRET_ACCESS_KEY": local_aws.credentials.job.secret_access_key,
            "AWS_DEFAULT_REGION": local_aws.region, "HOME": os.environ["HOME"]}
-    done = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    with s3_data_root(local_aws, "s3://airbatch-runtime"):  # the job key holds the job role's policy
+        done = subprocess.run(["batch-worker", "s3://airbatch-runtime/runs/r/worklists/w.json"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        again = subprocess.run(["batch-worker", "s3://airbatch-runtime/runs/r/worklists/w.json"], env=env,
+                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     listed = {o["Key"] for o in s3.list_objects_v2(Bucket="airbatch-runtime", Prefix="outputs/")["Contents"]}
     assert listed == {f"outputs/noop/{i['key']}/{name}" for i in items for name in (RESULT_FILE, DONE_FILE)}
     marker = json.loads(s3.get_object(Bucket="airbatch-runtime", Key=f"outputs/noop/{items[0]['key']}/{DONE_FILE}")
                         ["Body"].read())
     assert marker["key"] == items[0]["key"] and marker["status"] == "done"
-    again = subprocess.run(["batch-worker", "s3://airbatch-runtime/worklists/w.json"], env=env,
-                           capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "3 cached" in again.stdout
 
 

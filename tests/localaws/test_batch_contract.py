@@ -4,6 +4,7 @@ They also pin what localaws relies on inside moto 5.2.5: if an upgrade changes i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,6 +53,24 @@ def host_folder(path: Path) -> dict:
     definition on AWS mounts one (each job is isolated and sees nothing else of the host, localaws/sandbox.py)."""
     return {"volumes": [{"name": "test-folder", "host": {"sourcePath": str(path)}}],
             "mountPoints": [{"sourceVolume": "test-folder", "containerPath": str(path)}]}
+
+
+@contextlib.contextmanager
+def s3_data_root(aws, data_root: str):
+    """The job role's policy for an s3:// DATA_ROOT while this lasts, as provisioning writes it (the session's endpoint
+    has a local DATA_ROOT, whose role has no policy: its job key reaches no S3 object)."""
+    import boto3
+
+    from operators.kit.provisioning import JOB_ROLE_POLICY_NAME, job_role_policy, load_spec
+
+    role = load_spec()["job_role"]
+    iam = boto3.client("iam", **aws.client_kwargs)
+    iam.put_role_policy(RoleName=role["name"], PolicyName=JOB_ROLE_POLICY_NAME,
+                        PolicyDocument=json.dumps(job_role_policy(role, data_root)))
+    try:
+        yield
+    finally:
+        iam.delete_role_policy(RoleName=role["name"], PolicyName=JOB_ROLE_POLICY_NAME)
 
 
 def host_pids(marker: str) -> list[int]:
@@ -484,21 +503,12 @@ def test_s3_and_sns_are_served_too(aws):
 def test_a_job_reaches_the_endpoint_as_a_container_reaches_aws(aws):
     import boto3
 
-    from operators.kit.provisioning import JOB_ROLE_POLICY_NAME, job_role_policy, load_spec
-
     boto3.client("s3", **aws.client_kwargs).create_bucket(Bucket="from-a-job")
-    # the job role's policy for an s3:// DATA_ROOT, as provisioning writes it (this endpoint's DATA_ROOT is local)
-    role = load_spec()["job_role"]
-    iam = boto3.client("iam", **aws.client_kwargs)
-    iam.put_role_policy(RoleName=role["name"], PolicyName=JOB_ROLE_POLICY_NAME,
-                        PolicyDocument=json.dumps(job_role_policy(role, "s3://from-a-job/data")))
-    try:
+    with s3_data_root(aws, "s3://from-a-job/data"):
         jd = register(aws, "import boto3; boto3.client('s3').put_object(Bucket='from-a-job', Key='data/outputs/k', "
                            "Body=b'written by a job')")
         assert wait_status(aws, submit(aws, jd))["status"] == "SUCCEEDED"
         outside = register(aws, "import boto3; boto3.client('s3').put_object(Bucket='from-a-job', Key='data/k', Body=b'x')")
         assert wait_status(aws, submit(aws, outside))["status"] == "FAILED"
-    finally:
-        iam.delete_role_policy(RoleName=role["name"], PolicyName=JOB_ROLE_POLICY_NAME)
     body = boto3.client("s3", **aws.client_kwargs).get_object(Bucket="from-a-job", Key="data/outputs/k")["Body"].read()
     assert body == b"written by a job"
