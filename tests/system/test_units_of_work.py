@@ -75,7 +75,9 @@ def jobs_named(local_aws, prefix: str) -> list[dict]:
 
 
 def worker_pids(worklist_part: str = "") -> list[int]:
-    """Batch worker processes started by this test process's endpoint (not another run's on the machine)."""
+    """Batch worker jobs started by this test process's endpoint (not another run's on the machine): the pid of each
+    job's outermost process, its sandbox (bwrap, with the job's command line and environment), whose end is the
+    job's end, as a container's is."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -86,7 +88,7 @@ def worker_pids(worklist_part: str = "") -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         text = [c.decode(errors="replace") for c in cmdline]
-        if parent == os.getpid() and any(c.endswith("batch-worker") for c in text[:2]) \
+        if parent == os.getpid() and any(c.endswith("batch-worker") for c in text) \
                 and worklist_part in " ".join(text):
             pids.append(int(entry.name))
     return pids
@@ -324,8 +326,10 @@ def test_a_worker_that_cannot_write_its_outputs_reports_its_own_error_and_is_not
     original = engine.write_worklist
 
     def worklist_into_a_store_that_refuses_writes(spec, *args, **kwargs):
-        # /sys refuses new files to every user: the workers' output store denies them, not the Airflow side's
-        return original(dataclasses.replace(spec, output_root="/sys/airbatch-no-write/outputs/noop"), *args, **kwargs)
+        # runs/ is read-only to a job (its role may only read it): the workers' output store refuses their writes,
+        # while the Airflow side may write there
+        return original(dataclasses.replace(spec, output_root=f"{data_root}/runs/airbatch-no-write/outputs/noop"),
+                        *args, **kwargs)
 
     monkeypatch.setattr(engine, "write_worklist", worklist_into_a_store_that_refuses_writes)
     run = run_dag({"units": 40, "bucket_count": 4, "batches_per_shard": 4, "batches_per_child": 2,
@@ -336,7 +340,7 @@ def test_a_worker_that_cannot_write_its_outputs_reports_its_own_error_and_is_not
     [summary] = xcom(run, "run_shard", key="summary")
     assert summary["failures_by_class"] == {"permission_denied": 4}
     first = summary["first_errors"]["permission_denied"]
-    assert "PermissionError" in first and "/sys/airbatch-no-write" in first, first
+    assert "Read-only file system" in first and "runs/airbatch-no-write" in first, first
 
 
 RUN_ELSEWHERE = """
