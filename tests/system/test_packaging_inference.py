@@ -51,13 +51,18 @@ def current_predictions(data_root: Path, scope: str) -> tuple[pd.DataFrame, dict
     return pd.read_parquet(folder / "predictions.parquet"), json.loads((folder / "run.json").read_text())
 
 
-def test_inference_refuses_a_missing_model_before_any_compute(airflow_db, local_aws, data_root):
-    refused = run("monthly", logical_date=MARCH)
+def assert_refused_at_dataset(refused) -> None:
+    """The run failed at its first task, `dataset`, and nothing after it ran."""
     assert refused.state == DagRunState.FAILED
     [dataset] = task_instances(refused, "dataset")
     assert dataset.state == TaskInstanceState.FAILED
     assert all(ti.state == TaskInstanceState.UPSTREAM_FAILED for name in ("prepare", "plan", "summary", "publish")
                for ti in task_instances(refused, name))
+
+
+def test_inference_refuses_a_missing_model_before_any_compute(airflow_db, local_aws, data_root):
+    refused = run("monthly", logical_date=MARCH)
+    assert_refused_at_dataset(refused)
     assert not (data_root / "datasets").exists() and not (data_root / "outputs").exists()
     [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*-failure.json")]
     assert message["subject"] == "[packaging_inference_monthly] FAILED at dataset"
@@ -82,11 +87,7 @@ def test_a_damaged_approved_model_fails_the_first_task_naming_file_and_version_b
     artifact.write_bytes(artifact.read_bytes()[:100])  # truncated: the footer and its magic bytes are gone
     before = len(jobs_named(local_aws, "packaging_inference"))
     refused = run("monthly", logical_date=MARCH)
-    assert refused.state == DagRunState.FAILED
-    [dataset] = task_instances(refused, "dataset")
-    assert dataset.state == TaskInstanceState.FAILED
-    assert all(ti.state == TaskInstanceState.UPSTREAM_FAILED for name in ("prepare", "plan", "summary", "publish")
-               for ti in task_instances(refused, name))
+    assert_refused_at_dataset(refused)
     assert len(jobs_named(local_aws, "packaging_inference")) == before  # no Batch job was submitted
     assert not (data_root / "outputs").exists()
     # an inference run (no evaluator, no success summary) notifies its failure, naming the file and the version
