@@ -188,19 +188,51 @@ def run_cost(shard_summaries: list[dict[str, Any]], describe: Callable[[list[str
             "shards": shards, "computed_at": time.time()}
 
 
+#: Below this an amount is shown as "< $0.000001": a millionth of a dollar is the finest figure worth reading.
+SMALLEST_SHOWN = 1e-6
+
+
+def plain(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits in plain decimal notation, never with an exponent (0.0000026,
+    not 2.6e-06)."""
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{decimals}f}"
+
+
 def money(value: float | None, currency: str = "USD") -> str:
-    """An amount as people read it: cents for amounts of a dollar or more, 3 significant digits below."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    """An amount as people read it, the one rule for every cost the project shows (run view, run note,
+    notifications, budget checks): cents from one cent up ($1,234.57, $0.26); below one cent two significant
+    digits in plain decimals ($0.0000026, never $2.6e-06), because a run on the local endpoint or a unit's
+    share of a run costs that little; below a millionth of a dollar "< $0.000001"."""
+    if value is None or isinstance(value, bool) or not math.isfinite(value):
         return "n/a"
     symbol = "$" if currency == "USD" else f"{currency} "
-    return f"{symbol}{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{symbol}{value:.3g}"
+    sign = "-" if value < 0 else ""
+    amount = abs(value)
+    if amount == 0 or round(amount, 2) >= 0.01:
+        return f"{sign}{symbol}{amount:,.2f}"
+    if amount < SMALLEST_SHOWN:
+        return f"< {symbol}{SMALLEST_SHOWN:.6f}"
+    return f"{sign}{symbol}{plain(amount, 2)}"
+
+
+def quantity(value: float | None) -> str:
+    """vCPU-hours, GPU-hours and the like: three significant digits, never an exponent (0.00072, 1,230)."""
+    if value is None or isinstance(value, bool) or not math.isfinite(value):
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    text = plain(value, 3)
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def cost_line(cost: dict[str, Any]) -> str:
     """The one-line cost of a run, for notifications and the run note."""
     per_unit = money(cost.get("per_unit"), cost.get("currency", "USD"))
     return (f"cost {money(cost['cost'], cost.get('currency', 'USD'))} ({per_unit} per unit), "
-            f"{cost['vcpu_hours']:.3g} vCPU-hours, {cost['gpu_hours']:.3g} GPU-hours; {cost['label']}")
+            f"{quantity(cost['vcpu_hours'])} vCPU-hours, {quantity(cost['gpu_hours'])} GPU-hours; {cost['label']}")
 
 
 # --- the run folder and the budget -----------------------------------------------------------------------

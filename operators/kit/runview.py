@@ -475,7 +475,7 @@ iframe{width:100%;height:900px;border:1px solid #ccc}.note{font-size:1.1em;backg
 
 def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = None) -> str:
     """The run view as one HTML page (no script): every value escaped."""
-    from operators.kit.cost import money
+    from operators.kit.cost import money, quantity
 
     base = run_view_path(data["dag_id"], data["run_id"])
     shards = [s for s in data["shards"] if shard is None or s["shard"] == shard]
@@ -500,10 +500,10 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
     if cost:
         currency = cost.get("currency", "USD")
         parts.append(f'<p id="cost">{money(cost["cost"], currency)} for the run, {money(cost.get("per_unit"), currency)}'
-                     f" per unit; {cost['vcpu_hours']:.3g} vCPU-hours, {cost['gpu_hours']:.3g} GPU-hours. "
+                     f" per unit; {quantity(cost['vcpu_hours'])} vCPU-hours, {quantity(cost['gpu_hours'])} GPU-hours. "
                      f"<i>{_e(cost['label'])}</i></p>")
         parts.append(_table(["shard", "jobs", "seconds", "vCPU-hours", "GPU-hours", "cost", "per unit"], [
-            [c["shard"], c["jobs"], f"{c['seconds']:,.1f}", f"{c['vcpu_hours']:.3g}", f"{c['gpu_hours']:.3g}",
+            [c["shard"], c["jobs"], f"{c['seconds']:,.1f}", quantity(c["vcpu_hours"]), quantity(c["gpu_hours"]),
              money(c["cost"], currency), money(c["cost"] / c["units"] if c["units"] else None, currency)]
             for c in cost["shards"]]))
     else:

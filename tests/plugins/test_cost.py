@@ -115,8 +115,30 @@ def test_a_price_table_with_a_bad_rate_names_the_file_and_field(tmp_path):
 
 def test_money_is_rounded_for_people():
     assert cost.money(1234.5678) == "$1,234.57"
-    assert cost.money(0.0123456) == "$0.0123"
-    assert cost.money(None) == "n/a"
+    assert cost.money(0.0123456) == "$0.01"  # cents from one cent up
+    assert cost.money(0.26) == "$0.26" and cost.money(0) == "$0.00" and cost.money(-0.5) == "-$0.50"
+    assert cost.money(0.00999) == "$0.01"  # what rounds to a cent is a cent
+    assert cost.money(None) == "n/a" and cost.money(float("nan")) == "n/a"
+
+
+def test_money_below_a_cent_never_shows_an_exponent():
+    # a run on the local endpoint costs millionths of a dollar: it was shown as $2.6e-06
+    assert cost.money(2.6e-06) == "$0.0000026"
+    assert cost.money(0.0049) == "$0.0049"
+    assert cost.money(1e-9) == "< $0.000001"
+    assert cost.money(2.6e-06, "EUR") == "EUR 0.0000026"
+
+
+def test_hours_never_show_an_exponent_either():
+    assert cost.quantity(7.2e-07) == "0.00000072" and cost.quantity(0.000723456) == "0.000723"
+    assert cost.quantity(1.5) == "1.5" and cost.quantity(12345.6) == "12,346" and cost.quantity(0) == "0"
+
+
+def test_the_cost_line_of_a_local_run_reads_in_cents_and_plain_decimals():
+    line = cost.cost_line({"cost": 2.6e-06, "per_unit": 1.3e-08, "vcpu_hours": 7.2e-05, "gpu_hours": 0.0,
+                           "label": cost.label(True)})
+    assert line.startswith("cost $0.0000026 (< $0.000001 per unit), 0.000072 vCPU-hours, 0 GPU-hours; ")
+    assert "e-0" not in line
 
 
 def write_cost(folder, run, queue, per_batch, at):

@@ -14,7 +14,8 @@ def test_failed_shards_count_as_failed_and_completed_shards_failures_as_dead_let
     assert counts == {"batches": 20, "done": 8, "cached": 3, "failed": 8, "dead_lettered": 1,
                       "units_dead_lettered": 4}
     assert runview.note_text(counts, {"cost": 0.0123, "currency": "USD"}) == \
-        "20 batches: 8 done, 3 cached, 8 failed, 1 dead-lettered (4 units); cost $0.0123 (estimate)"
+        "20 batches: 8 done, 3 cached, 8 failed, 1 dead-lettered (4 units); cost $0.01 (estimate)"
+    assert runview.note_text(counts, {"cost": 2.6e-06, "currency": "USD"}).endswith("cost $0.0000026 (estimate)")
 
 
 def test_the_note_of_a_collected_run_counts_its_failed_batches_as_dead_lettered():
