@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 from typing import Any, Sequence
 
+from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
@@ -41,6 +42,83 @@ def with_data_root(overrides: dict[str, Any] | None, root: str) -> dict[str, Any
     return overrides
 
 
+def _short(arn: str | None) -> str:
+    """The name in a Batch ARN (`...:job-queue/airbatch-cpu` -> `airbatch-cpu`)."""
+    return (arn or "?").rsplit("/", 1)[-1]
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """One readable line for a SubmitJob answer or a job's description: name, queue, status, array size."""
+    parts = [f"name {job.get('jobName', '?')}"]
+    if job.get("jobQueue"):
+        parts.append(f"queue {_short(job['jobQueue'])}")
+    if job.get("status"):
+        parts.append(f"status {job['status']}" + (f" ({job['statusReason']})" if job.get("statusReason") else ""))
+    array = job.get("arrayProperties") or {}
+    if array.get("size"):
+        summary = ", ".join(f"{n} {s}" for s, n in (array.get("statusSummary") or {}).items() if n)
+        parts.append(f"array of {array['size']}" + (f" ({summary})" if summary else ""))
+    return ", ".join(parts)
+
+
+def overrides_line(overrides: dict[str, Any]) -> str:
+    """What container overrides set, without their values: environment values may be anything a DAG passes."""
+    parts = []
+    for key, value in overrides.items():
+        if key == "environment":
+            parts.append("environment " + ", ".join(str(item.get("name")) for item in value or []))
+        elif key == "command":
+            parts.append(f"command of {len(value or [])} words")
+        else:
+            parts.append(key)
+    return "; ".join(parts) or "none"
+
+
+class ReadableBatchLog:
+    """The provider's Batch log calls, each raw API dict turned into one readable line.
+
+    BatchOperator logs SubmitJob's whole answer ("AWS Batch job (...) started: {'ResponseMetadata': ...}"),
+    the container overrides, TerminateJob's answer, and its hook the whole job description on success.
+    These calls are rewritten here; every other call goes to the wrapped logger as it is.
+    """
+
+    def __init__(self, log, operator: "HouseBatchOperator | None" = None):
+        self._wrapped, self._operator = log, operator
+
+    def __getattr__(self, name: str):
+        return getattr(self._wrapped, name)
+
+    def rewrite(self, msg: Any, args: tuple) -> tuple[Any, tuple]:
+        if msg == "AWS Batch job (%s) started: %s" and len(args) == 2 and isinstance(args[1], dict):
+            job = {"jobQueue": getattr(self._operator, "job_queue", None),
+                   "arrayProperties": getattr(self._operator, "array_properties", None), **args[1]}
+            return "AWS Batch job %s submitted: %s", (args[0], job_line(job))
+        if msg == "AWS Batch job (%s) succeeded: %s" and len(args) == 2 and isinstance(args[1], dict):
+            return "AWS Batch job %s succeeded: %s", (args[0], job_line(args[1]))
+        if msg == "AWS Batch job (%s) terminated: %s" and len(args) == 2:
+            return "AWS Batch job %s terminated", (args[0],)
+        if msg == "AWS Batch job - container overrides: %s" and len(args) == 1 and isinstance(args[0], dict):
+            return "AWS Batch job - container overrides: %s", (overrides_line(args[0]),)
+        if msg == "AWS Batch job - array properties: %s" and len(args) == 1 and isinstance(args[0], dict):
+            return "AWS Batch job - array of %s children", (args[0].get("size"),)
+        if isinstance(msg, dict) and "ResponseMetadata" in msg:  # the hook's terminate_job logs the answer alone
+            return "AWS Batch answered (request %s)", ((msg["ResponseMetadata"] or {}).get("RequestId", "?"),)
+        return msg, args
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        msg, args = self.rewrite(msg, args)
+        self._wrapped.info(msg, *args, **kwargs)
+
+
+class ReadableBatchClientHook(BatchClientHook):
+    """The provider's Batch hook, whose `check_job_success` logs a job's whole description: one line here."""
+
+    @property
+    def log(self):
+        wrapped = super().log
+        return wrapped if isinstance(wrapped, ReadableBatchLog) else ReadableBatchLog(wrapped)
+
+
 class HouseBatchOperator(BatchOperator):
     """BatchOperator that waits at a steady pace, shows array progress, and explains failures.
 
@@ -58,6 +136,7 @@ class HouseBatchOperator(BatchOperator):
     """
 
     template_fields: Sequence[str] = ()
+    aws_hook_class = ReadableBatchClientHook
 
     def __init__(
         self,
@@ -76,6 +155,13 @@ class HouseBatchOperator(BatchOperator):
 
         self.container_overrides = with_data_root(self.container_overrides, data_root())
         super().submit_job(context)
+
+    @property
+    def log(self):
+        # One readable line instead of the provider's raw API dicts (ReadableBatchLog).
+        wrapped = super().log
+        return wrapped if isinstance(wrapped, ReadableBatchLog) else ReadableBatchLog(wrapped, self)
+
 
     def monitor_job(self, context) -> None:
         if not self.job_id:

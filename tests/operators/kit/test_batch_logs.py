@@ -1,0 +1,48 @@
+"""A shard's log through the real local endpoint: one readable line per Batch call, never boto's raw answers."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+
+def logged(entries: list[dict]) -> list[str]:
+    """The captured log lines as the task log shows them (the message with its arguments)."""
+    lines = []
+    for entry in entries:
+        event, args = entry.get("event"), entry.get("positional_args") or ()
+        lines.append(str(event) % args if args else str(event))
+    return lines
+
+
+def test_a_batch_jobs_log_names_the_job_in_one_line_without_the_api_answers(local_aws, data_root):
+    from structlog.testing import capture_logs
+
+    from operators.kit import engine
+    from operators.kit.batch import HouseBatchOperator
+
+    out = data_root / "outputs" / "log-lines"
+    operator = HouseBatchOperator(
+        task_id="run_shard", job_name="log-lines", job_queue="airbatch-cpu",
+        job_definition=engine.JOB_DEFINITIONS["airbatch-cpu"], array_properties={"size": 2},
+        container_overrides={"command": ["python", "-m", "batch_worker.smoke", "--out", str(out)]}, poll_interval=1)
+    with capture_logs() as entries:
+        operator.submit_job({})  # no task instance: the provider's link is not persisted, nothing else changes
+        job = operator.wait_until_ended(operator.job_id, deadline=time.time() + 120)
+        assert job["status"] == "SUCCEEDED", job.get("statusReason")
+        assert operator.hook.check_job_success(operator.job_id)  # the provider's deferrable path logs this
+        operator.log.info("AWS Batch job (%s) terminated: %s", operator.job_id, {"ResponseMetadata": {}})
+    lines = logged(entries)
+    text = "\n".join(lines)
+    assert not [line for line in lines if "ResponseMetadata" in line or "{'" in line or "jobArn" in line], text
+    assert (f"AWS Batch job {operator.job_id} submitted: name log-lines, queue airbatch-cpu, array of 2"
+            in lines), text
+    [succeeded] = [line for line in lines if line.startswith(f"AWS Batch job {operator.job_id} succeeded: ")]
+    assert succeeded == (f"AWS Batch job {operator.job_id} succeeded: name log-lines, queue airbatch-cpu, "
+                         "status SUCCEEDED, array of 2 (2 SUCCEEDED)")
+    # the overrides name what they set, not their values (the environment's DATA_ROOT is the house operator's)
+    assert "AWS Batch job - container overrides: command of 5 words; environment DATA_ROOT" in lines, text
+    assert "AWS Batch job - array of 2 children" in lines
+    assert f"AWS Batch job {operator.job_id} terminated" in lines
