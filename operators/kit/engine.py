@@ -307,6 +307,10 @@ class ShardOutcome:
             "batches": len(self.batches), "succeeded": self.succeeded, "cached": self.cached,
             "failed": len(self.failures), "success_ratio": round(self.success_ratio, 6),
             "units": sum(b["units"] for b in self.batches),
+            "units_computed": sum(b["units"] for b in self.batches
+                                  if b["key"] in self.done and b["key"] in self.submitted_keys),
+            "units_cached": sum(b["units"] for b in self.batches
+                                if b["key"] in self.done and b["key"] not in self.submitted_keys),
             "units_failed": sum(f["units"] for f in self.failures),
             "failed_batches": [f["batch_id"] for f in self.failures][:FAILED_IDS_IN_SUMMARY],
             "failures_by_class": by_class, "first_errors": first_errors, "job_ids": job_ids,
@@ -403,6 +407,8 @@ def combine(summaries: list[dict[str, Any]], *, unit_key: tuple[str, ...] = (), 
     summaries = [s for s in summaries if s]
     total = {k: sum(s[k] for s in summaries) for k in ("batches", "succeeded", "cached", "failed", "units",
                                                         "units_failed")}
+    # Unit counts by outcome, for the notification (a shard summary from before they were counted has none: 0)
+    total.update({k: sum(s.get(k) or 0 for s in summaries) for k in ("units_computed", "units_cached")})
     by_class: dict[str, int] = {}
     first_errors: dict[str, str] = {}
     for s in summaries:

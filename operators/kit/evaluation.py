@@ -10,6 +10,11 @@ report sections and the lines a notification shows. What is generic lives here:
   before the first approval) is not checked, and the reasons say so.
 - `evaluate_run` does one run's evaluation: read the outputs, compute, propose, register the
   version as PendingManualApproval, write the outputs artifact and the HTML report next to it.
+- Every evaluator also gets the kit's `dead_letter_share` limit (`DEAD_LETTER_LIMIT`: units of
+  failed batches / units in the input, approve level 0): a run with dead-lettered units is never
+  approved automatically unless its `approve_dead_letter_share` param allows their share. The kit
+  computes the value (and `units_dead_lettered`) from the collect step's counts, so no evaluator
+  can leave it out; an evaluator that declares its own `dead_letter_share` limit sets other levels.
 
 This module imports nothing heavy, so a DAG file may read an evaluator's `limits` at parse time.
 """
@@ -30,7 +35,7 @@ KINDS = ("approve", "reject")
 PARAM_PREFIXES = {"approve": "approve_", "reject": "reject_"}
 
 __all__ = ["Limit", "Evaluator", "ReportSection", "propose", "limit_table", "evaluate_run", "number", "quantiles",
-           "overrides_from_params", "json_safe"]
+           "overrides_from_params", "json_safe", "DEAD_LETTER_LIMIT", "dead_letter_values"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,23 @@ class Limit:
 
     def breaks(self, value: float, level: float) -> bool:
         return value > level if self.direction == "max" else value < level
+
+
+#: The limit every evaluator gets: a run whose batches failed and left units dead-lettered (`min_success_ratio` below
+#: 1 lets such a run go on) has incomplete outputs, so it is not approved by thresholds alone. The approve level 0
+#: sends any dead letter to a person; no reject level by default (the rest of the run may be fine). A run allows a
+#: share with `approve_dead_letter_share`, and rejects above one with `reject_dead_letter_share`.
+DEAD_LETTER_LIMIT = Limit("dead_letter_share", "max", approve=0.0, reject=None,
+                          description="units of failed batches (dead-lettered, see the run's dead_letter.parquet) / "
+                                      "units in the input")
+
+
+def dead_letter_values(prepared: dict[str, Any], fanout: dict[str, Any]) -> dict[str, Any]:
+    """`units_dead_lettered` and `dead_letter_share` of a run, from its collect step's counts."""
+    failed = int(fanout.get("units_failed") or 0)
+    units = int(prepared.get("units") or fanout.get("units") or 0)
+    share = failed / units if units else (1.0 if failed else 0.0)
+    return {"units_dead_lettered": failed, "dead_letter_share": min(share, 1.0)}
 
 
 def number(value: Any, fmt: str = "{:.3g}") -> str:
@@ -95,6 +117,14 @@ class Evaluator:
     limits: ClassVar[tuple[Limit, ...]] = ()
     #: The file the run's outputs are stored and published as.
     artifact: ClassVar[str] = "outputs.parquet"
+
+    @classmethod
+    def checked_limits(cls) -> tuple[Limit, ...]:
+        """The limits a run is decided on (and has `approve_<name>`/`reject_<name>` params for): the evaluator's own
+        `limits`, then the kit's `DEAD_LETTER_LIMIT` unless the evaluator declares a limit of that name itself."""
+        if any(limit.name == DEAD_LETTER_LIMIT.name for limit in cls.limits):
+            return tuple(cls.limits)
+        return (*cls.limits, DEAD_LETTER_LIMIT)
 
     def input_stats(self, prepared: dict[str, Any]) -> dict[str, Any]:
         return {name: prepared.get(name) for name in ("rows_ok", "units", "rows_in", "rows_quarantined", "window")}
@@ -217,21 +247,23 @@ def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], pr
 
     from operators.kit import engine, registry, report
 
-    _levels(evaluator.limits, overrides)  # a bad override fails before anything is read
+    limits_checked = evaluator.checked_limits()
+    _levels(limits_checked, overrides)  # a bad override fails before anything is read
     outputs = engine.read_run_outputs(fanout["results"], aws_conn_id)
     if outputs.empty:
         raise ValueError(f"no batch of this run left an output to evaluate ({fanout.get('failed', 0)} batches failed, "
                          f"{fanout.get('units_failed', 0)} units dead-lettered: {fanout.get('dead_letter')}); "
                          f"nothing was registered. Fix the failures the shards reported, then clear the run")
     input_stats = json_safe(prepared["input_stats"] if "input_stats" in prepared else evaluator.input_stats(prepared))
-    metrics = json_safe(evaluator.metrics(outputs, prepared, fanout))
+    # The kit's dead-letter values win over an evaluator's own of the same name: the decision must see them.
+    metrics = json_safe({**evaluator.metrics(outputs, prepared, fanout), **dead_letter_values(prepared, fanout)})
     models = registry.Registry(root or engine.data_root(), model, aws_conn_id)
     comparison = json_safe(evaluator.compare(metrics, input_stats, models.current()))
     values = {**metrics, **comparison}
-    proposal, reasons = propose(values, evaluator.limits, overrides)
+    proposal, reasons = propose(values, limits_checked, overrides)
     if review_always and proposal == "approve":
         proposal, reasons = "review", [*reasons, "review: always (run parameter)"]
-    limits = json_safe(limit_table(values, evaluator.limits, overrides))
+    limits = json_safe(limit_table(values, limits_checked, overrides))
     version = models.register(version, metrics=metrics, input_stats=input_stats, lineage=json_safe(lineage),
                               proposed=proposal, reasons=reasons, artifact=evaluator.artifact,
                               limits=limits)["version"]

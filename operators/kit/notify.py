@@ -84,6 +84,19 @@ def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict
     return {"outbox": uri, "channels": sent}
 
 
+def unit_counts(fanout: dict[str, Any]) -> str:
+    """"300 units: 280 computed, 14 cached, 6 dead-lettered": what a run did with its units, never only their number.
+
+    A run of a kit older than the per-unit counts has no `units_computed`/`units_cached`: its units that were not
+    dead-lettered are then shown as "done" (computed or cached), which is all that is known."""
+    units, failed = int(fanout.get("units") or 0), int(fanout.get("units_failed") or 0)
+    if fanout.get("units_computed") is not None or fanout.get("units_cached") is not None:
+        done = f"{int(fanout.get('units_computed') or 0):,} computed, {int(fanout.get('units_cached') or 0):,} cached"
+    else:
+        done = f"{units - failed:,} computed or cached"
+    return f"{units:,} units: {done}, {failed:,} dead-lettered"
+
+
 def success_message(summary: dict[str, Any]) -> tuple[str, str]:
     """Subject and body of a run's success: the generic fields, then the evaluator's own `lines`.
 
@@ -92,7 +105,7 @@ def success_message(summary: dict[str, Any]) -> tuple[str, str]:
     """
     decision = summary.get("decision") or {}
     fanout = summary.get("fanout") or {}
-    units = f"({fanout.get('units', 0)} units)"
+    units = f"({unit_counts(fanout)})"
     if summary.get("version"):
         subject = f"[{summary['dag_id']}] {decision.get('status') or 'evaluated'}: version {summary['version']} {units}"
     else:
@@ -100,10 +113,10 @@ def success_message(summary: dict[str, Any]) -> tuple[str, str]:
     lines = [f"run {summary['run_id']} succeeded in {summary.get('duration_s') or 0:.0f} s"]
     if summary.get("window"):
         lines.append(f"data window: {' to '.join(map(str, summary['window']))}")
+    lines.append(unit_counts(fanout))
     lines.append(
-        f"units: {fanout.get('units', 0)} in {fanout.get('batches', 0)} batches: {fanout.get('succeeded', 0)} "
-        f"computed, {fanout.get('cached', 0)} cached, {fanout.get('failed', 0)} failed "
-        f"({fanout.get('units_failed', 0)} units dead-lettered"
+        f"{fanout.get('batches', 0):,} batches: {fanout.get('succeeded', 0)} computed, {fanout.get('cached', 0)} "
+        f"cached, {fanout.get('failed', 0)} failed ({fanout.get('units_failed', 0)} units dead-lettered"
         + (f": {fanout['dead_letter']}" if fanout.get("dead_letter") else "") + ")")
     if "rows_in" in summary:
         lines.append(f"rows: {summary['rows_in']} read, {summary.get('rows_quarantined', 0)} quarantined")

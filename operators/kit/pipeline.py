@@ -13,7 +13,8 @@ Params are generated, never written by hand in a DAG file:
 - the kit's own (`KIT_PARAMS`: input, bucketing, sharding, queue, quorum, timeouts; `review` with
   an evaluator), with per-pipeline defaults from `defaults`;
 - every workload `Parameter` as a top-level param of the same name (its JSON Schema);
-- every evaluator `Limit` as `approve_<name>` and `reject_<name>` (number, or null: not checked);
+- every evaluator `Limit` as `approve_<name>` and `reject_<name>` (number, or null: not checked), the kit's
+  `dead_letter_share` among them (`Evaluator.checked_limits`);
 - the data source's own params, and `extra_params`.
 
 Airflow checks each param against its JSON Schema when a run is created (the trigger form, the
@@ -314,7 +315,7 @@ class UnitPipeline:
                         if p.name not in self.runtime_workload_params}))
         groups.append((f"data source {type(self.source).__name__}", self.source.params()))
         if self.evaluator is not None:
-            groups.append((f"evaluator {self.evaluator.name!r}", limit_params(self.evaluator.limits)))
+            groups.append((f"evaluator {self.evaluator.name!r}", limit_params(self.evaluator.checked_limits())))
         groups.append(("extra_params", dict(extra)))
         params: dict[str, Param] = {}
         owner: dict[str, str] = {}
@@ -437,7 +438,8 @@ class UnitPipeline:
         from operators.kit.evaluation import evaluate_run, overrides_from_params
 
         result = evaluate_run(self.evaluator, model=self.model, fanout=fanout, prepared=prepared,
-                              overrides=overrides_from_params(self.evaluator.limits, params), review_always=params["review"] == "always",
+                              overrides=overrides_from_params(self.evaluator.checked_limits(), params),
+                              review_always=params["review"] == "always",
                               lineage=self.lineage(prepared, fanout, params, run_id, logical_date),
                               version=registry.version_id(data_interval_end.isoformat(), run_id))
         result["report_location"] = shown_location(result["report"])
@@ -477,8 +479,8 @@ class UnitPipeline:
             "rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
             "quarantined_by_reason": prepared["quarantined_by_reason"],
             "fanout": {k: fanout.get(k) for k in ("batches", "shards", "units", "succeeded", "cached", "failed",
-                                                  "units_failed", "dead_letter", "failures_by_class", "first_errors",
-                                                  "cost")},
+                                                  "units_computed", "units_cached", "units_failed", "dead_letter",
+                                                  "failures_by_class", "first_errors", "cost")},
             "published": published,
         }
         if evaluation is not None:

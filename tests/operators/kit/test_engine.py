@@ -203,3 +203,20 @@ def test_a_waiting_task_killed_in_sync_mode_terminates_its_job(local_aws):
     wait_status(local_aws, op.job_id, ("RUNNING",))
     op.on_kill()
     assert wait_status(local_aws, op.job_id, ("FAILED",))["statusReason"] == "Task killed by the user"
+
+
+def test_a_shards_summary_and_the_runs_count_units_computed_cached_and_dead_lettered():
+    """What the notification shows: units by what happened to them, not only their number."""
+    spec = engine.ShardSpec(index=0, label="0", manifest="m", start=0, stop=3, workload="noop", params={},
+                            output_root="/out", run_root="/run")
+    batches = [{"batch_id": i, "key": f"k{i}", "uri": f"b{i}", "units": units} for i, units in enumerate((5, 7, 11))]
+    shard = engine.ShardOutcome(spec, batches, done={"k0": {"seconds": 1.0}, "k1": {"seconds": 0.0}},
+                                submitted_keys={"k0", "k2"})
+    shard.failures.append({"batch_id": 2, "key": "k2", "uri": "b2", "units": 11, "class": "bad_data", "error": "x"})
+    summary = shard.summary([], 1.0, "/run/results/shard-0.json")
+    assert (summary["units"], summary["units_computed"], summary["units_cached"], summary["units_failed"]) == \
+        (23, 5, 7, 11)
+    older = {k: v for k, v in summary.items() if k not in ("units_computed", "units_cached")}  # before the counts
+    combined = engine.combine([summary, older])
+    assert (combined["units"], combined["units_computed"], combined["units_cached"], combined["units_failed"]) == \
+        (46, 5, 7, 22)

@@ -135,7 +135,7 @@ def write_run(folder: Path, scores: list[float], name: str) -> dict:
         out = folder / name / f"batch{batch_id}" / "result.parquet"
         out.parent.mkdir(parents=True)
         frame = pd.DataFrame({"unit": [f"u{batch_id}{i}" for i in range(len(chunk))], "score": chunk,
-                              "group": ["a", "b"][: len(chunk)]})
+                              "group": ["ab"[i % 2] for i in range(len(chunk))]})
         out.write_bytes(parquet_bytes(frame))
         batches.append({"batch_id": batch_id, "output": str(out)})
     results = folder / name / "results" / "shard-0.json"
@@ -144,13 +144,16 @@ def write_run(folder: Path, scores: list[float], name: str) -> dict:
     return {"results": [str(results)], "units_failed": 0}
 
 
-def run_evaluation(root: Path, scores: list[float], name: str, **kwargs) -> dict:
-    prepared = {"units": len(scores), "rows_ok": len(scores), "rows_in": len(scores), "rows_quarantined": 0,
+def run_evaluation(root: Path, scores: list[float], name: str, *, units_failed: int = 0, **kwargs) -> dict:
+    """`scores` are the units computed; `units_failed` more units of the input were dead-lettered."""
+    units = len(scores) + units_failed
+    prepared = {"units": units, "rows_ok": units, "rows_in": units, "rows_quarantined": 0,
                 "window": ["2026-01-19", "2026-02-16"]}
     lineage = {"run_id": name, "input_uri": "<script>alert(1)</script>"}
     args = dict(overrides={}, review_always=False)
     args.update(kwargs)
-    return evaluation.evaluate_run(MeanScore(), model="scores", fanout=write_run(root / "runs", scores, name),
+    fanout = {**write_run(root / "runs", scores, name), "units": units, "units_failed": units_failed}
+    return evaluation.evaluate_run(MeanScore(), model="scores", fanout=fanout,
                                    prepared=prepared, lineage=lineage, version=f"2026-02-16_{name}",
                                    root=str(root), aws_conn_id=None, **args)
 
@@ -158,7 +161,8 @@ def run_evaluation(root: Path, scores: list[float], name: str, **kwargs) -> dict
 def test_evaluate_run_registers_the_version_with_its_outputs_report_and_lines(tmp_path):
     first = run_evaluation(tmp_path, [0.2, 0.4, 0.6, 0.8], "r1")
     assert first["proposal"] == "approve" and first["version"] == "2026-02-16_r1"
-    assert first["metrics"] == {"score_mean": pytest.approx(0.5), "units_share": 1.0}
+    assert first["metrics"] == {"score_mean": pytest.approx(0.5), "units_share": 1.0, "units_dead_lettered": 0,
+                                "dead_letter_share": 0.0}  # the kit's dead-letter values, for every evaluator
     assert first["reasons"] == ["every approve limit met", "score_mean_increase not checked: no value"]
     assert first["lines"] == ["metrics: score_mean 0.5, units_share 1, score_mean_increase n/a"]
     json.dumps(first)  # what goes to XCom
@@ -166,7 +170,8 @@ def test_evaluate_run_registers_the_version_with_its_outputs_report_and_lines(tm
     record = models.get(first["version"])
     assert record["status"] == registry.PENDING and record["artifact"] == "outputs.parquet"
     assert [(row["name"], row["outcome"]) for row in record["limits"]] == [
-        ("score_mean", "approve"), ("units_share", "approve"), ("score_mean_increase", "not checked")]
+        ("score_mean", "approve"), ("units_share", "approve"), ("score_mean_increase", "not checked"),
+        ("dead_letter_share", "approve")]
     stored = pd.read_parquet(first["artifact"])
     assert Path(first["artifact"]).parent == Path(models.version_dir(first["version"]))
     assert sorted(stored["score"]) == [0.2, 0.4, 0.6, 0.8]
@@ -183,6 +188,43 @@ def test_evaluate_run_registers_the_version_with_its_outputs_report_and_lines(tm
 
     always = run_evaluation(tmp_path, [0.5] * 4, "r3", review_always=True)
     assert always["proposal"] == "review" and always["reasons"][-1] == "review: always (run parameter)"
+
+
+def test_every_evaluator_gets_the_dead_letter_limit_unless_it_declares_its_own():
+    assert [limit.name for limit in MeanScore.checked_limits()] == [
+        "score_mean", "units_share", "score_mean_increase", "dead_letter_share"]
+    assert MeanScore.checked_limits()[-1] is evaluation.DEAD_LETTER_LIMIT
+    assert (evaluation.DEAD_LETTER_LIMIT.approve, evaluation.DEAD_LETTER_LIMIT.reject) == (0.0, None)
+
+    class Strict(MeanScore):
+        limits = (*MeanScore.limits, Limit("dead_letter_share", "max", approve=0.01, reject=0.05, description="own"))
+
+    assert [limit.approve for limit in Strict.checked_limits() if limit.name == "dead_letter_share"] == [0.01]
+    assert evaluation.dead_letter_values({"units": 300}, {"units": 300, "units_failed": 6}) == {
+        "units_dead_lettered": 6, "dead_letter_share": 0.02}
+    assert evaluation.dead_letter_values({"units": 0}, {"units_failed": 0})["dead_letter_share"] == 0.0
+
+
+def test_a_run_with_dead_letters_is_not_approved_automatically_unless_the_param_allows_their_share(tmp_path):
+    """6 of 300 units dead-lettered, every other metric within its approve level: review, not approve."""
+    scores = [0.5] * 294
+    held = run_evaluation(tmp_path, scores, "r1", units_failed=6)
+    assert held["proposal"] == "review"
+    assert held["reasons"] == ["dead_letter_share 0.02 > approve limit 0", "score_mean_increase not checked: no value"]
+    assert held["metrics"]["units_dead_lettered"] == 6 and held["metrics"]["dead_letter_share"] == pytest.approx(0.02)
+    rows = {row["name"]: row for row in held["limits"]}
+    assert rows["dead_letter_share"]["outcome"] == "review"
+    record = registry.Registry(str(tmp_path), "scores", aws_conn_id=None).get(held["version"])
+    assert record["metrics"]["units_dead_lettered"] == 6
+    # the run allows up to 5% dead letters: approved by thresholds
+    allowed = run_evaluation(tmp_path, scores, "r2", units_failed=6,
+                             overrides={"approve": {"dead_letter_share": 0.05}})
+    assert allowed["proposal"] == "approve"
+    # above a reject level the version is rejected
+    rejected = run_evaluation(tmp_path, scores, "r3", units_failed=6, overrides={"reject": {"dead_letter_share": 0.01}})
+    assert rejected["proposal"] == "reject" and rejected["reasons"][0] == "dead_letter_share 0.02 > reject limit 0.01"
+    # a run without dead letters is not held by the limit
+    assert run_evaluation(tmp_path, scores, "r4")["proposal"] == "approve"
 
 
 def test_evaluate_run_refuses_a_bad_override_before_it_registers_anything(tmp_path):
@@ -290,7 +332,7 @@ def other_pipeline_summary(**changes) -> dict:
 
 def test_success_message_shows_the_evaluators_lines_and_never_none(data_root):
     subject, body = notify.success_message(other_pipeline_summary())
-    assert subject == "[category_classifier] Approved: version v2 (40 units)"
+    assert subject == "[category_classifier] Approved: version v2 (40 units: 40 computed or cached, 0 dead-lettered)"
     assert "accuracy 0.912 (last approved 0.9)" in body and "0.91234567" not in body
     assert "decision: Approved by thresholds (proposed approve: every approve limit met)" in body
     assert "None" not in body and "published" not in body
@@ -303,7 +345,7 @@ def test_success_message_of_a_pipeline_without_evaluation(data_root):
                "fanout": {"units": 10, "batches": 2, "succeeded": 1, "cached": 1, "failed": 0, "units_failed": 0}}
     sent = notify.notify_success(summary)
     message = json.loads(Path(sent["outbox"]).read_text())
-    assert message["subject"] == "[units_of_work] succeeded (10 units)"
+    assert message["subject"] == "[units_of_work] succeeded (10 units: 10 computed or cached, 0 dead-lettered)"
     assert "1 computed, 1 cached, 0 failed" in message["body"]
     assert "None" not in message["body"] and "decision" not in message["body"]
 
@@ -312,7 +354,7 @@ def success_summary() -> dict:
     return {"dag_id": "pricing_optimization", "run_id": "r1", "window": ["2026-01-19", "2026-02-16"],
             "duration_s": 61.0, "rows_in": 1000, "rows_quarantined": 3,
             "fanout": {"units": 500, "batches": 30, "succeeded": 28, "cached": 1, "failed": 1, "units_failed": 4,
-                       "dead_letter": "/x/dead_letter.parquet"},
+                       "units_computed": 480, "units_cached": 16, "dead_letter": "/x/dead_letter.parquet"},
             "version": "v7", "metrics": {"coverage": 0.9}, "lines": ["coverage 0.9"],
             "decision": {"status": "Approved", "by": "person:pat", "proposed": "review", "reasons": ["r"]},
             "report": "/x/report.html", "published": "/x/current/outputs.parquet"}
@@ -322,10 +364,11 @@ def test_success_message_names_units_cache_failures_lines_decision_and_duration(
     sent = notify.notify_success(success_summary())
     assert sent["channels"] == ["outbox"]
     message = json.loads(Path(sent["outbox"]).read_text())
-    assert message["subject"] == "[pricing_optimization] Approved: version v7 (500 units)"
+    assert message["subject"] == "[pricing_optimization] Approved: version v7 (500 units: 480 computed, 16 cached, 4 dead-lettered)"
     body = message["body"]
     for text in ("succeeded in 61 s", "data window: 2026-01-19 to 2026-02-16",
-                 "28 computed, 1 cached, 1 failed (4 units dead-lettered: /x/dead_letter.parquet)",
+                 "\n500 units: 480 computed, 16 cached, 4 dead-lettered\n",
+                 "30 batches: 28 computed, 1 cached, 1 failed (4 units dead-lettered: /x/dead_letter.parquet)",
                  "3 quarantined", "Approved by person:pat", "\ncoverage 0.9\n", "report: /x/report.html",
                  "published: /x/current/outputs.parquet"):
         assert text in body
@@ -396,7 +439,7 @@ def test_sns_delivers_the_same_message(local_aws, data_root, monkeypatch):
     assert sent["channels"] == ["outbox", "sns"]
     [received] = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=2)["Messages"]
     envelope = json.loads(received["Body"])
-    assert envelope["Subject"] == "[pricing_optimization] Approved: version v7 (500 units)"
+    assert envelope["Subject"] == "[pricing_optimization] Approved: version v7 (500 units: 480 computed, 16 cached, 4 dead-lettered)"
     assert "Approved by person:pat" in envelope["Message"]
 
 
@@ -429,6 +472,6 @@ def test_smtp_delivers_the_same_message(data_root, monkeypatch):
     [(recipients, data)] = received
     assert recipients == ["pricing-team@example.com"]
     mail = email.message_from_string(data)
-    assert mail["Subject"] == "[pricing_optimization] Approved: version v7 (500 units)"
+    assert mail["Subject"] == "[pricing_optimization] Approved: version v7 (500 units: 480 computed, 16 cached, 4 dead-lettered)"
     text = "".join(part.get_payload(decode=True).decode() for part in mail.walk() if not part.is_multipart())
     assert "Approved by person:pat" in text

@@ -74,6 +74,9 @@ def test_params_are_generated_from_the_kit_the_workload_the_source_and_the_limit
     assert params["approve_error_p50"].value == 0.3 and params["reject_error_p50"].value == 0.6
     assert params["reject_coverage"].value is None and params["reject_coverage"].schema["type"] == ["number", "null"]
     assert "median error" in params["approve_error_p50"].description
+    # every evaluator gets the kit's dead-letter limit: any dead letter asks a person unless the run allows a share
+    assert params["approve_dead_letter_share"].value == 0.0 and params["reject_dead_letter_share"].value is None
+    assert "dead-lettered" in params["approve_dead_letter_share"].description
     assert params["review"].schema["enum"] == ["auto", "always"]
     assert "| `bucket_count` | `3000` |" in dag.doc_md and dag.doc_md.startswith("a test pipeline")
 
@@ -169,7 +172,7 @@ def test_the_success_summary_of_a_pipeline_without_an_evaluator_has_no_version_l
     summary = pipeline.notify(prepared, fanout, None, None, None, "probe", "manual__1")
     assert "version" not in summary and summary["fanout"]["succeeded"] == 3
     [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*.json")]
-    assert message["subject"] == "[probe] succeeded (10 units)"
+    assert message["subject"] == "[probe] succeeded (10 units: 10 computed or cached, 0 dead-lettered)"
     assert "None" not in message["body"] and "rows: 30 read, 0 quarantined" in message["body"]
 
 
@@ -309,3 +312,54 @@ def test_a_number_param_refuses_nan_and_infinity_when_a_run_is_created(value):
         assert any(word in str(err.value) for word in words), (name, str(err.value))
     for name, ok in (("budget", None), ("budget", 12.5), ("min_success_ratio", 1), ("sleep_s", 0.0)):
         assert SerializedParam(ok, **dag.params.get_param(name).schema).resolve(raises=True) == ok
+
+
+class ScoreEvaluator(Evaluator):
+    """No limit about failures of its own: the dead-letter limit comes from the kit."""
+    name = "score"
+    limits = (Limit("score_mean", "max", 1.0, 2.0, "mean score"),)
+
+    def metrics(self, outputs, prepared, fanout):
+        return {"score_mean": float(outputs["score"].mean())}
+
+
+def shard_results(folder, scores) -> str:
+    import json
+
+    from batch_worker.runtime import parquet_bytes
+    import pandas as pd
+
+    out = folder / "batch0" / "result.parquet"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(parquet_bytes(pd.DataFrame({"unit": [f"u{i}" for i in range(len(scores))], "score": scores})))
+    results = folder / "results" / "shard-0.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"batches": [{"batch_id": 0, "output": str(out)}], "failed": []}))
+    return str(results)
+
+
+def test_a_run_with_dead_letters_is_reviewed_not_auto_approved_and_the_param_can_allow_their_share(data_root):
+    """The scenario of 6 dead-lettered units of 300: the pipeline's evaluate and decide stages with its params."""
+    import json
+
+    pipeline = UnitPipeline("probe", workload="noop", evaluator=ScoreEvaluator(), model="probe", start_date=START,
+                            doc_md="d", tags=["t"])
+    params = pipeline.build().params.dump()
+    prepared = {"units": 300, "rows_ok": 300, "rows_in": 300, "rows_quarantined": 0, "quarantined_by_reason": {},
+                "window": None, "started_at": 0.0, "input_uri": "/in.csv", "manifest_uri": "m"}
+    fanout = {"results": [shard_results(data_root / "runs" / "one", [0.5] * 294)], "job_ids": [], "batches": 30,
+              "succeeded": 29, "cached": 0, "failed": 1, "units": 300, "units_computed": 294, "units_cached": 0,
+              "units_failed": 6, "dead_letter": "/x/dead_letter.parquet"}
+    end = utc(2026, 2, 16)
+    held = pipeline.evaluate(fanout, prepared, params, "manual__1", end, end)
+    assert held["proposal"] == "review" and held["reasons"][0] == "dead_letter_share 0.02 > approve limit 0"
+    allowed = pipeline.evaluate(fanout, prepared, {**params, "approve_dead_letter_share": 0.05}, "manual__2", end,
+                                end)
+    assert allowed["proposal"] == "approve"
+    decision = pipeline.decide(allowed, None)
+    assert (decision["status"], decision["by"]) == ("Approved", "thresholds")
+    summary = pipeline.notify(prepared, fanout, allowed, decision, None, "probe", "manual__2")
+    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*.json")]
+    assert message["subject"] == (f"[probe] Approved: version {allowed['version']} "
+                                  "(300 units: 294 computed, 0 cached, 6 dead-lettered)")
+    assert summary["fanout"]["units_computed"] == 294
