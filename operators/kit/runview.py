@@ -36,6 +36,10 @@ PLAN_TASK = "plan"
 COLLECT_TASKS = ("collect", "summary")
 EVALUATE_TASK = "evaluate"
 DEAD_LETTER_FILE = "dead_letter.parquet"
+#: The XCom key under which a stage that skips the rest of its run keeps why (skip_rest_of_run).
+SKIP_KEY = "skipped"
+#: The stages that may skip the rest of their run (the first ones, before any Batch job).
+SKIPPING_TASKS = ("dataset", "prepare", "plan")
 PAGE_SIZE = 50
 
 
@@ -108,9 +112,42 @@ def shard_summaries(session, dag_id: str, run_id: str) -> tuple[dict[int, dict],
     return completed, failed
 
 
+def skip_rest_of_run(dag_id: str, run_id: str, task_id: str, reason: str):
+    """Skip the rest of the run from the running stage `task_id`, saying why three times: a `skipped`
+    notification, the reason kept in the task's XCom `SKIP_KEY` (the run's note and the run view show it) and
+    the skip's own message in the task log. Airflow's `on_skipped_callback` gets no exception, so it could not
+    say why. Raises AirflowSkipException: every task after it is skipped and the run succeeds."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from operators.kit import notify
+
+    if task_id not in SKIPPING_TASKS:
+        raise ValueError(f"{task_id!r} cannot skip the rest of its run: only {SKIPPING_TASKS} can (the run note "
+                         "reads the reason from them)")
+    get_current_context()["ti"].xcom_push(key=SKIP_KEY, value={"task_id": task_id, "reason": reason})
+    notify.notify_skip(dag_id, run_id, task_id, reason)
+    raise AirflowSkipException(reason)
+
+
+def skip_reason(session, dag_id: str, run_id: str) -> dict[str, str] | None:
+    """{"task_id", "reason"} of the stage that skipped the rest of the run (skip_rest_of_run), else None."""
+    for _, _, value in xcoms(session, dag_id, run_id, SKIPPING_TASKS, key=SKIP_KEY):
+        if isinstance(value, dict) and value.get("reason"):
+            return value
+    return None
+
+
+def skip_note(skipped: dict[str, str]) -> str:
+    return f"skipped at {skipped.get('task_id', '?')}: {skipped['reason']}"
+
+
 def note_for_run(session, dag_id: str, run_id: str) -> str | None:
-    """The note a finished run gets: from its collect step when it ran, else from its shards; None when the run
-    has no shard."""
+    """The note a finished run gets: why it skipped itself when a stage did, else from its collect step when it
+    ran, else from its shards; None when the run has no shard."""
+    skipped = skip_reason(session, dag_id, run_id)
+    if skipped:
+        return skip_note(skipped)
     for _, _, value in xcoms(session, dag_id, run_id, COLLECT_TASKS):
         if isinstance(value, dict) and value.get("note"):
             return value["note"]
@@ -394,9 +431,11 @@ def run_data(session, dag_id: str, run_id: str, *, files: RunFiles | None = None
         version = {k: record.get(k) for k in ("model", "version", "status", "proposed_decision", "decision_reasons",
                                                "decided_by", "decided_at", "metrics")}
     dead = dead_letter_count(files)
+    skipped = skip_reason(session, dag_id, run_id)
+    note = skip_note(skipped) if skipped else note_text({**counts, "units_dead_lettered": dead}, cost)
     return {"dag_id": dag_id, "run_id": run_id, "counts": counts, "shards": shards, "cost": cost,
             "version": version, "lineage": lineage, "dead_letter_units": dead,
-            "has_report": bool(version_dir), "note": note_text({**counts, "units_dead_lettered": dead}, cost)}
+            "has_report": bool(version_dir), "note": note, "skipped": skipped}
 
 
 def dead_letter_frame(files: RunFiles):
@@ -506,6 +545,8 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
             [c["shard"], c["jobs"], f"{c['seconds']:,.1f}", quantity(c["vcpu_hours"]), quantity(c["gpu_hours"]),
              money(c["cost"], currency), money(c["cost"] / c["units"] if c["units"] else None, currency)]
             for c in cost["shards"]]))
+    elif data.get("skipped"):
+        parts.append("<p>No cost: the run skipped itself before any Batch job (see the note above).</p>")
     else:
         parts.append("<p>No cost recorded (the run's collect step has not run).</p>")
     parts.append(f"<h2>Dead-letter units ({dead['total']:,})</h2>")

@@ -90,6 +90,16 @@ def test_the_page_escapes_what_the_run_recorded():
     assert "&lt;b&gt;boom&lt;/b&gt;" in page
 
 
+def test_a_run_that_skipped_itself_shows_why_instead_of_counts_and_a_missing_cost():
+    skipped = {"task_id": "dataset", "reason": "no approved version of model 'packaging' yet: <run training>"}
+    data = {"dag_id": "d", "run_id": "r", "note": runview.skip_note(skipped), "counts": {}, "cost": None,
+            "version": None, "lineage": {}, "has_report": False, "shards": [], "skipped": skipped}
+    page = runview.render_page(data, {"total": 0, "page": 1, "pages": 1, "columns": [], "rows": []})
+    assert ("skipped at dataset: no approved version of model &#x27;packaging&#x27; yet: &lt;run training&gt;"
+            in page)
+    assert "the run skipped itself before any Batch job" in page and "collect step has not run" not in page
+
+
 def test_the_note_of_a_run_whose_shard_left_no_summary_counts_that_shards_batches_as_not_finished(monkeypatch):
     # After a restart killed a shard's task, only the other shard had a summary: the note said "10 batches:
     # 10 done" of a run of 20.

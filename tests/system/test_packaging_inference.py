@@ -1,5 +1,5 @@
 """packaging_inference_daily/monthly end to end through dag.test() against the local endpoint: the latest approved
-model, refusal without one, daily windows, caching by model version, and approval starting inference."""
+model, a skip without one, a failure for a damaged one, daily windows, caching by model version, and approval starting inference."""
 from __future__ import annotations
 
 import json
@@ -60,21 +60,45 @@ def assert_refused_at_dataset(refused) -> None:
                for ti in task_instances(refused, name))
 
 
-def test_inference_refuses_a_missing_model_before_any_compute(airflow_db, local_aws, data_root):
-    refused = run("monthly", logical_date=MARCH)
-    assert_refused_at_dataset(refused)
-    assert not (data_root / "datasets").exists() and not (data_root / "outputs").exists()
-    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*-failure.json")]
-    assert message["subject"] == "[packaging_inference_monthly] FAILED at dataset"
-    assert "NoApprovedModel: no approved version of model 'packaging'" in message["body"]
-    assert "this DAG also starts by itself when a version is approved" in message["body"]  # the whole message
+def assert_skipped_at_dataset(skipped) -> None:
+    """The run skipped itself at its first task, `dataset`: nothing after it ran, and the run is not red."""
+    assert skipped.state == DagRunState.SUCCESS
+    assert all(ti.state == TaskInstanceState.SKIPPED
+               for name in ("dataset", "prepare", "plan", "run_shard", "summary", "publish")
+               for ti in task_instances(skipped, name))
 
-    # a pending version is not a model to score with either
+
+def run_note(dag_run) -> str | None:
+    from sqlalchemy import select
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.scalars(select(DagRun).where(DagRun.dag_id == dag_run.dag_id,
+                                                    DagRun.run_id == dag_run.run_id)).one().note
+
+
+def test_inference_before_any_approved_model_skips_itself_and_says_why(airflow_db, local_aws, data_root):
+    skipped = run("monthly", logical_date=MARCH)
+    assert_skipped_at_dataset(skipped)
+    assert not (data_root / "datasets").exists() and not (data_root / "outputs").exists()
+    assert not list((data_root / "outbox").glob("*-failure.json"))
+    [message] = [json.loads(p.read_text()) for p in (data_root / "outbox").glob("*-skipped.json")]
+    assert message["subject"] == "[packaging_inference_monthly] SKIPPED at dataset: nothing to do"
+    why = "no approved version of model 'packaging' yet: this DAG runs by itself when one is approved"
+    assert why in message["body"] and "run packaging_training" in message["body"]
+    # the run's note, in the grid and the run view, says the same
+    assert run_note(skipped).startswith(f"skipped at dataset: {why}")
+
+    # a pending version is not a model to score with either: the daily run skips itself too
     from operators.kit.registry import Registry
 
     Registry(str(data_root), "packaging").register("pending-1", metrics={}, input_stats={}, lineage={},
                                                    proposed="review", reasons=[], artifact="models.parquet")
-    assert run("daily", logical_date=MARCH).state == DagRunState.FAILED
+    daily = run("daily", logical_date=MARCH)
+    assert_skipped_at_dataset(daily)
+    assert run_note(daily).startswith(f"skipped at dataset: {why}")
     assert not (data_root / "outputs").exists()
 
 

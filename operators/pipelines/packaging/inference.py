@@ -4,8 +4,8 @@
 (predictions are not approved; the model they use was). It overrides these stages:
 
 - **dataset** resolves the latest **approved** version of `packaging` from the registry at run
-  time (never a pending or rejected one; none: the run fails here, before any data is generated
-  or any Batch job submitted), checks that its artifact is published and readable (its Parquet
+  time (never a pending or rejected one; none yet: the run skips itself here, before any data is
+  generated or any Batch job submitted, with a `skipped` notification and a run note saying why), checks that its artifact is published and readable (its Parquet
   footer and model columns: a damaged file fails here, naming file and version, not in every Batch
   job), and fixes the run's window:
   the whole inventory added before the run's day (`monthly`), or the products added since the
@@ -78,9 +78,13 @@ class NoApprovedModel(RuntimeError):
     """There is no approved version to score with: nothing is computed."""
 
 
+class NoModelYet(NoApprovedModel):
+    """No version was ever approved: an ordinary state before the first training, so the run skips itself."""
+
+
 def approved_model(root: str | None = None) -> dict[str, Any]:
-    """The latest approved version of `packaging` and its published artifact; NoApprovedModel when there is none, or
-    when its artifact is missing or cannot be read (its Parquet footer and columns are checked here, so that a
+    """The latest approved version of `packaging` and its published artifact; NoModelYet when none was ever
+    approved; NoApprovedModel when its artifact is missing or cannot be read (its Parquet footer and columns are checked here, so that a
     damaged file fails the run's first task, by name, instead of every Batch job)."""
     from batch_worker.workloads import BadData
     from batch_worker.workloads.packaging_scoring import artifact_path, check_model_artifact
@@ -90,10 +94,11 @@ def approved_model(root: str | None = None) -> dict[str, Any]:
     root = root or engine.data_root()
     record = registry.Registry(root, MODEL).current()
     if record is None:
-        raise NoApprovedModel(
-            f"no approved version of model {MODEL!r} in DATA_ROOT/registry/{MODEL}: nothing was scored. Run "
-            "packaging_training and approve a version (automatically within its limits, or under Required Actions "
-            "in the Airflow UI); this DAG also starts by itself when a version is approved")
+        raise NoModelYet(
+            f"no approved version of model {MODEL!r} yet: this DAG runs by itself when one is approved. Nothing was "
+            f"scored and no Batch job was submitted. To get one, run packaging_training: its version is approved "
+            f"within its limits, or by a person under Required Actions in the Airflow UI "
+            f"(DATA_ROOT/registry/{MODEL} has no approved version)")
     if record["status"] != registry.APPROVED:
         raise NoApprovedModel(f"the registry's current version {record['version']} of {MODEL!r} is "
                               f"{record['status']}, not {registry.APPROVED}: nothing was scored")
@@ -165,7 +170,15 @@ class PackagingInference(UnitPipeline):
         from airflow.sdk import get_current_context
 
         self.check_run(params, conf)  # the run's conf first: a misspelt param is named before the model is looked at
-        model = approved_model()
+        try:
+            model = approved_model()
+        except NoModelYet as none:
+            # Before the first approval a scheduled run has nothing to score with: not a failure (a red run on a
+            # new deployment would say something broke); the run skips itself, its note and notification say why.
+            # A damaged or missing artifact of an approved version still fails (NoApprovedModel).
+            from operators.kit.runview import skip_rest_of_run
+
+            skip_rest_of_run(self.dag_id, run_id, "dataset", str(none))
         context = get_current_context()
         until = run_day(context.get("data_interval_end"), context["dag_run"].run_after)
         if self.scope == "monthly":

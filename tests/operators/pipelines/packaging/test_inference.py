@@ -9,7 +9,7 @@ import pytest
 
 from operators.kit import registry
 from operators.pipelines.packaging import inventory
-from operators.pipelines.packaging.inference import (MODEL_PARAMS, NoApprovedModel, PackagingInference,
+from operators.pipelines.packaging.inference import (MODEL_PARAMS, NoApprovedModel, NoModelYet, PackagingInference,
                                                      approved_model, daily_since, register_approved_models, run_day)
 
 
@@ -20,15 +20,17 @@ def root(tmp_path, monkeypatch) -> str:
 
 
 def test_only_an_approved_and_published_version_is_a_model(root):
-    with pytest.raises(NoApprovedModel, match="no approved version of model 'packaging'.*packaging_training"):
+    # none yet: the run skips itself (NoModelYet), saying that the DAG runs by itself at an approval
+    with pytest.raises(NoModelYet, match="no approved version of model 'packaging' yet: this DAG runs by itself "
+                                         "when one is approved.*packaging_training"):
         approved_model()
     store = registry.Registry(root, "packaging")
     store.register("v0", metrics={}, input_stats={}, lineage={}, proposed="review", reasons=[],
                    artifact="models.parquet")
-    with pytest.raises(NoApprovedModel, match="no approved version"):
+    with pytest.raises(NoModelYet, match="no approved version"):
         approved_model()  # pending
     store.decide("v0", registry.REJECTED, by="person:sam")
-    with pytest.raises(NoApprovedModel, match="no approved version"):
+    with pytest.raises(NoModelYet, match="no approved version"):
         approved_model()  # rejected
     version = register_approved_models(inventory.true_models(3), "v1", by="test")
     model = approved_model()
@@ -38,8 +40,9 @@ def test_only_an_approved_and_published_version_is_a_model(root):
                    artifact="models.parquet")
     assert approved_model()["version"] == "v1"  # a newer pending version does not count
     Path(model["uri"]).unlink()
-    with pytest.raises(NoApprovedModel, match="approved but its artifact .* is missing"):
+    with pytest.raises(NoApprovedModel, match="approved but its artifact .* is missing") as missing:
         approved_model()
+    assert not isinstance(missing.value, NoModelYet)  # a broken approved model fails the run, never skips it
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -57,6 +60,7 @@ def test_an_approved_model_that_cannot_be_read_fails_the_first_task_naming_file_
         pd.read_parquet(uri).drop(columns=["coef_liquid"])))
     with pytest.raises(NoApprovedModel) as refused:
         approved_model()
+    assert not isinstance(refused.value, NoModelYet)  # fails the run: a damaged model is not "no model yet"
     message = str(refused.value)
     assert f"'packaging' model version {version}: its artifact DATA_ROOT/published/packaging/versions/{version}/" \
            "models.parquet" in message
