@@ -4,8 +4,9 @@
 Runs every day at 00:00 UTC and whenever `packaging_training` approves a version (the Asset
 `packaging_models`).
 
-1. **dataset**: the latest **approved** `packaging` version from the registry (none: the run fails
-   here, before anything is computed); the products added since the last successful run, up to the
+1. **dataset**: the latest **approved** `packaging` version from the registry (none yet: the run
+   skips itself here, before anything is computed, and its note and a `skipped` notification say
+   why; a damaged model fails here); the products added since the last successful run, up to the
    run's day (`input_uri`, or the synthetic inventory: `dataset_*` params).
 2. **prepare / plan / run_shard**: batches of whole product groups scored on AWS Batch array jobs:
    the damage probability in every package type and the recommended package. The model version is
