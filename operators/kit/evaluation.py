@@ -235,11 +235,14 @@ def json_safe(value: Any) -> Any:
 
 def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], prepared: dict[str, Any],
                  overrides: dict[str, Any] | None, review_always: bool, lineage: dict[str, Any], version: str,
-                 root: str | None = None, aws_conn_id: str | None = "aws_default") -> dict[str, Any]:
+                 root: str | None = None, aws_conn_id: str | None = "aws_default",
+                 interval: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Evaluate one run and register it as a pending version of `model`; return what later tasks need.
 
     Reads every batch output of the run (`fanout["results"]`), computes the evaluator's metrics
-    and comparison with the current approved version, proposes, registers, and writes the
+    and comparison with the version approved for the interval before the run's (`interval`:
+    its data interval's (start, end); `Registry.approved_before`; without one, the current
+    version), proposes, registers with the interval, and writes the
     outputs (`evaluator.artifact`) and `report.html` into the version's folder. `version` may
     come back as `<version>-rN` when that id is already decided (see `Registry.register`).
     """
@@ -258,7 +261,9 @@ def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], pr
     # The kit's dead-letter values win over an evaluator's own of the same name: the decision must see them.
     metrics = json_safe({**evaluator.metrics(outputs, prepared, fanout), **dead_letter_values(prepared, fanout)})
     models = registry.Registry(root or engine.data_root(), model, aws_conn_id)
-    comparison = json_safe(evaluator.compare(metrics, input_stats, models.current()))
+    # A backfilled week is compared with the week before it, not with the newest approved version.
+    previous = models.approved_before(interval[0]) if interval else models.current()
+    comparison = json_safe(evaluator.compare(metrics, input_stats, previous))
     values = {**metrics, **comparison}
     proposal, reasons = propose(values, limits_checked, overrides)
     if review_always and proposal == "approve":
@@ -266,7 +271,7 @@ def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], pr
     limits = json_safe(limit_table(values, limits_checked, overrides))
     version = models.register(version, metrics=metrics, input_stats=input_stats, lineage=json_safe(lineage),
                               proposed=proposal, reasons=reasons, artifact=evaluator.artifact,
-                              limits=limits)["version"]
+                              limits=limits, interval=interval)["version"]
     folder = engine.location(models.version_dir(version), aws_conn_id)
     artifact = folder.join(evaluator.artifact)
     folder.write_bytes(artifact, parquet_bytes(outputs))

@@ -128,6 +128,9 @@ def success_message(summary: dict[str, Any]) -> tuple[str, str]:
         reasons = "; ".join(decision.get("reasons") or [])
         lines.append(f"decision: {decision.get('status')} by {decision.get('by')} (proposed "
                      f"{decision.get('proposed')}" + (f": {reasons}" if reasons else "") + ")")
+        if decision.get("not_current"):
+            lines.append(f"not made current (current stays {decision['not_current'].get('current')}): "
+                         f"{decision['not_current'].get('reason')}")
     lines.extend(str(line) for line in summary.get("lines") or [])
     for name in ("report", "published"):
         if summary.get(name):

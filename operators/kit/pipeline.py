@@ -433,15 +433,20 @@ class UnitPipeline:
                 "manifest": prepared["manifest_uri"], "cost": fanout.get("cost")}
 
     def evaluate(self, fanout: dict, prepared: dict, params: dict[str, Any], run_id: str, logical_date,
-                 data_interval_end) -> dict:
+                 data_interval_end, data_interval_start=None) -> dict:
         from operators.kit import registry
         from operators.kit.evaluation import evaluate_run, overrides_from_params
+
+        # The version records its interval: it is compared with the version approved for the interval before it,
+        # and never replaces a current version of a newer interval (a backfill).
+        start = data_interval_start if data_interval_start is not None else data_interval_end
 
         result = evaluate_run(self.evaluator, model=self.model, fanout=fanout, prepared=prepared,
                               overrides=overrides_from_params(self.evaluator.checked_limits(), params),
                               review_always=params["review"] == "always",
                               lineage=self.lineage(prepared, fanout, params, run_id, logical_date),
-                              version=registry.version_id(data_interval_end.isoformat(), run_id))
+                              version=registry.version_id(data_interval_end.isoformat(), run_id),
+                              interval=(start.isoformat(), data_interval_end.isoformat()))
         result["report_location"] = shown_location(result["report"])
         from operators.kit.runview import run_view_path
 
@@ -457,8 +462,11 @@ class UnitPipeline:
         else:
             approved, by = evaluation["proposal"] == "approve", "thresholds"
         status = registry.APPROVED if approved else registry.REJECTED
-        registry.Registry(engine.data_root(), self.model).decide(evaluation["version"], status, by=by)
-        return {"status": status, "by": by, "proposed": evaluation["proposal"], "reasons": evaluation["reasons"]}
+        record = registry.Registry(engine.data_root(), self.model).decide(evaluation["version"], status, by=by)
+        decision = {"status": status, "by": by, "proposed": evaluation["proposal"], "reasons": evaluation["reasons"]}
+        if record.get("not_current"):  # approved, but a newer interval's version stays current: said in the notice
+            decision["not_current"] = record["not_current"]
+        return decision
 
     def publish(self, evaluation: dict, decision: dict) -> str:
         from airflow.sdk.exceptions import AirflowSkipException
@@ -530,8 +538,10 @@ class UnitPipeline:
             @stage()
             def evaluate(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None, dag=None,
                          dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
-                return pipeline.evaluate(fanout, prepared, params, run_id, logical_date,
-                                         interval_end(dag, dag_run, data_interval_start, data_interval_end))
+                start, end = run_interval(getattr(dag, "timetable", None), getattr(dag_run, "run_after", None),
+                                          data_interval_start, data_interval_end)
+                return pipeline.evaluate(fanout, prepared, params, run_id, logical_date, end,
+                                         data_interval_start=start)
 
             @task.branch
             def gate(evaluation: dict) -> str:

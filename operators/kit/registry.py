@@ -7,23 +7,35 @@
     published/<model>/current/<artifact>               what `publish` wrote for the last approved version
     published/<model>/versions/<version>/<artifact>    ... and for each version it published
 
-Statuses follow SageMaker's model registry: PendingManualApproval, Approved, Rejected. "Current" is
-the version approved last; a rejected version never becomes current, and a decided version cannot
-change its status. One DAG run registers one version (its id derives from the run), so a retried
-evaluation rewrites its own version instead of adding another.
+Statuses follow SageMaker's model registry: PendingManualApproval, Approved, Rejected. A rejected
+version never becomes current, and a decided version cannot change its status. One DAG run registers
+one version (its id derives from the run), so a retried evaluation rewrites its own version instead
+of adding another.
+
+Each version records the data interval its run covered (`interval_start`, `interval_end`). "Current"
+is the approved version of the newest interval: an approval moves `current.json` only to a version
+whose interval ends no earlier than the current one's (the same interval: the later approval wins).
+So a backfill of older weeks, or a person approving an older week's version late, never replaces
+a newer current version: that version stays Approved, is published under `versions/<version>/`,
+and its record says why it is not current (`not_current`). Versions without an interval (written
+before intervals were recorded, or registered by hand) follow approval time, as before. A run is
+compared with `approved_before(its interval start)`: the version approved for the interval before
+it, not the newest one.
 
 Training runs write here while inference runs read, and two runs (or a person and a run) may decide
 at once. Every read-change-write of `version.json` and `current.json` is a compare-and-swap
 (operators.kit.conditional): a write computed from a state that another writer has since changed
 is redone from the new state, never laid over it. So a decided version stays decided (register
-and a second, different decision both see it), and `current.json` moves only to a version
-approved later than the one it names, whatever order the writes arrive in.
+and a second, different decision both see it), and `current.json` moves only to a version that
+comes after the one it names (newer interval, then later approval), whatever order the writes
+arrive in.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from operators.kit import conditional
@@ -42,6 +54,33 @@ class RegistryError(RuntimeError):
 def version_id(data_interval_end: str, run_id: str) -> str:
     """Sortable by the data window it was trained on; unique per run."""
     return f"{safe_name(data_interval_end)[:19]}_{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+
+
+def instant(value: Any) -> datetime | None:
+    """An interval bound (ISO 8601 text or a datetime) as an aware datetime; None when there is none. Naive: UTC."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def interval_end(record: dict[str, Any] | None) -> datetime | None:
+    return instant((record or {}).get("interval_end"))
+
+
+def comes_after(mine: dict[str, Any], theirs: dict[str, Any]) -> bool:
+    """Whether approved `mine` should replace `theirs` as current: each is a version record or a `current.json`
+    pointer. By interval end first (an older interval never replaces a newer one); for the same interval, or
+    when either has no interval recorded, by approval time, then version id."""
+    mine_end, their_end = interval_end(mine), interval_end(theirs)
+    if mine_end is not None and their_end is not None and mine_end != their_end:
+        return mine_end > their_end
+
+    def approved(record: dict[str, Any]) -> tuple[float, str]:
+        at = record.get("approved_at", record.get("decided_at"))
+        return float(at) if at is not None else 0.0, str(record["version"])
+
+    return approved(mine) > approved(theirs)
 
 
 class Registry:
@@ -80,6 +119,26 @@ class Registry:
             return None
         return self.get(pointer["version"])
 
+    def approved_before(self, start: Any) -> dict[str, Any] | None:
+        """The version to compare a run of the interval starting at `start` with: the approved version of the latest
+        interval ending at or before `start` (for one interval approved more than once, the last approval).
+
+        None before any such approval: the run is then judged on its own metrics. `start` None (no interval known),
+        or a registry whose current version records no interval (written before intervals were recorded): the
+        current version, as before."""
+        begin = instant(start)
+        head = self.current()
+        if begin is None or (head is not None and interval_end(head) is None):
+            return head
+        best = None
+        for record in self.versions():
+            end = interval_end(record)
+            if record["status"] != APPROVED or end is None or end > begin:
+                continue
+            if best is None or comes_after(record, best):
+                best = record
+        return best
+
     def _update_json(self, path: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
         """Compare-and-swap `path` with `change(record)`; True when it wrote, False when `change` returned None."""
         def change_bytes(data: bytes | None) -> bytes | None:
@@ -90,14 +149,24 @@ class Registry:
 
     def register(self, version: str, *, metrics: dict[str, Any], input_stats: dict[str, Any],
                  lineage: dict[str, Any], proposed: str, reasons: list[str], artifact: str | None = None,
-                 limits: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 limits: list[dict[str, Any]] | None = None,
+                 interval: tuple[Any, Any] | None = None) -> dict[str, Any]:
         """Create `version` as PendingManualApproval and return its record.
+
+        `interval`: the (start, end) of the data the run covered (ISO 8601 or datetimes); it orders the version
+        against the current one when it is approved (see the module docstring).
 
         A retried evaluation rewrites its still-pending version. When `version` is already
         decided (the whole run was cleared and ran again), the new evaluation becomes a new
         version `<version>-r2`, `-r3`, ...: a decided version is final, also when the decision
         lands while this evaluation is being registered.
         """
+        start, end = (instant(bound) for bound in (interval or (None, None)))
+        if start is not None and end is not None and start > end:
+            raise RegistryError(f"version {version} of {self.model!r}: its interval starts at {start.isoformat()}, "
+                                f"after its end {end.isoformat()}")
+        bounds = {"interval_start": start.isoformat() if start else None,
+                  "interval_end": end.isoformat() if end else None}
         base, attempt = version, 1
         while True:
             written: dict[str, Any] = {}
@@ -111,7 +180,7 @@ class Registry:
                     "created_at": existing["created_at"] if existing else time.time(),
                     "metrics": metrics, "input_stats": input_stats, "lineage": lineage, "artifact": artifact,
                     "limits": limits, "proposed_decision": proposed, "decision_reasons": reasons,
-                    "decided_by": None, "decided_at": None,
+                    "decided_by": None, "decided_at": None, **bounds,
                 })
                 return written
 
@@ -121,10 +190,13 @@ class Registry:
             version = f"{base}-r{attempt}"
 
     def decide(self, version: str, status: str, *, by: str, note: str = "") -> dict[str, Any]:
-        """Record `status` (Approved or Rejected) for a pending `version`; an approval moves `current` to it.
+        """Record `status` (Approved or Rejected) for a pending `version`; an approval moves `current` to it unless
+        the current version covers a newer interval.
 
         Deciding again with the same status returns the recorded decision (a retried task); a
         different status than the one recorded, by anyone and however close in time, is refused.
+        An approved version that did not become current carries `not_current` (the current
+        version and why) in its record and in the returned one; `current` says whether it is.
         """
         if status not in (APPROVED, REJECTED):
             raise RegistryError(f"a decision is {APPROVED} or {REJECTED}, not {status!r}")
@@ -149,20 +221,50 @@ class Registry:
             return record
 
         self._update_json(self._version_file(version), decided)
-        if record["status"] == APPROVED:
-            self._advance_current(record)  # also when the decision was already recorded: it may have stopped here
+        if record["status"] != APPROVED:
+            return record
+        # also when the decision was already recorded: a retried task may have stopped before this
+        head = self._advance_current(record)
+        record["current"] = head["version"] == record["version"]
+        if not record["current"]:
+            record["not_current"] = {"current": head["version"], "reason": self.why_not_current(record, head)}
+            print(f"version {version} of {self.model!r} approved but not made current: "
+                  f"{record['not_current']['reason']}")
+
+            def noted(existing: dict[str, Any] | None) -> dict[str, Any] | None:
+                if existing is None or existing.get("not_current") == record["not_current"]:
+                    return None
+                return {**existing, "not_current": record["not_current"]}
+
+            self._update_json(self._version_file(version), noted)
         return record
 
-    def _advance_current(self, record: dict[str, Any]) -> None:
-        """Point `current.json` at `record` unless it names a version approved at the same time or later."""
-        mine = (float(record["decided_at"]), record["version"])
+    def why_not_current(self, record: dict[str, Any], head: dict[str, Any]) -> str:
+        """Why approved `record` is not current, the current pointer being `head`."""
+        mine, theirs = interval_end(record), interval_end(head)
+        if mine is not None and theirs is not None and mine < theirs:
+            return (f"its data interval ends {mine.isoformat()}, before the current version {head['version']}'s "
+                    f"({theirs.isoformat()}): an older interval (a backfill, or a late approval) never replaces a "
+                    f"newer current version. It stays {APPROVED} and is published under versions/{record['version']}/")
+        return (f"the current version {head['version']} covers the same or a later interval and was approved at "
+                f"{_when(head.get('approved_at'))}, after this one: the later approval stays current")
+
+    def _advance_current(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Point `current.json` at `record` unless the version it names comes after it (`comes_after`); returns the
+        pointer as it is afterwards."""
+        after: dict[str, Any] = {}
 
         def later(pointer: dict[str, Any] | None) -> dict[str, Any] | None:
-            if pointer is not None and (float(pointer["approved_at"]), pointer["version"]) >= mine:
+            after.clear()
+            if pointer is not None and (pointer["version"] == record["version"] or not comes_after(record, pointer)):
+                after.update(pointer)
                 return None
-            return {"version": record["version"], "approved_at": record["decided_at"]}
+            after.update({"version": record["version"], "approved_at": record["decided_at"],
+                          "interval_end": record.get("interval_end")})
+            return dict(after)
 
         self._update_json(self.loc.join("current.json"), later)
+        return after
 
     def publish(self, version: str) -> str:
         """Copy an approved version's artifact to `published/<model>/versions/<version>/`; bring `current/` up to date.
@@ -192,6 +294,8 @@ class Registry:
         out.write_bytes(versioned, data)
         if self._sync_published_current(out) == version:
             return out.join("current", artifact)
+        reason = (record.get("not_current") or {}).get("reason") or "another version is current"
+        print(f"version {version} of {self.model!r} published to {versioned} only, not to current/: {reason}")
         return versioned
 
     def _sync_published_current(self, out) -> str | None:

@@ -227,6 +227,33 @@ def test_a_run_with_dead_letters_is_not_approved_automatically_unless_the_param_
     assert run_evaluation(tmp_path, scores, "r4")["proposal"] == "approve"
 
 
+def test_a_backfilled_interval_is_compared_with_the_version_approved_for_the_interval_before_it(tmp_path):
+    models = registry.Registry(str(tmp_path), "scores", aws_conn_id=None)
+    first = run_evaluation(tmp_path, [0.5] * 4, "w12", interval=("2026-01-12T00:00:00+00:00",
+                                                                 "2026-01-19T00:00:00+00:00"))
+    models.decide(first["version"], registry.APPROVED, by="thresholds")
+    newest = run_evaluation(tmp_path, [0.9] * 4, "w26", interval=("2026-01-26T00:00:00+00:00",
+                                                                  "2026-02-02T00:00:00+00:00"))
+    models.decide(newest["version"], registry.APPROVED, by="thresholds")
+    backfill = run_evaluation(tmp_path, [0.6] * 4, "w19", interval=("2026-01-19T00:00:00+00:00",
+                                                                    "2026-01-26T00:00:00+00:00"))
+    assert backfill["comparison"]["previous_version"] == first["version"]  # not the newest version
+    assert backfill["comparison"]["score_mean_increase"] == pytest.approx(0.1)
+    assert models.get(backfill["version"])["interval_end"] == "2026-01-26T00:00:00+00:00"
+    decided = models.decide(backfill["version"], registry.APPROVED, by="thresholds")
+    assert decided["current"] is False and models.current()["version"] == newest["version"]
+
+
+def test_a_notification_says_when_an_approved_version_was_not_made_current(data_root):
+    reason = "its data interval ends 2026-01-26, before the current version w26's (2026-02-02)"
+    decision = {"status": "Approved", "by": "thresholds", "proposed": "approve", "reasons": [],
+                "not_current": {"current": "w26", "reason": reason}}
+    _, body = notify.success_message(other_pipeline_summary(decision=decision))
+    assert f"not made current (current stays w26): {reason}" in body
+    _, body = notify.success_message(other_pipeline_summary())
+    assert "not made current" not in body
+
+
 def test_evaluate_run_refuses_a_bad_override_before_it_registers_anything(tmp_path):
     with pytest.raises(ValueError, match="approve_nope"):
         run_evaluation(tmp_path, [0.5] * 4, "r1", overrides={"approve": {"nope": 1}})

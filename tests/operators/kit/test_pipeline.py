@@ -269,10 +269,11 @@ def test_the_stages_of_a_run_without_a_logical_date_get_the_end_of_its_inferred_
     assert seen == [("resolve", utc(2026, 2, 16)), ("prepare", ("2026-01-19", "2026-02-16"))]
 
     evaluated = []
-    monkeypatch.setattr(pipeline, "evaluate", lambda *args: evaluated.append(args))
+    monkeypatch.setattr(pipeline, "evaluate", lambda *args, **kwargs: evaluated.append((args, kwargs)))
     dag.get_task("evaluate").python_callable({}, {}, **context)
-    [(_, _, _, run_id, logical_date, end)] = evaluated
+    [((_, _, _, run_id, logical_date, end), kwargs)] = evaluated
     assert logical_date is None and end == utc(2026, 2, 16)
+    assert kwargs == {"data_interval_start": utc(2026, 2, 9)}  # the version is compared with the week before
     lineage = pipeline.lineage({"window": ["2026-01-19", "2026-02-16"], "input_uri": "/data/in.csv",
                                 "manifest_uri": "m"}, {"job_ids": []}, dag.params.dump(), run_id, logical_date)
     assert lineage["logical_date"] is None  # not the text "None"
@@ -363,3 +364,37 @@ def test_a_run_with_dead_letters_is_reviewed_not_auto_approved_and_the_param_can
     assert message["subject"] == (f"[probe] Approved: version {allowed['version']} "
                                   "(300 units: 294 computed, 0 cached, 6 dead-lettered)")
     assert summary["fanout"]["units_computed"] == 294
+
+
+def test_a_backfilled_week_approved_after_a_newer_one_is_published_but_does_not_become_current(data_root):
+    """The pipeline's evaluate, decide, publish and notify stages, the newer week first, then its backfill."""
+    import json
+
+    pipeline = UnitPipeline("probe", workload="noop", evaluator=ScoreEvaluator(), model="probe", start_date=START,
+                            publish=PublishTarget(asset=Asset("probe_current")), doc_md="d", tags=["t"])
+    params = pipeline.build().params.dump()
+    prepared = {"units": 4, "rows_ok": 4, "rows_in": 4, "rows_quarantined": 0, "quarantined_by_reason": {},
+                "window": None, "started_at": 0.0, "input_uri": "/in.csv", "manifest_uri": "m"}
+
+    def run(name: str, start, end, scores) -> tuple[dict, dict, str]:
+        fanout = {"results": [shard_results(data_root / "runs" / name, scores)], "job_ids": [], "batches": 1,
+                  "succeeded": 1, "cached": 0, "failed": 0, "units": 4, "units_failed": 0}
+        evaluation = pipeline.evaluate(fanout, prepared, params, name, start, end, data_interval_start=start)
+        decision = pipeline.decide(evaluation, None)
+        published = pipeline.publish(evaluation, decision)
+        pipeline.notify(prepared, fanout, evaluation, decision, published, "probe", name)
+        return evaluation, decision, published
+
+    newer, decided, published = run("scheduled__w3", utc(2026, 1, 19), utc(2026, 1, 26), [0.5] * 4)
+    assert decided["status"] == "Approved" and "not_current" not in decided
+    assert published.endswith("/published/probe/current/outputs.parquet")
+    older, decided, published = run("backfill__w1", utc(2026, 1, 5), utc(2026, 1, 12), [0.4] * 4)
+    assert older["comparison"]["previous_version"] is None  # nothing approved for an interval before it
+    assert decided["status"] == "Approved" and decided["not_current"]["current"] == newer["version"]
+    assert published.endswith(f"/published/probe/versions/{older['version']}/outputs.parquet")
+    pointer = json.loads((data_root / "published" / "probe" / "current" / "version.json").read_text())
+    assert pointer["version"] == newer["version"]
+    [message] = [m for m in (json.loads(p.read_text()) for p in (data_root / "outbox").glob("*.json"))
+                 if m["data"]["run_id"] == "backfill__w1"]
+    assert f"not made current (current stays {newer['version']})" in message["body"]
+    assert "never replaces a newer current version" in message["body"]

@@ -370,3 +370,102 @@ def test_a_publish_overtaken_by_a_newer_approval_copies_the_newer_version(root, 
     monkeypatch.setattr(models, "current", current)
     assert models.publish("v1").endswith("/versions/v1/model.bin")
     assert published_current(root) == ("v2", b"model 2")
+
+
+# --- intervals: backfills and late approvals ------------------------------------------------------------
+
+def week(day: int) -> tuple[str, str]:
+    """The weekly interval of January 2026 starting on `day` (a Monday: 5, 12, 19, 26)."""
+    return f"2026-01-{day:02d}T00:00:00+00:00", f"2026-01-{day + 7:02d}T00:00:00+00:00" if day + 7 <= 31 else \
+        f"2026-02-{day + 7 - 31:02d}T00:00:00+00:00"
+
+
+def approved_week(models: registry.Registry, version: str, day: int, status: str = registry.APPROVED,
+                  content: bytes | None = None) -> dict:
+    models.register(version, **ARGS, interval=week(day), artifact="model.bin" if content else None)
+    if content:
+        loc = location(models.version_dir(version))
+        loc.write_bytes(loc.join("model.bin"), content)
+    return models.decide(version, status, by="thresholds")
+
+
+def test_a_backfilled_older_interval_never_replaces_a_newer_current_version(root):
+    models = registry.Registry(root, "scores")
+    assert approved_week(models, "w19", 19)["current"] is True
+    older = approved_week(models, "w05", 5)  # a backfill of an older week, approved after the newer one
+    assert older["status"] == registry.APPROVED and older["current"] is False
+    assert models.current()["version"] == "w19"
+    stored = models.get("w05")  # kept as an approved version, and its record says why it is not current
+    assert stored["status"] == registry.APPROVED and stored["not_current"]["current"] == "w19"
+    assert "its data interval ends 2026-01-12T00:00:00+00:00, before the current version w19's " \
+           "(2026-01-26T00:00:00+00:00)" in stored["not_current"]["reason"]
+    assert stored["interval_start"] == "2026-01-05T00:00:00+00:00"
+    # the same decision again (a retried task) says the same
+    assert models.decide("w05", registry.APPROVED, by="thresholds")["current"] is False
+    # a newer interval moves current; a rerun of the current interval approved later does too
+    assert approved_week(models, "w26", 26)["current"] is True
+    assert approved_week(models, "w26-r2", 26)["current"] is True
+    assert models.current()["version"] == "w26-r2"
+
+
+def test_a_late_approval_of_an_older_version_leaves_the_newer_current(root):
+    """A person approves last week's version (it waited under Required Actions) after this week's was approved."""
+    models = registry.Registry(root, "scores")
+    models.register("w12", **ARGS, interval=week(12))  # pending: waits for a person
+    approved_week(models, "w19", 19)
+    late = models.decide("w12", registry.APPROVED, by="person:ann")
+    assert late["status"] == registry.APPROVED and late["current"] is False
+    assert models.current()["version"] == "w19"
+    assert "a late approval" in late["not_current"]["reason"]
+
+
+def test_approvals_of_several_intervals_at_once_leave_the_newest_interval_current(root):
+    models = registry.Registry(root, "scores")
+    days = (26, 5, 19, 12)
+    for day in days:
+        models.register(f"w{day:02d}", **ARGS, interval=week(day))
+    outcomes = together(*[lambda d=d: models.decide(f"w{d:02d}", registry.APPROVED, by="thresholds") for d in days])
+    assert not [o for o in outcomes if isinstance(o, Exception)]
+    assert models.current()["version"] == "w26"
+    # each outcome says whether it was made current when it landed; the newest interval always is
+    assert [o["current"] for o in outcomes if o["version"] == "w26"] == [True]
+    assert all(o["not_current"]["reason"] for o in outcomes if not o["current"])
+
+
+def test_each_interval_is_compared_with_the_version_approved_for_the_interval_before_it(root):
+    models = registry.Registry(root, "scores")
+    approved_week(models, "w05", 5)
+    approved_week(models, "w12", 12)
+    approved_week(models, "w12-r2", 12)  # the week run again and approved later: the one to compare with
+    approved_week(models, "w19", 19, status=registry.REJECTED)
+    approved_week(models, "w26", 26)
+    assert models.approved_before(week(19)[0])["version"] == "w12-r2"  # not the newest, w26
+    assert models.approved_before(week(26)[0])["version"] == "w12-r2"  # w19 was rejected
+    assert models.approved_before(week(12)[0])["version"] == "w05"  # a rerun of week 12: the week before
+    assert models.approved_before("2026-01-05T00:00:00Z") is None  # nothing before the first week
+    assert models.approved_before(None)["version"] == "w26"  # no interval known: the current version
+
+
+def test_a_registry_from_before_intervals_keeps_comparing_with_its_current_version(root):
+    models = registry.Registry(root, "scores")
+    models.register("old", **ARGS)  # no interval recorded
+    models.decide("old", registry.APPROVED, by="thresholds")
+    assert models.approved_before(week(12)[0])["version"] == "old"
+    # the first version with an interval is compared with it, and approved later, it becomes current
+    assert approved_week(models, "w12", 12)["current"] is True
+
+
+def test_publishing_a_backfilled_interval_writes_its_version_and_leaves_current_alone(root, capsys):
+    models = registry.Registry(root, "scores")
+    approved_week(models, "w19", 19, content=b"week 19")
+    assert models.publish("w19").endswith("/current/model.bin")
+    approved_week(models, "w05", 5, content=b"week 5")
+    assert models.publish("w05").endswith("/versions/w05/model.bin")
+    assert published_current(root) == ("w19", b"week 19")
+    assert "published to " in capsys.readouterr().out
+
+
+def test_an_interval_that_ends_before_it_starts_is_refused(root):
+    models = registry.Registry(root, "scores")
+    with pytest.raises(registry.RegistryError, match="starts at 2026-01-12T00:00:00\\+00:00, after its end"):
+        models.register("bad", **ARGS, interval=("2026-01-12T00:00:00Z", "2026-01-05T00:00:00Z"))
