@@ -3,8 +3,8 @@
     registry/<model>/versions/<version>/version.json   status, metrics, input_stats, lineage, limits, decision
     registry/<model>/versions/<version>/report.html    the evaluation report
     registry/<model>/versions/<version>/<artifact>     the run's outputs (the evaluator's `artifact`)
-    registry/<model>/current.json                      the last approved version (its id and when)
-    published/<model>/current/<artifact>               what `publish` wrote for the last approved version
+    registry/<model>/current.json                      the current version (its id, when approved, its interval end)
+    published/<model>/current/<artifact>               what `publish` wrote for the current version
     published/<model>/versions/<version>/<artifact>    ... and for each version it published
 
 Statuses follow SageMaker's model registry: PendingManualApproval, Approved, Rejected. A rejected
@@ -112,7 +112,7 @@ class Registry:
         return sorted(records, key=lambda r: (r["created_at"], r["version"]))
 
     def current(self) -> dict[str, Any] | None:
-        """The last approved version, or None before the first approval."""
+        """The current version (the approved version of the newest interval), or None before the first approval."""
         try:
             pointer = self.loc.read_json(self.loc.join("current.json"))
         except FileNotFoundError:
@@ -216,7 +216,8 @@ class Registry:
                     f"final, so this {status} decision by {by} was not recorded. "
                     + ("To use this model, run the training for its week again: that registers a new version to "
                        "approve" if status == APPROVED else
-                       "To stop using it, approve a newer version: current moves to the version approved last"))
+                       "To stop using it, approve a newer version: current moves to the approved version of the newest "
+                       "interval"))
             record.update(status=status, decided_by=by, decided_at=time.time(), decision_note=note)
             return record
 

@@ -375,9 +375,11 @@ def test_a_publish_overtaken_by_a_newer_approval_copies_the_newer_version(root, 
 # --- intervals: backfills and late approvals ------------------------------------------------------------
 
 def week(day: int) -> tuple[str, str]:
-    """The weekly interval of January 2026 starting on `day` (a Monday: 5, 12, 19, 26)."""
-    return f"2026-01-{day:02d}T00:00:00+00:00", f"2026-01-{day + 7:02d}T00:00:00+00:00" if day + 7 <= 31 else \
-        f"2026-02-{day + 7 - 31:02d}T00:00:00+00:00"
+    """The weekly interval starting on January `day` 2026 (a Monday: 5, 12, 19, 26), as ISO 8601 text."""
+    from datetime import datetime, timedelta, timezone
+
+    start = datetime(2026, 1, day, tzinfo=timezone.utc)
+    return start.isoformat(), (start + timedelta(days=7)).isoformat()
 
 
 def approved_week(models: registry.Registry, version: str, day: int, status: str = registry.APPROVED,
