@@ -1,7 +1,9 @@
 """The run view inside the Airflow UI, and the DAG run's note.
 
 - A FastAPI app mounted at /airbatch in the api-server: the run view of a unit pipeline's run
-  (operators.kit.runview), its dead-letter units as CSV, its report, its files and its Batch jobs.
+  (operators.kit.runview), its dead-letter units as CSV, its report, its files and its Batch jobs (a page
+  per job: status, attempts, log tail, through the connection's endpoint; the Batch links of a task point
+  there when that endpoint is not AWS's).
   Every route requires Airflow's own login and the right to read the DAG's runs
   (`requires_access_dag("GET", RUN)`, as the core API's routes do): a mounted app gets neither by itself.
 - External views: "Run view" on the DAG-run page, and on each task instance (a shard's shows that shard).
@@ -128,20 +130,49 @@ def create_app():
         return Response(data, media_type=kind, headers={"X-Content-Type-Options": "nosniff",
                                                         "Content-Disposition": "attachment"})
 
-    @app.get("/runs/{dag_id}/{run_id}/jobs/{job_id}", dependencies=can_read_run)
-    def job(dag_id: str, run_id: str, job_id: str, session: SessionDep):
-        from operators.kit.cost import batch_describer
+    def run_job(session, dag_id: str, run_id: str, job_id: str) -> dict:
+        """DescribeJobs of `job_id`, only when it (or its array parent) is one of the run's jobs."""
+        from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 
-        completed, failed = runview.shard_summaries(session, dag_id, run_id)
         run_states(session, dag_id, run_id)
-        parents = {j for s in [*completed.values(), *failed.values()] for j in s.get("job_ids", [])}
-        if job_id.split(":")[0] not in parents:
+        if job_id.split(":")[0] not in runview.run_job_ids(session, dag_id, run_id):
             raise HTTPException(404, f"job {job_id!r} is not one of run {run_id!r}'s Batch jobs")
-        describe, _ = batch_describer()
-        jobs = describe([job_id])
+        client = BatchClientHook(aws_conn_id="aws_default").client
+        jobs = client.describe_jobs(jobs=[job_id])["jobs"]
         if not jobs:
             raise HTTPException(404, f"AWS Batch no longer knows job {job_id!r}")
-        return JSONResponse(json.loads(json.dumps(jobs[0], default=str)))
+        return jobs[0], client
+
+    @app.get("/runs/{dag_id}/{run_id}/jobs/{job_id}/data.json", dependencies=can_read_run)
+    def job_data(dag_id: str, run_id: str, job_id: str, session: SessionDep):
+        return JSONResponse(json.loads(json.dumps(run_job(session, dag_id, run_id, job_id)[0], default=str)))
+
+    @app.get("/runs/{dag_id}/{run_id}/jobs/{job_id}", dependencies=can_read_run, response_class=HTMLResponse)
+    def job_page(dag_id: str, run_id: str, job_id: str, session: SessionDep):
+        # Where the task's Batch links point on an endpoint other than AWS's (the local one): the job's status,
+        # attempts and log tail through that endpoint, read-only.
+        from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+
+        job, client = run_job(session, dag_id, run_id, job_id)
+        lines = None
+        stream = runview.log_stream_of(job)
+        if stream:
+            logs = AwsLogsHook(aws_conn_id="aws_default").conn
+            try:
+                events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream,
+                                             startFromHead=False, limit=runview.JOB_LOG_LINES)["events"]
+                lines = [str(event.get("message", "")) for event in events]
+            except logs.exceptions.ResourceNotFoundException:
+                lines = None
+        failed = []
+        if (job.get("arrayProperties") or {}).get("size"):
+            pages = client.get_paginator("list_jobs").paginate(arrayJobId=job["jobId"], jobStatus="FAILED")
+            for page in pages:
+                failed.extend(page["jobSummaryList"])
+                if len(failed) > runview.JOB_CHILDREN_SHOWN:
+                    break
+            failed.sort(key=lambda c: (c.get("arrayProperties") or {}).get("index", 0))
+        return HTMLResponse(runview.render_job_page(dag_id, run_id, job, lines, failed), headers=page_policy)
 
     return app
 

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+from airflow.providers.amazon.aws.links.batch import BatchJobDefinitionLink, BatchJobDetailsLink, BatchJobQueueLink
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
@@ -110,6 +112,50 @@ class ReadableBatchLog:
         self._wrapped.info(msg, *args, **kwargs)
 
 
+def on_other_endpoint(operator) -> bool:
+    """Whether the operator's connection sends Batch calls to an endpoint of its own (the local endpoint) rather
+    than AWS's: the AWS console would not know its jobs."""
+    return bool(operator.hook.conn_config.get_service_endpoint_url("batch"))
+
+
+class JobPageOnEndpoint:
+    """A provider Batch link that, on an endpoint other than AWS's, opens the run view's page of the task's job
+    (status, attempts, log tail through that endpoint) instead of the AWS console, which would not know the job.
+    On AWS it is the provider's link. Airflow works a link out when the task ends and keeps it in an XCom."""
+
+    anchor = ""
+
+    def get_link(self, operator, *, ti_key) -> str:
+        try:
+            if not on_other_endpoint(operator):
+                return super().get_link(operator, ti_key=ti_key)
+            from airflow.providers.common.compat.sdk import XCom
+
+            from operators.kit.runview import SUBMITTED_JOB_KEY, job_page_path
+
+            submitted = XCom.get_value(key=SUBMITTED_JOB_KEY, ti_key=ti_key) or {}
+            job_id = submitted.get("job_id") if isinstance(submitted, dict) else None
+            return job_page_path(ti_key.dag_id, ti_key.run_id, str(job_id)) + self.anchor if job_id else ""
+        except Exception:  # noqa: BLE001 - a link must never change a task's outcome
+            return ""
+
+
+class JobDetailsLink(JobPageOnEndpoint, BatchJobDetailsLink):
+    pass
+
+
+class JobDefinitionLink(JobPageOnEndpoint, BatchJobDefinitionLink):
+    anchor = "#job"
+
+
+class JobQueueLink(JobPageOnEndpoint, BatchJobQueueLink):
+    anchor = "#job"
+
+
+class JobLogLink(JobPageOnEndpoint, CloudWatchEventsLink):
+    anchor = "#log"
+
+
 class ReadableBatchClientHook(BatchClientHook):
     """The provider's Batch hook, whose `check_job_success` logs a job's whole description: one line here."""
 
@@ -137,6 +183,8 @@ class HouseBatchOperator(BatchOperator):
 
     template_fields: Sequence[str] = ()
     aws_hook_class = ReadableBatchClientHook
+    # The provider's four links, each opening the run view's job page on an endpoint other than AWS's.
+    operator_extra_links = (JobDetailsLink(), JobDefinitionLink(), JobQueueLink(), JobLogLink())
 
     def __init__(
         self,

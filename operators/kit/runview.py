@@ -163,6 +163,27 @@ def note_for_run(session, dag_id: str, run_id: str) -> str | None:
     return note_text(counts)
 
 
+#: The XCom key where the provider's BatchOperator keeps each submitted job's id (BatchJobDetailsLink.key).
+SUBMITTED_JOB_KEY = "batch_job_details"
+
+
+def run_job_ids(session, dag_id: str, run_id: str) -> set[str]:
+    """Every Batch job the run submitted: the shard summaries' `job_ids`, and the job each Batch task recorded
+    when it submitted it (a plain HouseBatchOperator's, as in batch_smoke, has no summary)."""
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+
+    completed, failed = shard_summaries(session, dag_id, run_id)
+    ids = {str(j) for s in [*completed.values(), *failed.values()] for j in s.get("job_ids", [])}
+    for value in session.scalars(select(XComModel.value).where(
+            XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key == SUBMITTED_JOB_KEY)):
+        value = json.loads(value) if isinstance(value, (str, bytes)) else value
+        if isinstance(value, dict) and value.get("job_id"):
+            ids.add(str(value["job_id"]))
+    return ids
+
+
 def planned_batches(session, dag_id: str, run_id: str) -> dict[int, int]:
     """{shard index: batch count} from the run's plan step (empty when it did not run)."""
     for _, _, value in xcoms(session, dag_id, run_id, (PLAN_TASK,)):
@@ -375,8 +396,14 @@ def version_folder_of(report_uri: str | None, run_id: str, dag_id: str, root: st
 
 # --- the view's data -----------------------------------------------------------------------------------
 
+def job_page_path(dag_id: str, run_id: str, job_id: str) -> str:
+    """The run view's page of one of the run's Batch jobs (status, attempts, log tail), through the connection's
+    endpoint: where the job's links point on an endpoint other than AWS's (the local one)."""
+    return f"{run_view_path(dag_id, run_id)}/jobs/{quote(job_id, safe='')}"
+
+
 def job_links(job_id: str, dag_id: str, run_id: str, region: str | None, local: bool) -> dict[str, str]:
-    links = {"description": f"{run_view_path(dag_id, run_id)}/jobs/{quote(job_id, safe='')}"}
+    links = {"description": job_page_path(dag_id, run_id, job_id)}
     if not local and region:
         links["console"] = (f"https://{region}.console.aws.amazon.com/batch/home?region={region}"
                             f"#jobs/detail/{quote(job_id, safe='')}")
@@ -574,4 +601,76 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
         parts.append(f'<h2>Report</h2><p><a href="{_e(base)}/report" target="_blank">open alone</a></p>'
                      f'<iframe title="report" src="{_e(base)}/report"></iframe>')
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>Run {_e(data["run_id"])}</title>'
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+# --- a Batch job's page ------------------------------------------------------------------------------------
+
+#: How many lines of a job's log its page shows, and how many failed children it lists.
+JOB_LOG_LINES = 40
+JOB_CHILDREN_SHOWN = 20
+
+
+def _when(epoch_ms: Any) -> str:
+    import datetime as dt
+
+    if not isinstance(epoch_ms, (int, float)) or isinstance(epoch_ms, bool):
+        return ""
+    return dt.datetime.fromtimestamp(epoch_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def log_stream_of(job: dict[str, Any]) -> str | None:
+    """The log stream of the job's last attempt (a plain job or an array child), else of its container."""
+    attempts = job.get("attempts") or []
+    if attempts and (attempts[-1].get("container") or {}).get("logStreamName"):
+        return attempts[-1]["container"]["logStreamName"]
+    return (job.get("container") or {}).get("logStreamName")
+
+
+def render_job_page(dag_id: str, run_id: str, job: dict[str, Any], log_lines: list[str] | None,
+                    failed_children: list[dict[str, Any]]) -> str:
+    """One Batch job as DescribeJobs tells it through the connection's endpoint: status, queue, definition,
+    array children, every attempt and the tail of the log. Read-only; every value escaped; no script."""
+    base = run_view_path(dag_id, run_id)
+    array = job.get("arrayProperties") or {}
+    rows = [["job id", job.get("jobId")], ["name", job.get("jobName")],
+            ["status", job.get("status")], ["status reason", job.get("statusReason")],
+            ["queue", job.get("jobQueue")], ["job definition", job.get("jobDefinition")],
+            ["created", _when(job.get("createdAt"))], ["started", _when(job.get("startedAt"))],
+            ["stopped", _when(job.get("stoppedAt"))]]
+    if array.get("size"):
+        summary = ", ".join(f"{n} {state}" for state, n in (array.get("statusSummary") or {}).items() if n)
+        rows.append(["array", f"{array['size']} children" + (f": {summary}" if summary else "")])
+    if "index" in array:
+        rows.append(["array index", array["index"]])
+    parts = [f"<h1>AWS Batch job {_e(job.get('jobId'))}</h1>",
+             f'<p>Of run <a href="{_e(base)}">{_e(run_id)}</a> of {_e(dag_id)}; as DescribeJobs returns it through '
+             f'the connection\'s endpoint (<a href="{_e(job_page_path(dag_id, run_id, str(job.get("jobId"))))}'
+             f'/data.json">JSON</a>).</p>',
+             '<h2 id="job">Job</h2>', _table(["", ""], [r for r in rows if r[1] not in (None, "")])]
+    if array.get("size"):
+        parts.append("<h2>Failed children</h2>")
+        if failed_children:
+            parts.append(_table(["child", "status reason"], [
+                [f'<a href="{_e(job_page_path(dag_id, run_id, c["jobId"]))}">{_e(c["jobId"])}</a>',
+                 _e(c.get("statusReason"))] for c in failed_children[:JOB_CHILDREN_SHOWN]], raw_columns=(0, 1)))
+            if len(failed_children) > JOB_CHILDREN_SHOWN:
+                parts.append(f"<p>{len(failed_children) - JOB_CHILDREN_SHOWN:,} more not shown.</p>")
+        else:
+            parts.append("<p>None.</p>")
+        parts.append(f"<p>A child's page: {_e(job_page_path(dag_id, run_id, str(job.get('jobId'))))}:&lt;index&gt;</p>")
+    attempts = job.get("attempts") or []
+    parts.append(f"<h2>Attempts ({len(attempts)})</h2>")
+    if attempts:
+        parts.append(_table(["#", "started", "stopped", "exit code", "reason", "log stream"], [
+            [number, _when(a.get("startedAt")), _when(a.get("stoppedAt")), (a.get("container") or {}).get("exitCode"),
+             "; ".join(str(x) for x in (a.get("statusReason"), (a.get("container") or {}).get("reason")) if x),
+             (a.get("container") or {}).get("logStreamName")] for number, a in enumerate(attempts, start=1)]))
+    parts.append(f'<h2 id="log">Log (last {JOB_LOG_LINES} lines)</h2>')
+    if log_lines is None:
+        parts.append("<p>No log stream" + (" (an array job logs per child: open a child's page)" if array.get("size")
+                                           else "") + ".</p>")
+    else:
+        parts.append("<pre>" + _e("\n".join(log_lines) or "(empty)") + "</pre>")
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>Job {_e(job.get("jobId"))}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")

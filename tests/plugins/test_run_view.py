@@ -147,7 +147,7 @@ def test_the_run_view_shows_the_runs_numbers_from_its_files(api, dead_letter_run
     assert data["lineage"]["workload"] == "noop" and data["version"] is None
     job = dead_shard["jobs"][0]
     assert job["description"].startswith(base + "/jobs/") and "console" not in job  # local: the endpoint's record
-    described = reader.get(job["description"]).json()
+    described = reader.get(job["description"] + "/data.json").json()
     assert described["jobId"] == job["job_id"] and described["status"] in ("SUCCEEDED", "FAILED")
 
     dead = pd.read_parquet(summary["dead_letter"])
@@ -163,6 +163,50 @@ def test_the_run_view_shows_the_runs_numbers_from_its_files(api, dead_letter_run
     assert "bad_data" in html and "Download all as CSV" in html and "u000007" in html
     shard_page = reader.get(base, params={"shard": dead_shard["shard"]}).text
     assert dead_shard["label"] in shard_page and f"Shard {dead_shard['shard']} only" in shard_page
+
+
+def test_a_shards_batch_links_open_the_run_views_job_page_on_the_local_endpoint(api, dead_letter_run,
+                                                                             module_data_root, monkeypatch):
+    """The provider's links point at the AWS console, which knows no job of the local endpoint: here they open
+    the run view's page of the job, with its status, attempts and log tail read through the endpoint."""
+    from urllib.parse import quote
+
+    monkeypatch.setenv("DATA_ROOT", str(module_data_root))
+    reader = api("reader")
+    base = view(dead_letter_run)
+    run_id = quote(dead_letter_run.run_id, safe="")
+    answer = reader.get(f"/api/v2/dags/{dead_letter_run.dag_id}/dagRuns/{run_id}/taskInstances/run_shard/links",
+                        params={"map_index": 0})
+    assert answer.status_code == 200, answer.text
+    links = answer.json()["extra_links"]
+    assert set(links) == {"Batch Job Details", "Batch Job Definition", "Batch Job Queue", "CloudWatch Events"}
+    assert not any("console.aws" in (link or "") for link in links.values()), links
+    details = links["Batch Job Details"]
+    assert details.startswith(base + "/jobs/"), links
+    job_id = details.rsplit("/", 1)[-1]
+    assert links["CloudWatch Events"] == details + "#log" and links["Batch Job Queue"] == details + "#job"
+
+    page = reader.get(details)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert f"AWS Batch job {job_id}" in page.text and "airbatch-cpu" in page.text and "SUCCEEDED" in page.text
+    assert "array" in page.text and "<script" not in page.text
+    # an array job logs per child: a child's page has its attempts and the tail of its log
+    child = reader.get(f"{details}:0")
+    assert child.status_code == 200 and "Attempts (1)" in child.text, child.text
+    assert '<h2 id="log">' in child.text and "No log stream" not in child.text
+    assert "child 0 finished in" in child.text  # the worker's own last line, read through the endpoint
+
+
+def test_a_job_page_escapes_what_the_job_recorded():
+    from operators.kit import runview
+
+    job = {"jobId": "j-1", "jobName": "<img src=x onerror=alert(1)>", "status": "FAILED",
+           "statusReason": "<b>boom</b>", "attempts": [{"startedAt": 0, "stoppedAt": 1000,
+                                                       "container": {"exitCode": 1, "reason": "<i>oom</i>"}}]}
+    page = runview.render_job_page("d", "r", job, ["<script>alert(1)</script>"], [])
+    assert "<img src=x" not in page and "<b>boom" not in page and "<script>alert" not in page
+    assert "&lt;b&gt;boom&lt;/b&gt;" in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
 def test_a_job_of_another_run_and_paths_outside_the_runs_folder_are_refused(api, dead_letter_run, module_data_root,

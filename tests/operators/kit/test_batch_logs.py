@@ -1,4 +1,5 @@
-"""A shard's log through the real local endpoint: one readable line per Batch call, never boto's raw answers."""
+"""The house Batch operator through the real local endpoint: one readable log line per Batch call, never boto's raw
+answers; its links know which endpoint they are on."""
 from __future__ import annotations
 
 import time
@@ -46,3 +47,18 @@ def test_a_batch_jobs_log_names_the_job_in_one_line_without_the_api_answers(loca
     assert "AWS Batch job - container overrides: command of 5 words; environment DATA_ROOT" in lines, text
     assert "AWS Batch job - array of 2 children" in lines
     assert f"AWS Batch job {operator.job_id} terminated" in lines
+
+
+def test_the_links_know_the_local_endpoint_from_aws(local_aws, monkeypatch):
+    """On the local endpoint the Batch links open the run view's job page (tests/plugins/test_run_view.py); on AWS
+    (a connection without an endpoint) they stay the provider's console links."""
+    from operators.kit.batch import HouseBatchOperator, JobDetailsLink, on_other_endpoint
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_PLAIN", '{"conn_type": "aws", "extra": {"region_name": "eu-west-1"}}')
+    local = HouseBatchOperator(task_id="t", job_name="j", job_queue="q", job_definition="d")
+    on_aws = HouseBatchOperator(task_id="t", job_name="j", job_queue="q", job_definition="d", aws_conn_id="aws_plain")
+    assert on_other_endpoint(local) and not on_other_endpoint(on_aws)
+    assert {type(link).__name__ for link in HouseBatchOperator.operator_extra_links} == {
+        "JobDetailsLink", "JobDefinitionLink", "JobQueueLink", "JobLogLink"}
+    assert JobDetailsLink().format_link(region_name="eu-west-1", aws_domain="aws.amazon.com", job_id="j-1") == \
+        "https://console.aws.amazon.com/batch/home?region=eu-west-1#jobs/detail/j-1"  # the provider's, on AWS
