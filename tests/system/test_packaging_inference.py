@@ -1,5 +1,6 @@
 """packaging_inference_daily/monthly end to end through dag.test() against the local endpoint: the latest approved
-model, a skip without one, a failure for a damaged one, daily windows, caching by model version, and approval starting inference."""
+model, a skip without one, a failure for a damaged one, daily windows, caching by model version, and approval
+starting inference."""
 from __future__ import annotations
 
 import json

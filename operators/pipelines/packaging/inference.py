@@ -5,9 +5,10 @@
 
 - **dataset** resolves the latest **approved** version of `packaging` from the registry at run
   time (never a pending or rejected one; none yet: the run skips itself here, before any data is
-  generated or any Batch job submitted, with a `skipped` notification and a run note saying why), checks that its artifact is published and readable (its Parquet
-  footer and model columns: a damaged file fails here, naming file and version, not in every Batch
-  job), and fixes the run's window:
+  generated or any Batch job submitted, with a `skipped` notification and a run note saying why),
+  checks that its artifact is published and readable (its Parquet footer and model columns: a
+  damaged file fails here, naming file and version, not in every Batch job), and fixes the run's
+  window:
   the whole inventory added before the run's day (`monthly`), or the products added since the
   last successful run (`daily`, see `daily_since`);
 - **plan** passes the version and its artifact as the workload's run-time parameters, so both are
@@ -84,8 +85,8 @@ class NoModelYet(NoApprovedModel):
 
 def approved_model(root: str | None = None) -> dict[str, Any]:
     """The latest approved version of `packaging` and its published artifact; NoModelYet when none was ever
-    approved; NoApprovedModel when its artifact is missing or cannot be read (its Parquet footer and columns are checked here, so that a
-    damaged file fails the run's first task, by name, instead of every Batch job)."""
+    approved; NoApprovedModel when its artifact is missing or cannot be read (its Parquet footer and columns are
+    checked here, so that a damaged file fails the run's first task, by name, instead of every Batch job)."""
     from batch_worker.workloads import BadData
     from batch_worker.workloads.packaging_scoring import artifact_path, check_model_artifact
 
