@@ -367,6 +367,7 @@ class UnitPipeline:
         # A dataset stage may fix the window itself when it depends on more than the data interval.
         window = tuple(source["window"]) if source.get("window") else self.source.window(params, data_interval_end)
         out = f"{root}/prep"
+        empty_window = None
         try:
             result = prep.prepare_configured(source["uri"], self.workload.schema, out, params["bucket_count"],
                                              window=window, storage_options=engine.options_for(out, "aws_default"),
@@ -376,13 +377,12 @@ class UnitPipeline:
         except prep.EmptyWindow as empty:
             if not self.empty_window_skips:
                 raise
-            from airflow.sdk.exceptions import AirflowSkipException
+            empty_window = empty
+        if empty_window is not None:
+            from operators.kit.runview import skip_rest_of_run
 
-            from operators.kit import notify
-
-            reason = f"{empty}: nothing to do, the rest of the run is skipped"
-            notify.notify_skip(self.dag_id, run_id, "prepare", reason)
-            raise AirflowSkipException(reason) from None
+            # notified, and kept for the run's note and the run view, which say why the run is green and empty
+            skip_rest_of_run(self.dag_id, run_id, "prepare", f"{empty_window}: nothing to do, the rest of the run is skipped")
         where = f" in the window [{window[0]}, {window[1]})" if window else ""
         if not result.rows_ok:
             raise ValueError(f"no usable rows{where} of {source['uri']} ({result.rows_in} rows read, "
