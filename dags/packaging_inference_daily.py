@@ -12,8 +12,8 @@ Runs every day at 00:00 UTC and whenever `packaging_training` approves a version
    the damage probability in every package type and the recommended package. The model version is
    part of every batch's cache key.
 3. **summary / publish**: predictions to `DATA_ROOT/predictions/packaging/daily/run_date=YYYY-MM-DD/`
-   and `.../daily/current/`, with the run's lineage (model version, window, Batch jobs) and an event
-   on the Asset `packaging_predictions`.
+   and `.../daily/current/` (unless a newer day is current: a backfill), with the run's lineage
+   (model version, window, Batch jobs) and an event on the Asset `packaging_predictions`.
 """
 from __future__ import annotations
 

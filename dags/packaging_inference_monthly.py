@@ -12,8 +12,8 @@ Runs on the 1st of every month at 00:00 UTC and whenever `packaging_training` ap
    the damage probability in every package type and the recommended package. The model version is
    part of every batch's cache key: the same inventory and model compute nothing again.
 3. **summary / publish**: predictions to `DATA_ROOT/predictions/packaging/monthly/run_date=YYYY-MM-DD/`
-   and `.../monthly/current/`, with the run's lineage (model version, window, Batch jobs) and an
-   event on the Asset `packaging_predictions`.
+   and `.../monthly/current/` (unless a newer day is current: a backfill), with the run's lineage
+   (model version, window, Batch jobs) and an event on the Asset `packaging_predictions`.
 """
 from __future__ import annotations
 

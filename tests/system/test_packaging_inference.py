@@ -198,6 +198,18 @@ def test_daily_runs_score_only_the_products_added_since_the_last_successful_run(
     assert summary["window"] == ["2026-03-05", "2026-03-07"]
     assert len(current_predictions(data_root, "daily")[0]) == added("2026-03-05", "2026-03-07") == 14
 
+    # a backfilled older day: published under its run_date=, but current/ keeps the newer window, and says why
+    backfill = run("daily", logical_date=day.add(days=1))
+    assert backfill.state == DagRunState.SUCCESS
+    [summary] = xcom(backfill, "summary")
+    assert summary["window"] == ["2026-03-02", "2026-03-03"]
+    [extra] = xcom(backfill, "publish")
+    assert extra["made_current"] is False and extra["not_current"]["current_run"] == approved.run_id
+    assert "its window ends 2026-03-03, before the current predictions' (2026-03-07" in extra["not_current"]["reason"]
+    assert Path(extra["uri"]).parent.name == "run_date=2026-03-03" and len(pd.read_parquet(extra["uri"])) == 7
+    predictions, lineage = current_predictions(data_root, "daily")
+    assert lineage["run_id"] == approved.run_id and len(predictions) == 14
+
 
 def test_an_approval_starts_inference_with_the_new_version(airflow_db, local_aws, data_root):
     for scope in ("daily", "monthly"):

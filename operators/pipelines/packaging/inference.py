@@ -15,8 +15,9 @@
   part of every batch's cache key: the same inventory and model compute nothing again, a new model
   recomputes every batch;
 - **collect** records the version in the run's summary; a **publish** task after it writes the
-  predictions (Parquet) partitioned by run date, replaces the scope's stable `current/` copy, keeps
-  the run's lineage and emits an event on the Asset `packaging_predictions`.
+  predictions (Parquet) partitioned by run date, keeps the run's lineage, moves the scope's stable
+  `current/` copy to them unless it holds a newer window (a backfilled older day never replaces newer
+  predictions: `make_current`) and emits an event on the Asset `packaging_predictions`.
 
 The run's day: the end of its data interval for a scheduled run; for a run without one (triggered
 by a model approval, or by hand) the start of the day it runs.
@@ -32,7 +33,8 @@ from operators.kit.pipeline import DataSource, UnitPipeline, stage
 
 MODEL = "packaging"
 SCOPES = ("daily", "monthly")
-#: Updated with {"version", "scope", "run_date", "uri", "current", "products"} each time predictions are published.
+#: Updated with {"version", "scope", "run_date", "uri", "current", "made_current", "products"} (and "not_current"
+#: when a newer window stays current) each time predictions are published.
 PREDICTIONS = Asset("packaging_predictions")
 #: The workload parameters the pipeline sets at run time from the registry.
 MODEL_PARAMS = ("model_version", "model_uri")
@@ -155,6 +157,86 @@ def published_runs(scope: str, root: str | None = None) -> list[dict[str, Any]]:
     return [runs.read_json(path) for path in paths if path.endswith(".json")]
 
 
+def window_end(record: dict[str, Any] | None) -> dt.date | None:
+    """The end (exclusive day) of the window a published run's lineage records; None when it records none."""
+    window = (record or {}).get("window")
+    return dt.date.fromisoformat(window[1]) if window else None
+
+
+def why_not_current(mine: dict[str, Any], current: dict[str, Any] | None) -> str | None:
+    """Why a run's predictions (`mine`, its lineage) must not replace `current` (`current/run.json`), or None when
+    they may.
+
+    The registry's rule for versions, applied to predictions: `current/` moves only to a window that ends no
+    earlier than the current one's. A backfilled older day is kept under `run_date=<day>/` and never replaces
+    newer predictions; the same day run again (a re-run, a newer model) replaces them. A `current/run.json`
+    without a window (written before windows were recorded) is replaced."""
+    theirs, ours = window_end(current), window_end(mine)
+    if theirs is None or ours is None or ours >= theirs:
+        return None
+    return (f"its window ends {ours.isoformat()}, before the current predictions' ({theirs.isoformat()}, run "
+            f"{current.get('run_id')}): an older day (a backfill, or a cleared older run) never replaces newer "
+            f"predictions. Its predictions are under run_date={ours.isoformat()}/ only")
+
+
+def make_current(out, lineage: dict[str, Any], data: bytes) -> dict[str, Any] | None:
+    """Make `data` (the run's predictions) and `lineage` the scope's `current/` unless `why_not_current` refuses;
+    returns None when they are current, else {"current_run", "current_window", "reason"}.
+
+    `current/run.json` is the pointer: written with a compare-and-swap (operators.kit.conditional: an ETag
+    condition on S3, a lock and a rename locally) from the state the rule was checked against, after
+    `current/predictions.parquet` (each file replaced whole). When another run's pointer lands between the check
+    and the write, the check is made again against it; a run that then finds a newer window current copies that
+    run's predictions back over the ones it wrote, so `current/` ends with the pointer's own predictions."""
+    import json
+
+    from operators.kit import conditional
+
+    pointer, predictions = out.join("current", "run.json"), out.join("current", "predictions.parquet")
+    mine = json.dumps(lineage, indent=1, sort_keys=True, default=str).encode()
+    wrote = False
+    for _ in range(conditional.UPDATE_ATTEMPTS):
+        snapshot = conditional.read(out, pointer)
+        current = json.loads(snapshot.data) if snapshot.data is not None else None
+        reason = why_not_current(lineage, current)
+        if reason is not None:
+            if wrote:  # ours went over the newer run's predictions before its pointer landed: put its back
+                _restore_current(out, pointer, predictions)
+            return {"current_run": current.get("run_id"), "current_window": current.get("window"), "reason": reason}
+        out.write_bytes(predictions, data)
+        wrote = True
+        try:
+            conditional.write_if_unchanged(out, snapshot, mine)
+            return None
+        except conditional.Conflict:
+            continue
+    raise RuntimeError(f"{pointer}: {conditional.UPDATE_ATTEMPTS} runs in a row published to current/ while this "
+                       "one did; its predictions are under run_date=/; clear its publish task once it is quiet")
+
+
+def _restore_current(out, pointer: str, predictions: str) -> None:
+    """Copy the predictions `current/run.json` names (its `uri`) to `current/predictions.parquet`, until the pointer
+    is the same before and after the copy."""
+    from operators.kit import conditional
+
+    for _ in range(conditional.UPDATE_ATTEMPTS):
+        before = conditional.read(out, pointer)
+        named = json_of(before.data).get("uri")
+        if not named:
+            return
+        out.write_bytes(predictions, out.read_bytes(named))
+        if conditional.read(out, pointer).tag == before.tag:
+            return
+    raise RuntimeError(f"{pointer} kept changing while its predictions were copied to {predictions}; clear this "
+                       "run's publish task once it is quiet")
+
+
+def json_of(data: bytes | None) -> dict[str, Any]:
+    import json
+
+    return json.loads(data) if data else {}
+
+
 class PackagingInference(UnitPipeline):
     """Score the inventory (`daily`: products added since the last successful run; `monthly`: all of it)."""
 
@@ -238,11 +320,18 @@ class PackagingInference(UnitPipeline):
                    "scope": self.scope, "model": prepared["model"], "products": table.num_rows, "uri": dated,
                    "cached_batches": fanout["cached"], "batches": fanout["batches"]}
         out.write_json(out.join("runs", f"{name}.json"), lineage)
-        out.write_bytes(out.join("current", "predictions.parquet"), data)
-        out.write_json(out.join("current", "run.json"), lineage)
         print(f"{table.num_rows} predictions of version {prepared['model']['version']} to {dated}")
-        return {"version": prepared["model"]["version"], "scope": self.scope, "run_date": run_date, "uri": dated,
-                "current": out.join("current", "predictions.parquet"), "products": table.num_rows}
+        not_current = make_current(out, lineage, data)
+        extra = {"version": prepared["model"]["version"], "scope": self.scope, "run_date": run_date, "uri": dated,
+                 "current": out.join("current", "predictions.parquet"), "made_current": not_current is None,
+                 "products": table.num_rows}
+        if not_current is None:
+            print(f"current/ now holds this run's predictions (window {prepared['window'][0]} to {run_date})")
+        else:
+            extra["not_current"] = not_current
+            print(f"published to {dated} only, not made current (current stays the run "
+                  f"{not_current['current_run']}): {not_current['reason']}")
+        return extra
 
     def build(self) -> DAG:
         dag = super().build()

@@ -1,4 +1,5 @@
-"""Packaging inference's stages without Airflow running: the approved model, daily windows, run-time parameters."""
+"""Packaging inference's stages without Airflow running: the approved model, daily windows, run-time parameters,
+which run's predictions are current."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,8 @@ import pytest
 from operators.kit import registry
 from operators.pipelines.packaging import inventory
 from operators.pipelines.packaging.inference import (MODEL_PARAMS, NoApprovedModel, NoModelYet, PackagingInference,
-                                                     approved_model, daily_since, register_approved_models, run_day)
+                                                     approved_model, daily_since, make_current,
+                                                     register_approved_models, run_day, why_not_current)
 
 
 @pytest.fixture
@@ -135,3 +137,99 @@ def test_a_daily_window_without_new_products_skips_the_run_and_a_monthly_one_fai
     prepared = pipeline.prepare({"uri": uri, "started_at": 0.0, "window": ["2026-03-01", "2026-03-04"], "model": {}},
                                 {name: p.value for name, p in pipeline.params.items()}, "run-first", stamp)
     assert prepared["rows_ok"] == len(pd.read_parquet(uri)) == 6  # the first day's products do score
+
+
+def day_run(run_id: str, start: str, end: str) -> dict:
+    """The lineage a published run records (what `current/run.json` holds), for a window [start, end)."""
+    return {"run_id": run_id, "window": [start, end], "uri": f"run_date={end}/{run_id}.parquet"}
+
+
+def test_current_predictions_move_only_to_a_window_that_ends_no_earlier():
+    current = day_run("scheduled__2026-03-07", "2026-03-06", "2026-03-07")
+    assert why_not_current(day_run("later", "2026-03-07", "2026-03-08"), current) is None
+    assert why_not_current(day_run("again", "2026-03-06", "2026-03-07"), current) is None  # the same day run again
+    assert why_not_current(day_run("first", "2026-03-07", "2026-03-07"), None) is None  # nothing current yet
+    # current/run.json written before windows were recorded: replaced, as before
+    assert why_not_current(day_run("later", "2026-03-01", "2026-03-02"), {"run_id": "old"}) is None
+    reason = why_not_current(day_run("backfill__2026-03-03", "2026-03-02", "2026-03-03"), current)
+    assert reason == ("its window ends 2026-03-03, before the current predictions' (2026-03-07, run "
+                      "scheduled__2026-03-07): an older day (a backfill, or a cleared older run) never replaces newer "
+                      "predictions. Its predictions are under run_date=2026-03-03/ only")
+
+
+def publish_day(out, run_id: str, start: str, end: str) -> dict | None:
+    lineage = {**day_run(run_id, start, end), "uri": out.join(f"run_date={end}", f"{run_id}.parquet")}
+    data = f"predictions of {run_id}".encode()
+    out.write_bytes(lineage["uri"], data)
+    return make_current(out, lineage, data)
+
+
+def current_files(folder: Path) -> tuple[bytes, dict]:
+    import json
+
+    return (folder / "current" / "predictions.parquet").read_bytes(), \
+        json.loads((folder / "current" / "run.json").read_text())
+
+
+def test_a_backfilled_day_is_published_under_its_date_but_never_replaces_newer_current_predictions(tmp_path):
+    from operators.kit.engine import location
+
+    out = location(str(tmp_path))
+    assert publish_day(out, "d07", "2026-03-06", "2026-03-07") is None
+    assert publish_day(out, "d08", "2026-03-07", "2026-03-08") is None
+    assert current_files(tmp_path)[0] == b"predictions of d08"
+    # backfilling older days: each kept under its run_date=, current/ stays at 03-08
+    for day in ("03", "04", "05"):
+        refused = publish_day(out, f"d{day}", f"2026-03-{int(day) - 1:02d}", f"2026-03-{day}")
+        assert refused["current_run"] == "d08" and refused["current_window"] == ["2026-03-07", "2026-03-08"]
+        assert f"its window ends 2026-03-{day}, before the current predictions' (2026-03-08" in refused["reason"]
+        assert (tmp_path / f"run_date=2026-03-{day}" / f"d{day}.parquet").read_bytes() == f"predictions of d{day}".encode()
+    data, pointer = current_files(tmp_path)
+    assert data == b"predictions of d08" and pointer["run_id"] == "d08"
+    # the newest day run again (a newer model) replaces it; a newer day too
+    assert publish_day(out, "d08-again", "2026-03-07", "2026-03-08") is None
+    assert current_files(tmp_path)[1]["run_id"] == "d08-again"
+    assert publish_day(out, "d09", "2026-03-08", "2026-03-09") is None
+    data, pointer = current_files(tmp_path)
+    assert data == b"predictions of d09" and pointer["window"] == ["2026-03-08", "2026-03-09"]
+
+
+def test_concurrent_publishes_leave_the_newest_window_current_with_its_own_predictions(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from operators.kit.engine import location
+
+    out = location(str(tmp_path))
+    days = [f"2026-03-{day:02d}" for day in range(2, 14)]
+    for _ in range(3):
+        with ThreadPoolExecutor(len(days)) as pool:
+            outcomes = list(pool.map(lambda end: publish_day(out, f"run-{end}", "2026-03-01", end), reversed(days)))
+        data, pointer = current_files(tmp_path)
+        assert pointer["run_id"] == "run-2026-03-13" and data == b"predictions of run-2026-03-13"
+        assert outcomes[0] is None  # the newest day was made current; every other one either was or says why not
+        assert all(o is None or o["reason"] for o in outcomes)
+
+
+def test_an_older_run_whose_pointer_write_loses_to_a_newer_one_puts_the_newer_predictions_back(tmp_path):
+    """The interleaving the compare-and-swap is for, made to happen: the older run read current/run.json (03-05, older
+    than its day), then a newer run published completely, then the older run's predictions landed in current/."""
+    from dataclasses import dataclass
+
+    from operators.kit.engine import location
+
+    plain = location(str(tmp_path))
+    publish_day(plain, "d05", "2026-03-04", "2026-03-05")
+
+    @dataclass(frozen=True)
+    class NewerRunLandsInBetween(type(plain)):
+        def write_bytes(self, path: str, data: bytes) -> None:
+            if path.endswith("predictions.parquet") and data == b"predictions of d06":
+                assert publish_day(plain, "d07", "2026-03-06", "2026-03-07") is None
+            super().write_bytes(path, data)
+
+    older = NewerRunLandsInBetween(plain.uri, plain.fs, plain.remote)
+    refused = publish_day(older, "d06", "2026-03-05", "2026-03-06")
+    assert refused["current_run"] == "d07" and "its window ends 2026-03-06, before" in refused["reason"]
+    data, pointer = current_files(tmp_path)
+    assert pointer["run_id"] == "d07" and data == b"predictions of d07"
+    assert (tmp_path / "run_date=2026-03-06" / "d06.parquet").read_bytes() == b"predictions of d06"
