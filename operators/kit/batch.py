@@ -15,7 +15,8 @@ from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
-from operators.kit.triggers import ENDED, TIMEOUT, progress_line
+from operators.kit.triggers import (CAPACITY_WAIT, ENDED, TIMEOUT, CapacityWatch, progress_line, queue_name,
+                                    runnable_and_started)
 
 #: How many failed children are shown, with their reason and the tail of their log.
 FAILED_CHILDREN_SHOWN = 3
@@ -333,16 +334,6 @@ def is_throttling(exc: BaseException | None) -> bool:
     return False
 
 
-def runnable_and_started(job: dict[str, Any]) -> tuple[int, int]:
-    """(children waiting for a place to run, children that ever started) of an array job; a job alone counts as one."""
-    summary = job.get("arrayProperties", {}).get("statusSummary")
-    if summary is None:
-        waiting = 1 if job["status"] in ("SUBMITTED", "PENDING", "RUNNABLE") else 0
-        return (1 if job["status"] == "RUNNABLE" else 0), 1 - waiting
-    return int(summary.get("RUNNABLE", 0)), sum(int(summary.get(s, 0)) for s in
-                                               ("STARTING", "RUNNING", "SUCCEEDED", "FAILED"))
-
-
 def fallback_queue(queue: str) -> str | None:
     """The queue the provisioning spec names as `queue`'s fallback for capacity shortages, if any."""
     from operators.kit.provisioning import load_spec
@@ -392,7 +383,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         #: Capacity shortage: when this task's job has children RUNNABLE and none starts for this long, its
         #: unstarted children are cancelled and their batches go to the queue's fallback (None: never).
         self.runnable_timeout_s = runnable_timeout_s
-        self.capacity_watch: dict[str, Any] | None = None
+        self.capacity_watch: CapacityWatch | None = None
         self.moved: dict[str, dict[str, Any]] = {}
 
     # --- the flow -------------------------------------------------------------------------------
@@ -520,30 +511,36 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                 delay = min(delay * 2, SUBMIT_BACKOFF_MAX_S)
 
     def on_poll(self, job: dict[str, Any]) -> None:
-        """Capacity watch of this task's own job: children RUNNABLE with none starting for runnable_timeout_s."""
+        """Sync mode's capacity watch of this task's own job (in deferrable mode the trigger watches, with the same
+        CapacityWatch, and execute_complete makes the same failover)."""
         watch = self.capacity_watch
-        if not watch or job["jobId"] != watch["job_id"]:
+        if not watch or job["jobId"] != self.job_id:
             return
-        runnable, started = runnable_and_started(job)
-        now = time.time()
-        if not runnable or started != watch["started"] or watch["since"] is None:
-            watch.update(since=now if runnable else None, started=started)
-            return
-        waited = now - watch["since"]
-        if waited < float(self.runnable_timeout_s):
+        shortage = watch.observe(job, time.time())
+        if not shortage:
             return
         self.capacity_watch = None
-        fallback = fallback_queue(self.job_queue)
+        moved = self.fail_over(job, *shortage)
+        if moved:
+            self.moved[job["jobId"]] = moved
+
+    def fail_over(self, job: dict[str, Any], runnable: int, waited: float) -> dict[str, Any] | None:
+        """The capacity failover of both modes: cancel the job (started children finish, the rest never run) and
+        return the shortage record that sends its batches without a done-marker to the queue's fallback once the
+        job has ended (after_wait). None, and the job waits on, when the queue has no fallback."""
+        queue = queue_name(job.get("jobQueue")) or self.job_queue
+        fallback = fallback_queue(queue)
         if not fallback:
             self.log.warning("AWS Batch job %s: %d children RUNNABLE for %.0f s on %s, which has no fallback queue in "
-                             "the provisioning spec; waiting on", job["jobId"], runnable, waited, self.job_queue)
-            return
-        reason = (f"capacity shortage: {runnable} children RUNNABLE for {waited:.0f} s on {self.job_queue}; "
+                             "the provisioning spec; waiting on", job["jobId"], runnable, waited, queue)
+            return None
+        reason = (f"capacity shortage: {runnable} children RUNNABLE for {waited:.0f} s on {queue}; "
                   f"unstarted work moved to {fallback}")
-        self.log.warning("AWS Batch job %s: %s", job["jobId"], reason)
-        self.hook.client.cancel_job(jobId=job["jobId"], reason=reason)  # started children finish; the rest never run
-        self.moved[job["jobId"]] = {"job_id": job["jobId"], "queue": self.job_queue, "fallback": fallback,
-                                    "runnable": runnable, "waited_s": round(waited, 3), "at": now, "reason": reason}
+        # One line a person (and make rehearsal) finds in the task log, in both modes.
+        self.log.warning("capacity failover: AWS Batch job %s: %s", job["jobId"], reason)
+        self.hook.client.cancel_job(jobId=job["jobId"], reason=reason)
+        return {"job_id": job["jobId"], "queue": queue, "fallback": fallback, "runnable": runnable,
+                "waited_s": round(waited, 3), "at": time.time(), "reason": reason}
 
     @staticmethod
     def save_state(context, state: dict[str, Any]) -> None:
@@ -551,20 +548,27 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         if store is not None:
             store.set(STATE_KEY, state)
 
-    def wait_for(self, context, spec, state: dict[str, Any], job_id: str, *, mine: bool, deadline: float):
-        """Wait for a job (this task's own, or another run's), then go on with `advance`."""
+    def wait_for(self, context, spec, state: dict[str, Any], job_id: str, *, mine: bool, deadline: float,
+                 watch: bool = True):
+        """Wait for a job (this task's own, or another run's), then go on with `advance`.
+
+        With `runnable_timeout_s`, the wait of this task's own job watches for a capacity shortage (`watch`
+        False: not again, the job is being moved): in the task in sync mode, in the trigger in deferrable mode.
+        """
         state["waiting_for"] = {"job_id": job_id, "mine": mine}
         self.save_state(context, state)
         if mine:
             self.job_id = job_id
-        watching = bool(mine and self.runnable_timeout_s)
-        self.capacity_watch = {"job_id": job_id, "since": None, "started": None} if watching else None
-        if self.deferrable and not watching:  # the capacity watch polls here, not in the triggerer
+        runnable_timeout_s = (float(self.runnable_timeout_s)
+                              if mine and watch and self.runnable_timeout_s not in (None, "", "None") else None)
+        self.capacity_watch = CapacityWatch(runnable_timeout_s) if runnable_timeout_s else None
+        if self.deferrable:
             from operators.kit.triggers import BatchJobWaitTrigger
 
             self.defer(trigger=BatchJobWaitTrigger(job_id=job_id, aws_conn_id=self.aws_conn_id,
                                                    region_name=self.region_name, poll_interval=self.poll_interval,
-                                                   terminate_on_kill=mine, deadline=deadline),
+                                                   terminate_on_kill=mine, deadline=deadline,
+                                                   runnable_timeout_s=runnable_timeout_s),
                        method_name="execute_complete", kwargs={"state": state, "deadline": deadline},
                        # the trigger fires at the deadline itself; this is the scheduler's backstop
                        timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 10 * self.poll_interval + 60))
@@ -582,9 +586,19 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         if (event or {}).get("status") == TIMEOUT:
             raise AirflowTaskTimeout(f"{spec.label}: {event['reason']}"
                                      + ("; the job was terminated" if waiting["mine"] else ""))
+        deadline = deadline or time.time() + self.execution_timeout.total_seconds()
         job = self.describe_or_none(waiting["job_id"]) or {
             "jobId": waiting["job_id"], "status": "FAILED", "statusReason": (event or {}).get("reason", "job not found")}
-        return self.after_wait(context, spec, state, job, deadline or time.time() + self.execution_timeout.total_seconds())
+        if (event or {}).get("status") == CAPACITY_WAIT and job["status"] not in ENDED:
+            # The trigger saw the shortage; the failover is sync mode's. The moved record travels in the state
+            # (this operator object does not outlive the deferral), and the wait goes on, without the watch, until
+            # the cancelled job has ended; then after_wait submits the rest to the fallback queue.
+            moved = self.fail_over(job, int(event["runnable"]), float(event["waited_s"]))
+            if moved:
+                state["moving"] = moved
+            return self.wait_for(context, spec, state, job["jobId"], mine=waiting["mine"], deadline=deadline,
+                                 watch=False)
+        return self.after_wait(context, spec, state, job, deadline)
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context):
         """The scheduler's trigger timeout resumes the task to fail it without calling on_kill: terminate first."""
@@ -604,6 +618,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         waiting = state.get("waiting_for") or {"mine": True}
         state["waiting_for"] = None
         moved = self.moved.pop(job["jobId"], None)
+        if (state.get("moving") or {}).get("job_id") == job["jobId"]:  # moved by a deferred wait's failover
+            moved = state.pop("moving")
         if moved:
             # Its unstarted batches are tried again, on the fallback queue; the done ones are not.
             state["this_try"] = [e for e in state["this_try"] if e["job_id"] != job["jobId"]]
