@@ -132,6 +132,11 @@ def success_message(summary: dict[str, Any]) -> tuple[str, str]:
             lines.append(f"not made current (current stays {decision['not_current'].get('current')}): "
                          f"{decision['not_current'].get('reason')}")
     lines.extend(str(line) for line in summary.get("lines") or [])
+    alarms = summary.get("alarms") or {}
+    if alarms.get("error"):
+        lines.append(alarms["error"])
+    elif alarms.get("alarms"):
+        lines.append("alarms: " + ", ".join(f"{a['name']} {a['state']}" for a in alarms["alarms"]))
     for name in ("report", "published"):
         if summary.get(name):
             lines.append(f"{name}: {summary[name]}")
@@ -182,6 +187,11 @@ class FailureNotifier(BaseNotifier):
     def notify(self, context) -> None:
         subject, body, data = failure_message(context)
         send("failure", subject, body, data, context)
+        # RunFailed = 1 for the pipeline's failed-run alarm (operators.kit.alarms); after the message, which it never
+        # holds up or hides.
+        from operators.kit.alarms import publish_failure
+
+        publish_failure(data["dag_id"], data["run_id"])
 
 
 def notify_success(summary: dict[str, Any], context: dict[str, Any] | None = None) -> dict:

@@ -494,8 +494,19 @@ class UnitPipeline:
         if evaluation is not None:
             summary.update(version=evaluation["version"], metrics=evaluation["metrics"], lines=evaluation["lines"],
                            decision=decision, report=evaluation["report"])
+        # Published before the notification, which then names the alarms' states (an alarm that changed state is
+        # delivered on its own as well).
+        summary["alarms"] = self.publish_metrics(
+            {**summary, "comparison": (evaluation or {}).get("comparison")}, run_id, prepared.get("run_root"))
         summary["notification"] = notifications.notify_success(summary)
         return summary
+
+    def publish_metrics(self, summary: dict, run_id: str, run_root: str | None) -> dict:
+        """The run's figures to CloudWatch (namespace and Pipeline=<dag_id>), its alarms' states (operators.kit.alarms).
+        Called by the run's last summary stage: `notify`, or the collect step of a pipeline without one."""
+        from operators.kit import alarms
+
+        return alarms.publish_summary(self.dag_id, run_id, summary, run_root)
 
     # --- wiring -------------------------------------------------------------------------------------------------
     def build(self) -> DAG:
@@ -525,8 +536,13 @@ class UnitPipeline:
                 return pipeline.plan(prepared, params)
 
             @stage(task_id="collect" if self.evaluator is not None else "summary")
-            def collect(shard_summaries, prepared: dict) -> dict:
-                return pipeline.collect(shard_summaries, prepared)
+            def collect(shard_summaries, prepared: dict, run_id=None) -> dict:
+                collected = pipeline.collect(shard_summaries, prepared)
+                if not pipeline.notify_enabled:  # no notify stage: the run's figures are published here
+                    collected["alarms"] = pipeline.publish_metrics(
+                        {**collected, "duration_s": time.time() - prepared["started_at"]}, run_id,
+                        prepared["run_root"])
+                return collected
 
             prepared = prepare(dataset())
             fanout = collect(run_shards(plan(prepared), poll_interval=self.poll_interval).output, prepared)

@@ -5,6 +5,9 @@ The same spec makes UNMANAGED compute environments on the local endpoint and MAN
 twice changes nothing the second time; a changed spec updates what differs (a new job definition
 revision, a new capacity).
 
+The same spec's `alarms` become CloudWatch alarms on the metrics every run publishes, with the SNS
+topic they notify (`operators/kit/alarms.py`, docs/alarms.md).
+
 Every job definition runs as a least-privilege job role (`job_role` in the spec): it may read the
 batches and worklists and write the outputs under the data root (BATCH_DATA_ROOT, else DATA_ROOT,
 when it is s3://bucket/prefix), nothing else, and no Batch call at all. Job logs reach CloudWatch
@@ -224,8 +227,14 @@ def _wait_valid(batch, describe: str, key: str, names: list[str], timeout: float
         time.sleep(5)
 
 
-def apply(batch, iam, spec: dict[str, Any], settings: Settings) -> dict[str, list[str]]:
-    """Create or update everything in `spec`. Returns what was created and updated, by kind."""
+def apply(batch, iam, spec: dict[str, Any], settings: Settings, cloudwatch=None, sns=None) -> dict[str, list[str]]:
+    """Create or update everything in `spec`. Returns what was created and updated, by kind.
+
+    The alarms (`spec["alarms"]`) and their SNS topic go through `cloudwatch` and `sns`; without them, clients made
+    like `batch` (its credentials, region and, when it is not AWS's, its endpoint)."""
+    from operators.kit import alarms
+
+    alarms.alarm_specs(spec)  # a bad alarm entry fails before anything is changed
     changes: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": []}
 
     role_arn = settings.service_role_arn
@@ -285,7 +294,25 @@ def apply(batch, iam, spec: dict[str, Any], settings: Settings) -> dict[str, lis
             continue
         revision = batch.register_job_definition(**wanted)["revision"]
         changes["created" if latest is None else "updated"].append(f"job-definition/{name}:{revision}")
+    if alarms.alarm_specs(spec):
+        if cloudwatch is None or sns is None:
+            cloudwatch, sns = sibling_client(batch, "cloudwatch"), sibling_client(batch, "sns")
+        alarms.provision(cloudwatch, sns, spec, changes)
     return changes
+
+
+def sibling_client(client, service: str):
+    """A boto3 client of `service` with `client`'s credentials and region, and its endpoint unless that is AWS's."""
+    import boto3
+
+    credentials = client._request_signer._credentials.get_frozen_credentials()
+    endpoint = client.meta.endpoint_url
+    from operators.kit.alarms import is_local_endpoint
+
+    return boto3.client(service, region_name=client.meta.region_name,
+                        endpoint_url=endpoint if is_local_endpoint(endpoint) else None,
+                        aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
+                        aws_session_token=credentials.token)
 
 
 def clients(aws_conn_id: str = "aws_default"):
@@ -296,6 +323,14 @@ def clients(aws_conn_id: str = "aws_default"):
     session = hook.get_session()
     endpoint = hook.conn_config.endpoint_url
     return (hook.get_client_type(), session.client("iam", endpoint_url=endpoint))
+
+
+def alarm_clients(aws_conn_id: str = "aws_default"):
+    """CloudWatch and SNS clients from the Airflow connection (the ones the runs publish through)."""
+    from operators.kit.alarms import clients as made
+
+    cloudwatch, sns, _local = made(aws_conn_id)
+    return cloudwatch, sns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(shown, indent=2))
         return 0
     batch, iam = clients()
-    changes = apply(batch, iam, spec, settings)
+    cloudwatch, sns = alarm_clients()
+    changes = apply(batch, iam, spec, settings, cloudwatch, sns)
     for kind in ("created", "updated", "unchanged"):
         if changes[kind]:
             print(f"{kind:>9}: {', '.join(changes[kind])}")
