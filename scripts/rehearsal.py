@@ -254,6 +254,29 @@ def check_artefacts(data_root: str) -> dict[str, int]:
     return counts
 
 
+def set_capacity(compute_environment: str, state: str) -> None:
+    """The local endpoint's capacity shortage: a DISABLED compute environment places nothing, its jobs stay RUNNABLE."""
+    aws_client("batch").update_compute_environment(computeEnvironment=compute_environment, state=state)
+
+
+def check_failover(api: Api, dag_id: str, run_id: str) -> list[str]:
+    """The capacity failovers of the run's shards, each from a shard that waited in the triggerer: one line each."""
+    import re
+
+    lines = []
+    for ti in [ti for ti in api.task_instances(dag_id, run_id) if ti["task_id"] == "run_shard"]:
+        log = api.task_log(dag_id, run_id, ti)
+        found = re.findall(r"capacity failover: ([^\"\n]+)", log)
+        if found and ("DEFERRED" not in log or "BatchJobWaitTrigger" not in log):
+            raise RehearsalError(f"{dag_id} run {run_id}: shard {ti['map_index']} failed over without waiting in the "
+                                 "triggerer (no deferral with BatchJobWaitTrigger in its log)")
+        lines += [f"{dag_id} shard {ti['map_index']}, deferred in the triggerer: {line}" for line in found]
+    if not lines:
+        raise RehearsalError(f"{dag_id} run {run_id}: no shard made a capacity failover (no 'capacity failover:' line "
+                             "in a run_shard log)")
+    return lines
+
+
 def local_files_since(folder: str, since: float) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
@@ -289,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("dag_id")
     jobs.add_argument("run_id")
     jobs.add_argument("--since-ms", type=int, required=True)
+    capacity = sub.add_parser("capacity")
+    capacity.add_argument("compute_environment")
+    capacity.add_argument("state", choices=["ENABLED", "DISABLED"])
+    failover = sub.add_parser("failover")
+    failover.add_argument("dag_id")
+    failover.add_argument("run_id")
     sub.add_parser("artefacts")
     local = sub.add_parser("nothing-local")
     local.add_argument("folder")
@@ -336,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
             if len(jobs) != len(shards) or any(count != 1 for count in counts.values()):
                 raise RehearsalError(f"{args.dag_id} run {args.run_id}: {len(shards)} shards but Batch jobs {counts}")
             print(f"check: triggerer restarted: {len(shards)} shards, one Batch job each")
+        elif args.command == "capacity":
+            set_capacity(args.compute_environment, args.state)
+            print(f"compute environment {args.compute_environment}: {args.state}")
+        elif args.command == "failover":
+            for line in check_failover(api_from_env(), args.dag_id, args.run_id):
+                print(f"capacity failover: {line}")
         elif args.command == "artefacts":
             counts = check_artefacts(os.environ["DATA_ROOT"])
             print(f"check: every artefact in {os.environ['DATA_ROOT']}: "

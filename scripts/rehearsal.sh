@@ -208,6 +208,19 @@ start triggerer airflow triggerer --skip-serve-logs
 rehearse wait units_of_work "$slow" --timeout "$RUN_TIMEOUT_SECONDS"
 rehearse one-job-per-shard units_of_work "$slow" --since-ms "$since_ms"
 
+# --- capacity failover in the triggerer: airbatch-cpu places nothing (its compute environment DISABLED,
+# the local endpoint's shortage) while a small sweep runs; the shard's trigger sees its children
+# RUNNABLE for runnable_timeout_s and the task moves the unstarted work to airbatch-cpu-ondemand.
+SWEEP_CONF='{"sweep": {"grid": {"l2": [0.1, 1, 10]}, "resource_class": "CPU"}, "trainer": "trivial",
+ "dataset_groups": 1, "dataset_weeks": 2, "dataset_labels_per_week": 100, "configs_per_batch": 1,
+ "batches_per_child": 1, "runnable_timeout_s": 5}'
+rehearse capacity airbatch-cpu DISABLED
+sweep=$(rehearse trigger training_sweep --label capacity-failover --conf "$SWEEP_CONF")
+rehearse unpause training_sweep
+rehearse wait training_sweep "$sweep" --timeout "$RUN_TIMEOUT_SECONDS"
+rehearse capacity airbatch-cpu ENABLED
+rehearse failover training_sweep "$sweep"
+
 rehearse artefacts
 rehearse nothing-local "$LOCAL_DATA_ROOT" --since "$started"
 python -m operators.kit.summary pricing_optimization
