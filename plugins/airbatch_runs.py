@@ -80,6 +80,7 @@ def create_app():
         files = runview.RunFiles(engine.run_root(dag_id, run_id))
         region, local = aws_place()
         data = runview.run_data(session, dag_id, run_id, files=files, region=region, local=local, shard_states=states)
+        data["alarms"] = runview.run_alarms(files)  # the run's published metrics, its alarms' states now
         return data, files
 
     @app.get("/runs/{dag_id}/{run_id}", dependencies=can_read_run, response_class=HTMLResponse)

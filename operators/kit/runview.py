@@ -539,6 +539,40 @@ th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}.
 iframe{width:100%;height:900px;border:1px solid #ccc}.note{font-size:1.1em;background:#f4f4f4;padding:.4em}"""
 
 
+def run_alarms(files: RunFiles) -> dict[str, Any] | None:
+    """What the run published to CloudWatch and its pipeline's alarms (the run folder's alarms.json), each alarm's
+    state as CloudWatch holds it now when it answers (operators.kit.alarms); None when the run published nothing."""
+    from operators.kit import alarms
+
+    try:
+        record = files.read_json(alarms.RECORD_FILE)
+    except (FileNotFoundError, IsADirectoryError, ValueError):
+        return None
+    return alarms.run_view_alarms(record, files.aws_conn_id or "aws_default") if isinstance(record, dict) else None
+
+
+def render_alarms(record: dict[str, Any] | None) -> str:
+    """The run view's Alarms section: each alarm of the pipeline with its state, threshold and the run's value."""
+    parts = ['<h2 id="alarms">Alarms</h2>']
+    if not record:
+        return parts[0] + "<p>This run published no metrics (its last summary stage has not run).</p>"
+    if record.get("error"):
+        return parts[0] + f"<p>{_e(record['error'])}</p>"
+    dims = ", ".join(f"{k}={v}" for k, v in (record.get("dimensions") or {}).items())
+    parts.append(f"<p>Metrics in CloudWatch namespace <code>{_e(record.get('namespace'))}</code>, {_e(dims)}; "
+                 f"alarms evaluated by {_e(record.get('evaluated_by'))}"
+                 + ("" if record.get("live", True) else f"; states as the run recorded them "
+                                                         f"(CloudWatch did not answer: {_e(record.get('live_error'))})")
+                 + ".</p>")
+    if record.get("alarms"):
+        parts.append(_table(["alarm", "state", "metric", "condition", "this run", "why"], [
+            [a["name"], a["state"], a["metric"], f"{a['comparison']} {a['threshold']:g}",
+             "" if a.get("value") is None else f"{a['value']:g}", a.get("reason") or ""] for a in record["alarms"]]))
+    else:
+        parts.append("<p>No alarm is declared for this pipeline (config/batch_resources.json, alarms).</p>")
+    return "".join(parts)
+
+
 def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = None) -> str:
     """The run view as one HTML page (no script): every value escaped."""
     from operators.kit.cost import money, quantity
@@ -595,6 +629,8 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
             version["decided_by"] or "(not decided)", "; ".join(version.get("decision_reasons") or [])]]))
     else:
         parts.append("<p>This run registered no version.</p>")
+    if "alarms" in data:
+        parts.append(render_alarms(data["alarms"]))
     parts.append("<h2>Lineage</h2>" + _table(["", ""], [[k, _shown(v)] for k, v in data["lineage"].items()
                                                         if k != "cost"]))
     if data.get("has_report"):
