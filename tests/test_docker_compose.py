@@ -169,3 +169,14 @@ def test_the_rehearsal_runs_the_production_settings_and_changes_only_what_compos
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     for line in secrets.read_text().splitlines():
         assert line.split("=", 1)[1] not in "\n".join(rehearsal.values())
+
+
+def test_airflow_metrics_go_out_through_opentelemetry_to_the_deployments_collector():
+    settings = production_env()
+    assert settings["AIRFLOW__METRICS__OTEL_ON"] == "True" and settings["AIRFLOW__METRICS__OTEL_PREFIX"] == "airflow"
+    for name, env in service_environments().items():
+        if name.startswith("airflow-"):
+            assert env["AIRFLOW__METRICS__OTEL_HOST"].startswith("${AIRFLOW_OTEL_HOST"), name
+            assert env["AIRFLOW__METRICS__OTEL_PORT"].startswith("${AIRFLOW_OTEL_PORT"), name
+    # The exporter Airflow's otel_on loads is installed (an import error would stop every component).
+    import opentelemetry.exporter.otlp.proto.http.metric_exporter  # noqa: F401
