@@ -178,3 +178,23 @@ def failures_by_class(con, dag_id: str, last: int = 5) -> list[dict[str, Any]]:
         [dag_id, int(last), dag_id]).fetchall()
     return [{"run_id": r[0], "started": str(r[1]), "failure_class": r[2], "failed": r[3], "example_error": r[4]}
             for r in rows]
+
+
+def sweeps(con, dag_id: str, last: int = 10) -> list[dict[str, Any]]:
+    """The last `last` sweeps of `dag_id`, newest first: when each started, its configurations by state and its
+    best configuration (lowest score among the trained and cached); what the run view lists as the history."""
+    rows = con.execute(
+        "WITH recent AS (SELECT run_id, max(sweep_started_at) AS started FROM configurations WHERE dag_id = ? "
+        "GROUP BY run_id ORDER BY started DESC LIMIT ?), "
+        "best AS (SELECT run_id, config_id, score FROM configurations WHERE dag_id = ? "
+        "AND status IN ('trained', 'cached') AND score IS NOT NULL "
+        "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY score, config_id) = 1) "
+        "SELECT r.run_id, r.started, count(*) AS configurations, "
+        "count(*) FILTER (WHERE c.status = 'trained'), count(*) FILTER (WHERE c.status = 'cached'), "
+        "count(*) FILTER (WHERE c.status = 'failed'), any_value(b.config_id), any_value(b.score) "
+        "FROM recent r JOIN configurations c ON c.run_id = r.run_id AND c.dag_id = ? "
+        "LEFT JOIN best b ON b.run_id = r.run_id "
+        "GROUP BY r.run_id, r.started ORDER BY r.started DESC, r.run_id",
+        [dag_id, int(last), dag_id, dag_id]).fetchall()
+    return [{"run_id": r[0], "started": str(r[1]), "configurations": r[2], "trained": r[3], "cached": r[4],
+             "failed": r[5], "best_config_id": r[6], "best_score": r[7]} for r in rows]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -157,3 +158,27 @@ def test_identical_configurations_in_one_sweep_are_trained_once_and_each_gets_th
     [message] = outbox(data_root, "sweep")
     assert "2 configuration(s) repeat an earlier configuration's hyper-parameters: trained once" in message["body"]
     assert "one-float (as one), one-gpu (as one)" in message["body"]
+
+
+def test_the_forms_defaults_run_the_built_in_grid_to_success(airflow_db, local_aws, data_root, capfd):
+    """Trigger with nothing changed in the form: the built-in grid trains, ranks, costs and reports."""
+    from operators.pipelines.sweep.pipeline import DEFAULT_SWEEP
+
+    run = load_dag("training_sweep").test(run_conf={})
+    assert run.state == DagRunState.SUCCESS
+    [summary] = xcom(run, "summary")
+    size = len(DEFAULT_SWEEP["grid"]["l2"]) * len(DEFAULT_SWEEP["grid"]["holdout_days"])
+    assert summary["configurations"] == size and summary["counts"] == {"trained": size}
+    # each configuration shown by what tells it apart: the grid's two hyper-parameters
+    assert len(summary["leaderboard"]) == 5
+    assert all(re.fullmatch(r"holdout_days=(14|28), l2=[0-9.]+", leader["settings"]) for leader in summary["leaderboard"])
+    # costed from the sweep's Batch jobs, as a unit pipeline's collect step costs its run
+    assert sum(shard["jobs"] for shard in summary["cost"]["shards"]) >= 1 and summary["cost"]["cost"] > 0
+    [cost_file] = (data_root / "runs" / "training_sweep").glob("*/cost.json")
+    assert json.loads(cost_file.read_text())["cost"] == summary["cost"]["cost"]
+    assert summary["note"].startswith(f"{size} configurations: {size} trained; best default-")
+    assert [s["run_id"] for s in summary["history_sweeps"]] == [run.run_id]
+    # the summary task's log: the leaderboard as a table, not the returned dict
+    out = capfd.readouterr().out
+    assert "rank  configuration  score" in out and "Returned value was: {'dag_id': 'training_sweep'" not in out
+    assert "## Cost" in Path(summary["report"]).read_text()

@@ -11,6 +11,8 @@ from operators.pipelines.sweep.pipeline import FAILURE_MESSAGES_MAX, WORKLOAD
 FAILED_LISTED = FAILURE_MESSAGES_MAX
 #: Sweeps the failures-by-class trend looks back over.
 TREND_SWEEPS = 5
+#: Sweeps of the same DAG listed as the history (this one included) in the report, the log and the run view.
+HISTORY_SWEEPS = 10
 
 
 def trained_before(keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -135,7 +137,11 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
 
     con = history.connect()
     leaders = history.leaderboard(con, run_id, params["leaderboard_size"])
+    shown = shown_parameters(configurations["hyperparameters"].tolist())
+    for leader in leaders:
+        leader["settings"] = settings_text(leader["hyperparameters"], shown)
     trend = history.failures_by_class(con, dag_id, TREND_SWEEPS)
+    earlier_sweeps = history.sweeps(con, dag_id, HISTORY_SWEEPS)
     counts: dict[str, int] = {}
     by_class: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -152,11 +158,113 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
                                   for r in failed_rows],
         "duplicates": len(duplicates), "duplicates_shown": dict(list(duplicates.items())[:FAILED_LISTED]),
         "duration_s": round(time.time() - prepared["started_at"], 3),
+        "history_sweeps": earlier_sweeps, "cost": sweep_cost(shard_summaries, prepared["run_root"]),
     }
+    summary["note"] = note_text(summary)
     summary["report"] = write_report(summary, prepared["run_root"])
     summary["failed_configurations"] = summary["failed_configurations"][:FAILED_LISTED]
-    print(report_text(summary))
+    # The task log gets tables people read; the returned dict (the XCom) is not logged (show_return_value_in_logs).
+    print(log_text(summary))
     return summary
+
+
+def sweep_cost(shard_summaries: list[dict[str, Any]], run_root: str) -> dict[str, Any] | None:
+    """The sweep's Batch jobs costed as a unit pipeline's collect step costs its run (each shard's own figures,
+    else DescribeJobs), written to `<run>/cost.json` for the run view; None (and a warning) when it cannot be."""
+    from operators.kit import cost
+
+    try:
+        return cost.write_run_cost(shard_summaries, run_root)
+    except Exception as error:  # noqa: BLE001 - a cost must never change a sweep's outcome
+        print(f"WARNING: the sweep's cost could not be worked out ({type(error).__name__}: {error}); "
+              "the run view shows none")
+        return None
+
+
+def shown_parameters(hyperparameters: list[str]) -> list[str]:
+    """The hyper-parameters worth showing beside a configuration's id: those that vary across the sweep or are
+    set away from the trainer's default (every configuration carries all of them, defaults filled in)."""
+    from operators.pipelines.sweep.spec import trainer_parameters
+
+    defaults = {name: p.default for name, p in trainer_parameters().items()}
+    values: dict[str, set[str]] = {}
+    for text in hyperparameters:
+        for name, value in json.loads(text).items():
+            values.setdefault(name, set()).add(json.dumps(value, sort_keys=True))
+    return [name for name, seen in values.items()
+            if len(seen) > 1 or seen != {json.dumps(defaults.get(name), sort_keys=True)}]
+
+
+def settings_text(hyperparameters: dict[str, Any], shown: list[str]) -> str:
+    """"l2=0.1, holdout_days=14": a configuration's hyper-parameters that tell it apart (all at their defaults:
+    "defaults")."""
+    return ", ".join(f"{name}={json.dumps(hyperparameters[name])}" for name in shown
+                     if name in hyperparameters) or "defaults"
+
+
+def score_text(value: Any, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}g}"
+
+
+def note_text(summary: dict[str, Any]) -> str:
+    """The run's note: configurations by state, the best one and the cost."""
+    from operators.kit.cost import money
+
+    counts = summary["counts"]
+    text = (f"{summary['configurations']:,} configurations: "
+            + ", ".join(f"{n:,} {state}" for state, n in sorted(counts.items())))
+    if summary["leaderboard"]:
+        best = summary["leaderboard"][0]
+        text += f"; best {best['config_id']} (score {score_text(best['score'])})"
+    if summary.get("cost"):
+        text += f"; cost {money(summary['cost'].get('cost'), summary['cost'].get('currency', 'USD'))} (estimate)"
+    return text
+
+
+def text_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """Rows as aligned columns for a log: a header, a rule, a line per row."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
+
+
+def log_text(summary: dict[str, Any]) -> str:
+    """The summary task's log: what a person reads first, as tables (the whole report is in report.md)."""
+    from operators.kit.cost import cost_line
+
+    lines = [f"Sweep {summary['run_id']} of {summary['dag_id']}: {summary['note']}", ""]
+    if _duplicates_line(summary):
+        lines += [_duplicates_line(summary), ""]
+    lines.append("Leaderboard (lowest holdout log-loss first):")
+    if summary["leaderboard"]:
+        lines += text_table(["rank", "configuration", "score", "holdout AUC", "hyper-parameters"], [
+            [rank, leader["config_id"], score_text(leader["score"]), score_text(leader["holdout_auc"], 4),
+             leader.get("settings") or json.dumps(leader["hyperparameters"], sort_keys=True)]
+            for rank, leader in enumerate(summary["leaderboard"], start=1)])
+    else:
+        lines.append("  (no configuration trained)")
+    lines += ["", "Failures by class:"]
+    if summary["failures_by_class"]:
+        lines += text_table(["class", "configurations", "first error"], [
+            [kind, f"{entry['count']:,}", entry["first_error"]]
+            for kind, entry in sorted(summary["failures_by_class"].items())])
+    else:
+        lines.append("  none")
+    if summary.get("history_sweeps"):
+        lines += ["", f"Sweeps of {summary['dag_id']} (newest first, this one included):"]
+        lines += text_table(["started", "run", "configurations", "trained", "cached", "failed", "best", "score"], [
+            [s["started"], s["run_id"], s["configurations"], s["trained"], s["cached"], s["failed"],
+             s["best_config_id"], score_text(s["best_score"])] for s in summary["history_sweeps"]])
+    lines += [""]
+    for shortage in summary["capacity_shortages"]:
+        lines.append(f"job {shortage['job_id']}: {shortage['reason']}")
+    if summary["throttled_submits"]:
+        lines.append(f"{summary['throttled_submits']} throttled SubmitJob calls were retried with backoff")
+    if summary.get("cost"):
+        lines.append(cost_line(summary["cost"]))
+    lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)
 
 
 def copy_duplicates(rows: list[dict[str, Any]], configurations) -> dict[str, str]:
@@ -193,11 +301,11 @@ def report_text(summary: dict[str, Any]) -> str:
     if _duplicates_line(summary):
         lines += [_duplicates_line(summary), ""]
     lines += ["## Leaderboard (lowest holdout log-loss first)", "", "| rank | configuration | score | holdout AUC | "
-              "hyper-parameters |", "|---|---|---|---|---|"]
+              "settings | hyper-parameters |", "|---|---|---|---|---|---|"]
     for rank, leader in enumerate(summary["leaderboard"], start=1):
         auc = "" if leader["holdout_auc"] is None else f"{leader['holdout_auc']:.4f}"
         lines.append(f"| {rank} | {leader['config_id']} | {leader['score']:.6g} | {auc} | "
-                     f"`{json.dumps(leader['hyperparameters'], sort_keys=True)}` |")
+                     f"{leader.get('settings', '')} | `{json.dumps(leader['hyperparameters'], sort_keys=True)}` |")
     lines += ["", "## Failures by class (this sweep)", ""]
     lines += [f"- {kind}: {entry['count']:,}; first error: {entry['first_error']}"
               for kind, entry in sorted(summary["failures_by_class"].items())] or ["- none"]
@@ -208,6 +316,17 @@ def report_text(summary: dict[str, Any]) -> str:
     lines += [f"- job {s['job_id']}: {s['reason']}" for s in summary["capacity_shortages"]] or \
              ["- no capacity shortage"]
     lines.append(f"- {summary['throttled_submits']} SubmitJob calls throttled and retried with backoff")
+    if summary.get("cost"):
+        from operators.kit.cost import cost_line
+
+        lines += ["", "## Cost", "", f"- {cost_line(summary['cost'])}"]
+    if summary.get("history_sweeps"):
+        lines += ["", f"## Sweeps of {summary['dag_id']} (newest first)", "",
+                  "| started | run | configurations | trained | cached | failed | best | score |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['started']} | {s['run_id']} | {s['configurations']:,} | {s['trained']:,} | {s['cached']:,} | "
+                  f"{s['failed']:,} | {s['best_config_id'] or ''} | {score_text(s['best_score'])} |"
+                  for s in summary["history_sweeps"]]
     lines += ["", "## History", ""] + [f"- {table}: {uri}" for table, uri in summary["history"].items()]
     return "\n".join(lines) + "\n"
 
@@ -235,7 +354,7 @@ def notify(summary: dict[str, Any], each_failure: bool = False) -> dict[str, Any
     if summary["leaderboard"]:
         lines.append("best configurations:")
         lines += [f"  {rank}. {leader['config_id']}: score {leader['score']:.6g} "
-                  f"{json.dumps(leader['hyperparameters'], sort_keys=True)}"
+                  f"({leader.get('settings') or json.dumps(leader['hyperparameters'], sort_keys=True)})"
                   for rank, leader in enumerate(summary["leaderboard"], start=1)]
     if summary["failures_by_class"]:
         lines.append("failures by class:")
@@ -245,9 +364,14 @@ def notify(summary: dict[str, Any], each_failure: bool = False) -> dict[str, Any
         lines.append(f"job {shortage['job_id']}: {shortage['reason']}")
     if summary["throttled_submits"]:
         lines.append(f"{summary['throttled_submits']} throttled SubmitJob calls were retried with backoff")
+    if summary.get("cost"):
+        from operators.kit.cost import cost_line
+
+        lines.append(cost_line(summary["cost"]))
     lines.append(f"report: {summary['report']}")
     data = {k: summary[k] for k in ("dag_id", "run_id", "counts", "failures_by_class", "leaderboard",
                                     "capacity_shortages", "throttled_submits", "report")}
+    data["cost"] = summary.get("cost")
     data["duplicates"] = summary.get("duplicates", 0)
     sent = {"sweep": notifications.send("sweep", subject, "\n".join(lines), data), "configurations": []}
     if each_failure:

@@ -41,18 +41,25 @@ FAILURE_MESSAGES_MAX = 100
 #: Repeated configurations named in prepare's log line and the summary (all are in configurations.parquet).
 DUPLICATES_SHOWN = 20
 KIT_PARAMS_USED = ("batches_per_shard", "batches_per_child", "shard_timeout_minutes")
+#: The form's default sweep: a small grid of the packaging trainer (6 configurations, one batch, seconds on the
+#: default synthetic labels), so that Trigger with the defaults runs a whole sweep. It gives way to a file: a run
+#: that names `sweep_uri` and leaves `sweep` at this default trains the file.
+DEFAULT_SWEEP = {"grid": {"l2": [0.1, 1.0, 10.0], "holdout_days": [14, 28]}, "resource_class": "CPU",
+                 "id_prefix": "default-"}
 
 
 def sweep_params() -> dict[str, Param]:
     kit = kit_params("synthetic packaging labels (the dataset_* params)")
     return dag_params({
-        "sweep": Param(None, type=["object", "null"],
+        "sweep": Param(json.loads(json.dumps(DEFAULT_SWEEP)), type=["object", "null"],
                        description='the sweep inline: {"grid": {"l2": [0.1, 1]}, "resource_class": "CPU"} or '
                                    '{"configurations": [{"id": "a", "hyperparameters": {"l2": 1}, '
-                                   '"resource_class": "GPU"}]}; empty: sweep_uri'),
+                                   '"resource_class": "GPU"}]}; the default is a small built-in grid of 6 '
+                                   'configurations, which gives way to sweep_uri when that is set'),
         "sweep_uri": Param(None, type=["string", "null"], minLength=1,
                            description="the sweep as a JSON or CSV file under DATA_ROOT or AIRBATCH_INPUT_PREFIXES "
-                                       "(up to 100,000 configurations); empty: sweep"),
+                                       "(up to 100,000 configurations); it replaces the built-in grid of sweep; "
+                                       "empty: sweep"),
         "trainer": Param("packaging", type="string", enum=["packaging", "trivial"],
                          description="what a configuration trains: packaging (the damage model on the data slice) "
                                      "or trivial (no data: the engine's own load)"),
@@ -80,6 +87,16 @@ def sweep_params() -> dict[str, Param]:
     })
 
 
+def chosen_spec(params: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(inline spec, spec file) the run trains: the form's built-in grid gives way to a `sweep_uri` (the form and
+    the REST API both send `sweep` at its default when only the file was given); both given otherwise stays an
+    error of `spec.load`."""
+    inline, uri = params.get("sweep"), params.get("sweep_uri")
+    if uri and inline == DEFAULT_SWEEP:
+        return None, uri
+    return inline, uri
+
+
 class SweepPipeline:
     def __init__(self, dag_id: str, *, poll_interval: float = 2, **dag_kwargs: Any):
         self.dag_id, self.poll_interval, self.dag_kwargs = dag_id, poll_interval, dag_kwargs
@@ -94,7 +111,7 @@ class SweepPipeline:
 
         started = time.time()
         check_conf(self.dag_id, conf, self.params)
-        configurations = spec.load(params.get("sweep"), params.get("sweep_uri"))
+        configurations = spec.load(*chosen_spec(params))
         root = engine.own_run_root(self.dag_id, run_id)
         workload = get_workload(WORKLOAD)
         data_uri = self.data_slice(params, root) if params["trainer"] == "packaging" else None
@@ -265,7 +282,8 @@ class SweepPipeline:
                 return pipeline.plan(prepared, params)
 
             # Runs when every configuration was reused, too (run_shard then maps over nothing and is skipped).
-            @stage(trigger_rule="none_failed")
+            # Its log shows the leaderboard as a table (outcome.log_text), not the returned dict.
+            @stage(trigger_rule="none_failed", show_return_value_in_logs=False)
             def summary(shard_summaries, prepared: dict, params=None, ti=None) -> dict:
                 return pipeline.summary(list(shard_summaries or []), prepared, params, ti.dag_id, ti.run_id)
 

@@ -63,3 +63,19 @@ def test_athena_ddl_names_every_column_and_the_partition():
     assert "LOCATION 's3://bucket/data/history/events/'" in ddl and "PARTITIONED BY (`sweep` string)" in ddl
     for name in [*history.CONFIGURATION_COLUMNS, *history.EVENT_COLUMNS]:
         assert f"`{name}`" in ddl
+
+
+def test_the_sweeps_of_a_dag_newest_first_with_their_states_and_best_configuration(data_root):
+    history.write("training_sweep.a", [row("a", "x", "trained", 0.5), row("a", "y", "trained", 0.3),
+                                       row("a", "z", "failed", None, "no_fit", "no unit fitted")], [])
+    history.write("training_sweep.b", [row("b", "x", "cached", 0.5, day=2),
+                                       row("b", "w", "failed", None, "lost", "Host EC2 terminated", day=2)], [])
+    history.write("training_sweep.c", [row("c", "v", "failed", None, "lost", "Host EC2 terminated", day=3)], [])
+    con = history.connect()
+    sweeps = history.sweeps(con, "training_sweep", last=10)
+    assert [(s["run_id"], s["configurations"], s["trained"], s["cached"], s["failed"], s["best_config_id"],
+             s["best_score"]) for s in sweeps] == [("c", 1, 0, 0, 1, None, None), ("b", 2, 0, 1, 1, "x", 0.5),
+                                                   ("a", 3, 2, 0, 1, "y", 0.3)]
+    assert sweeps[0]["started"].startswith("2026-03-03")
+    assert [s["run_id"] for s in history.sweeps(con, "training_sweep", last=2)] == ["c", "b"]
+    assert history.sweeps(con, "another_dag") == []
