@@ -127,6 +127,10 @@ def create_app():
             raise HTTPException(403, f"{error}: the run view serves only files of the run's own folder") from None
         except (FileNotFoundError, IsADirectoryError):
             raise HTTPException(404, f"the run's folder has no file {path!r}") from None
+        if path.endswith(".md"):
+            # A sweep's report.md opens in the browser as the text it is: text/plain, never rendered or sniffed.
+            return Response(data, media_type="text/plain; charset=utf-8",
+                            headers={**page_policy, "Content-Disposition": "inline"})
         kind = "application/json" if path.endswith(".json") else "application/octet-stream"
         return Response(data, media_type=kind, headers={"X-Content-Type-Options": "nosniff",
                                                         "Content-Disposition": "attachment"})

@@ -462,7 +462,8 @@ def run_data(session, dag_id: str, run_id: str, *, files: RunFiles | None = None
     note = skip_note(skipped) if skipped else note_text({**counts, "units_dead_lettered": dead}, cost)
     return {"dag_id": dag_id, "run_id": run_id, "counts": counts, "shards": shards, "cost": cost,
             "version": version, "lineage": lineage, "dead_letter_units": dead,
-            "has_report": bool(version_dir), "note": note, "skipped": skipped}
+            "has_report": bool(version_dir), "note": note, "skipped": skipped,
+            "sweep": sweep_data(session, dag_id, run_id, files)}
 
 
 def dead_letter_frame(files: RunFiles):
@@ -595,6 +596,8 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
                                              if shard is not None else ""),
              _table(["shard", "state", "batches", "done", "cached", "failed", "dead-lettered", "failure classes",
                      "first errors", "Batch jobs"], shard_rows, raw_columns=(8, 9))]
+    if data.get("sweep"):
+        parts.append(render_sweep(data["sweep"], base))
     cost = data.get("cost")
     parts.append("<h2>Cost</h2>")
     if cost:
@@ -609,7 +612,7 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
     elif data.get("skipped"):
         parts.append("<p>No cost: the run skipped itself before any Batch job (see the note above).</p>")
     else:
-        parts.append("<p>No cost recorded (the run's collect step has not run).</p>")
+        parts.append("<p>No cost recorded (the run's collect or summary step has not run).</p>")
     parts.append(f"<h2>Dead-letter units ({dead['total']:,})</h2>")
     if dead["total"]:
         parts.append(f'<p><a href="{_e(base)}/dead_letter.csv" download>Download all as CSV</a></p>')
@@ -638,6 +641,98 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
                      f'<iframe title="report" src="{_e(base)}/report"></iframe>')
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>Run {_e(data["run_id"])}</title>'
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+# --- a sweep's results ------------------------------------------------------------------------------------
+
+#: The report a sweep's summary step writes in its run folder (operators/pipelines/sweep/outcome.py).
+SWEEP_REPORT = "report.md"
+#: Failed configurations listed by name on the page (all are in the report's history tables).
+SWEEP_FAILED_SHOWN = 20
+
+
+def sweep_data(session, dag_id: str, run_id: str, files: RunFiles) -> dict[str, Any] | None:
+    """A sweep's results from its `summary` step's XCom (the one that carries a leaderboard): the leaderboard,
+    configurations by state, failures by class, the earlier sweeps of the DAG as the history kept them when
+    this one ended, and whether its `report.md` is in the run folder; None for any other run."""
+    summary = next((v for _, _, v in xcoms(session, dag_id, run_id, ("summary",))
+                    if isinstance(v, dict) and "leaderboard" in v), None)
+    if summary is None:
+        return None
+    try:
+        files.read(SWEEP_REPORT)
+        report = SWEEP_REPORT
+    except (FileNotFoundError, IsADirectoryError, UnsafePath):
+        report = None
+    leaderboard = [{"rank": rank, "config_id": leader.get("config_id"),
+                    "settings": leader.get("settings") or json.dumps(leader.get("hyperparameters"), sort_keys=True),
+                    "score": leader.get("score"), "holdout_auc": leader.get("holdout_auc"),
+                    "status": leader.get("status")}
+                   for rank, leader in enumerate(summary.get("leaderboard") or [], start=1) if isinstance(leader, dict)]
+    return {"configurations": summary.get("configurations"), "counts": summary.get("counts") or {},
+            "leaderboard": leaderboard, "failures_by_class": summary.get("failures_by_class") or {},
+            "failed_configurations": (summary.get("failed_configurations") or [])[:SWEEP_FAILED_SHOWN],
+            "failed_total": (summary.get("counts") or {}).get("failed", 0),
+            "trend": summary.get("trend") or [], "history": summary.get("history_sweeps") or [],
+            "duplicates": summary.get("duplicates", 0), "capacity_shortages": summary.get("capacity_shortages") or [],
+            "throttled_submits": summary.get("throttled_submits", 0), "report": report}
+
+
+def _score(value: Any, digits: int = 6) -> str:
+    return "" if not isinstance(value, (int, float)) or isinstance(value, bool) else f"{value:.{digits}g}"
+
+
+def render_sweep(sweep: dict[str, Any], base: str) -> str:
+    """The sweep section of the run view: leaderboard, failures by class, the history, the report's link."""
+    counts = ", ".join(f"{n:,} {state}" for state, n in sorted(sweep["counts"].items()))
+    parts = ['<h2 id="sweep">Sweep</h2>',
+             f"<p>{sweep['configurations'] or 0:,} configurations: {_e(counts)}"
+             + (f"; {sweep['duplicates']:,} repeat an earlier configuration (status duplicate)"
+                if sweep.get("duplicates") else "") + "</p>"]
+    if sweep["report"]:
+        parts.append(f'<p>The whole report: <a id="sweep-report" href="{_e(base)}/files/{_e(sweep["report"])}" '
+                     f'target="_blank">{_e(sweep["report"])}</a></p>')
+    parts.append('<h3 id="leaderboard">Leaderboard (lowest holdout log-loss first)</h3>')
+    if sweep["leaderboard"]:
+        parts.append(_table(["rank", "configuration", "hyper-parameters", "score (holdout log-loss)", "holdout AUC",
+                             "status"],
+                            [[r["rank"], r["config_id"], r["settings"], _score(r["score"]),
+                              _score(r["holdout_auc"], 4), r["status"]] for r in sweep["leaderboard"]]))
+    else:
+        parts.append("<p>No configuration was trained.</p>")
+    parts.append('<h3 id="sweep-failures">Failures by class</h3>')
+    if sweep["failures_by_class"]:
+        parts.append(_table(["class", "configurations", "first error"], [
+            [kind, f"{entry.get('count', 0):,}", entry.get("first_error")]
+            for kind, entry in sorted(sweep["failures_by_class"].items()) if isinstance(entry, dict)]))
+        failed = sweep["failed_configurations"]
+        if failed:
+            parts.append(_table(["failed configuration", "class", "attempts", "queue", "error"], [
+                [f.get("config_id"), f.get("failure_class"), f.get("attempts"), f.get("queue"), f.get("error")]
+                for f in failed if isinstance(f, dict)]))
+            if sweep["failed_total"] > len(failed):
+                parts.append(f"<p>{sweep['failed_total'] - len(failed):,} more failed configurations: see the "
+                             "report and the job history.</p>")
+    else:
+        parts.append("<p>No configuration failed.</p>")
+    for shortage in sweep["capacity_shortages"]:
+        if isinstance(shortage, dict):
+            parts.append(f"<p>Capacity: job {_e(shortage.get('job_id'))}: {_e(shortage.get('reason'))}</p>")
+    if sweep["throttled_submits"]:
+        parts.append(f"<p>{sweep['throttled_submits']:,} throttled SubmitJob calls were retried with backoff.</p>")
+    parts.append('<h3 id="sweep-history">History: sweeps of this DAG until this one (newest first)</h3>')
+    if sweep["history"]:
+        parts.append(_table(["started", "run", "configurations", "trained", "cached", "failed", "best", "score"], [
+            [h.get("started"), h.get("run_id"), h.get("configurations"), h.get("trained"), h.get("cached"),
+             h.get("failed"), h.get("best_config_id"), _score(h.get("best_score"))]
+            for h in sweep["history"] if isinstance(h, dict)]))
+    else:
+        parts.append("<p>This sweep's summary kept no history of earlier sweeps.</p>")
+    if sweep["trend"]:
+        parts.append("<p>Failures by class in the last sweeps:</p>" + _table(["started", "run", "class", "failed"], [
+            [t.get("started"), t.get("run_id"), t.get("failure_class"), t.get("failed")]
+            for t in sweep["trend"] if isinstance(t, dict)]))
+    return "".join(parts)
 
 
 # --- a Batch job's page ------------------------------------------------------------------------------------
