@@ -21,8 +21,9 @@ CHECKS = (r"check: both runs succeeded",
           r"check: units_of_work: all [1-9]\d* shard tasks deferred and resumed from the triggerer",
           r"check: second pricing_optimization run: all [1-9]\d* batches cached, none recomputed",
           r"check: triggerer restarted: 2 shards, one Batch job each",
-          r"capacity failover: training_sweep shard \d+, deferred in the triggerer: AWS Batch job \S+: capacity shortage: "
-          r"\d+ children RUNNABLE for \d+ s on airbatch-cpu; unstarted work moved to airbatch-cpu-ondemand",
+          r"capacity failover: training_sweep shard \d+, deferred in the triggerer: AWS Batch job \S+: "
+          r"capacity shortage: \d+ children RUNNABLE for \d+ s on airbatch-cpu; "
+          r"unstarted work moved to airbatch-cpu-ondemand",
           r"check: every artefact in s3://airbatch-rehearsal/rehearsal-\S+: batches [1-9]",
           r"check: nothing written under the local DATA_ROOT")
 

@@ -62,7 +62,8 @@ def test_the_capacity_watch_fires_only_when_nothing_starts_for_its_timeout():
     idle = CapacityWatch(10)  # nothing RUNNABLE: never
     assert idle.observe(array(0, running=2), now=0) is None and idle.observe(array(0, running=2), now=100) is None
     single = CapacityWatch(5)  # a job alone counts as one child
-    assert single.observe({"status": "RUNNABLE"}, now=0) is None and single.observe({"status": "RUNNABLE"}, now=5) == (1, 5)
+    assert single.observe({"status": "RUNNABLE"}, now=0) is None
+    assert single.observe({"status": "RUNNABLE"}, now=5) == (1, 5)
 
 
 def test_the_trigger_survives_its_serialize_round_trip_with_the_watch():
