@@ -277,6 +277,31 @@ def check_failover(api: Api, dag_id: str, run_id: str) -> list[str]:
     return lines
 
 
+def alarm_state(dag_id: str, key: str, timeout: float) -> str:
+    """`alarm <name> <state>`: the alarm of `dag_id` as CloudWatch holds it, once in ALARM, with its delivered
+    notification (the outbox under DATA_ROOT, where the notifiers put every message)."""
+    name = f"airbatch-{dag_id}-{key}"
+    cloudwatch = aws_client("cloudwatch")
+
+    def alarmed():
+        found = cloudwatch.describe_alarms(AlarmNames=[name])["MetricAlarms"]
+        if not found:
+            raise RehearsalError(f"alarm {name} does not exist: provisioning did not create it "
+                                 "(config/batch_resources.json, alarms)")
+        return found[0] if found[0]["StateValue"] == "ALARM" else None
+
+    alarm = wait_for(f"alarm {name} in ALARM", alarmed, timeout)
+    bucket, prefix = split_s3(os.environ["DATA_ROOT"])
+    s3 = aws_client("s3")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}outbox/")
+            for o in page.get("Contents", []) if o["Key"].endswith("-alarm.json")]
+    notified = [k for k in keys if name in s3.get_object(Bucket=bucket, Key=k)["Body"].read().decode()]
+    if not notified:
+        raise RehearsalError(f"alarm {name} is in ALARM but no alarm notification is in the outbox ({len(keys)} others)")
+    return (f"alarm {name} {alarm['StateValue']}: {alarm['StateReason']}; notified "
+            f"({len(notified)} message(s), actions {', '.join(alarm.get('AlarmActions') or []) or 'none'})")
+
+
 def local_files_since(folder: str, since: float) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
@@ -318,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     failover = sub.add_parser("failover")
     failover.add_argument("dag_id")
     failover.add_argument("run_id")
+    alarm = sub.add_parser("alarm")
+    alarm.add_argument("dag_id")
+    alarm.add_argument("key")
+    alarm.add_argument("--timeout", type=float, default=60)
     sub.add_parser("artefacts")
     local = sub.add_parser("nothing-local")
     local.add_argument("folder")
@@ -371,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "failover":
             for line in check_failover(api_from_env(), args.dag_id, args.run_id):
                 print(f"capacity failover: {line}")
+        elif args.command == "alarm":
+            print(alarm_state(args.dag_id, args.key, args.timeout))
         elif args.command == "artefacts":
             counts = check_artefacts(os.environ["DATA_ROOT"])
             print(f"check: every artefact in {os.environ['DATA_ROOT']}: "

@@ -76,6 +76,9 @@ export AWS_DEFAULT_REGION=us-east-1
 export BATCH_ENV_TYPE=UNMANAGED
 export WORKER_IMAGE=airbatch-worker:0.1.0
 export NOTIFY_SNS_TOPIC_ARN="" NOTIFY_EMAIL_TO=""
+# Airflow's OpenTelemetry metrics (production.env: otel_on): no collector listens here, so each export
+# (every 60 s) fails and is logged by the component; production names its collector (docker-compose.yaml).
+export AIRFLOW__METRICS__OTEL_HOST=127.0.0.1 AIRFLOW__METRICS__OTEL_PORT="$(free_port)"
 export AIRFLOW_ADMIN_USERNAME=admin AIRFLOW_ADMIN_EMAIL=admin@localhost
 unset AIRFLOW_ADMIN_PASSWORD AIRFLOW_JWT_SECRET AIRFLOW_FERNET_KEY AIRFLOW_API_SECRET_KEY
 
@@ -220,6 +223,15 @@ rehearse unpause training_sweep
 rehearse wait training_sweep "$sweep" --timeout "$RUN_TIMEOUT_SECONDS"
 rehearse capacity airbatch-cpu ENABLED
 rehearse failover training_sweep "$sweep"
+
+# --- an alarm driven to ALARM: a units_of_work run that dead-letters one batch's units (min_success_ratio lets it
+# succeed) publishes UnitsDeadLettered above 0; the endpoint does not evaluate alarms, the kit does (docs/alarms.md),
+# and the change reaches the alarms' SNS topic and the notifiers' outbox.
+DEAD_LETTER_CONF='{"units": 40, "bucket_count": 4, "batches_per_shard": 4, "fail_units": ["u000007"],
+ "min_success_ratio": 0.5, "salt": "alarm"}'
+dead=$(rehearse trigger units_of_work --label dead-letters --conf "$DEAD_LETTER_CONF")
+rehearse wait units_of_work "$dead" --timeout "$RUN_TIMEOUT_SECONDS"
+rehearse alarm units_of_work dead-letters
 
 rehearse artefacts
 rehearse nothing-local "$LOCAL_DATA_ROOT" --since "$started"

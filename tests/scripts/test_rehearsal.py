@@ -24,6 +24,8 @@ CHECKS = (r"check: both runs succeeded",
           r"capacity failover: training_sweep shard \d+, deferred in the triggerer: AWS Batch job \S+: "
           r"capacity shortage: \d+ children RUNNABLE for \d+ s on airbatch-cpu; "
           r"unstarted work moved to airbatch-cpu-ondemand",
+          r"alarm airbatch-units_of_work-dead-letters ALARM: Threshold Crossed: .* in run \S+; notified "
+          r"\([1-9]\d* message\(s\), actions arn:aws:sns:\S+:airbatch-alarms\)",
           r"check: every artefact in s3://airbatch-rehearsal/rehearsal-\S+: batches [1-9]",
           r"check: nothing written under the local DATA_ROOT")
 
