@@ -1,5 +1,6 @@
 """Notifications: a summary on success; the failing task, its error and the failed units on failure; why a run
-was skipped.
+was skipped; an alarm's state change on the local endpoint (operators.kit.alarms; on AWS CloudWatch delivers it to
+the alarms' SNS topic itself).
 
 Every message goes to the local outbox (`DATA_ROOT/outbox/*.json`, one file per message, and the
 task log), which needs no server. When configured, it also goes to
