@@ -34,7 +34,7 @@ DISTRIBUTION = "store-forecast"
 def doc_files() -> dict[str, str]:
     files = {m["path"]: m["body"] for m in BLOCK.finditer(DOC.read_text())}
     assert {"pyproject.toml", "store_forecast/workload.py", "store_forecast/evaluation.py",
-            "dags/store_forecast.py"} <= set(files), sorted(files)
+            "dags/store_forecast.py", "dags/store_forecast_daily.py"} <= set(files), sorted(files)
     return files
 
 
@@ -131,5 +131,43 @@ def test_the_pages_pipeline_installs_tries_and_runs_end_to_end_with_no_edit_to_t
     assert refused.state == DagRunState.FAILED
     assert not task_instances(refused, "run_shard") or all(
         ti.state != "success" for ti in task_instances(refused, "run_shard"))
+
+    # the page's section 8: the daily DAG, one run at a time, its window on the time column, its input by default
+    daily_bag = DagBag(dag_folder=str(doc_package / "dags" / "store_forecast_daily.py"))
+    assert not daily_bag.import_errors, daily_bag.import_errors
+    daily = daily_bag.dags["store_forecast_daily"]
+    assert daily.max_active_runs == 1 and type(daily.timetable).__name__ == "CronDataIntervalTimetable"
+    assert "DATA_ROOT/in/sales.csv" in daily.params.get_param("input_uri").description
+    assert daily.params["lookback_days"] == 21
+
+    def day(date: dt.datetime) -> dict:
+        # a run triggered at midnight of `date`, as the schedule runs it: the day before; no conf: the nightly export
+        done = daily.test(logical_date=date)
+        assert done.state == DagRunState.SUCCESS
+        [prepared] = xcom(done, "prepare")
+        [evaluation] = xcom(done, "evaluate")
+        [decision] = xcom(done, "decide")
+        assert decision["status"] == "Approved", evaluation
+        return {"window": prepared["window"], "evaluation": evaluation, "decision": decision}
+
+    first = day(dt.datetime(2026, 2, 2, tzinfo=dt.timezone.utc))
+    assert first["window"] == ["2026-01-12", "2026-02-02"]
+    assert first["evaluation"]["comparison"] == {"previous_version": None}
+    from operators.kit.registry import Registry
+
+    daily_versions = Registry(str(data_root), "store_forecast_daily")
+    outputs = pd.read_parquet(Path(daily_versions.version_dir(first["evaluation"]["version"])) / "outputs.parquet")
+    assert len(outputs) == 40 and (outputs["days"] == 21).all()  # the window's 21 days of every unit
+    # the next day is compared with the day before it (section 4's previous)
+    second = day(dt.datetime(2026, 2, 3, tzinfo=dt.timezone.utc))
+    assert second["evaluation"]["comparison"]["previous_version"] == first["evaluation"]["version"]
+    assert second["evaluation"]["comparison"]["mae_p50_increase"] is not None
+    # a backfilled older day: compared with nothing (no approved day ends by its start), the newest day stays current
+    backfill = day(dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc))
+    assert backfill["evaluation"]["comparison"] == {"previous_version": None}
+    assert backfill["decision"]["not_current"]["current"] == second["evaluation"]["version"]
+    assert daily_versions.current()["version"] == second["evaluation"]["version"]
+    # the weekly DAG's registry is its own
+    assert Registry(str(data_root), "store_forecast").current()["version"] != second["evaluation"]["version"]
 
     assert project_state() == before, "running the page's pipeline changed files of the project"
