@@ -164,60 +164,68 @@ def publish_day(out, run_id: str, start: str, end: str) -> dict | None:
     return make_current(out, lineage, data)
 
 
-def current_files(folder: Path) -> tuple[bytes, dict]:
-    import json
-
-    return (folder / "current" / "predictions.parquet").read_bytes(), \
-        json.loads((folder / "current" / "run.json").read_text())
+def current_files(out) -> tuple[bytes, dict]:
+    return out.read_bytes(out.join("current", "predictions.parquet")), out.read_json(out.join("current", "run.json"))
 
 
-def test_a_backfilled_day_is_published_under_its_date_but_never_replaces_newer_current_predictions(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def scope_folder(request, tmp_path):
+    """A scope's predictions folder: local, or in a fresh bucket on the local endpoint (conditional writes there
+    are S3's If-Match / If-None-Match)."""
+    import uuid
+
     from operators.kit.engine import location
 
-    out = location(str(tmp_path))
+    if request.param == "local":
+        return location(str(tmp_path / "daily"))
+    aws = request.getfixturevalue("local_aws")
+    bucket = f"predictions-{uuid.uuid4().hex[:12]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    return location(f"s3://{bucket}/predictions/packaging/daily")
+
+
+def test_a_backfilled_day_is_published_under_its_date_but_never_replaces_newer_current_predictions(scope_folder):
+    out = scope_folder
     assert publish_day(out, "d07", "2026-03-06", "2026-03-07") is None
     assert publish_day(out, "d08", "2026-03-07", "2026-03-08") is None
-    assert current_files(tmp_path)[0] == b"predictions of d08"
+    assert current_files(out)[0] == b"predictions of d08"
     # backfilling older days: each kept under its run_date=, current/ stays at 03-08
     for day in ("03", "04", "05"):
         refused = publish_day(out, f"d{day}", f"2026-03-{int(day) - 1:02d}", f"2026-03-{day}")
         assert refused["current_run"] == "d08" and refused["current_window"] == ["2026-03-07", "2026-03-08"]
         assert f"its window ends 2026-03-{day}, before the current predictions' (2026-03-08" in refused["reason"]
-        assert (tmp_path / f"run_date=2026-03-{day}" / f"d{day}.parquet").read_bytes() == f"predictions of d{day}".encode()
-    data, pointer = current_files(tmp_path)
+        assert out.read_bytes(out.join(f"run_date=2026-03-{day}", f"d{day}.parquet")) == \
+            f"predictions of d{day}".encode()
+    data, pointer = current_files(out)
     assert data == b"predictions of d08" and pointer["run_id"] == "d08"
     # the newest day run again (a newer model) replaces it; a newer day too
     assert publish_day(out, "d08-again", "2026-03-07", "2026-03-08") is None
-    assert current_files(tmp_path)[1]["run_id"] == "d08-again"
+    assert current_files(out)[1]["run_id"] == "d08-again"
     assert publish_day(out, "d09", "2026-03-08", "2026-03-09") is None
-    data, pointer = current_files(tmp_path)
+    data, pointer = current_files(out)
     assert data == b"predictions of d09" and pointer["window"] == ["2026-03-08", "2026-03-09"]
 
 
-def test_concurrent_publishes_leave_the_newest_window_current_with_its_own_predictions(tmp_path):
+def test_concurrent_publishes_leave_the_newest_window_current_with_its_own_predictions(scope_folder):
     from concurrent.futures import ThreadPoolExecutor
 
-    from operators.kit.engine import location
-
-    out = location(str(tmp_path))
+    out = scope_folder
     days = [f"2026-03-{day:02d}" for day in range(2, 14)]
     for _ in range(3):
         with ThreadPoolExecutor(len(days)) as pool:
             outcomes = list(pool.map(lambda end: publish_day(out, f"run-{end}", "2026-03-01", end), reversed(days)))
-        data, pointer = current_files(tmp_path)
+        data, pointer = current_files(out)
         assert pointer["run_id"] == "run-2026-03-13" and data == b"predictions of run-2026-03-13"
         assert outcomes[0] is None  # the newest day was made current; every other one either was or says why not
         assert all(o is None or o["reason"] for o in outcomes)
 
 
-def test_an_older_run_whose_pointer_write_loses_to_a_newer_one_puts_the_newer_predictions_back(tmp_path):
+def test_an_older_run_whose_pointer_write_loses_to_a_newer_one_puts_the_newer_predictions_back(scope_folder):
     """The interleaving the compare-and-swap is for, made to happen: the older run read current/run.json (03-05, older
     than its day), then a newer run published completely, then the older run's predictions landed in current/."""
     from dataclasses import dataclass
 
-    from operators.kit.engine import location
-
-    plain = location(str(tmp_path))
+    plain = scope_folder
     publish_day(plain, "d05", "2026-03-04", "2026-03-05")
 
     @dataclass(frozen=True)
@@ -230,6 +238,6 @@ def test_an_older_run_whose_pointer_write_loses_to_a_newer_one_puts_the_newer_pr
     older = NewerRunLandsInBetween(plain.uri, plain.fs, plain.remote)
     refused = publish_day(older, "d06", "2026-03-05", "2026-03-06")
     assert refused["current_run"] == "d07" and "its window ends 2026-03-06, before" in refused["reason"]
-    data, pointer = current_files(tmp_path)
+    data, pointer = current_files(plain)
     assert pointer["run_id"] == "d07" and data == b"predictions of d07"
-    assert (tmp_path / "run_date=2026-03-06" / "d06.parquet").read_bytes() == b"predictions of d06"
+    assert plain.read_bytes(plain.join("run_date=2026-03-06", "d06.parquet")) == b"predictions of d06"
