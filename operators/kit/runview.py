@@ -612,7 +612,7 @@ def render_page(data: dict[str, Any], dead: dict[str, Any], shard: int | None = 
     elif data.get("skipped"):
         parts.append("<p>No cost: the run skipped itself before any Batch job (see the note above).</p>")
     else:
-        parts.append("<p>No cost recorded (the run's collect or summary step has not run).</p>")
+        parts.append("<p>No cost recorded (the run's collect step has not run; for a sweep, its summary step).</p>")
     parts.append(f"<h2>Dead-letter units ({dead['total']:,})</h2>")
     if dead["total"]:
         parts.append(f'<p><a href="{_e(base)}/dead_letter.csv" download>Download all as CSV</a></p>')
