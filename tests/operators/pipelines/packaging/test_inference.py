@@ -112,10 +112,26 @@ def test_the_model_version_is_set_at_run_time_not_by_a_run():
         PackagingInference("inference_test", scope="weekly")
 
 
-def test_a_daily_window_without_new_products_skips_the_run_and_a_monthly_one_fails(root):
+class RecordingTaskInstance:
+    """The running task's `ti` where a stage is called outside Airflow: what it pushes to XCom is kept."""
+
+    def __init__(self):
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def test_a_daily_window_without_new_products_skips_the_run_and_a_monthly_one_fails(root, monkeypatch):
     """An empty daily window is an ordinary day (the run succeeds, skipped); an empty inventory is an error."""
+    import airflow.sdk
     import pandas as pd
     from airflow.sdk.exceptions import AirflowSkipException
+
+    from operators.kit import runview
+
+    ti = RecordingTaskInstance()
+    monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: {"ti": ti})
 
     uri = inventory.ensure(f"{root}/datasets/inventory", until="2026-03-04", groups=2, products_per_group=3,
                            new_per_day=0, start_date="2026-03-01")
@@ -133,6 +149,8 @@ def test_a_daily_window_without_new_products_skips_the_run_and_a_monthly_one_fai
     assert skipped["subject"] == "[inference_daily] SKIPPED at prepare: nothing to do"
     assert "run run-daily: task prepare skipped the rest of the run" in skipped["body"]
     assert "why: no rows in the window [2026-03-02, 2026-03-04) of " in skipped["body"]
+    kept = ti.pushed[runview.SKIP_KEY]  # the reason the run's note and the run view show
+    assert kept["task_id"] == "prepare" and kept["reason"].startswith("no rows in the window [2026-03-02, 2026-03-04)")
     pipeline = PackagingInference("inference_daily", scope="daily")
     prepared = pipeline.prepare({"uri": uri, "started_at": 0.0, "window": ["2026-03-01", "2026-03-04"], "model": {}},
                                 {name: p.value for name, p in pipeline.params.items()}, "run-first", stamp)
