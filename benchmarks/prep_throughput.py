@@ -2,10 +2,11 @@
 
 Generates a pricing-like table once (segment/location/product keys, date, price, quantity; about
 rows/100 units over rows/units days; 0.1 % bad rows: null key, negative price, NaN quantity,
-duplicate key), writes it as one Parquet file, then times on it:
+duplicate key), writes it as one Parquet file (or, with `--csv`, one CSV file), then times on it:
 
   prep          operators.kit.prep.prepare(...) into `--buckets` batches (validation, quarantine, manifest)
   duckdb_copy   COPY (SELECT *, <prep's bucket expression> AS bucket FROM input) TO dir
+                (the CSV is read with DuckDB's own type detection)
                 (FORMAT parquet, PARTITION_BY (bucket)): no checks, no manifest
   pandas        read_parquet, md5 bucket per unit, groupby(bucket) and one to_parquet per bucket:
                 no checks, no manifest (with `--pandas-rows`, on a file of that many rows, its
@@ -15,7 +16,7 @@ Wall seconds are the figures compared; CPU seconds (all threads of this process)
 since they are steadier than wall time on a shared machine. Each method runs `--repeats` times;
 the fastest run counts.
 
-Usage (from the repo root): python benchmarks/prep_throughput.py [--rows N] [--buckets B]
+Usage (from the repo root): python benchmarks/prep_throughput.py [--rows N] [--buckets B] [--csv]
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ SCHEMA = InputSchema(
 BAD_ROW_PERIOD = 1000  # each bad kind spoils one row in this many
 
 
-def generate(path: Path, rows: int) -> None:
+def generate(path: Path, rows: int, csv: bool = False) -> None:
     """Write the synthetic table: row i is unit i % units on day i // units, some rows spoiled."""
     units = max(1, rows // 100)
     slot = f"((u + d * 37) % {BAD_ROW_PERIOD})"  # spread each bad kind over units and days
@@ -69,7 +70,7 @@ def generate(path: Path, rows: int) -> None:
                        CASE WHEN {slot} = 3 THEN 'nan'::DOUBLE ELSE CAST((i * 104729) % 500 AS DOUBLE) END
                            AS quantity
                 FROM (SELECT i, i % {units} AS u, i // {units} AS d FROM range({rows}) t(i))
-            ) TO '{path}' (FORMAT parquet)""")
+            ) TO '{path}' ({"FORMAT csv, HEADER true" if csv else "FORMAT parquet"})""")
 
 
 def cpu_seconds() -> float:
@@ -97,10 +98,11 @@ def run_prep(source: Path, buckets: int):
 
 def run_duckdb_copy(source: Path, buckets: int):
     bucket = bucketing_sql(SCHEMA, buckets)
+    reader = "read_csv" if source.suffix == ".csv" else "read_parquet"
 
     def run(out: Path) -> None:
         with duckdb.connect() as con:
-            con.execute(f"COPY (SELECT *, {bucket} AS {BUCKET_COLUMN} FROM read_parquet('{source}')) "
+            con.execute(f"COPY (SELECT *, {bucket} AS {BUCKET_COLUMN} FROM {reader}('{source}')) "
                         f"TO '{out}' (FORMAT parquet, PARTITION_BY ({BUCKET_COLUMN}))")
     return run
 
@@ -110,7 +112,7 @@ def run_pandas(source: Path, buckets: int):
         return int(hashlib.md5(key.encode()).hexdigest()[:14], 16) % buckets
 
     def run(out: Path) -> None:
-        frame = pd.read_parquet(source)
+        frame = pd.read_csv(source) if source.suffix == ".csv" else pd.read_parquet(source)
         keys = frame["segment"].fillna("\x1e") + "\x1f" + frame["location"] + "\x1f" + frame["product"]
         codes, uniques = pd.factorize(keys)
         frame[BUCKET_COLUMN] = pd.Series([bucket_of(key) for key in uniques]).to_numpy()[codes]
@@ -128,23 +130,24 @@ def main() -> None:
     parser.add_argument("--pandas-rows", type=int, default=None,
                         help="run the pandas loop on this many rows and scale its time linearly (default: all)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--csv", action="store_true", help="write the input as one CSV file instead of Parquet")
     args = parser.parse_args()
     pandas_rows = args.pandas_rows if args.pandas_rows and args.pandas_rows < args.rows else None
     pandas_scale = args.rows / pandas_rows if pandas_rows else 1.0
 
     with tempfile.TemporaryDirectory(prefix="prep-bench-") as tmp:
         work = Path(tmp)
-        source = work / "input.parquet"
+        source = work / ("input.csv" if args.csv else "input.parquet")
         started = time.perf_counter()
-        generate(source, args.rows)
-        print(f"generated {args.rows:,} rows ({source.stat().st_size / 1e6:.0f} MB Parquet) "
+        generate(source, args.rows, args.csv)
+        print(f"generated {args.rows:,} rows ({source.stat().st_size / 1e6:.0f} MB {source.suffix[1:]}) "
               f"in {time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs, DuckDB {duckdb.__version__}")
         pandas_source = source
         if pandas_rows:
-            pandas_source = work / "pandas_sample.parquet"
+            pandas_source = work / f"pandas_sample{source.suffix}"
             with duckdb.connect() as con:
                 con.execute(f"COPY (SELECT * FROM '{source}' LIMIT {pandas_rows}) "
-                            f"TO '{pandas_source}' (FORMAT parquet)")
+                            f"TO '{pandas_source}' ({'FORMAT csv, HEADER true' if args.csv else 'FORMAT parquet'})")
         prep = run_prep(source, args.buckets)
         methods = {
             "prep": prep,
@@ -171,7 +174,7 @@ def main() -> None:
     prep_s, copy_s, pandas_s = (best[name][0] for name in ("prep", "duckdb_copy", "pandas"))
     prep_cpu, copy_cpu = best["prep"][1], best["duckdb_copy"][1]
     pandas_note = f"pandas_extrapolated_from={pandas_rows} " if pandas_rows else ""
-    print(f"prep_throughput rows={args.rows} buckets={args.buckets} prep_s={prep_s:.2f} duckdb_copy_s={copy_s:.2f} "
+    print(f"prep_throughput format={'csv' if args.csv else 'parquet'} rows={args.rows} buckets={args.buckets} prep_s={prep_s:.2f} duckdb_copy_s={copy_s:.2f} "
           f"pandas_s={pandas_s:.2f} {pandas_note}prep_vs_copy={prep_s / copy_s:.2f}x "
           f"prep_vs_copy_cpu={prep_cpu / copy_cpu:.2f}x pandas_vs_prep={pandas_s / prep_s:.2f}x")
 
