@@ -514,10 +514,12 @@ def test_athena_ctas_uses_the_same_checks_window_and_bucket_as_duckdb():
     unique = ", ".join(SchemaSql(SCHEMA, ATHENA).value(name) for name in SCHEMA.unique_key)
     assert f"PARTITION BY {unique}" in sql and "_prep_rank = 1 AND NOT _prep_conflict" in sql
     # The two dialects differ only in how functions are spelled, not in what is checked.
-    blanks = "chr(32) || chr(9) || chr(10) || chr(13)"
+    from operators.kit.prep import _BLANKS as blanks
+
     duck_in_athena_spelling = duck.valid()
     for old, new in (("TRY_CAST", "try_cast"), ("isnan", "is_nan"), ("isinf", "is_infinite"), ("DOUBLE", "double"),
-                     ("DATE)", "date)"), *((f'trim("{n}", {blanks})', f'trim({blanks} FROM "{n}")') for n in SCHEMA.names)):
+                     ("DATE)", "date)"), *((DUCKDB.trim.format(expr=f'"{n}"', chars=blanks),
+                                            ATHENA.trim.format(expr=f'"{n}"', chars=blanks)) for n in SCHEMA.names)):
         duck_in_athena_spelling = duck_in_athena_spelling.replace(old, new)
     assert duck_in_athena_spelling == athena.valid()
     with pytest.raises(ValueError, match="bucket_count"):
@@ -834,6 +836,23 @@ def test_keys_lose_leading_and_trailing_blanks(tmp_path):
     (tmp_path / "twice.csv").write_text(doubled)
     twice = prepare(str(tmp_path / "twice.csv"), SCHEMA, str(tmp_path / "out2"), 8)
     assert twice.quarantined_by_reason == {"duplicate": 2} and twice.units == 30
+
+
+def test_unicode_blanks_around_keys_do_not_split_a_unit(tmp_path):
+    lines = good_lines(100, first=0) + good_lines(100, first=0)
+    blanks = ["\u00a0", "\u3000", "\u2007", "\u202f", "\ufeff", "\u200b", "\u2003\t"]
+    padded = []
+    for i, line in enumerate(lines[100:]):
+        segment, product, day, rest = line.split(",", 3)
+        day = "2026-01-2" + day[-1]  # the same units on other days
+        blank = blanks[i % len(blanks)]
+        padded.append(f"{blank}{segment},{product}{blank},{day},{rest}")
+    (tmp_path / "in.csv").write_text(CSV_HEADER + "".join(lines[:100] + padded), encoding="utf-8")
+    result = prepare(str(tmp_path / "in.csv"), SCHEMA, str(tmp_path / "out"), 8)
+    assert (result.rows_ok, result.units) == (200, 100)
+    good = batches(result)
+    assert set(good["segment"]) == {"S0", "S1", "S2"} and good["product"].str.fullmatch(r"P\d{4}").all()
+    assert good.groupby("product")["batch_id"].nunique().max() == 1
 
 
 def test_input_columns_named_like_prep_internals_cannot_collide(tmp_path):
