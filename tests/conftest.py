@@ -25,7 +25,8 @@ os.umask(0o077)
 def keep_private(folder: Path) -> None:
     """Create `folder` 0700 and strip group/other bits from everything already in it."""
     folder.mkdir(parents=True, exist_ok=True)
-    folder.parent.chmod(stat.S_IMODE(folder.parent.stat().st_mode) & 0o700)
+    if folder.parent.resolve().is_relative_to(REPO.resolve()):  # .airflow/; never a shared folder such as /tmp
+        folder.parent.chmod(stat.S_IMODE(folder.parent.stat().st_mode) & 0o700)
     for path in [folder, *folder.rglob("*")]:
         try:
             if not path.is_symlink():
