@@ -35,7 +35,8 @@ rows_in = rows_ok + rows_quarantined, counting every unparseable CSV line as one
 Reading: exactly the files listed, each once, whatever characters their names hold (DuckDB
 treats every path as a glob, so prep escapes them). CSV is RFC 4180 with a header line: the
 delimiter is taken from the header (`,`, `;`, tab or `|`), the quote and escape are `"`, nothing
-is guessed from a sample, every value is read as text and parsed per the schema. String columns
+is guessed from a sample, every value is read as text and parsed per the schema. A CSV file is
+read as gzip when its bytes are gzip, whatever its name, and as text otherwise. String columns
 of the unit and unique keys lose leading and trailing blanks (Unicode white space, zero-width
 spaces and byte order marks: `_BLANK_CODES`) in both SQL dialects. A `key=value` folder above the
 files gives a column `key` when the files lack one; when the files carry that column too, their
@@ -789,10 +790,46 @@ def _path_list(files: Sequence[str]) -> str:
     return "[" + ", ".join(_literal(_as_glob_literal(f)) for f in files) + "]"
 
 
-def _csv_header(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, tuple[str, ...]]:
-    """(delimiter, column names) from a CSV file's first line, read as RFC 4180."""
-    with fs.open(path, "rb", compression="infer") as handle:
-        line = handle.read(_MAX_HEADER_BYTES).split(b"\n", 1)[0]
+#: Bytes that open a file which is not CSV text: (magic, what the file holds, what to do).
+_NOT_CSV = (
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd-compressed data", "decompress it (zstd -d), or compress it with gzip"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2-compressed data", "decompress it (bunzip2), or compress it with gzip"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz-compressed data", "decompress it (xz -d), or compress it with gzip"),
+    (re.compile(rb"PK\x03\x04"), "a zip archive", "unzip it and give the CSV file(s) inside"),
+    (re.compile(rb"PAR1[\x00-\x08\x0e-\x1f]"), "Parquet", "name it .parquet"),
+)
+
+
+def _csv_compression(path: str, head: bytes) -> str:
+    """'gzip' or 'none', from a CSV file's first bytes whatever its name says (a .csv of gzip bytes is read
+    as gzip, a .csv.gz of plain text as text); PrepError for another compression or format."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    for magic, what, advice in _NOT_CSV:
+        if magic.match(head):
+            raise PrepError(f"{path}: the file holds {what}, not CSV text; {advice} (prep reads CSV as plain text "
+                            "or gzip, whatever the file is named)")
+    return "none"
+
+
+def _open_csv(fs: fsspec.AbstractFileSystem, path: str, compression: str):
+    """The file's CSV bytes (decompressed): what DuckDB reads with `compression`."""
+    return fs.open(path, "rb", compression=None if compression == "none" else compression)
+
+
+def _csv_header(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, tuple[str, ...], str]:
+    """(delimiter, column names, compression) from a CSV file's first bytes and first line, read as RFC 4180."""
+    with fs.open(path, "rb") as handle:
+        head = handle.read(_MAX_HEADER_BYTES)
+    compression = _csv_compression(path, head[:16])
+    if compression != "none":
+        try:
+            with _open_csv(fs, path, compression) as handle:
+                head = handle.read(_MAX_HEADER_BYTES)
+        except (OSError, EOFError) as exc:
+            raise PrepError(f"{path}: the file starts like {compression} data but cannot be decompressed "
+                            f"({exc}); give the complete file, or the CSV text itself") from None
+    line = head.split(b"\n", 1)[0]
     try:
         text = line.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -815,7 +852,7 @@ def _csv_header(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, tuple[st
     if repeated:
         raise PrepError(f"{path}: line 1 (the header) repeats column(s) {repeated} (names are compared without "
                         "case); give each column its own name")
-    return delimiter, names
+    return delimiter, names, compression
 
 
 def _partition_keys(files: Sequence[str]) -> list[str]:
@@ -838,12 +875,12 @@ class _Input:
     def __init__(self, con: duckdb.DuckDBPyConnection, source: Location, files: list[str], fmt: str):
         self.con, self.source, self.files, self.fmt = con, source, files, fmt
         if fmt == "csv":
-            groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+            groups: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
             for path in files:
                 groups.setdefault(_csv_header(source.fs, path), []).append(path)
-            self.reads = [self._csv_sql(paths, delimiter, names, i)
-                          for i, ((delimiter, names), paths) in enumerate(sorted(groups.items()))]
-            self.file_columns = list(dict.fromkeys(name for delimiter, names in groups for name in names))
+            self.reads = [self._csv_sql(paths, delimiter, names, i, compression)
+                          for i, ((delimiter, names, compression), paths) in enumerate(sorted(groups.items()))]
+            self.file_columns = list(dict.fromkeys(name for _, names, _ in groups for name in names))
         else:
             # Parquet writers leave NaN out of min/max statistics; without can_have_nan DuckDB trusts them
             # and drops NaN rows from filters such as isnan(x) (duckdb/duckdb#25521).
@@ -858,11 +895,12 @@ class _Input:
         self.columns = self.file_columns + self.partition_columns
 
     @staticmethod
-    def _csv_sql(paths: list[str], delimiter: str, names: tuple[str, ...], group: int) -> str:
+    def _csv_sql(paths: list[str], delimiter: str, names: tuple[str, ...], group: int, compression: str) -> str:
         columns = "{" + ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in names) + "}"
         return (f"SELECT * FROM read_csv({_path_list(paths)}, header = true, auto_detect = false, "
                 f"columns = {columns}, delim = {_literal(delimiter)}, quote = '\"', escape = '\"', "
-                f"strict_mode = true, store_rejects = true, rejects_table = '_prep_rejects_{group}', "
+                f"strict_mode = true, compression = {_literal(compression)}, store_rejects = true, "
+                f"rejects_table = '_prep_rejects_{group}', "
                 f"rejects_scan = '_prep_scans_{group}', hive_partitioning = false, "
                 f"filename = {_literal(FILE_COLUMN)})")
 

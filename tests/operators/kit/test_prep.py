@@ -855,6 +855,24 @@ def test_unicode_blanks_around_keys_do_not_split_a_unit(tmp_path):
     assert good.groupby("product")["batch_id"].nunique().max() == 1
 
 
+def test_compression_is_read_from_the_bytes_not_from_the_file_name(tmp_path):
+    import gzip
+
+    text = CSV_HEADER + "".join(good_lines(30))
+    (tmp_path / "gzipped.csv").write_bytes(gzip.compress(text.encode()))  # gzip bytes under a .csv name
+    (tmp_path / "plain.csv.gz").write_text(text)  # plain text under a .gz name
+    for name in ("gzipped.csv", "plain.csv.gz"):
+        result = prepare(str(tmp_path / name), SCHEMA, str(tmp_path / f"out-{name}"), 8)
+        assert (result.rows_in, result.rows_ok, result.units) == (30, 30, 30), name
+
+    (tmp_path / "zstd.csv").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(60)))
+    with pytest.raises(PrepError, match=r"zstd.csv: the file holds zstd-compressed data, not CSV text.*gzip"):
+        prepare(str(tmp_path / "zstd.csv"), SCHEMA, str(tmp_path / "out-zstd"), 8)
+    sales().to_parquet(tmp_path / "table.csv")
+    with pytest.raises(PrepError, match=r"table.csv: the file holds Parquet.*\.parquet"):
+        prepare(str(tmp_path / "table.csv"), SCHEMA, str(tmp_path / "out-pq"), 8)
+
+
 def test_input_columns_named_like_prep_internals_cannot_collide(tmp_path):
     frame = sales().assign(reason="the supplier's reason", _dup_rank=7, bucket="b", filename="f", h=1)
     frame.loc[0, "price"] = -1.0
