@@ -8,10 +8,13 @@ connection and writes, under `out_uri`:
   batch, on every run and on every engine (`bucketing_sql`). Only the schema's columns are written,
   typed (columns that arrived as text, e.g. from CSV, are parsed).
 - `quarantine.parquet`: the bad rows (only when there are some): every input column as read, then
-  `_prep_reason`, `_prep_file` and, for a CSV line that could not be parsed, `_prep_line` (its line
-  number) and `_prep_raw` (its text). Reasons, the first that applies:
+  `_prep_reason`, `_prep_file` and, for a CSV line that could not be parsed, `_prep_line` (the
+  record's first line in the file; the header is line 1) and `_prep_raw` (its text, at most 10,000
+  bytes). Reasons, the first that applies:
   `malformed:<kind>` (a CSV line that does not parse: `missing_columns`, `too_many_columns`,
-  `unquoted_value`, `invalid_encoding` for bytes that are not UTF-8, `line_size_over_maximum`),
+  `unquoted_value` (text after a closing quote), `unclosed_quote` (a quote that never closes: that
+  line alone, the lines after it are read), `invalid_encoding` for bytes that are not UTF-8,
+  `line_size_over_maximum` for a line over MAX_LINE_BYTES),
   `null:<col>` (missing where the schema forbids it: NULL, an empty field, or NaN, which means
   "missing" in every numeric column; a nullable float column gets NULL for NaN),
   `non_finite:<col>` (infinity in a numeric column: inf, Infinity, +inf, -inf, 1e400, any case),
@@ -30,7 +33,11 @@ connection and writes, under `out_uri`:
   the schema, the window, the batching and quarantine limits, prep's own code and DuckDB's
   release; the reuse also needs the manifest and every batch it lists to be in place.
 
-rows_in = rows_ok + rows_quarantined, counting every unparseable CSV line as one row.
+rows_in = rows_ok + rows_quarantined, counting every unparseable CSV record as one row. For CSV,
+rows_in is checked against the files' own line counts, made apart from the CSV parser: every line
+is in a record (one line, or several joined by a quoted field's line breaks; empty lines are none),
+and a file whose records do not cover its lines is refused (see "CSV: every line of a file is a
+row" below).
 
 Reading: exactly the files listed, each once, whatever characters their names hold (DuckDB
 treats every path as a glob, so prep escapes them). CSV is RFC 4180 with a header line: the
@@ -50,8 +57,11 @@ window holds no usable row, `prepare` writes the quarantine, no batches and no m
 raises `PrepError` with the counts by reason, where each reason first occurs and what to do.
 
 Rows outside the optional `window` on `schema.time_column` are not part of the run; rows whose
-time value is missing or unparseable stay in it, to be quarantined. Every step is set-based SQL;
-only a 64-bit hash per row leaves DuckDB, to look for duplicate keys (see `_duplicate_key_hashes`).
+time value is missing or unparseable stay in it, to be quarantined. A malformed CSV record is
+placed by the time value read from its own text (the field at the time column's place in its
+header), by the same rule: one whose date cannot be read is quarantined in every window. Every
+step is set-based SQL; only a 64-bit hash per row leaves DuckDB, to look for duplicate keys (see
+`_duplicate_key_hashes`).
 
 `athena_ctas_sql` builds the same predicates, duplicate rule and bucket expression for Athena (a
 CTAS that writes the good rows bucketed by that expression); `run_athena_prep` submits it.
@@ -65,6 +75,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -868,17 +879,216 @@ def _folder_value(key: str) -> str:
     return f"nullif(regexp_extract({FILE_COLUMN}, {_literal(pattern)}, 2), '')"
 
 
+# --- CSV: every line of a file is a row, read or quarantined ------------------------------------------
+#
+# DuckDB's CSV reader can lose lines without a word: a quote that never closes takes every later line into
+# one rejected record (of which it keeps the first 10,000 bytes), and a line longer than its read buffer
+# vanishes. So prep counts each file's lines itself, with a streaming count of line breaks that does not
+# parse anything, and checks that the records DuckDB read, good and rejected, cover exactly those lines:
+#
+# - A record is one line, or several when a quoted field holds line breaks and its quote closes: such a
+#   record is one row (RFC 4180), quarantined or kept as a whole. Empty lines between records are no rows.
+# - A rejected record whose quote does not close properly, with later lines taken into it, is cut to its
+#   first line, quarantined as `malformed:unclosed_quote`, and the file is read again without that line,
+#   so the lines after it are rows of their own (at most MAX_UNCLOSED_QUOTES such lines in one file).
+# - A line longer than MAX_LINE_BYTES is quarantined as `malformed:line_size_over_maximum`, whether DuckDB
+#   rejected it or dropped it.
+# - Where the records still do not cover the file's lines, the file is refused with a PrepError naming it:
+#   a file is never read as shorter than it is.
+#
+# So rows_in = rows_ok + rows_quarantined counts the file's records, and those are its lines but for
+# empty lines and the extra lines of quoted line breaks. `_prep_line` is a record's first line in the
+# file (the header is line 1), found from DuckDB's byte offset, not from its record count.
+
+#: The longest line (record) DuckDB reads, in bytes without the line break: its max_line_size, set explicitly.
+MAX_LINE_BYTES = 2_000_000
+#: Lines of one file that may open a quoted field that never closes; with more, the file is refused.
+MAX_UNCLOSED_QUOTES = 20
+UNCLOSED_QUOTE = "malformed:unclosed_quote"
+LINE_TOO_LONG = "malformed:line_size_over_maximum"
+_RAW_BYTES = 10_000  # DuckDB keeps this much of a rejected record's text; prep keeps as much of the lines it finds
+_WINDOW = MAX_LINE_BYTES // 2  # a line over MAX_LINE_BYTES holds a whole window of this many bytes with no break
+_SCAN_BYTES = 8 * _WINDOW
+_LINE_BREAKS = re.compile(r"\n(?:\r?\n)*")  # one line break, and the empty lines right after it
+_TIME_TEXT = RESERVED_PREFIX + "time"  # a malformed record's time value as text, for the window
+
+
+@dataclass
+class _BadRecord:
+    """A CSV record quarantined as malformed."""
+
+    pos: int  # its first byte, or a line break just before it (DuckDB's offsets may point there)
+    reason: str
+    raw: str
+    lines: int | None  # the non-empty lines it covers; None when DuckDB kept only the start of its text
+    cut: bool = False  # its quote never closes and it took later lines: cut it to its first line, read on
+    start: int | None = None  # its first byte, once known
+    line: int | None = None  # its first line in the file (1: the header), once known
+
+
+def _bad_records(con: duckdb.DuckDBPyConnection, rejects: str, scans: str) -> dict[str, list[_BadRecord]]:
+    """DuckDB's rejected records of one scan, per file, in file order: one record per line byte offset."""
+    rows = con.execute(f"""
+        SELECT s.file_path, e.line_byte_position - 1, arg_min(e.error_type, coalesce(e.column_idx, -1)),
+               bool_or(e.error_type = 'UNQUOTED VALUE'), first(e.csv_line), max(strlen(e.csv_line))
+        FROM {rejects} e JOIN {scans} s USING (scan_id, file_id)
+        GROUP BY s.file_path, e.line_byte_position ORDER BY 1, 2""").fetchall()
+    found: dict[str, list[_BadRecord]] = {}
+    for path, pos, error, unquoted, raw, size in rows:
+        text = (raw or "").strip("\r\n")
+        whole = (size or 0) < _RAW_BYTES - 4  # DuckDB cuts the text at 10,000 bytes (on a character boundary)
+        unclosed = unquoted and (not whole or "\n" in text or text.count('"') % 2 == 1)
+        reason = UNCLOSED_QUOTE if unclosed else "malformed:" + (error or "unreadable").lower().replace(" ", "_")
+        lines = 1 + len(_LINE_BREAKS.findall(text)) if whole else None
+        found.setdefault(path, []).append(
+            _BadRecord(pos=max(int(pos), 0), reason=reason, raw=text, lines=lines, cut=unclosed and lines != 1))
+    return found
+
+
+def _read_up_to(handle, size: int) -> bytes:
+    """`size` bytes, fewer only at the end of the file."""
+    parts, left = [], size
+    while left > 0:
+        part = handle.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _decoded(data: bytes) -> str:
+    return data[:_RAW_BYTES].decode("utf-8", errors="replace")
+
+
+@dataclass
+class _Lines:
+    """What `_scan_lines` found in one CSV file."""
+
+    lines: int  # lines after the header, empty ones included; a last line without a line break counts
+    long: list[tuple[int, int]]  # (first byte, line) of each line over MAX_LINE_BYTES
+    starts: dict[int, tuple[int, int]]  # a position asked for -> (first byte of the record there, its line)
+    empty: int | None  # empty lines after the header (only when asked for)
+
+
+def _scan_lines(fs: fsspec.AbstractFileSystem, path: str, compression: str, positions: Iterable[int],
+                count_empty: bool = False) -> _Lines:
+    """Count a CSV file's lines (line breaks, read 8 MB at a time, nothing parsed), find its lines over
+    MAX_LINE_BYTES, and the first byte and line of the record at each of `positions` (skipping the line
+    breaks at a position, since DuckDB's offsets may point at the line break before a record)."""
+    targets, next_target = sorted(set(positions)), 0
+    waiting: list[int] = []  # positions whose record starts in a later block
+    starts: dict[int, tuple[int, int]] = {}
+    long: list[tuple[int, int]] = []
+    newlines = offset = line_start = empty = 0  # line_start: first byte of the line running into the block
+    before = b"xx"  # the two bytes before the block
+
+    def note_if_long(start: int, end: int, line: int, block: bytes, block_offset: int) -> None:
+        size = end - start
+        if size > MAX_LINE_BYTES and block_offset <= end - 1 < block_offset + len(block) \
+                and block[end - 1 - block_offset] == 13:
+            size -= 1  # DuckDB measures a line without its CR LF
+        if size > MAX_LINE_BYTES:
+            long.append((start, line))
+
+    with _open_csv(fs, path, compression) as handle:
+        while block := _read_up_to(handle, _SCAN_BYTES):
+            size = len(block)
+            breaks = np.frombuffer(block, np.uint8) == 10
+            while next_target < len(targets) and targets[next_target] < offset + size:
+                waiting.append(targets[next_target])
+                next_target += 1
+            resolved, still = [], []
+            for pos in waiting:
+                at = max(pos, offset) - offset
+                while at < size and block[at] in (10, 13):
+                    at += 1
+                (resolved if at < size else still).append((pos, at))
+            waiting = [pos for pos, _ in still]
+            if len(resolved) > 16:
+                before_each = np.searchsorted(np.flatnonzero(breaks), [at for _, at in resolved])
+            else:
+                before_each = [block.count(b"\n", 0, at) for _, at in resolved]
+            for (pos, at), count in zip(resolved, before_each):
+                starts[pos] = (offset + at, newlines + int(count) + 1)
+
+            first = block.find(b"\n")
+            if first >= 0:  # the line running into this block ends here
+                note_if_long(line_start, offset + first, newlines + 1, block, offset)
+                last = block.rfind(b"\n")
+                window = first + 1
+                while window < last:  # lines wholly in the block: one over the limit holds a window with no break
+                    if block.find(b"\n", window, min(window + _WINDOW, last)) >= 0:
+                        window += _WINDOW
+                        continue
+                    start = block.rfind(b"\n", 0, window) + 1
+                    end = block.find(b"\n", window)
+                    note_if_long(offset + start, offset + end, newlines + block.count(b"\n", 0, start) + 1,
+                                 block, offset)
+                    window = end + 1
+                line_start = offset + last + 1
+            if count_empty:  # a line break right after another (or after CR LF) ends an empty line
+                whole = np.frombuffer(before + block, np.uint8)
+                nl, cr = whole == 10, whole == 13
+                empty += int(np.count_nonzero(nl[2:] & (nl[1:-1] | (cr[1:-1] & nl[:-2]))))
+            newlines += int(np.count_nonzero(breaks))
+            before = (before + block[-2:])[-2:]
+            offset += size
+    for pos in waiting:
+        starts[pos] = (offset, newlines + 1)
+    trailing = offset - line_start  # the last line, when the file does not end with a line break
+    if trailing and newlines:
+        note_if_long(line_start, offset, newlines + 1, b"", offset)
+    last_line = 1 if trailing and before[-trailing:] != b"\r" else 0
+    return _Lines(lines=max(newlines + last_line - 1, 0), long=long, starts=starts,
+                  empty=empty if count_empty else None)
+
+
+def _record_extent(fs: fsspec.AbstractFileSystem, path: str, compression: str, start: int) -> tuple[int, int]:
+    """(non-empty lines, end offset) of the RFC 4180 record at `start`: it ends at the first line break outside
+    quotes (a doubled quote inside a quoted field toggles twice, so counting quotes is enough)."""
+    lines, inside, read, size, first = 0, False, 0, 0, None  # size, first: the current line's length, first byte
+
+    def non_empty() -> bool:
+        return size > 1 or (size == 1 and first != 13)
+
+    with _open_csv(fs, path, compression) as handle:
+        handle.seek(start)
+        while block := _read_up_to(handle, _SCAN_BYTES):
+            at = 0
+            while True:
+                end = block.find(b"\n", at)
+                stop = len(block) if end < 0 else end
+                inside ^= block.count(b'"', at, stop) % 2 == 1
+                if stop > at and first is None:
+                    first = block[at]
+                size += stop - at
+                if end < 0:
+                    break
+                lines += non_empty()
+                size, first, at = 0, None, end + 1
+                if not inside:
+                    return lines, start + read + at
+            read += len(block)
+    return lines + non_empty(), start + read
+
+
 class _Input:
     """One input's files read into the temporary table or view `_source` (input columns plus FILE_COLUMN,
-    and a column per partition folder the files lack) and its unparseable CSV lines into `_prep_rejected`."""
+    and a column per partition folder the files lack) and its malformed CSV records into `_prep_rejected`
+    (see "CSV: every line of a file is a row" above)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, source: Location, files: list[str], fmt: str):
+    def __init__(self, con: duckdb.DuckDBPyConnection, source: Location, files: list[str], fmt: str,
+                 scratch: str | None = None):
         self.con, self.source, self.files, self.fmt = con, source, files, fmt
+        self.scratch = scratch or tempfile.gettempdir()
+        self.csv_format: dict[str, tuple[str, tuple[str, ...], str]] = {}  # path -> (delimiter, names, compression)
         if fmt == "csv":
             groups: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
             for path in files:
-                groups.setdefault(_csv_header(source.fs, path), []).append(path)
-            self.reads = [self._csv_sql(paths, delimiter, names, i, compression)
+                self.csv_format[path] = _csv_header(source.fs, path)
+                groups.setdefault(self.csv_format[path], []).append(path)
+            self.reads = [self._csv_sql(paths, delimiter, names, str(i), compression)
                           for i, ((delimiter, names, compression), paths) in enumerate(sorted(groups.items()))]
             self.file_columns = list(dict.fromkeys(name for _, names, _ in groups for name in names))
         else:
@@ -893,15 +1103,16 @@ class _Input:
         self.partition_columns = [key for key in keys if key.lower() not in file_names]
         self.partitions_in_files = [key for key in keys if key.lower() in file_names]
         self.columns = self.file_columns + self.partition_columns
+        self._rereads = 0
 
     @staticmethod
-    def _csv_sql(paths: list[str], delimiter: str, names: tuple[str, ...], group: int, compression: str) -> str:
+    def _csv_sql(paths: list[str], delimiter: str, names: tuple[str, ...], rejects: str, compression: str) -> str:
         columns = "{" + ", ".join(f"{_literal(name)}: 'VARCHAR'" for name in names) + "}"
         return (f"SELECT * FROM read_csv({_path_list(paths)}, header = true, auto_detect = false, "
                 f"columns = {columns}, delim = {_literal(delimiter)}, quote = '\"', escape = '\"', "
-                f"strict_mode = true, compression = {_literal(compression)}, store_rejects = true, "
-                f"rejects_table = '_prep_rejects_{group}', "
-                f"rejects_scan = '_prep_scans_{group}', hive_partitioning = false, "
+                f"strict_mode = true, max_line_size = {MAX_LINE_BYTES}, compression = {_literal(compression)}, "
+                f"store_rejects = true, rejects_table = '_prep_rejects_{rejects}', "
+                f"rejects_scan = '_prep_scans_{rejects}', hive_partitioning = false, "
                 f"filename = {_literal(FILE_COLUMN)})")
 
     def check_names(self) -> None:
@@ -910,26 +1121,196 @@ class _Input:
             raise PrepError(f"input {self.source.uri}: column(s) {reserved} start with {RESERVED_PREFIX!r}, which "
                             "prep reserves for the columns it adds (reason, file, line); rename them in the input")
 
+    def _added(self) -> str:
+        return "".join(f", {_folder_value(key)} AS {_ident(key)}" for key in self.partition_columns)
+
     def load(self, schema: InputSchema) -> None:
-        """Create `_source` and `_prep_rejected`; refuse files whose own column disagrees with its folder."""
-        added = "".join(f", {_folder_value(key)} AS {_ident(key)}" for key in self.partition_columns)
+        """Create `_source` and `_prep_rejected`; refuse files whose own column disagrees with its folder, and
+        CSV files whose lines the records read do not account for."""
         union = "\nUNION ALL BY NAME\n".join(self.reads)
         # A local Parquet scan is cheap enough to repeat; CSV parsing and remote reads are done once.
         kind = "TEMP TABLE" if self.fmt == "csv" or self.source.remote else "TEMP VIEW"
-        self.con.execute(f"CREATE {kind} _source AS SELECT *{added} FROM ({union})")
+        self.con.execute(f"CREATE {kind} _source AS SELECT *{self._added()} FROM ({union})")
         self.con.execute(f"CREATE TEMP TABLE _prep_rejected ({FILE_COLUMN} VARCHAR, {LINE_COLUMN} BIGINT, "
-                         f"{REASON_COLUMN} VARCHAR, {RAW_COLUMN} VARCHAR)")
+                         f"{REASON_COLUMN} VARCHAR, {RAW_COLUMN} VARCHAR, {_TIME_TEXT} VARCHAR)")
         if self.fmt == "csv":
+            bad: dict[str, list[_BadRecord]] = {}
             for group in range(len(self.reads)):
-                self.con.execute(f"""
-                    INSERT INTO _prep_rejected
-                    SELECT s.file_path, e.line,
-                           'malformed:' || lower(replace(arg_min(e.error_type, e.column_idx), ' ', '_')),
-                           arg_min(e.csv_line, e.column_idx)
-                    FROM _prep_rejects_{group} e JOIN _prep_scans_{group} s USING (scan_id, file_id)
-                    GROUP BY s.file_path, e.line""")
+                bad.update(_bad_records(self.con, f"_prep_rejects_{group}", f"_prep_scans_{group}"))
+            for path, records in list(bad.items()):
+                if any(record.cut for record in records):
+                    bad[path] = self._without_unclosed_quotes(path, records)
+            self._account_for_lines(bad)
+            self._store_rejected(schema, bad)
         for key in self.partitions_in_files:
             self._check_folder_agrees(schema, key)
+
+    def _without_unclosed_quotes(self, path: str, records: list[_BadRecord]) -> list[_BadRecord]:
+        """Read `path` again without each line that opens a quoted field that never closes (found one at a time:
+        each cut may show the next), replace its rows in `_source`, and return its malformed records."""
+        delimiter, names, compression = self.csv_format[path]
+        copy = os.path.join(self.scratch, f"unclosed-{self._rereads}.csv")
+        with _open_csv(self.source.fs, path, compression) as original, open(copy, "wb") as out:
+            shutil.copyfileobj(original, out, _SCAN_BYTES)
+        cuts: list[tuple[int, int]] = []  # byte ranges of `path` left out of the copy, in file order
+        cut_records: list[_BadRecord] = []
+
+        def in_file(pos: int) -> int:  # a byte offset in the copy -> the same byte's offset in `path`
+            for start, end in cuts:
+                if start <= pos:
+                    pos += end - start
+            return pos
+
+        while (record := next((record for record in records if record.cut), None)) is not None:
+            if len(cut_records) == MAX_UNCLOSED_QUOTES:
+                found = _scan_lines(self.source.fs, path, compression, [cut.start for cut in cut_records]).starts
+                lines = ", ".join(str(found[cut.start][1]) for cut in cut_records)
+                raise PrepError(
+                    f"{path}: more than {MAX_UNCLOSED_QUOTES} lines open a quoted field that never closes (lines "
+                    f"{lines}, ...); every line after such a quote would be read into it. Close each quote, and "
+                    "write a quote inside a quoted field twice (\"\")")
+            first, cut_from, cut_to, text = self._unclosed_line(copy, record.pos)
+            start = in_file(first)
+            cut_records.append(_BadRecord(pos=start, reason=UNCLOSED_QUOTE, raw=text, lines=1, start=start))
+            cuts.append((in_file(cut_from), in_file(cut_from) + cut_to - cut_from))
+            cuts.sort()
+            _drop_bytes(copy, cut_from, cut_to)
+            name = f"u{self._rereads}"
+            self._rereads += 1
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE _prep_reread AS "
+                             f"{self._csv_sql([copy], delimiter, names, name, 'none')}")
+            records = next(iter(_bad_records(self.con, f"_prep_rejects_{name}", f"_prep_scans_{name}").values()), [])
+        for record in records:
+            record.pos = in_file(record.pos)
+        self.con.execute(f"DELETE FROM _source WHERE {FILE_COLUMN} = {_literal(path)}")
+        self.con.execute(f"INSERT INTO _source BY NAME SELECT *{self._added()} FROM "
+                         f"(SELECT * REPLACE ({_literal(path)} AS {FILE_COLUMN}) FROM _prep_reread)")
+        self.con.execute("DROP TABLE _prep_reread")
+        os.remove(copy)
+        return sorted(records + cut_records, key=lambda record: record.pos)
+
+    @staticmethod
+    def _unclosed_line(copy: str, pos: int) -> tuple[int, int, int, str]:
+        """(first byte, cut from, cut to, text) of the line at `pos` of a local file: the cut is the line break
+        before the line and the line, not its own line break, so the lines around it stay apart."""
+        with open(copy, "rb") as handle:
+            handle.seek(pos)
+            first = pos
+            while handle.read(1) in (b"\n", b"\r"):
+                first += 1
+            handle.seek(max(first - 2, 0))
+            before = handle.read(first - max(first - 2, 0))
+            cut_from = first - (2 if before.endswith(b"\r\n") else 1 if before.endswith(b"\n") else 0)
+            handle.seek(first)
+            text, end, offset = b"", None, first
+            while end is None:
+                block = handle.read(_SCAN_BYTES)
+                if not block:
+                    end = offset
+                    break
+                text += block[:max(_RAW_BYTES - len(text), 0)]
+                found = block.find(b"\n")
+                if found >= 0:
+                    end = offset + found
+                offset += len(block)
+            if end > first:
+                handle.seek(end - 1)
+                end -= handle.read(1) == b"\r"
+        return first, cut_from, end, _decoded(text.split(b"\n", 1)[0].rstrip(b"\r"))
+
+    def _account_for_lines(self, bad: dict[str, list[_BadRecord]]) -> None:
+        """Check that each CSV file's records cover its lines (see "CSV: every line of a file is a row"); give
+        each malformed record its first byte and line; add the lines over MAX_LINE_BYTES that DuckDB dropped."""
+        read = dict(self.con.execute(f"SELECT {FILE_COLUMN}, count(*) FROM _source GROUP BY ALL").fetchall())
+        unknown = sorted((set(bad) | set(read)) - set(self.files))
+        if unknown:  # the accounting below is per file: a file named otherwise would escape it
+            raise RuntimeError(f"the CSV reader named file(s) {unknown[:3]} that are not among the input's files")
+        for path in self.files:
+            _, _, compression = self.csv_format[path]
+            records = bad.setdefault(path, [])
+            scan = _scan_lines(self.source.fs, path, compression, [record.pos for record in records])
+            for record in records:
+                record.start, record.line = scan.starts[record.pos]
+            starts = {record.start for record in records}
+            dropped = [(start, line) for start, line in scan.long if start not in starts]
+            if dropped:  # not a line of a record DuckDB rejected for its length: it dropped that line
+                for record in records:
+                    if record.lines is None and record.start is not None:
+                        record.lines, end = _record_extent(self.source.fs, path, compression, record.start)
+                        dropped = [(start, line) for start, line in dropped if not record.start <= start < end]
+            for start, line in dropped:
+                records.append(_BadRecord(pos=start, reason=LINE_TOO_LONG, raw=self._text_at(path, start),
+                                          lines=1, start=start, line=line))
+            records.sort(key=lambda record: record.start)
+            if scan.lines == read.get(path, 0) + len(records):
+                continue  # one line per record: nothing lost (the common case, and the cheap one)
+            self._check_spans(path, compression, records, read.get(path, 0))
+
+    def _check_spans(self, path: str, compression: str, records: list[_BadRecord], read: int) -> None:
+        """The slow check, for a file with empty lines, quoted line breaks or lost lines: count the lines each
+        record covers and refuse the file unless they add up to its non-empty lines."""
+        scan = _scan_lines(self.source.fs, path, compression, [], count_empty=True)
+        lines = scan.lines - scan.empty
+        columns = [_ident(name) for name in self.file_columns]
+        pattern = _literal(_LINE_BREAKS.pattern)
+        breaks = " + ".join(f"coalesce(len(regexp_extract_all({column}, {pattern})), 0)" for column in columns)
+        with_breaks = " OR ".join(f"contains({column}, chr(10))" for column in columns)
+        extra = self.con.execute(f"SELECT coalesce(sum({breaks}), 0) FROM _source "
+                                 f"WHERE {FILE_COLUMN} = {_literal(path)} AND ({with_breaks})").fetchall()[0][0]
+        covered = read + int(extra)  # a row covers one line, and one more per line break in its values
+        for record in records:
+            if record.lines is None:
+                record.lines, _ = _record_extent(self.source.fs, path, compression, record.start)
+            covered += record.lines
+        if covered != lines:
+            first = f"; its first quarantined line is line {records[0].line}" if records else ""
+            raise PrepError(
+                f"{path}: the CSV reader accounted for {covered} of the file's {lines} lines (not counting the header "
+                f"and empty lines) with {read + len(records)} records{first}. Rather than read the file short, prep "
+                f"refuses it: look for a quote that never closes or a line over {MAX_LINE_BYTES:,} bytes, fix it "
+                "and run again")
+
+    def _text_at(self, path: str, start: int) -> str:
+        _, _, compression = self.csv_format[path]
+        with _open_csv(self.source.fs, path, compression) as handle:
+            handle.seek(start)
+            return _decoded(handle.read(_RAW_BYTES).split(b"\n", 1)[0].rstrip(b"\r"))
+
+    def _store_rejected(self, schema: InputSchema, bad: dict[str, list[_BadRecord]]) -> None:
+        """Write the malformed records to `_prep_rejected`, with their time value read from their text where the
+        field at the time column's place parses as CSV (for the window; see `scope_rejected`)."""
+        rows: dict[str, list] = {FILE_COLUMN: [], LINE_COLUMN: [], REASON_COLUMN: [], RAW_COLUMN: [], _TIME_TEXT: []}
+        for path, records in bad.items():
+            delimiter, names, _ = self.csv_format[path]
+            index = names.index(schema.time_column) if schema.time_column in names else None
+            for record in records:
+                rows[FILE_COLUMN].append(path)
+                rows[LINE_COLUMN].append(record.line)
+                rows[REASON_COLUMN].append(record.reason)
+                rows[RAW_COLUMN].append(record.raw)
+                rows[_TIME_TEXT].append(_field(record.raw, delimiter, index))
+        table = pa.table({name: pa.array(values, pa.int64() if name == LINE_COLUMN else pa.string())
+                          for name, values in rows.items()})
+        self.con.register("_prep_rejected_rows", table)
+        self.con.execute("INSERT INTO _prep_rejected BY NAME SELECT * FROM _prep_rejected_rows")
+        self.con.unregister("_prep_rejected_rows")
+
+    def scope_rejected(self, schema: InputSchema, window: tuple[str, str] | None) -> None:
+        """The view `_prep_rejected_scoped`: the malformed records of this run. A record is in the window when
+        the time value read from its text (or its file's folder) is; like any row, it also is when that value
+        is missing or unreadable, so a line no one can date is quarantined in every window rather than lost."""
+        where = "TRUE"
+        time_column = schema.time_column
+        if window is not None and time_column:
+            text = [time_column] if schema.column(time_column).dtype != "string" else []
+            where = SchemaSql(schema, DUCKDB, text).in_scope(window)
+            value = (f"coalesce({_TIME_TEXT}, {_folder_value(time_column)})" if time_column in self.partition_columns
+                     else _TIME_TEXT)
+            source = f"(SELECT *, {value} AS {_ident(time_column)} FROM _prep_rejected)"
+        else:
+            source = "_prep_rejected"
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW _prep_rejected_scoped AS SELECT {FILE_COLUMN}, "
+                         f"{LINE_COLUMN}, {REASON_COLUMN}, {RAW_COLUMN} FROM {source} WHERE {where}")
 
     def _check_folder_agrees(self, schema: InputSchema, key: str) -> None:
         column = next(name for name in self.file_columns if name.lower() == key.lower())
@@ -949,8 +1330,32 @@ class _Input:
                 f"file to the folder of its values, or drop the {key}= folders or the column from the files")
 
     def rejected_by_reason(self) -> dict[str, int]:
+        """The malformed records of this run (`scope_rejected`) by reason."""
         return dict(self.con.execute(
-            f"SELECT {REASON_COLUMN}, count(*) FROM _prep_rejected GROUP BY {REASON_COLUMN}").fetchall())
+            f"SELECT {REASON_COLUMN}, count(*) FROM _prep_rejected_scoped GROUP BY {REASON_COLUMN}").fetchall())
+
+
+def _drop_bytes(path: str, start: int, end: int) -> None:
+    """Remove bytes [start, end) from a local file, rewriting it."""
+    with open(path, "rb") as source, open(path + ".new", "wb") as target:
+        left = start
+        while left and (block := source.read(min(left, _SCAN_BYTES))):
+            target.write(block)
+            left -= len(block)
+        source.seek(end)
+        shutil.copyfileobj(source, target, _SCAN_BYTES)
+    os.replace(path + ".new", path)
+
+
+def _field(text: str, delimiter: str, index: int | None) -> str | None:
+    """Field `index` of the first CSV record in `text` (None when there is none or it cannot be read)."""
+    if index is None:
+        return None
+    try:
+        record = next(csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"', doublequote=True), [])
+    except csv.Error:
+        return None
+    return record[index] if index < len(record) else None
 
 
 # --- Schema check ------------------------------------------------------------------------------------
@@ -1040,7 +1445,7 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
         con.execute(f"SET temp_directory = {_literal(os.path.join(scratch, 'duckdb'))}")
         if source.remote:
             con.register_filesystem(source.fs)
-        data = _Input(con, source, files, fmt)
+        data = _Input(con, source, files, fmt, scratch)
         data.check_names()
         data.load(schema)
         types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE _source)").fetchall())
@@ -1051,6 +1456,7 @@ def prepare(input_uri: str, schema: InputSchema, out_uri: str, bucket_count: int
         if missing or mistyped:
             raise SchemaError(missing, mistyped, {name: near_matches(name, types) for name in missing}, source.uri)
         scope = sql.in_scope(window)
+        data.scope_rejected(schema, window)
 
         by_reason = dict(con.execute(
             f"SELECT reason, count(*) FROM (SELECT {sql.reason()} AS reason FROM _source WHERE {scope}) GROUP BY reason"
@@ -1235,6 +1641,9 @@ def _prepared_before(out: Location, fingerprint: str) -> tuple[PrepResult, pd.Da
 
 _ADVICE = {
     "malformed:invalid_encoding": "the file is not UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+    UNCLOSED_QUOTE: "a quote opened on the line never closes: the line is quarantined alone and the lines after it "
+                    "are read as rows; close the quote, and write a quote inside a quoted field twice (\"\")",
+    LINE_TOO_LONG: f"the line is longer than {MAX_LINE_BYTES:,} bytes: shorten the field, or split the line",
     "malformed:": "the line does not parse as RFC 4180 CSV: give it as many fields as the header and quote "
                   "(\"...\") any field holding the delimiter, a quote (doubled) or a line break",
     "null:": "fill the column, or declare it nullable in the workload's schema",
@@ -1371,7 +1780,7 @@ def _write_quarantine(con: duckdb.DuckDBPyConnection, sql: SchemaSql, scope: str
     if _has_duplicates(con):
         parts.append(f"SELECT * EXCLUDE ({RANK_COLUMN}, {CONFLICT_COLUMN}), {sql.duplicate_reason()} AS {REASON_COLUMN} "
                      f"FROM _dup_rows WHERE {RANK_COLUMN} > 1 OR {CONFLICT_COLUMN}")
-    parts.append("SELECT * FROM _prep_rejected")
+    parts.append("SELECT * FROM _prep_rejected_scoped")
     columns = ", ".join(_ident(name) for name in [*input_columns, REASON_COLUMN, FILE_COLUMN, LINE_COLUMN, RAW_COLUMN])
     union = "\nUNION ALL BY NAME\n".join(f"({part})" for part in parts)
     con.execute(f"COPY (SELECT {columns} FROM ({union})) TO {_literal(path)} (FORMAT parquet)")

@@ -221,6 +221,36 @@ def test_a_failing_task_notifies_its_first_error(airflow_db, local_aws, data_roo
     assert {ti.state for ti in task_instances(run, "run_shard")} <= {TaskInstanceState.UPSTREAM_FAILED}
 
 
+def test_a_csv_quote_that_never_closes_cannot_hide_the_last_days_of_the_window(airflow_db, local_aws, data_root):
+    """One CSV file in date order; a line 4 days before the window ends opens a quote that never closes. The
+    reader took every later line into that one line: the run was approved and published without its last 4
+    days. Now that line alone is quarantined and every line after it is read."""
+    from operators.pipelines.pricing import pricing_data
+
+    parts = data_root / "parts"
+    pricing_data.generate(parts, rows=SMALL["dataset_rows"], units=SMALL["dataset_units"],
+                          start_date=SMALL["dataset_start_date"], seed=SMALL["dataset_seed"], fmt="csv")
+    files = sorted(parts.glob("date=*/*.csv"))
+    header = files[0].read_text().split("\n", 1)[0].replace('"', "")
+    lines = [line.replace('"', "") for path in files for line in path.read_text().splitlines()[1:]]
+    columns = header.split(",")
+    broken = next(i for i, line in enumerate(lines) if line.split(",")[columns.index("date")] == "2026-02-12")
+    fields = lines[broken].split(",")
+    fields[columns.index("price")] = '"' + fields[columns.index("price")]  # no quote after it closes it
+    lines[broken] = ",".join(fields)
+    (data_root / "sales.csv").write_text("\n".join([header, *lines]) + "\n")
+
+    run = run_pricing({**ALWAYS_APPROVE, "input_uri": str(data_root / "sales.csv")})
+    [prepared] = xcom(run, "prepare")
+    assert prepared["window"] == ["2026-01-19", "2026-02-16"]
+    in_window = sum("2026-01-19" <= line.split(",")[columns.index("date")] < "2026-02-16" for line in lines)
+    assert prepared["rows_in"] == in_window == prepared["rows_ok"] + prepared["rows_quarantined"]
+    assert prepared["quarantined_by_reason"]["malformed:unclosed_quote"] == 1
+    assert sum(prepared["quarantined_by_reason"].values()) == prepared["rows_quarantined"]
+    assert run.state == DagRunState.SUCCESS
+    [version] = registry_versions(data_root)
+    assert version["input_stats"]["last_date"] == "2026-02-15"  # the window's last day is in the model
+
 def test_the_default_synthetic_dataset_ends_where_the_run_interval_ends(airflow_db, local_aws, data_root):
     late_monday = pendulum.datetime(2026, 11, 16, tz="UTC")  # a scheduled run's week, far from SMALL's dates
     conf = {"dataset_start_date": None, **ALWAYS_APPROVE}
