@@ -42,7 +42,10 @@ def history(data_root: Path, table: str, where: str = "true") -> list[tuple]:
     return duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true) WHERE {where}").fetchall()
 
 
-def test_no_capacity_moves_to_the_fallback_queue_with_throttling_and_a_lost_host(airflow_db, local_aws, data_root):
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
+def test_no_capacity_moves_to_the_fallback_queue_with_throttling_and_a_lost_host(airflow_db, local_aws, data_root,
+                                                                                capfd, deferrable):
+    """The same sweep in both wait modes: the capacity watch in the task (sync), in the triggerer (deferrable)."""
     batch = local_aws.batch
     ondemand_queue = batch.describe_job_queues(jobQueues=["airbatch-cpu-ondemand"])["jobQueues"][0]["jobQueueArn"]
     ondemand_ce = batch.describe_compute_environments(computeEnvironments=["airbatch-cpu-ondemand"])[
@@ -57,7 +60,9 @@ def test_no_capacity_moves_to_the_fallback_queue_with_throttling_and_a_lost_host
         {"id": "starved", "hyperparameters": {"min_train_labels": 1_000_000}},
     ]}
     try:
-        run = load_dag("training_sweep").test(run_conf={
+        dag = load_dag("training_sweep")
+        dag.get_task("run_shard").partial_kwargs["deferrable"] = deferrable
+        run = dag.test(run_conf={
             "sweep": sweep, "dataset_groups": 2, "dataset_weeks": 10, "dataset_labels_per_week": 400,
             "configs_per_batch": 1, "batches_per_child": 1, "runnable_timeout_s": 3, "notify_each_failure": True})
     finally:
@@ -66,6 +71,10 @@ def test_no_capacity_moves_to_the_fallback_queue_with_throttling_and_a_lost_host
         batch.untag_resource(resourceArn=ondemand_ce, tagKeys=[LOSE_HOSTS_TAG])
     assert run.state == DagRunState.SUCCESS
     [summary] = xcom(run, "summary")
+    text = capfd.readouterr().out
+    assert "capacity failover: AWS Batch job " in text
+    # deferrable: the trigger saw the shortage, the task failed over between two deferred waits
+    assert ("handing it back to the task for the capacity failover" in text) == deferrable
 
     # the shortage was recorded, the unstarted work went to the fallback queue and each configuration ran once
     [shortage] = summary["capacity_shortages"]
