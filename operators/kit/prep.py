@@ -18,7 +18,9 @@ connection and writes, under `out_uri`:
   `null:<col>` (missing where the schema forbids it: NULL, an empty field, or NaN, which means
   "missing" in every numeric column; a nullable float column gets NULL for NaN),
   `non_finite:<col>` (infinity in a numeric column: inf, Infinity, +inf, -inf, 1e400, any case),
-  `non_numeric:<col>` / `non_date:<col>` (text that does not parse), `out_of_range:<col>`
+  `non_numeric:<col>` / `non_date:<col>` (text that does not parse: the schema's NUMBER_TEXT and
+  DATE_TEXT decide, as `batch-worker try` does), `non_integer:<col>` (an int column's number that
+  is not whole: "0.5" is never rounded), `out_of_range:<col>`
   (outside Column.min/max), then, among the rows that passed, `duplicate` (rows sharing a
   `unique_key` with the same value in every schema column: the one that sorts first on all its
   values is kept) and `conflicting_duplicate` (rows sharing a `unique_key` that differ in some
@@ -45,7 +47,7 @@ delimiter is taken from the header (`,`, `;`, tab or `|`), the quote and escape 
 is guessed from a sample, every value is read as text and parsed per the schema. A CSV file is
 read as gzip when its bytes are gzip, whatever its name, and as text otherwise. String columns
 of the unit and unique keys lose leading and trailing blanks (Unicode white space, zero-width
-spaces and byte order marks: `_BLANK_CODES`) in both SQL dialects. A `key=value` folder above the
+spaces and byte order marks: `batch_worker.schema.BLANK_CODES`) in both SQL dialects. A `key=value` folder above the
 files gives a column `key` when the files lack one; when the files carry that column too, their
 values are used and a value that disagrees with its folder is an error naming the file.
 
@@ -93,7 +95,8 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from batch_worker.schema import DTYPES, RESERVED_PREFIX, InputSchema, is_reserved
+from batch_worker.schema import (BLANK_CODES, DATE_TEXT, DTYPES, INTEGER_TEXT, NUMBER_TEXT, REASON_ADVICE,
+                                 RESERVED_PREFIX, InputSchema, is_reserved, quarantine_refusal, reason_lines)
 from batch_worker.storage import Location
 
 log = logging.getLogger(__name__)
@@ -125,12 +128,8 @@ MANIFEST_COLUMNS = ("batch_id", "uri", "rows", "units", "content_hash")
 _INPUT_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv"}
 _KEY_SEPARATOR = "chr(31)"  # ASCII unit separator between key values
 _NULL_KEY_MARKER = "chr(30)"  # stands for a NULL key value, which would otherwise vanish from the text
-#: Trimmed from both ends of key strings: Unicode's White_Space (the ASCII blanks, NEL, no-break spaces,
-#: the typographic spaces U+2000-U+200A, line and paragraph separators, the ideographic space) and the
-#: invisible zero-width space and byte order mark, which spreadsheets and copy-paste leave on values.
-_BLANK_CODES = (9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200C), 0x2028, 0x2029, 0x202F, 0x205F,
-                0x3000, 0xFEFF)
-_BLANKS = " || ".join(f"chr({code})" for code in _BLANK_CODES)
+#: Trimmed from both ends of key strings and values' text: the schema's blanks (batch-worker try's too).
+_BLANKS = " || ".join(f"chr({code})" for code in BLANK_CODES)
 _INFINITY_WORDS = ("inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
 _NAN_WORDS = ("nan", "+nan", "-nan")
 _CSV_DELIMITERS = (",", ";", "\t", "|")
@@ -217,6 +216,7 @@ class Dialect:
     md5_hex: str  # lowercase hex md5 of a string; format string with {expr}
     hex_prefix_to_int: str  # the first KEY_HEX_DIGITS hex digits as an integer; format string with {expr}
     text: str  # a value as text; format string with {expr}
+    matches: str  # whether {expr} matches the regular expression {pattern} (RE2 in both); format string
 
 
 DUCKDB = Dialect(
@@ -233,6 +233,7 @@ DUCKDB = Dialect(
     md5_hex="md5({expr})",
     hex_prefix_to_int=f"CAST('0x' || left({{expr}}, {KEY_HEX_DIGITS}) AS UBIGINT)",
     text="CAST({expr} AS VARCHAR)",
+    matches="regexp_matches({expr}, {pattern})",
 )
 ATHENA = Dialect(
     name="athena",
@@ -244,6 +245,7 @@ ATHENA = Dialect(
     md5_hex="lower(to_hex(md5(to_utf8({expr}))))",
     hex_prefix_to_int=f"from_base(substr({{expr}}, 1, {KEY_HEX_DIGITS}), 16)",
     text="CAST({expr} AS varchar)",
+    matches="regexp_like({expr}, {pattern})",
 )
 DIALECTS = {d.name: d for d in (DUCKDB, ATHENA)}
 
@@ -330,6 +332,11 @@ class SchemaSql:
         text = "lower(" + self.dialect.trim.format(expr=_ident(name), chars=_BLANKS) + ")"
         return f"coalesce({text} IN ({', '.join(map(_literal, words))}), false)"
 
+    def _matches(self, name: str, pattern: str) -> str:
+        """True where the column's text, blanks around aside, is all one match of `pattern` (the schema's)."""
+        text = self.dialect.trim.format(expr=_ident(name), chars=_BLANKS)
+        return f"coalesce({self.dialect.matches.format(expr=text, pattern=_literal('^(?:' + pattern + ')$'))}, false)"
+
     def missing(self, name: str) -> str:
         tests = [f"{_ident(name)} IS NULL"]
         if self.schema.column(name).dtype == "float":
@@ -355,10 +362,17 @@ class SchemaSql:
             if non_finite:
                 infinite.append((f"non_finite:{name}", non_finite))
             if name in self.text_columns:
+                # The schema's patterns decide what text is a value (Column.read_text, which batch-worker try
+                # calls): the engines' casts read more ("1_000", "0x10") and round an int's "0.5" to 1.
                 kind = "non_date" if column.dtype == "date" else "non_numeric"
                 spelled = self._spelled(name, _NAN_WORDS + _INFINITY_WORDS)
-                unparsed = f"{raw} IS NOT NULL AND {parsed} IS NULL" + (f" AND NOT {spelled}" if spelled else "")
+                pattern = DATE_TEXT if column.dtype == "date" else NUMBER_TEXT
+                unparsed = (f"{raw} IS NOT NULL AND ({parsed} IS NULL OR NOT {self._matches(name, pattern)})"
+                            + (f" AND NOT {spelled}" if spelled else ""))
                 parse_errors.append((f"{kind}:{name}", f"({unparsed})"))
+                if column.dtype == "int":
+                    parse_errors.append((f"non_integer:{name}", f"({self._matches(name, NUMBER_TEXT)} AND NOT "
+                                                                f"{self._matches(name, INTEGER_TEXT)})"))
             if column.dtype in ("int", "float") and (column.min is not None or column.max is not None):
                 value = self.value(name)
                 outside = [f"{value} < {_number(column.min)}"] if column.min is not None else []
@@ -1646,13 +1660,7 @@ _ADVICE = {
     LINE_TOO_LONG: f"the line is longer than {MAX_LINE_BYTES:,} bytes: shorten the field, or split the line",
     "malformed:": "the line does not parse as RFC 4180 CSV: give it as many fields as the header and quote "
                   "(\"...\") any field holding the delimiter, a quote (doubled) or a line break",
-    "null:": "fill the column, or declare it nullable in the workload's schema",
-    "non_finite:": "replace infinite values by finite numbers",
-    "non_numeric:": "write numbers (a dot for decimals, no units or thousands separators)",
-    "non_date:": "write dates as YYYY-MM-DD",
-    "out_of_range:": "the values lie outside the column's min/max in the workload's schema",
-    DUPLICATE: "identical rows share a unique key: one of each is kept; remove the copies",
-    CONFLICTING_DUPLICATE: "rows share a unique key but differ: none is kept; keep one row per key",
+    **REASON_ADVICE,  # the value reasons, batch-worker try's too
 }
 
 
@@ -1664,9 +1672,7 @@ def _advice(reason: str) -> str:
 
 
 def _reason_lines(by_reason: Mapping[str, int], firsts: Mapping[str, str]) -> str:
-    return "\n".join(f"  {reason}: {count}" + (f" (first: {firsts[reason]})" if reason in firsts else "")
-                     + (f"; {_advice(reason)}" if _advice(reason) else "")
-                     for reason, count in sorted(by_reason.items(), key=lambda item: (-item[1], item[0])))
+    return reason_lines(by_reason, firsts, _advice)
 
 
 def _first_occurrences(con: duckdb.DuckDBPyConnection, path: str) -> dict[str, str]:
@@ -1706,13 +1712,10 @@ def _check_limits(input_uri: str, schema: InputSchema, window: tuple[str, str] |
         con, staged, final = quarantine
         firsts = _first_occurrences(con, staged)
         kept = f" The quarantined rows are in {final} with their reason, file and line."
-    lines = _reason_lines(by_reason, firsts)
-    if over:
-        raise PrepError(f"{quarantined} of {rows_in} rows {scope} were quarantined "
-                        f"({share:.1%}), more than max_quarantined_share={max_quarantined_share}:\n{lines}\n"
-                        f"Fix the input, or raise the run parameter max_quarantined_share (0..1) if this share "
-                        f"of bad rows is expected.{kept}")
-    raise PrepError(f"no usable rows {scope}: all {rows_in} were quarantined:\n{lines}\nFix the input.{kept}")
+    # batch-worker try refuses a sample with the same words (schema.quarantine_refusal)
+    raise PrepError(quarantine_refusal(scope, rows_in, by_reason, firsts, max_quarantined_share, kept, _advice)
+                    or f"no usable rows {scope}: all {rows_in} were quarantined:\n{_reason_lines(by_reason, firsts)}"
+                       f"\nFix the input.{kept}")
 
 
 # --- Duplicates, batches, quarantine, manifest ---------------------------------------------------------

@@ -206,8 +206,6 @@ def test_try_refuses_a_sample_with_the_message_prepare_refuses_a_run_with(tmp_pa
     assert shape(tried)[1].startswith("  non_numeric:weight_kg: 12 ...; write numbers")
 
 
-@pytest.mark.xfail(strict=True, reason="prep's SQL still casts an int column's text with TRY_CAST, which rounds "
-                                       "'0.5' to 1: it must read int text by schema.INTEGER_TEXT (non_integer)")
 def test_try_and_prepare_refuse_a_fraction_in_an_int_column_alike(tmp_path):
     tried, prepared = refusals(tmp_path, labels_csv(tmp_path, {"damaged": "0.5"}))
     assert shape(tried) == shape(prepared)

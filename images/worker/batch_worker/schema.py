@@ -36,8 +36,13 @@ def is_reserved(name: str) -> bool:
     return name.lower().startswith(RESERVED_PREFIX)
 
 
-#: Blanks around a value's text that do not count (prep trims the same four).
-BLANKS = " \t\r\n"
+#: Blanks around a value's text that do not count, here and in prep's SQL: Unicode's White_Space (the ASCII
+#: blanks, NEL, no-break spaces, the typographic spaces U+2000-U+200A, line and paragraph separators, the
+#: ideographic space) and the invisible zero-width space and byte order mark, which spreadsheets and
+#: copy-paste leave on values.
+BLANK_CODES = (9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200C), 0x2028, 0x2029, 0x202F, 0x205F,
+               0x3000, 0xFEFF)
+BLANKS = "".join(map(chr, BLANK_CODES))
 #: A number's text: digits with an optional sign, decimal dot and exponent ("3", "-0.5", ".5", "1e-3").
 NUMBER_TEXT = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
 #: An int column's text: a whole number, optionally with a zero fraction ("2", "-3", "2.0"); not "0.5", not "1e3".

@@ -518,6 +518,7 @@ def test_athena_ctas_uses_the_same_checks_window_and_bucket_as_duckdb():
 
     duck_in_athena_spelling = duck.valid()
     for old, new in (("TRY_CAST", "try_cast"), ("isnan", "is_nan"), ("isinf", "is_infinite"), ("DOUBLE", "double"),
+                     ("regexp_matches", "regexp_like"),
                      ("DATE)", "date)"), *((DUCKDB.trim.format(expr=f'"{n}"', chars=blanks),
                                             ATHENA.trim.format(expr=f'"{n}"', chars=blanks)) for n in SCHEMA.names)):
         duck_in_athena_spelling = duck_in_athena_spelling.replace(old, new)
