@@ -76,8 +76,8 @@ export AWS_DEFAULT_REGION=us-east-1
 export BATCH_ENV_TYPE=UNMANAGED
 export WORKER_IMAGE=airbatch-worker:0.1.0
 export NOTIFY_SNS_TOPIC_ARN="" NOTIFY_EMAIL_TO=""
-# Airflow's OpenTelemetry metrics (production.env: otel_on): no collector listens here, so each export
-# (every 60 s) fails and is logged by the component; production names its collector (docker-compose.yaml).
+# Airflow's OpenTelemetry metrics (production.env: otel_on) go to a stand-in collector on 127.0.0.1
+# (scripts/otlp_sink.py), which counts the exports; production names its collector (docker-compose.yaml).
 export AIRFLOW__METRICS__OTEL_HOST=127.0.0.1 AIRFLOW__METRICS__OTEL_PORT="$(free_port)"
 export AIRFLOW_ADMIN_USERNAME=admin AIRFLOW_ADMIN_EMAIL=admin@localhost
 unset AIRFLOW_ADMIN_PASSWORD AIRFLOW_JWT_SECRET AIRFLOW_FERNET_KEY AIRFLOW_API_SECRET_KEY
@@ -133,6 +133,9 @@ start() {  # start NAME COMMAND...: a component in a session of its own, its out
 }
 
 started=$(date +%s)
+# first: every Airflow command from here on (provisioning and the CLI too) exports its metrics when it ends
+OTLP_RECORD="$LOGS/otlp-exports.txt"
+start otel-collector python "$REPO/scripts/otlp_sink.py" --port "$AIRFLOW__METRICS__OTEL_PORT" --record "$OTLP_RECORD"
 PG_DIR=$(mktemp -d /tmp/airbatch-rehearsal-pg.XXXXXX)
 pwfile="$PG_DIR/pw"
 (umask 077; printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile")
@@ -232,6 +235,11 @@ DEAD_LETTER_CONF='{"units": 40, "bucket_count": 4, "batches_per_shard": 4, "fail
 dead=$(rehearse trigger units_of_work --label dead-letters --conf "$DEAD_LETTER_CONF")
 rehearse wait units_of_work "$dead" --timeout "$RUN_TIMEOUT_SECONDS"
 rehearse alarm units_of_work dead-letters
+
+# the components export every 60 s: by now each has, to the stand-in collector
+exports=$(grep -c '^/v1/metrics ' "$OTLP_RECORD" 2>/dev/null || true)
+(( ${exports:-0} > 0 )) || fail "no component exported Airflow's metrics to the OpenTelemetry collector ($OTLP_RECORD)"
+echo "airflow metrics: $exports OpenTelemetry exports received from the components"
 
 rehearse artefacts
 rehearse nothing-local "$LOCAL_DATA_ROOT" --since "$started"

@@ -26,6 +26,7 @@ CHECKS = (r"check: both runs succeeded",
           r"unstarted work moved to airbatch-cpu-ondemand",
           r"alarm airbatch-units_of_work-dead-letters ALARM: Threshold Crossed: .* in run \S+; notified "
           r"\([1-9]\d* message\(s\), actions arn:aws:sns:\S+:airbatch-alarms\)",
+          r"airflow metrics: [1-9]\d* OpenTelemetry exports received from the components",
           r"check: every artefact in s3://airbatch-rehearsal/rehearsal-\S+: batches [1-9]",
           r"check: nothing written under the local DATA_ROOT")
 
