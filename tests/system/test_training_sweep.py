@@ -191,3 +191,13 @@ def test_the_forms_defaults_run_the_built_in_grid_to_success(airflow_db, local_a
     out = capfd.readouterr().out
     assert "rank  configuration  score" in out and "Returned value was: {'dag_id': 'training_sweep'" not in out
     assert "## Cost" in Path(summary["report"]).read_text()
+    # its figures in CloudWatch (namespace airbatch, Pipeline=training_sweep) and its alarm's state, for the run view
+    [record] = [json.loads(p.read_text()) for p in (data_root / "runs" / "training_sweep").glob("*/alarms.json")]
+    assert record["metrics"]["ConfigurationsTrained"] == size and record["metrics"]["RunFailed"] == 0
+    assert record["metrics"]["BestScore"] == summary["leaderboard"][0]["score"]
+    assert {a["name"]: a["state"] for a in record["alarms"]} == {"airbatch-training_sweep-failed-run": "OK"}
+    import boto3
+
+    cloudwatch = boto3.client("cloudwatch", **local_aws.client_kwargs)
+    listed = cloudwatch.list_metrics(Namespace="airbatch", Dimensions=[{"Name": "Pipeline", "Value": "training_sweep"}])
+    assert {"BestScore", "ConfigurationsTrained", "DurationSeconds", "CostUSD"} <= {m["MetricName"] for m in listed["Metrics"]}

@@ -159,6 +159,7 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
         "duplicates": len(duplicates), "duplicates_shown": dict(list(duplicates.items())[:FAILED_LISTED]),
         "duration_s": round(time.time() - prepared["started_at"], 3),
         "history_sweeps": earlier_sweeps, "cost": sweep_cost(shard_summaries, prepared["run_root"]),
+        "run_root": prepared["run_root"],
     }
     summary["note"] = note_text(summary)
     summary["report"] = write_report(summary, prepared["run_root"])
@@ -338,6 +339,17 @@ def write_report(summary: dict[str, Any], run_root: str) -> str:
     uri = folder.join("report.md")
     folder.write_bytes(uri, report_text(summary).encode())
     return uri
+
+
+def metric_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's figures as the kit's run metrics take them (operators.kit.alarms.run_figures): its duration and
+    cost, and per sweep the configurations by state and the best score (namespace airbatch, Pipeline=<dag_id>)."""
+    counts = summary["counts"]
+    best = summary["leaderboard"][0] if summary["leaderboard"] else {}
+    metrics = {f"Configurations{state.title().replace('_', '')}": count for state, count in counts.items()}
+    metrics.update(Configurations=summary["configurations"], BestScore=best.get("score"),
+                   BestHoldoutAUC=best.get("holdout_auc"))
+    return {"duration_s": summary["duration_s"], "cost": summary.get("cost"), "metrics": metrics}
 
 
 def notify(summary: dict[str, Any], each_failure: bool = False) -> dict[str, Any]:

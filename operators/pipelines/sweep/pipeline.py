@@ -262,9 +262,13 @@ class SweepPipeline:
         return outcome.summarise(shard_summaries, prepared, params, dag_id, run_id)
 
     def notify(self, summary: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        from operators.kit import alarms
         from operators.pipelines.sweep import outcome
 
-        return outcome.notify(summary, each_failure=params["notify_each_failure"])
+        # the run's figures to CloudWatch and its alarms' states, as a unit pipeline's last summary stage does
+        published = alarms.publish_summary(self.dag_id, summary["run_id"], outcome.metric_figures(summary),
+                                           summary.get("run_root"))
+        return {**outcome.notify(summary, each_failure=params["notify_each_failure"]), "metrics": published}
 
     # --- wiring -----------------------------------------------------------------------------------------------------
     def build(self) -> DAG:
