@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from airflow.utils.state import DagRunState
+from tests.plugins.apps import plugin_clients, private_data_root
 from tests.plugins.auth_manager import OUTSIDER
 from tests.system.test_batch_smoke import load_dag
 
@@ -24,9 +25,7 @@ CONF = {"units": 200, "bucket_count": 20, "batches_per_shard": 10, "fail_units":
 
 @pytest.fixture(scope="module")
 def module_data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runview") / "data"
-    root.mkdir(mode=0o700)
-    return root
+    return private_data_root(tmp_path_factory, "runview")
 
 
 @pytest.fixture(scope="module")
@@ -88,26 +87,8 @@ def test_collect_prices_every_job_of_the_run_into_the_summary_and_the_run_folder
 @pytest.fixture(scope="module")
 def api(dead_letter_run):
     """The api-server's app with the plugin mounted, and a client per user (None: no credentials)."""
-    from fastapi.testclient import TestClient
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRFLOW__CORE__AUTH_MANAGER", "tests.plugins.auth_manager.OneDagAuthManager")
-        from airflow.api_fastapi import app as api_app
-        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-        api_app.purge_cached_app()
-        app = api_app.create_app("core")
-        manager = api_app.get_auth_manager()
-
-        def client(user: str | None, role: str = "viewer") -> TestClient:
-            headers = {}
-            if user is not None:
-                token = manager.generate_jwt(SimpleAuthManagerUser(username=user, role=role))
-                headers["Authorization"] = f"Bearer {token}"
-            return TestClient(app, headers=headers)
-
+    with plugin_clients() as client:
         yield client
-        api_app.purge_cached_app()
 
 
 def view(run) -> str:

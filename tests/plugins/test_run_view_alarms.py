@@ -12,6 +12,7 @@ import pytest
 
 from airflow.utils.state import DagRunState
 from tests.operators.kit.test_alarms import outbox, sns_inbox
+from tests.plugins.apps import plugin_clients
 from tests.plugins.test_run_view import view
 from tests.system.test_batch_smoke import load_dag
 
@@ -21,24 +22,9 @@ PIPELINE = "units_of_work"
 
 @pytest.fixture
 def api(airflow_db):
-    """The api-server's app with the plugin mounted and a client per user, as tests/plugins/test_run_view.py has."""
-    from fastapi.testclient import TestClient
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRFLOW__CORE__AUTH_MANAGER", "tests.plugins.auth_manager.OneDagAuthManager")
-        from airflow.api_fastapi import app as api_app
-        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-        api_app.purge_cached_app()
-        app = api_app.create_app("core")
-        manager = api_app.get_auth_manager()
-
-        def client(user: str) -> TestClient:
-            token = manager.generate_jwt(SimpleAuthManagerUser(username=user, role="viewer"))
-            return TestClient(app, headers={"Authorization": f"Bearer {token}"})
-
+    """The api-server's app with the plugin mounted and a client per user."""
+    with plugin_clients() as client:
         yield client
-        api_app.purge_cached_app()
 
 
 def reset(cloudwatch, *names: str) -> None:

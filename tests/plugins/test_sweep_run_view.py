@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow.utils.state import DagRunState
+from tests.plugins.apps import plugin_clients, private_data_root
 from tests.system.test_batch_smoke import load_dag
 
 pytestmark = pytest.mark.system
@@ -23,9 +24,7 @@ SWEEP = {"configurations": [
 
 @pytest.fixture(scope="module")
 def module_data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweepview") / "data"
-    root.mkdir(mode=0o700)
-    return root
+    return private_data_root(tmp_path_factory, "sweepview")
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +54,8 @@ def summary_of(run) -> dict:
 @pytest.fixture(scope="module")
 def reader(sweeps):
     """A client of the api-server's app (the plugin mounted) with a reader's JWT."""
-    from fastapi.testclient import TestClient
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRFLOW__CORE__AUTH_MANAGER", "tests.plugins.auth_manager.OneDagAuthManager")
-        from airflow.api_fastapi import app as api_app
-        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-        api_app.purge_cached_app()
-        app = api_app.create_app("core")
-        token = api_app.get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="reader", role="viewer"))
-        yield TestClient(app, headers={"Authorization": f"Bearer {token}"})
-        api_app.purge_cached_app()
+    with plugin_clients() as client:
+        yield client("reader")
 
 
 def view(run) -> str:
