@@ -232,8 +232,6 @@ def text_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 def log_text(summary: dict[str, Any]) -> str:
     """The summary task's log: what a person reads first, as tables (the whole report is in report.md)."""
-    from operators.kit.cost import cost_line
-
     lines = [f"Sweep {summary['run_id']} of {summary['dag_id']}: {summary['note']}", ""]
     if _duplicates_line(summary):
         lines += [_duplicates_line(summary), ""]
@@ -257,15 +255,20 @@ def log_text(summary: dict[str, Any]) -> str:
         lines += text_table(["started", "run", "configurations", "trained", "cached", "failed", "best", "score"], [
             [s["started"], s["run_id"], s["configurations"], s["trained"], s["cached"], s["failed"],
              s["best_config_id"], score_text(s["best_score"])] for s in summary["history_sweeps"]])
-    lines += [""]
-    for shortage in summary["capacity_shortages"]:
-        lines.append(f"job {shortage['job_id']}: {shortage['reason']}")
+    lines += ["", *closing_lines(summary)]
+    return "\n".join(lines)
+
+
+def closing_lines(summary: dict[str, Any]) -> list[str]:
+    """Capacity shortages, throttled submits, cost and the report's path: the end of the log's and the message's text."""
+    from operators.kit.cost import cost_line
+
+    lines = [f"job {shortage['job_id']}: {shortage['reason']}" for shortage in summary["capacity_shortages"]]
     if summary["throttled_submits"]:
         lines.append(f"{summary['throttled_submits']} throttled SubmitJob calls were retried with backoff")
     if summary.get("cost"):
         lines.append(cost_line(summary["cost"]))
-    lines.append(f"report: {summary['report']}")
-    return "\n".join(lines)
+    return [*lines, f"report: {summary['report']}"]
 
 
 def copy_duplicates(rows: list[dict[str, Any]], configurations) -> dict[str, str]:
@@ -372,15 +375,7 @@ def notify(summary: dict[str, Any], each_failure: bool = False) -> dict[str, Any
         lines.append("failures by class:")
         lines += [f"  {kind}: {entry['count']:,}; first error: {entry['first_error']}"
                   for kind, entry in sorted(summary["failures_by_class"].items())]
-    for shortage in summary["capacity_shortages"]:
-        lines.append(f"job {shortage['job_id']}: {shortage['reason']}")
-    if summary["throttled_submits"]:
-        lines.append(f"{summary['throttled_submits']} throttled SubmitJob calls were retried with backoff")
-    if summary.get("cost"):
-        from operators.kit.cost import cost_line
-
-        lines.append(cost_line(summary["cost"]))
-    lines.append(f"report: {summary['report']}")
+    lines += closing_lines(summary)
     data = {k: summary[k] for k in ("dag_id", "run_id", "counts", "failures_by_class", "leaderboard",
                                     "capacity_shortages", "throttled_submits", "report")}
     data["cost"] = summary.get("cost")
