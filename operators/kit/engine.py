@@ -33,6 +33,7 @@ from batch_worker.storage import Location
 from batch_worker.workloads import get_workload
 
 from operators.kit.prep import read_manifest
+from operators.kit.storage import data_root, location, options_for
 
 #: AWS Batch array jobs hold 2 to 10,000 children.
 MAX_ARRAY_SIZE = 10_000
@@ -43,10 +44,6 @@ DEFAULT_SHARD_TIMEOUT_MINUTES = 360
 JOB_DEFINITIONS = {"airbatch-cpu": "airbatch-worker-cpu", "airbatch-gpu": "airbatch-worker-gpu"}
 #: How many failed batch ids a summary in XCom lists; the shard's results file lists all.
 FAILED_IDS_IN_SUMMARY = 100
-
-
-def data_root() -> str:
-    return os.environ.get("DATA_ROOT", ".data").rstrip("/")
 
 
 _SAFE = re.compile(r"[A-Za-z0-9_.=-]+")
@@ -111,26 +108,6 @@ def output_root(workload: str, root: str | None = None) -> str:
     return f"{root or data_root()}/outputs/{safe_name(workload)}"
 
 
-def storage_options(aws_conn_id: str | None = "aws_default") -> dict[str, Any]:
-    """s3fs arguments from the Airflow AWS connection: its endpoint (the local one, or none on AWS) and keys."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="s3")
-    creds = hook.get_credentials()
-    options: dict[str, Any] = {"key": creds.access_key, "secret": creds.secret_key,
-                               "client_kwargs": {"region_name": hook.conn_region_name}}
-    if creds.token:
-        options["token"] = creds.token
-    endpoint = hook.conn_config.get_service_endpoint_url("s3")
-    if endpoint:
-        options["endpoint_url"] = endpoint
-    return options
-
-
-def location(uri: str, aws_conn_id: str | None = "aws_default") -> Location:
-    return Location.parse(uri, storage_options(aws_conn_id) if uri.startswith(("s3://", "s3a://")) else None)
-
-
 # --- plan -----------------------------------------------------------------------------------------
 
 @dataclass
@@ -193,10 +170,6 @@ def plan_shards(manifest_uri: str, *, workload: str, params: dict[str, Any] | No
                          batches_per_child=batches_per_child, timeout_s=float(timeout_minutes) * 60)
         shards.append({"shard": asdict(spec), "job_queue": queue, "job_definition": JOB_DEFINITIONS[queue]})
     return shards
-
-
-def options_for(uri: str, aws_conn_id: str | None) -> dict[str, Any] | None:
-    return storage_options(aws_conn_id) if uri.startswith(("s3://", "s3a://")) else None
 
 
 # --- pending batches and worklists ------------------------------------------------------------------

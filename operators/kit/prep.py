@@ -99,6 +99,8 @@ from batch_worker.schema import (BLANK_CODES, DATE_TEXT, DTYPES, INTEGER_TEXT, N
                                  RESERVED_PREFIX, InputSchema, is_reserved, quarantine_refusal, reason_lines)
 from batch_worker.storage import Location
 
+from operators.kit.storage import data_root
+
 log = logging.getLogger(__name__)
 
 BATCHES_DIR = "batches"
@@ -687,8 +689,6 @@ def input_prefixes(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     root = env.get("DATA_ROOT")
     if not root:
-        from operators.kit.engine import data_root
-
         root = data_root()
     extra = [prefix.strip() for prefix in env.get(INPUT_PREFIXES_SETTING, "").split(",")]
     return [root, *(prefix for prefix in extra if prefix)]
