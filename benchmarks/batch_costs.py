@@ -67,7 +67,8 @@ def worklist_for(workload, params: dict, manifest_uri: str, output_root: str) ->
 
 def step_costs(workload, params: dict, uris: list[str], out) -> dict[str, float]:
     """Seconds per step over `uris`, each step timed on its own."""
-    from batch_worker.runtime import checked_output, parquet_bytes, read_batch
+    from batch_worker.output import checked_output
+    from batch_worker.runtime import parquet_bytes, read_batch
 
     steps = dict.fromkeys(("read", "run", "check", "encode", "write"), 0.0)
     for index, uri in enumerate(uris):

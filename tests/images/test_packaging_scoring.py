@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch_worker.runtime import checked_output, parquet_bytes
+from batch_worker.output import checked_output
+from batch_worker.runtime import parquet_bytes
 from batch_worker.workloads import BadData, get_workload
 from batch_worker.workloads.packaging import FEATURES
 from batch_worker.workloads.packaging_scoring import (PACKAGE_PREFERENCE, artifact_path, load_models,

@@ -21,19 +21,8 @@ When a group's call fails, or its output cannot be split by unit, its batches ru
 every failure still lands on its own batch; so do batches whose columns pandas types differently
 (an int column with a null in one of them), so that each sees the types it would alone.
 
-Exit codes tell AWS Batch's retry strategy what to do (`config/batch_resources.json`):
-
-    0   every batch of the slice is done
-    75  EX_TEMPFAIL: a transient error (I/O, network, throttling): Batch retries the child, and
-        the retry skips the batches that are already done
-    65  EX_DATAERR: a batch is unusable (`BadData`, or an output that breaks the declared schema):
-        retrying cannot help, so Batch does not
-    64  EX_USAGE: the worker cannot run (class `config`): the worklist is unreadable, names an unknown
-        workload or parameter, or was planned for another workload version. Nothing is retried; the
-        child logs "cannot run: ..." as its first error
-    77  EX_NOPERM: the store refused a read or write (permission denied, read-only, S3 AccessDenied):
-        not retried; someone has to grant access first
-    1   the workload raised an unexpected error (a bug): not retried either
+Exit codes tell AWS Batch's retry strategy what to do: `batch_worker.exit_codes` lists them and the failure
+class of each.
 
 When even `_FAILED.json` cannot be written, the child logs the record on a line starting with
 `airbatch-failure` (see `batch_worker.cache.failure_line`), so the operator still reports the
@@ -59,17 +48,11 @@ import pyarrow.parquet as pq
 
 from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, child_slice, failure_line,
                                 is_valid_done, params_digest)
+from batch_worker.exit_codes import (CONFIG_CLASS, EXIT_BAD_DATA, EXIT_ERROR, EXIT_NO_PERMISSION, EXIT_OK,
+                                     EXIT_TRANSIENT, EXIT_USAGE)
+from batch_worker.output import GroupNotSplit, checked_frame, group_units, output_names_unit, row_owners
 from batch_worker.storage import Location
 from batch_worker.workloads import BadData, TransientError, Workload, WorkloadError, get_workload
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 64
-EXIT_BAD_DATA = 65
-EXIT_TRANSIENT = 75
-EXIT_NO_PERMISSION = 77
-#: The failure class of a worker that cannot run at all (EXIT_USAGE).
-CONFIG_CLASS = "config"
 
 log = logging.getLogger("batch_worker")
 
@@ -88,7 +71,7 @@ _DENIED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def failure_class(exc: BaseException) -> str:
-    """bad_data | permission_denied | transient | error (see the exit codes in the module docstring)."""
+    """bad_data | permission_denied | transient | error (see `batch_worker.exit_codes`)."""
     if isinstance(exc, BadData):
         return "bad_data"
     if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _DENIED_ERRNOS):
@@ -167,20 +150,6 @@ def parquet_bytes(frame: pd.DataFrame, schema: pa.Schema | None = None) -> bytes
     return table_bytes(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
 
 
-def checked_frame(workload: Workload, result: Any, where: str) -> pd.DataFrame:
-    """The workload's result: a DataFrame (TypeError otherwise) held to its declared output (OutputSchemaError
-    otherwise, naming `where`)."""
-    if not isinstance(result, pd.DataFrame):
-        raise TypeError(f"workload {workload.name!r} returned {type(result).__name__}, not a DataFrame")
-    return result if workload.output is None else workload.output.enforce(result, where)
-
-
-def checked_output(workload: Workload, result: Any, where: str) -> tuple[pd.DataFrame, pa.Schema | None]:
-    """`checked_frame`, and the declared output's Arrow schema (None without one)."""
-    schema = workload.output.arrow_schema() if workload.output is not None else None
-    return checked_frame(workload, result, where), schema
-
-
 def job_identity() -> dict[str, str]:
     return {"job_id": os.environ.get("AWS_BATCH_JOB_ID", "local"),
             "attempt": os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1")}
@@ -227,41 +196,6 @@ def _rows(item: dict[str, Any]) -> int | None:
     so that the workload sees it as it would otherwise)."""
     rows = item.get("rows")
     return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows > 0 else None
-
-
-def output_names_unit(workload: Workload) -> bool:
-    """Whether the workload's declared output names every unit-key column: a group's output is split back
-    into its batches by them, so without them its batches run one at a time."""
-    return workload.output is not None and set(workload.schema.unit_key) <= set(workload.output.names)
-
-
-class GroupNotSplit(Exception):
-    """A group's output cannot be split back into its batches (a row names no unit of the group)."""
-
-
-def _key_index(frame: pd.DataFrame, unit_key: list[str]) -> pd.Index:
-    keys = frame[unit_key]
-    return pd.Index(keys.iloc[:, 0]) if len(unit_key) == 1 else pd.MultiIndex.from_frame(keys)
-
-
-def group_units(batch: pd.DataFrame, unit_key: list[str], rows: list[int]) -> tuple[pd.Index, np.ndarray]:
-    """The units of a group's rows (`batch`: its batches' rows, `rows` of each, one after the other): an
-    index of their keys and, for each unit, the position in the group of the batch holding it."""
-    position = np.repeat(np.arange(len(rows)), rows)
-    units = _key_index(batch, unit_key)
-    first = ~units.duplicated()
-    if len(batch[unit_key].assign(_position=position).drop_duplicates()) != int(first.sum()):
-        raise GroupNotSplit("a unit is in more than one batch of the group")
-    return units[first], position[first]
-
-
-def row_owners(units: tuple[pd.Index, np.ndarray], result: pd.DataFrame, unit_key: list[str]) -> np.ndarray:
-    """For each row of a group's output, the position in the group of the batch holding its unit."""
-    index, position = units
-    at = index.get_indexer(_key_index(result, unit_key))
-    if (at < 0).any():
-        raise GroupNotSplit(f"{int((at < 0).sum())} output row(s) name no unit of the group by {', '.join(unit_key)}")
-    return position[at]
 
 
 class SliceRunner:

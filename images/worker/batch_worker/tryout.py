@@ -37,14 +37,12 @@ from typing import Any
 
 import pandas as pd
 
+from batch_worker.exit_codes import EXIT_BAD_DATA, EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from batch_worker.output import GroupNotSplit, checked_output, group_units, output_names_unit, row_owners
 from batch_worker.schema import (BLANKS, CONFLICTING_DUPLICATE, DEFAULT_MAX_QUARANTINED_SHARE, DUPLICATE, Column,
                                  InputSchema, quarantine_refusal)
 from batch_worker.workloads import BadData, Workload, WorkloadError, get_workload
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 64
-EXIT_BAD_DATA = 65
 DEFAULT_ROWS = 10_000
 
 
@@ -225,8 +223,6 @@ def as_the_worker_reads_it(batch: pd.DataFrame) -> pd.DataFrame:
 
 def run_try(workload_name: str, input_path: str, params_text: str, max_rows: int, head: int,
             max_quarantined_share: float = DEFAULT_MAX_QUARANTINED_SHARE) -> int:
-    from batch_worker.runtime import checked_output, output_names_unit
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     try:
@@ -288,8 +284,6 @@ class CombiningBroken(Exception):
 def check_combining(workload: Workload, batch: pd.DataFrame, params: dict[str, Any], result: pd.DataFrame) -> str:
     """Run the batch's units in two calls (the first half of its units, then the rest) and compare each unit's
     rows with those of the one call (`result`, checked); a line saying what was checked, or CombiningBroken."""
-    from batch_worker.runtime import GroupNotSplit, checked_output, group_units, row_owners
-
     unit_key = list(workload.schema.unit_key)
     unit = batch.groupby(unit_key, sort=False, dropna=False).ngroup().to_numpy()
     units = int(unit.max()) + 1 if len(unit) else 0
