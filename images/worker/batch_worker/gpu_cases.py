@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from batch_worker.workloads.gpu_cases import OUTPUT as GPU_OUTPUT
+from batch_worker.gpu_rows import DEVICES
+from batch_worker.gpu_rows import OUTPUT as GPU_OUTPUT
 from batch_worker.xp import get_xp
 
 NO_CUDA = "no CUDA device"
@@ -365,7 +366,7 @@ def make_backend(device: str) -> CpuBackend | GpuBackend | None:
     "auto" is the worker's array backend (`batch_worker.xp.get_xp`, which honours $BATCH_WORKER_XP):
     the GPU when one is visible, else the CPU. "gpu" never falls back to the CPU.
     """
-    if device not in ("auto", "cpu", "gpu"):
+    if device not in DEVICES:
         raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', not {device!r}")
     if device == "cpu":
         return CpuBackend()
