@@ -375,7 +375,7 @@ def test_a_prep_index_entry_leading_outside_the_root_or_to_nothing_is_not_used(t
 
 
 def test_an_earlier_prepare_that_vanishes_while_it_is_copied_is_prepared_again(tmp_path, monkeypatch):
-    from operators.kit import prep
+    from operators.kit.prep import reuse
 
     spoiled_csv(tmp_path / "in.csv")
     root = tmp_path / "root"
@@ -388,7 +388,7 @@ def test_an_earlier_prepare_that_vanishes_while_it_is_copied_is_prepared_again(t
         copies.append(source)
         shutil.copyfile(source, target)
 
-    monkeypatch.setattr(prep, "_copy_file", removed_midway)
+    monkeypatch.setattr(reuse, "_copy_file", removed_midway)  # where _PrepIndex looks it up
     second = prepare(str(tmp_path / "in.csv"), SCHEMA, str(root / "runs" / "b" / "prep"), 8, reuse_root=str(root))
     assert copies and second.rows_ok == first.rows_ok and second.batches == first.batches
     assert read_manifest(second.manifest_uri)["uri"].str.startswith(str(root / "runs" / "b")).all()
@@ -514,7 +514,7 @@ def test_athena_ctas_uses_the_same_checks_window_and_bucket_as_duckdb():
     unique = ", ".join(SchemaSql(SCHEMA, ATHENA).value(name) for name in SCHEMA.unique_key)
     assert f"PARTITION BY {unique}" in sql and "_prep_rank = 1 AND NOT _prep_conflict" in sql
     # The two dialects differ only in how functions are spelled, not in what is checked.
-    from operators.kit.prep import _BLANKS as blanks
+    from operators.kit.prep.sql import _BLANKS as blanks
 
     duck_in_athena_spelling = duck.valid()
     for old, new in (("TRY_CAST", "try_cast"), ("isnan", "is_nan"), ("isinf", "is_infinite"), ("DOUBLE", "double"),
