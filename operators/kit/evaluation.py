@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from operators.kit.report import ReportSection
+from operators.kit.shapes import Evaluation, Fanout, LimitRow, Lineage, Prepared, VersionRecord
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,7 +72,7 @@ DEAD_LETTER_LIMIT = Limit("dead_letter_share", "max", approve=0.0, reject=None,
                                       "units in the input")
 
 
-def dead_letter_values(prepared: dict[str, Any], fanout: dict[str, Any]) -> dict[str, Any]:
+def dead_letter_values(prepared: Prepared, fanout: Fanout) -> dict[str, Any]:
     """`units_dead_lettered` and `dead_letter_share` of a run, from its collect step's counts."""
     failed = int(fanout.get("units_failed") or 0)
     units = int(prepared.get("units") or fanout.get("units") or 0)
@@ -126,14 +127,14 @@ class Evaluator:
             return tuple(cls.limits)
         return (*cls.limits, DEAD_LETTER_LIMIT)
 
-    def input_stats(self, prepared: dict[str, Any]) -> dict[str, Any]:
+    def input_stats(self, prepared: Prepared) -> dict[str, Any]:
         return {name: prepared.get(name) for name in ("rows_ok", "units", "rows_in", "rows_quarantined", "window")}
 
-    def metrics(self, outputs: "pd.DataFrame", prepared: dict[str, Any], fanout: dict[str, Any]) -> dict[str, Any]:
+    def metrics(self, outputs: "pd.DataFrame", prepared: Prepared, fanout: Fanout) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement metrics(outputs, prepared, fanout)")
 
     def compare(self, metrics: dict[str, Any], input_stats: dict[str, Any],
-                previous: dict[str, Any] | None) -> dict[str, Any]:
+                previous: VersionRecord | None) -> dict[str, Any]:
         return {"previous_version": previous["version"] if previous else None}
 
     def report_sections(self, outputs: "pd.DataFrame", metrics: dict[str, Any],
@@ -174,10 +175,10 @@ def _levels(limits: tuple[Limit, ...], overrides: dict[str, Any] | None) -> dict
 
 
 def limit_table(values: dict[str, Any], limits: tuple[Limit, ...],
-                overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                overrides: dict[str, Any] | None = None) -> list[LimitRow]:
     """Each limit with its value, the levels applied and its outcome: approve, review, reject or not checked."""
     levels = _levels(limits, overrides)
-    rows = []
+    rows: list[LimitRow] = []
     for limit in limits:
         value = values.get(limit.name)
         approve, reject = levels[limit.name]["approve"], levels[limit.name]["reject"]
@@ -203,7 +204,7 @@ def propose(values: dict[str, Any], limits: tuple[Limit, ...],
     by_name = {limit.name: limit for limit in limits}
     rows = limit_table(values, limits, overrides)
 
-    def breach(row: dict[str, Any], kind: str) -> str:
+    def breach(row: LimitRow, kind: str) -> str:
         limit = by_name[row["name"]]
         sign = ">" if limit.direction == "max" else "<"
         return f"{limit.name} {limit.shown(row['value'])} {sign} {kind} limit {limit.shown(row[kind])}"
@@ -233,10 +234,10 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def evaluate_run(evaluator: Evaluator, *, model: str, fanout: dict[str, Any], prepared: dict[str, Any],
-                 overrides: dict[str, Any] | None, review_always: bool, lineage: dict[str, Any], version: str,
+def evaluate_run(evaluator: Evaluator, *, model: str, fanout: Fanout, prepared: Prepared,
+                 overrides: dict[str, Any] | None, review_always: bool, lineage: Lineage, version: str,
                  root: str | None = None, aws_conn_id: str | None = "aws_default",
-                 interval: tuple[Any, Any] | None = None) -> dict[str, Any]:
+                 interval: tuple[Any, Any] | None = None) -> Evaluation:
     """Evaluate one run and register it as a pending version of `model`; return what later tasks need.
 
     Reads every batch output of the run (`fanout["results"]`), computes the evaluator's metrics

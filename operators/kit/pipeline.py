@@ -50,6 +50,8 @@ from airflow.sdk.exceptions import ParamValidationError
 from operators.kit.approval import REVIEW_KEY, ReviewApprovalOperator, review_request
 from operators.kit.batch import run_shards
 from operators.kit.notify import FailureNotifier
+from operators.kit.shapes import (Decision, Evaluation, Fanout, Lineage, Prepared, RunInput, RunSummary, ShardPlan,
+                                  ShardSummary)
 
 QUEUES = ["airbatch-cpu", "airbatch-gpu"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -354,13 +356,14 @@ class UnitPipeline:
 
         return engine.own_run_root(self.dag_id, run_id)
 
-    def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:
+    def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str,
+                data_interval_end) -> RunInput:
         started = time.time()
         self.check_run(params, conf)
         uri = self.source.resolve(params, self.run_root(run_id), data_interval_end)
         return {"uri": uri, "started_at": started}
 
-    def prepare(self, source: dict, params: dict[str, Any], run_id: str, data_interval_end) -> dict:
+    def prepare(self, source: RunInput, params: dict[str, Any], run_id: str, data_interval_end) -> Prepared:
         from operators.kit import engine, prep
 
         root = self.run_root(run_id)
@@ -395,7 +398,7 @@ class UnitPipeline:
               f"{result.rows_quarantined} rows quarantined {result.quarantined_by_reason}")
         return prepared
 
-    def plan(self, prepared: dict, params: dict[str, Any]) -> list[dict]:
+    def plan(self, prepared: Prepared, params: dict[str, Any]) -> list[ShardPlan]:
         from operators.kit import cost, engine
 
         if params.get("budget") is not None:
@@ -410,7 +413,7 @@ class UnitPipeline:
         print(f"{prepared['batches']} batches in {len(shards)} shard(s)")
         return shards
 
-    def collect(self, shard_summaries, prepared: dict) -> dict:
+    def collect(self, shard_summaries: Iterable[ShardSummary], prepared: Prepared) -> Fanout:
         from operators.kit import cost, engine, runview
 
         summaries = list(shard_summaries)
@@ -421,7 +424,8 @@ class UnitPipeline:
         return {"rows_in": prepared["rows_in"], "rows_quarantined": prepared["rows_quarantined"],
                 "quarantined_by_reason": prepared["quarantined_by_reason"], **combined}
 
-    def lineage(self, prepared: dict, fanout: dict, params: dict[str, Any], run_id: str, logical_date) -> dict:
+    def lineage(self, prepared: Prepared, fanout: Fanout, params: dict[str, Any], run_id: str,
+                logical_date) -> Lineage:
         import os
 
         return {"dag_id": self.dag_id, "run_id": run_id,
@@ -432,8 +436,8 @@ class UnitPipeline:
                 "image": os.environ.get("WORKER_IMAGE", ""), "job_ids": fanout["job_ids"],
                 "manifest": prepared["manifest_uri"], "cost": fanout.get("cost")}
 
-    def evaluate(self, fanout: dict, prepared: dict, params: dict[str, Any], run_id: str, logical_date,
-                 data_interval_end, data_interval_start=None) -> dict:
+    def evaluate(self, fanout: Fanout, prepared: Prepared, params: dict[str, Any], run_id: str, logical_date,
+                 data_interval_end, data_interval_start=None) -> Evaluation:
         from operators.kit import registry
         from operators.kit.evaluation import evaluate_run, overrides_from_params
 
@@ -453,7 +457,7 @@ class UnitPipeline:
         result["run_view"] = run_view_path(self.dag_id, run_id)
         return result
 
-    def decide(self, evaluation: dict, answer: dict | None) -> dict:
+    def decide(self, evaluation: Evaluation, answer: dict[str, Any] | None) -> Decision:
         from operators.kit import engine, registry
 
         if answer:
@@ -463,12 +467,13 @@ class UnitPipeline:
             approved, by = evaluation["proposal"] == "approve", "thresholds"
         status = registry.APPROVED if approved else registry.REJECTED
         record = registry.Registry(engine.data_root(), self.model).decide(evaluation["version"], status, by=by)
-        decision = {"status": status, "by": by, "proposed": evaluation["proposal"], "reasons": evaluation["reasons"]}
+        decision: Decision = {"status": status, "by": by, "proposed": evaluation["proposal"],
+                              "reasons": evaluation["reasons"]}
         if record.get("not_current"):  # approved, but a newer interval's version stays current: said in the notice
             decision["not_current"] = record["not_current"]
         return decision
 
-    def publish(self, evaluation: dict, decision: dict) -> str:
+    def publish(self, evaluation: Evaluation, decision: Decision) -> str:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from operators.kit import registry
@@ -477,8 +482,8 @@ class UnitPipeline:
             raise AirflowSkipException(f"version {evaluation['version']} was {decision['status']}: nothing to publish")
         return self.target.run(self.model, evaluation["version"])
 
-    def notify(self, prepared: dict, fanout: dict, evaluation: dict | None, decision: dict | None,
-               published: str | None, dag_id: str, run_id: str) -> dict:
+    def notify(self, prepared: Prepared, fanout: Fanout, evaluation: Evaluation | None, decision: Decision | None,
+               published: str | None, dag_id: str, run_id: str) -> RunSummary:
         from operators.kit import notify as notifications
 
         summary = {
@@ -501,7 +506,7 @@ class UnitPipeline:
         summary["notification"] = notifications.notify_success(summary)
         return summary
 
-    def publish_metrics(self, summary: dict, run_id: str, run_root: str | None) -> dict:
+    def publish_metrics(self, summary: dict[str, Any], run_id: str, run_root: str | None) -> dict[str, Any]:
         """The run's figures to CloudWatch (namespace and Pipeline=<dag_id>), its alarms' states (operators.kit.alarms).
         Called by the run's last summary stage: `notify`, or the collect step of a pipeline without one."""
         from operators.kit import alarms
@@ -521,22 +526,22 @@ class UnitPipeline:
             # has no data_interval_* in its context (see `run_interval`).
             @stage()
             def dataset(params=None, dag=None, dag_run=None, run_id=None, data_interval_start=None,
-                        data_interval_end=None) -> dict:
+                        data_interval_end=None) -> RunInput:
                 return pipeline.dataset(params, dag_run.conf if dag_run else None, run_id,
                                         interval_end(dag, dag_run, data_interval_start, data_interval_end))
 
             @stage()
-            def prepare(source: dict, params=None, dag=None, dag_run=None, run_id=None, data_interval_start=None,
-                        data_interval_end=None) -> dict:
+            def prepare(source: RunInput, params=None, dag=None, dag_run=None, run_id=None, data_interval_start=None,
+                        data_interval_end=None) -> Prepared:
                 return pipeline.prepare(source, params, run_id,
                                         interval_end(dag, dag_run, data_interval_start, data_interval_end))
 
             @stage()
-            def plan(prepared: dict, params=None) -> list[dict]:
+            def plan(prepared: Prepared, params=None) -> list[ShardPlan]:
                 return pipeline.plan(prepared, params)
 
             @stage(task_id="collect" if self.evaluator is not None else "summary")
-            def collect(shard_summaries, prepared: dict, run_id=None) -> dict:
+            def collect(shard_summaries: Iterable[ShardSummary], prepared: Prepared, run_id=None) -> Fanout:
                 collected = pipeline.collect(shard_summaries, prepared)
                 if not pipeline.notify_enabled:  # no notify stage: the run's figures are published here
                     collected["alarms"] = pipeline.publish_metrics(
@@ -552,19 +557,19 @@ class UnitPipeline:
                 return dag
 
             @stage()
-            def evaluate(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None, dag=None,
-                         dag_run=None, data_interval_start=None, data_interval_end=None) -> dict:
+            def evaluate(fanout: Fanout, prepared: Prepared, params=None, run_id=None, logical_date=None, dag=None,
+                         dag_run=None, data_interval_start=None, data_interval_end=None) -> Evaluation:
                 start, end = run_interval(getattr(dag, "timetable", None), getattr(dag_run, "run_after", None),
                                           data_interval_start, data_interval_end)
                 return pipeline.evaluate(fanout, prepared, params, run_id, logical_date, end,
                                          data_interval_start=start)
 
             @task.branch
-            def gate(evaluation: dict) -> str:
+            def gate(evaluation: Evaluation) -> str:
                 return "ask_reviewer" if evaluation["proposal"] == "review" else "auto_decision"
 
             @stage(trigger_rule="none_failed")
-            def decide(evaluation: dict, ti=None) -> dict:
+            def decide(evaluation: Evaluation, ti=None) -> Decision:
                 return pipeline.decide(evaluation, ti.xcom_pull(task_ids="ask_reviewer", key=REVIEW_KEY))
 
             evaluated = evaluate(fanout, prepared)
@@ -579,7 +584,7 @@ class UnitPipeline:
             published = None
             if self.target is not None:
                 @stage(outlets=[self.target.asset])
-                def publish(evaluation: dict, decision: dict, outlet_events=None) -> str:
+                def publish(evaluation: Evaluation, decision: Decision, outlet_events=None) -> str:
                     uri = pipeline.publish(evaluation, decision)
                     outlet_events[pipeline.target.asset].extra = {"version": evaluation["version"], "uri": uri}
                     return uri
@@ -595,7 +600,8 @@ class UnitPipeline:
         pipeline = self
 
         @stage(trigger_rule="none_failed")
-        def notify(prepared: dict, fanout: dict, evaluation: dict | None, decision: dict | None, ti=None) -> dict:
+        def notify(prepared: Prepared, fanout: Fanout, evaluation: Evaluation | None, decision: Decision | None,
+                   ti=None) -> RunSummary:
             published = ti.xcom_pull(task_ids="publish") if pipeline.target is not None else None
             return pipeline.notify(prepared, fanout, evaluation, decision, published, ti.dag_id, ti.run_id)
 
