@@ -34,6 +34,7 @@ is not a number".
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import math
 import re
@@ -49,6 +50,7 @@ from airflow.sdk.exceptions import ParamValidationError
 
 from operators.kit.approval import REVIEW_KEY, ReviewApprovalOperator, review_request
 from operators.kit.batch import run_shards
+from operators.kit.evaluation import Evaluator
 from operators.kit.notify import FailureNotifier
 from operators.kit.shapes import (Decision, Evaluation, Fanout, Lineage, Prepared, RunInput, RunSummary, ShardPlan,
                                   ShardSummary)
@@ -130,16 +132,21 @@ def check_conf(dag_id: str, conf: Mapping[str, Any] | None, accepted: Iterable[s
     accepted = sorted(accepted)
     unknown = sorted(set(conf or {}) - set(accepted))
     if unknown:
-        hints = [f"{close[0]!r} for {name!r}" for name in unknown
-                 for close in [difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)] if close]
-        raise ValueError(f"{dag_id}: unknown run param(s) {unknown}"
-                         + (f" (did you mean {', '.join(hints)}?)" if hints else "")
-                         + f"; known: {accepted}. Correct or remove it: a key the DAG does not know would be "
-                           "ignored, and the run would use the default instead")
+        raise ValueError(f"{dag_id}: unknown run param(s) {unknown}{did_you_mean(unknown, accepted)}; known: "
+                         f"{accepted}. Correct or remove it: a key the DAG does not know would be ignored, and the "
+                         "run would use the default instead")
     for name in sorted(conf or {}):
         for where, value in _non_finite(conf[name], name):
             raise ValueError(f"{dag_id}: run param {where!r} is {value}: NaN and Infinity are not numbers; give a "
                              "number")
+
+
+def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """The closest known name of each unknown one, as " (did you mean 'queue' for 'queu'?)"; "" when none is close."""
+    known = list(known)
+    hints = [f"{close[0]!r} for {name!r}" for name in unknown
+             for close in [difflib.get_close_matches(name, known, n=1, cutoff=0.6)] if close]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def _non_finite(value: Any, where: str):
@@ -272,8 +279,62 @@ def shown_location(uri: str, root: str | None = None) -> str:
     return f"DATA_ROOT/{uri[len(root) + 1:]}" if uri.startswith(root + "/") else uri
 
 
+#: Arguments of Airflow's DAG that a unit pipeline sets itself: what to give instead.
+SET_BY_THE_PIPELINE = {
+    "params": "the params are generated (the kit's, the workload's, the data source's, the evaluator's limits): "
+              "give their defaults in defaults= and params of the pipeline's own in extra_params=",
+    "default_args": "the pipeline sets them: its on_failure_callback notifies every failed task",
+}
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """A unit pipeline's options as `unit_pipeline` takes them: its signature declares each one's type and default,
+    its docstring what each means. `UnitPipeline` is configured by one."""
+
+    workload: str
+    evaluator: Evaluator | None
+    model: str | None
+    source: DataSource | None
+    publish: PublishTarget | None
+    notify: bool | None
+    poll_interval: float
+    defaults: Mapping[str, Any] | None
+    extra_params: Mapping[str, Param] | None
+    dag_kwargs: Mapping[str, Any]
+
+    @classmethod
+    def given(cls, dag_id: str, options: Mapping[str, Any]) -> PipelineOptions:
+        """`options` as `unit_pipeline(dag_id, **options)` takes them, its defaults for those left out.
+
+        A name that is neither an option nor an argument of Airflow's `DAG` is a TypeError naming the closest of
+        either (DAG() itself would only say "unexpected keyword argument", and never name a pipeline option).
+        """
+        signature = inspect.signature(unit_pipeline)
+        own = [name for name, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        of_dag = [name for name in inspect.signature(DAG).parameters
+                  if name != "dag_id" and name not in SET_BY_THE_PIPELINE]
+        for name in sorted(set(options) & set(SET_BY_THE_PIPELINE)):
+            raise TypeError(f"{dag_id}: unit_pipeline takes no {name}=: {SET_BY_THE_PIPELINE[name]}")
+        unknown = sorted(set(options) - set(own) - set(of_dag))
+        if unknown:
+            raise TypeError(f"{dag_id}: unit_pipeline has no option {', '.join(map(repr, unknown))}"
+                            f"{did_you_mean(unknown, own + of_dag)}; its options are {', '.join(own)}, and any "
+                            "other keyword must be an argument of Airflow's DAG (schedule, start_date, tags, ...)")
+        try:
+            bound = signature.bind(dag_id, **options)
+        except TypeError as error:  # workload= missing
+            raise TypeError(f"{dag_id}: unit_pipeline {error}") from None
+        bound.apply_defaults()
+        return cls(**{name: value for name, value in bound.arguments.items() if name != "dag_id"})
+
+
 class UnitPipeline:
-    """The factory behind `unit_pipeline`: configuration, generated params, one method per stage, and `build()`."""
+    """The factory behind `unit_pipeline`: configuration, generated params, one method per stage, and `build()`.
+
+    `UnitPipeline(dag_id, **options)` takes the options of `unit_pipeline` (see there); a subclass overrides a stage's
+    method, and reads its options in `self.options`.
+    """
 
     #: True where a window without rows is an ordinary day (a daily run over what was added since the last one):
     #: `prepare` then skips the rest of the run, which succeeds, instead of failing it. Rows in the window that
@@ -284,31 +345,29 @@ class UnitPipeline:
     #: params, so a run cannot set them; the subclass adds them to the params it passes to `plan`.
     runtime_workload_params: tuple[str, ...] = ()
 
-    def __init__(self, dag_id: str, *, workload: str, evaluator=None, model: str | None = None,
-                 source: DataSource | None = None, publish: PublishTarget | None = None, notify: bool | None = None,
-                 poll_interval: float = 2, defaults: dict[str, Any] | None = None,
-                 extra_params: dict[str, Param] | None = None, **dag_kwargs: Any):
+    def __init__(self, dag_id: str, **options: Any):
         from batch_worker.workloads import get_workload
 
-        self.dag_id, self.workload_name, self.evaluator = dag_id, workload, evaluator
-        self.workload = get_workload(workload)
-        self.model = model or workload
-        if evaluator is not None and not _MODEL_NAME.match(self.model):
+        self.options = given = PipelineOptions.given(dag_id, options)
+        self.dag_id, self.workload_name, self.evaluator = dag_id, given.workload, given.evaluator
+        self.workload = get_workload(given.workload)
+        self.model = given.model or given.workload
+        if self.evaluator is not None and not _MODEL_NAME.match(self.model):
             raise ValueError(f"{dag_id}: model {self.model!r} must be letters, digits, '_', '.' or '-'")
-        if self.empty_window_skips and evaluator is not None:
+        if self.empty_window_skips and self.evaluator is not None:
             raise ValueError(f"{dag_id}: empty_window_skips needs a pipeline without an evaluator")
-        if publish is not None and evaluator is None:
+        if given.publish is not None and self.evaluator is None:
             raise ValueError(f"{dag_id}: a publish target needs an evaluator (only approved versions are published)")
-        self.source = source or DataSource()
-        self.target = publish
+        self.source = given.source or DataSource()
+        self.target = given.publish
         # `notify`: the success summary task (on with an evaluator); failures are notified in every pipeline
-        self.notify_enabled = evaluator is not None if notify is None else notify
-        self.poll_interval = poll_interval
-        self.dag_kwargs = dag_kwargs
-        self.params = self.build_params(defaults or {}, extra_params or {})
+        self.notify_enabled = self.evaluator is not None if given.notify is None else given.notify
+        self.poll_interval = given.poll_interval
+        self.dag_kwargs = dict(given.dag_kwargs)
+        self.params = self.build_params(given.defaults or {}, given.extra_params or {})
 
     # --- params -------------------------------------------------------------------------------------------------
-    def build_params(self, defaults: dict[str, Any], extra: dict[str, Param]) -> dict[str, Param]:
+    def build_params(self, defaults: Mapping[str, Any], extra: Mapping[str, Param]) -> dict[str, Param]:
         groups = [("the kit", kit_params(self.source.when_empty))]
         if self.evaluator is not None:
             groups.append(("the kit", {"review": review_param()}))
@@ -645,6 +704,26 @@ def weekly_intervals(first_monday: str, *, catchup: bool = False) -> dict[str, A
             "catchup": catchup, "max_active_runs": 1, "is_paused_upon_creation": True}
 
 
-def unit_pipeline(dag_id: str, **options: Any) -> DAG:
-    """Build a unit pipeline's DAG: see `UnitPipeline` for the options, the module docstring for the stages."""
-    return UnitPipeline(dag_id, **options).build()
+def unit_pipeline(dag_id: str, *, workload: str, evaluator: Evaluator | None = None, model: str | None = None,
+                  source: DataSource | None = None, publish: PublishTarget | None = None, notify: bool | None = None,
+                  poll_interval: float = 2, defaults: Mapping[str, Any] | None = None,
+                  extra_params: Mapping[str, Param] | None = None, **dag_kwargs: Any) -> DAG:
+    """Build the DAG `dag_id` of a unit pipeline (its stages: this module's docstring). Options, keyword only:
+
+    Options:
+        workload: the name of the workload each batch runs (a @register'ed Workload or an airbatch.workloads entry)
+        evaluator: judges each run's outputs by metrics and limits (an Evaluator); None: no evaluate, decide, publish
+        model: the model registry's name for the versions (letters, digits, '_', '.', '-'); None: the workload's name
+        source: where a run's input comes from (a DataSource); None: the input_uri param, which each run must give
+        publish: where an approved version goes (a PublishTarget); None: approved versions are only registered
+        notify: True: a notify stage sends the run's success summary; None: with an evaluator (failures always notify)
+        poll_interval: seconds: the longest pause between two polls of a shard's AWS Batch job (the first are shorter)
+        defaults: {param name: value}: new defaults of generated params (a run may still set them)
+        extra_params: {name: Param}: run params of the pipeline's own, besides the generated ones, each described
+        **dag_kwargs: Airflow DAG arguments: schedule, start_date, catchup, max_active_runs, doc_md, tags, ...
+
+    An unknown option is a TypeError naming the closest one.
+    """
+    return UnitPipeline(dag_id, workload=workload, evaluator=evaluator, model=model, source=source, publish=publish,
+                        notify=notify, poll_interval=poll_interval, defaults=defaults, extra_params=extra_params,
+                        **dag_kwargs).build()
