@@ -6,7 +6,7 @@ column is (its value, or why its row is bad: `null`, `non_finite`, `non_numeric`
 Python's `re`, DuckDB's `regexp_full_match` and Athena's `regexp_like` read alike; `describe_value`
 says it in words naming the column, the row and unit, and the value; `quarantine_refusal` is the
 message when too many rows are bad. `batch-worker try` calls them on its sample; prep's SQL is
-their translation (operators/kit/prep.py), so a sample and a run keep and refuse the same rows.
+their translation (operators/kit/prep/sql.py), so a sample and a run keep and refuse the same rows.
 An int column's text must be a whole number ("2", "-3", "2.0"): "0.5" is not a label 0 or 1, and
 is never rounded to one.
 """
