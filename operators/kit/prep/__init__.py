@@ -7,7 +7,7 @@ the reference for its concern:
 
 - `duckdb_prepare.py`: `prepare` step by step; duplicates; writing batches, quarantine and manifest
 - `outputs.py`: what a prepare writes under `out_uri` (files, columns), `PrepResult`, `read_manifest`
-- `quarantine.py`: why a row was quarantined (every reason and its advice), and when too many refuse a run
+- `quarantine.py`: why a row was quarantined (every reason, its advice) and when a prepare is refused for it
 - `sql.py`: the SQL both engines share: dialects, the checks behind each value reason, window, bucket
 - `inputs.py`: where input may come from (the allow-list), which files it is, CSV headers and compression
 - `lines.py`: every line of a CSV file is a row: unclosed quotes, long lines, line numbers
