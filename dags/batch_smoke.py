@@ -23,7 +23,7 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from operators.kit.batch import HouseBatchOperator
-from operators.kit.pipeline import check_conf, dag_params, stage
+from operators.kit import check_conf, dag_params, stage
 
 
 def output_folder(run_id: str) -> str:

@@ -27,7 +27,7 @@ from airflow.sdk import Param, dag
 
 from operators.kit.batch import SHARD_LABEL, UnitsOfWorkOperator
 from operators.kit.notify import FailureNotifier
-from operators.kit.pipeline import check_conf, dag_params, stage
+from operators.kit import check_conf, dag_params, stage
 
 
 @dag(

@@ -25,7 +25,7 @@ runs" is ticked: without it every run uses the defaults (docs/architecture.md, "
 """
 from __future__ import annotations
 
-from operators.kit.pipeline import unit_pipeline, weekly_intervals
+from operators.kit import unit_pipeline, weekly_intervals
 from operators.pipelines.packaging.evaluation import PackagingEvaluator
 from operators.pipelines.packaging.source import PUBLISH_MODELS, SyntheticLabels
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pendulum
 
-from operators.kit.pipeline import unit_pipeline
+from operators.kit import unit_pipeline
 from operators.pipelines.noop.source import GeneratedUnits
 
 # Airflow parses only files that mention "airflow" and "dag": this comment keeps this one in.

@@ -5,7 +5,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from operators.kit.pipeline import DataSource
+from operators.kit import DataSource
 
 
 class GeneratedUnits(DataSource):
@@ -22,9 +22,8 @@ class GeneratedUnits(DataSource):
     def resolve(self, params: dict[str, Any], run_root: str, data_interval_end) -> str:
         if params.get("input_uri"):
             return params["input_uri"]
-        from operators.kit import engine
+        from operators.kit import options_for
         from operators.pipelines.noop import noop_data
 
         target = f"{run_root}/input/noop.parquet"
-        return noop_data.write(target, params["units"], params["rows_per_unit"],
-                               engine.options_for(target, "aws_default"))
+        return noop_data.write(target, params["units"], params["rows_per_unit"], options_for(target, "aws_default"))

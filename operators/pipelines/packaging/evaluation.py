@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from operators.kit.evaluation import Evaluator, Limit, ReportSection, number, quantiles
+from operators.kit import Evaluator, Fanout, Limit, Prepared, ReportSection, VersionRecord, number, quantiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,7 +67,7 @@ class PackagingEvaluator(Evaluator):
     limits = LIMITS
     artifact = "models.parquet"
 
-    def metrics(self, outputs: "pd.DataFrame", prepared: dict[str, Any], fanout: dict[str, Any]) -> dict[str, Any]:
+    def metrics(self, outputs: "pd.DataFrame", prepared: Prepared, fanout: Fanout) -> dict[str, Any]:
         units_in_input = int(prepared["units"])
         fitted = outputs[outputs["status"] == "ok"]
         degenerate = outputs[outputs["status"] != "ok"]
@@ -90,7 +90,7 @@ class PackagingEvaluator(Evaluator):
         }
 
     def compare(self, metrics: dict[str, Any], input_stats: dict[str, Any],
-                previous: dict[str, Any] | None) -> dict[str, Any]:
+                previous: VersionRecord | None) -> dict[str, Any]:
         if previous is None:
             return {"previous_version": None}
         before = previous["metrics"]
@@ -111,7 +111,7 @@ class PackagingEvaluator(Evaluator):
 
     def report_sections(self, outputs: "pd.DataFrame", metrics: dict[str, Any],
                         comparison: dict[str, Any]) -> list[ReportSection]:
-        from operators.kit.report import figure_png, rows_table
+        from operators.kit import figure_png, rows_table
 
         before = comparison.get("previous_positive_share") or {}
         balance = rows_table(["labels", "damaged share", "last approved version"],

@@ -25,11 +25,12 @@ by a model approval, or by hand) the start of the day it runs.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypedDict
 
 from airflow.sdk import DAG, Asset, Param
 
-from operators.kit.pipeline import DataSource, UnitPipeline, stage
+from operators.kit import DataSource, Fanout, Prepared, RunInput, ShardPlan, ShardSummary, UnitPipeline, stage
 
 MODEL = "packaging"
 SCOPES = ("daily", "monthly")
@@ -66,7 +67,7 @@ class Inventory(DataSource):
     def resolve(self, params: dict[str, Any], run_root: str, data_interval_end) -> str:
         if params.get("input_uri"):
             return params["input_uri"]
-        from operators.kit.engine import data_root, options_for
+        from operators.kit import data_root, options_for
         from operators.pipelines.packaging import inventory
 
         root = f"{data_root()}/datasets/packaging_inventory"
@@ -77,6 +78,36 @@ class Inventory(DataSource):
             seed=params["dataset_seed"], storage_options=options_for(root, "aws_default"))
 
 
+class ApprovedModel(TypedDict):
+    """The model version a run scores with (`approved_model`)."""
+
+    version: str  #: its version id in the registry
+    uri: str  #: its published artifact (models.parquet)
+    approved_at: float | None  #: seconds since the epoch
+    approved_by: str | None  #: "thresholds" or "person:<user>"
+
+
+class ScoringInput(RunInput):
+    """What this pipeline's `dataset` returns: the kit's, with the window it fixes and the model it scores with."""
+
+    model: ApprovedModel
+
+
+class ScoringPrepared(Prepared):
+    """What this pipeline's `prepare` returns."""
+
+    model: ApprovedModel
+    scope: str  #: daily or monthly
+
+
+class ScoringFanout(Fanout):
+    """What this pipeline's collect step (`summary`) returns."""
+
+    model_version: str
+    scope: str
+    window: list[str] | None
+
+
 class NoApprovedModel(RuntimeError):
     """There is no approved version to score with: nothing is computed."""
 
@@ -85,7 +116,7 @@ class NoModelYet(NoApprovedModel):
     """No version was ever approved: an ordinary state before the first training, so the run skips itself."""
 
 
-def approved_model(root: str | None = None) -> dict[str, Any]:
+def approved_model(root: str | None = None) -> ApprovedModel:
     """The latest approved version of `packaging` and its published artifact; NoModelYet when none was ever
     approved; NoApprovedModel when its artifact is missing or cannot be read (its Parquet footer and columns are
     checked here, so that a damaged file fails the run's first task, by name, instead of every Batch job)."""
@@ -123,7 +154,7 @@ def approved_model(root: str | None = None) -> dict[str, Any]:
 
 
 def predictions_root(scope: str, root: str | None = None) -> str:
-    from operators.kit.engine import data_root
+    from operators.kit import data_root
 
     return f"{root or data_root()}/predictions/{MODEL}/{scope}"
 
@@ -150,7 +181,7 @@ def daily_since(until: dt.date, previous_success_end, published: list[dict[str, 
 
 
 def published_runs(scope: str, root: str | None = None) -> list[dict[str, Any]]:
-    from operators.kit.engine import location
+    from operators.kit import location
 
     runs = location(f"{predictions_root(scope, root)}/runs")
     paths = runs.list_files(runs.uri)
@@ -249,7 +280,8 @@ class PackagingInference(UnitPipeline):
         self.empty_window_skips = scope == "daily"  # a day without new products has nothing to score
         super().__init__(dag_id, workload="packaging_scoring", source=Inventory(), **options)
 
-    def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str, data_interval_end) -> dict:
+    def dataset(self, params: dict[str, Any], conf: dict[str, Any] | None, run_id: str,
+                data_interval_end) -> ScoringInput:
         from airflow.sdk import get_current_context
 
         self.check_run(params, conf)  # the run's conf first: a misspelt param is named before the model is looked at
@@ -259,7 +291,7 @@ class PackagingInference(UnitPipeline):
             # Before the first approval a scheduled run has nothing to score with: not a failure (a red run on a
             # new deployment would say something broke); the run skips itself, its note and notification say why.
             # A damaged or missing artifact of an approved version still fails (NoApprovedModel).
-            from operators.kit.runview import skip_rest_of_run
+            from operators.kit import skip_rest_of_run
 
             skip_rest_of_run(self.dag_id, run_id, "dataset", str(none))
         context = get_current_context()
@@ -274,22 +306,23 @@ class PackagingInference(UnitPipeline):
               f"products added in [{since}, {until})")
         return {**source, "window": [since.isoformat(), until.isoformat()], "model": model}
 
-    def prepare(self, source: dict, params: dict[str, Any], run_id: str, data_interval_end) -> dict:
+    def prepare(self, source: ScoringInput, params: dict[str, Any], run_id: str,
+                data_interval_end) -> ScoringPrepared:
         return {**super().prepare(source, params, run_id, data_interval_end), "model": source["model"],
                 "scope": self.scope}
 
-    def model_params(self, prepared: dict) -> dict[str, Any]:
+    def model_params(self, prepared: ScoringPrepared) -> dict[str, Any]:
         return {"model_version": prepared["model"]["version"], "model_uri": prepared["model"]["uri"]}
 
-    def plan(self, prepared: dict, params: dict[str, Any]) -> list[dict]:
+    def plan(self, prepared: ScoringPrepared, params: dict[str, Any]) -> list[ShardPlan]:
         return super().plan(prepared, {**params, **self.model_params(prepared)})
 
-    def collect(self, shard_summaries, prepared: dict) -> dict:
+    def collect(self, shard_summaries: Iterable[ShardSummary], prepared: ScoringPrepared) -> ScoringFanout:
         return {**super().collect(shard_summaries, prepared), "model_version": prepared["model"]["version"],
                 "window": prepared["window"], "scope": self.scope}
 
-    def publish_predictions(self, fanout: dict, prepared: dict, params: dict[str, Any], run_id: str,
-                            logical_date) -> dict:
+    def publish_predictions(self, fanout: ScoringFanout, prepared: ScoringPrepared, params: dict[str, Any],
+                            run_id: str, logical_date) -> dict[str, Any]:
         """Write the run's predictions under `predictions/packaging/<scope>/`; returns the Asset event's extra."""
         import io
 
@@ -338,8 +371,8 @@ class PackagingInference(UnitPipeline):
         pipeline = self
         with dag:
             @stage(outlets=[PREDICTIONS])
-            def publish(fanout: dict, prepared: dict, params=None, run_id=None, logical_date=None,
-                        outlet_events=None) -> dict:
+            def publish(fanout: ScoringFanout, prepared: ScoringPrepared, params=None, run_id=None,
+                        logical_date=None, outlet_events=None) -> dict[str, Any]:
                 extra = pipeline.publish_predictions(fanout, prepared, params, run_id, logical_date)
                 outlet_events[PREDICTIONS].extra = extra
                 return extra

@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
-from operators.kit.pipeline import LookbackWindow, PublishTarget
+from operators.kit import LookbackWindow, PublishTarget
 
 #: Updated with {"version", "uri"} each time a version's models are published.
 CURRENT_MODELS = Asset("packaging_models")
@@ -53,7 +53,7 @@ class SyntheticLabels(LookbackWindow):
         if params["dataset_drift"] and not params["dataset_drift_from"]:
             raise ValueError(f"dataset_drift ({params['dataset_drift']}) needs dataset_drift_from, the first day "
                              "of drifted labels; set dataset_drift_from or leave dataset_drift at 0")
-        from operators.kit.engine import data_root, options_for
+        from operators.kit import data_root, options_for
         from operators.pipelines.packaging import packaging_data
 
         root = f"{data_root()}/datasets/packaging"

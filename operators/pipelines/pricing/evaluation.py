@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from operators.kit.evaluation import Evaluator, Limit, ReportSection, number, quantiles
+from operators.kit import Evaluator, Fanout, Limit, Prepared, ReportSection, VersionRecord, number, quantiles
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,11 +52,11 @@ class PricingEvaluator(Evaluator):
     limits = LIMITS
     artifact = "prices.parquet"
 
-    def input_stats(self, prepared: dict[str, Any]) -> dict[str, Any]:
+    def input_stats(self, prepared: Prepared) -> dict[str, Any]:
         """Size and distribution of the prepared input (the good rows in the batches) for shift detection."""
         import duckdb
 
-        from operators.kit.engine import location
+        from operators.kit import location
 
         window = prepared.get("window")
         stats: dict[str, Any] = {"rows": prepared["rows_ok"], "units": prepared["units"],
@@ -77,7 +77,7 @@ class PricingEvaluator(Evaluator):
         stats.update(mean_log_price=row[0], mean_log_quantity=row[1], first_date=str(row[2]), last_date=str(row[3]))
         return stats
 
-    def metrics(self, outputs: "pd.DataFrame", prepared: dict[str, Any], fanout: dict[str, Any]) -> dict[str, Any]:
+    def metrics(self, outputs: "pd.DataFrame", prepared: Prepared, fanout: Fanout) -> dict[str, Any]:
         """Metrics over every unit's result row (all batches' prices concatenated)."""
         units_in_input, units_dead_lettered = int(prepared["units"]), int(fanout.get("units_failed", 0))
         ok = outputs[outputs["status"] == "ok"]
@@ -105,7 +105,7 @@ class PricingEvaluator(Evaluator):
         }
 
     def compare(self, metrics: dict[str, Any], input_stats: dict[str, Any],
-                previous: dict[str, Any] | None) -> dict[str, Any]:
+                previous: VersionRecord | None) -> dict[str, Any]:
         """Deltas against the previous approved version's record (None before the first approval)."""
         if previous is None:
             return {"previous_version": None}
@@ -120,7 +120,7 @@ class PricingEvaluator(Evaluator):
 
     def report_sections(self, outputs: "pd.DataFrame", metrics: dict[str, Any],
                         comparison: dict[str, Any]) -> list[ReportSection]:
-        from operators.kit.report import table
+        from operators.kit import table
         from operators.pipelines.pricing import report
 
         return [ReportSection("Recommended prices", figures=report.plots(outputs),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from operators.kit.report import figure_png
+from operators.kit import figure_png
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param
 
-from operators.kit.pipeline import LookbackWindow, PublishTarget
+from operators.kit import LookbackWindow, PublishTarget
 
 #: Updated with {"version", "uri"} each time a version's prices are published.
 CURRENT_PRICES = Asset("pricing_current_prices")
@@ -43,7 +43,7 @@ class SyntheticPricingData(LookbackWindow):
     def resolve(self, params: dict[str, Any], run_root: str, data_interval_end) -> str:
         if params.get("input_uri"):
             return params["input_uri"]
-        from operators.kit.engine import data_root, options_for
+        from operators.kit import data_root, options_for
         from operators.pipelines.pricing import pricing_data
 
         start = params["dataset_start_date"]
