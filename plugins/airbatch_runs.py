@@ -77,7 +77,7 @@ def create_app():
 
     def load(session, dag_id: str, run_id: str):
         states = run_states(session, dag_id, run_id)
-        files = runview.RunFiles(engine.run_root(dag_id, run_id))
+        files = runview.RunFiles(engine.run_root_of(dag_id, run_id))
         region, local = aws_place()
         data = runview.run_data(session, dag_id, run_id, files=files, region=region, local=local, shard_states=states)
         data["alarms"] = runview.run_alarms(files)  # the run's published metrics, its alarms' states now
@@ -97,12 +97,12 @@ def create_app():
     @app.get("/runs/{dag_id}/{run_id}/dead_letter.json", dependencies=can_read_run)
     def dead_letter(dag_id: str, run_id: str, session: SessionDep, page: int = 1):
         run_states(session, dag_id, run_id)
-        return runview.dead_letter_page(runview.RunFiles(engine.run_root(dag_id, run_id)), page)
+        return runview.dead_letter_page(runview.RunFiles(engine.run_root_of(dag_id, run_id)), page)
 
     @app.get("/runs/{dag_id}/{run_id}/dead_letter.csv", dependencies=can_read_run)
     def dead_letter_csv(dag_id: str, run_id: str, session: SessionDep):
         run_states(session, dag_id, run_id)
-        text = runview.dead_letter_csv(runview.RunFiles(engine.run_root(dag_id, run_id)))
+        text = runview.dead_letter_csv(runview.RunFiles(engine.run_root_of(dag_id, run_id)))
         name = engine.safe_name(f"{dag_id}-{run_id}-dead_letter")
         return PlainTextResponse(text, media_type="text/csv",
                                  headers={"Content-Disposition": f'attachment; filename="{name}.csv"',
@@ -118,7 +118,7 @@ def create_app():
     @app.get("/runs/{dag_id}/{run_id}/files/{path:path}", dependencies=can_read_run)
     def run_file(dag_id: str, run_id: str, path: str, session: SessionDep):
         run_states(session, dag_id, run_id)
-        files = runview.RunFiles(engine.run_root(dag_id, run_id))
+        files = runview.RunFiles(engine.run_root_of(dag_id, run_id))
         try:
             data = files.read(path)
         except runview.UnsafePath as error:

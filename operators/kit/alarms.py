@@ -353,9 +353,9 @@ def publish_failure(dag_id: str, run_id: str, aws_conn_id: str = "aws_default") 
     """RunFailed = 1 for a run whose task failed (a failure callback); never raises: the failure's own notification
     must go out whatever CloudWatch says."""
     try:
-        from operators.kit.engine import run_root
+        from operators.kit.engine import run_root_of
 
-        return publish_run(dag_id, run_id, {"RunFailed": (1.0, "Count")}, run_root=run_root(dag_id, run_id),
+        return publish_run(dag_id, run_id, {"RunFailed": (1.0, "Count")}, run_root=run_root_of(dag_id, run_id),
                            aws_conn_id=aws_conn_id)
     except Exception as error:  # noqa: BLE001 - reported, never hiding the failure being notified
         log.warning("RunFailed metric of %s %s not published to CloudWatch: %s", dag_id, run_id, error)

@@ -70,7 +70,8 @@ def batch_job_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:128]
 
 
-def run_root(dag_id: str, run_id: str, root: str | None = None) -> str:
+def run_root_of(dag_id: str, run_id: str, root: str | None = None) -> str:
+    """The run root (folder) of (dag_id, run_id) under DATA_ROOT, or `root`; `own_run_root` also claims it."""
     return f"{root or data_root()}/runs/{safe_name(dag_id)}/{safe_name(run_id)}"
 
 
@@ -80,7 +81,7 @@ OWNER_FILE = "_OWNER.json"
 
 def own_run_root(dag_id: str, run_id: str, aws_conn_id: str | None = "aws_default") -> str:
     """The run folder of (dag_id, run_id), recorded as this run's; refuses a folder that belongs to another run."""
-    root = run_root(dag_id, run_id)
+    root = run_root_of(dag_id, run_id)
     check_run_owner(root, dag_id, run_id, aws_conn_id)
     return root
 

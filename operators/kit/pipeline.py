@@ -410,7 +410,8 @@ class UnitPipeline:
         return self.workload.resolve_params(self.workload_params(params))
 
     # --- stages -------------------------------------------------------------------------------------------------
-    def run_root(self, run_id: str) -> str:
+    def own_run_root(self, run_id: str) -> str:
+        """The run's root (folder), claimed as this run's (`engine.own_run_root`)."""
         from operators.kit import engine
 
         return engine.own_run_root(self.dag_id, run_id)
@@ -419,13 +420,13 @@ class UnitPipeline:
                 data_interval_end) -> RunInput:
         started = time.time()
         self.check_run(params, conf)
-        uri = self.source.resolve(params, self.run_root(run_id), data_interval_end)
+        uri = self.source.resolve(params, self.own_run_root(run_id), data_interval_end)
         return {"uri": uri, "started_at": started}
 
     def prepare(self, source: RunInput, params: dict[str, Any], run_id: str, data_interval_end) -> Prepared:
         from operators.kit import engine, prep
 
-        root = self.run_root(run_id)
+        root = self.own_run_root(run_id)
         # A dataset stage may fix the window itself when it depends on more than the data interval.
         window = tuple(source["window"]) if source.get("window") else self.source.window(params, data_interval_end)
         out = f"{root}/prep"

@@ -416,7 +416,7 @@ def run_data(session, dag_id: str, run_id: str, *, files: RunFiles | None = None
     from operators.kit import engine
 
     root = engine.data_root()
-    files = files or RunFiles(engine.run_root(dag_id, run_id))
+    files = files or RunFiles(engine.run_root_of(dag_id, run_id))
     completed, failed = shard_summaries(session, dag_id, run_id)
     results = files.shard_results()
     shards = []

@@ -94,7 +94,7 @@ COLLIDING_RUN_IDS = ["manual__2026-02-16T00:00:00+00:00", "manual__2026-02-16T00
 
 
 def test_run_ids_that_collided_get_their_own_readable_folders(tmp_path):
-    roots = [engine.run_root("pricing_optimization", run_id, root=str(tmp_path)) for run_id in COLLIDING_RUN_IDS]
+    roots = [engine.run_root_of("pricing_optimization", run_id, root=str(tmp_path)) for run_id in COLLIDING_RUN_IDS]
     assert len(set(roots)) == len(roots)
     for root in roots:
         name = root.rsplit("/", 1)[1]
