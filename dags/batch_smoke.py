@@ -22,8 +22,8 @@ import pendulum
 
 from airflow.sdk import Param, dag
 
-from operators.kit.batch import HouseBatchOperator
 from operators.kit import check_conf, dag_params, stage
+from operators.kit.batch import HouseBatchOperator
 
 
 def output_folder(run_id: str) -> str:

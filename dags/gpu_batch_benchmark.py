@@ -25,9 +25,9 @@ import pendulum
 
 from airflow.sdk import Param, dag
 
+from operators.kit import check_conf, dag_params, stage
 from operators.kit.batch import SHARD_LABEL, UnitsOfWorkOperator
 from operators.kit.notify import FailureNotifier
-from operators.kit import check_conf, dag_params, stage
 
 
 @dag(

@@ -31,9 +31,10 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
+from operators.kit import check_conf, dag_params, stage
 from operators.kit.batch import run_shards
 from operators.kit.notify import FailureNotifier
-from operators.kit.pipeline import check_conf, dag_params, kit_params, params_doc, stage
+from operators.kit.pipeline import kit_params, params_doc
 
 WORKLOAD = "sweep_train"
 #: Sent one by one at most; the rest of the failed configurations are in the history.
