@@ -66,6 +66,8 @@ import moto.batch.responses as moto_batch_responses
 from moto.core.base_backend import BaseBackend
 
 from localaws.sandbox import JobSandbox, SandboxError
+from operators.kit.job_states import (ENDED, FAILED, PENDING, RUNNABLE, RUNNING, STARTING, STATUSES, SUBMITTED,
+                                      SUCCEEDED, WAITING)
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +77,13 @@ TIMEOUT_REASON = "Job attempt duration exceeded timeout"
 LOST_HOST_REASON = "Host EC2 (instance i-0localhost) terminated."
 DEPENDENCY_FAILED_REASON = "Dependent Job failed"
 TERMINATION_GRACE_SECONDS = 2.0
-ENDED = ("SUCCEEDED", "FAILED")
-STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 
 #: How the start latency (Dispatcher.start_seconds: LOCALAWS_BATCH_START_SECONDS, read by localaws.server)
 #: is spread over the stages before RUNNING, so that a poller sees each:
 #: the scheduler takes the job in (SUBMITTED), checks its dependencies (PENDING), places it (RUNNABLE,
 #: and then for as long as its compute environment has no free vCPUs), the container starts (STARTING).
 #: An array child is spawned PENDING: it spends the SUBMITTED share there too.
-STAGE_SHARES = {"SUBMITTED": 0.2, "PENDING": 0.2, "RUNNABLE": 0.2, "STARTING": 0.4}
+STAGE_SHARES = {SUBMITTED: 0.2, PENDING: 0.2, RUNNABLE: 0.2, STARTING: 0.4}
 
 _submit_context = threading.local()
 
@@ -128,7 +128,7 @@ class ProcessJob(moto_batch.Job):
         if kwargs.get("container_overrides"):
             kwargs["container_overrides"] = copy.deepcopy(kwargs["container_overrides"])
         super().__init__(*args, **kwargs)
-        self._state = "SUBMITTED"
+        self._state = SUBMITTED
         self.retry_strategy = getattr(_submit_context, "retry_strategy", None) or self.job_definition.retry_strategy
         self.process: subprocess.Popen | None = None
         self.attempt_deadline: float | None = None
@@ -423,10 +423,10 @@ class Dispatcher:
         with self.lock:
             now = time.monotonic()
             if job.parent is not None:  # spawned by its parent, PENDING from the start (its createdAt on AWS)
-                job.set_status("PENDING")
-                job.due = now + self.stage_seconds("SUBMITTED") + self.stage_seconds("PENDING")
+                job.set_status(PENDING)
+                job.due = now + self.stage_seconds(SUBMITTED) + self.stage_seconds(PENDING)
             else:
-                job.due = now + self.stage_seconds("SUBMITTED")
+                job.due = now + self.stage_seconds(SUBMITTED)
             if not self._advance_pending(job, now):
                 self.pending.append(job)
             self.wakeup.notify()
@@ -436,12 +436,12 @@ class Dispatcher:
         with self.lock:
             if job.status in ENDED:
                 return False
-            if job.status in ("SUBMITTED", "PENDING", "RUNNABLE"):
+            if job.status in WAITING:
                 self._finish(job, success=False, reason=reason)
                 return True
             if only_before_start:
                 return False  # CancelJob leaves STARTING and RUNNING jobs alone, as on AWS
-            if job.status == "STARTING" and job.process is None:
+            if job.status == STARTING and job.process is None:
                 self._release(job)  # it took its vCPUs when it left RUNNABLE
                 self._finish(job, success=False, reason=reason)
                 return True
@@ -506,7 +506,7 @@ class Dispatcher:
         for ce_key, queue in self.runnable.items():
             while queue:
                 job = queue[0]
-                if job.status != "RUNNABLE":  # stopped while it waited
+                if job.status != RUNNABLE:  # stopped while it waited
                     queue.popleft()
                     continue
                 if getattr(job.compute_environment(), "state", "ENABLED") == "DISABLED":
@@ -522,7 +522,7 @@ class Dispatcher:
                 self._place(job, now)
         starting, self.starting = self.starting, []
         for job in starting:
-            if job.status != "STARTING":  # terminated while it started
+            if job.status != STARTING:  # terminated while it started
                 continue
             if now < job.due:
                 self.starting.append(job)
@@ -533,16 +533,16 @@ class Dispatcher:
         """Move a SUBMITTED or PENDING job on when its stage's time is up; True once it has left both."""
         if job.status in ENDED:
             return True
-        if job.status == "SUBMITTED":
+        if job.status == SUBMITTED:
             if now < job.due:
                 return False
-            job.set_status("PENDING")
-            job.due = now + self.stage_seconds("PENDING")
+            job.set_status(PENDING)
+            job.due = now + self.stage_seconds(PENDING)
         if now < job.due:
             return False
         parent = job.parent
-        if parent is not None and parent.status == "SUBMITTED":
-            parent.set_status("PENDING")  # and PENDING it stays while its children run, as on AWS
+        if parent is not None and parent.status == SUBMITTED:
+            parent.set_status(PENDING)  # and PENDING it stays while its children run, as on AWS
         verdict = self._dependencies(job)
         if verdict == "failed":
             self._finish(job, success=False, reason=DEPENDENCY_FAILED_REASON)
@@ -553,8 +553,8 @@ class Dispatcher:
         return True
 
     def _make_runnable(self, job: ProcessJob, now: float) -> None:
-        job.set_status("RUNNABLE")
-        job.due = now + self.stage_seconds("RUNNABLE")
+        job.set_status(RUNNABLE)
+        job.due = now + self.stage_seconds(RUNNABLE)
         ce = job.compute_environment()
         self.runnable.setdefault(ce.arn if ce else "", deque()).append(job)
 
@@ -563,19 +563,19 @@ class Dispatcher:
             other = job.all_jobs.get(dependency["jobId"])
             if other is None:
                 continue
-            if other.status == "FAILED":
+            if other.status == FAILED:
                 return "failed"
-            if other.status != "SUCCEEDED":
+            if other.status != SUCCEEDED:
                 return "waiting"
         return "ready"
 
     def _place(self, job: ProcessJob, now: float) -> None:
         """RUNNABLE -> STARTING: the job holds its vCPUs from here; its process starts when STARTING is over."""
-        job.set_status("STARTING")
+        job.set_status(STARTING)
         job.log_stream_name = f"{job.job_definition.name}/default/{uuid.uuid4().hex}"
         job.killed_by_dispatcher = False
         job.stop_requested_reason = None
-        delay = self.stage_seconds("STARTING")
+        delay = self.stage_seconds(STARTING)
         if delay <= 0:
             self._spawn(job)
             return
@@ -629,7 +629,7 @@ class Dispatcher:
             _signal_group(process, signal.SIGKILL)  # not the dispatcher's kill: reported as a lost host
         duration = job._get_attempt_duration()
         job.attempt_deadline = time.monotonic() + duration if duration else None
-        job.set_status("RUNNING")
+        job.set_status(RUNNING)
         self.running.add(job)
         threading.Thread(target=self._watch, args=(job, process, scratch), name=f"localaws-{job.job_id}",
                          daemon=True).start()
@@ -705,7 +705,7 @@ class Dispatcher:
         job.job_stopped_reason = reason
         job.job_stopped = True
         job.job_stopped_at = datetime.now()
-        job.set_status("SUCCEEDED" if success else "FAILED")
+        job.set_status(SUCCEEDED if success else FAILED)
         if job.latest_attempt and "stoppedAt" not in job.latest_attempt:
             job.latest_attempt["stoppedAt"] = _now_ms()
         parent = job.parent
@@ -730,7 +730,7 @@ class Dispatcher:
         parent.job_stopped_reason = reason
         parent.job_stopped = True
         parent.job_stopped_at = datetime.now()
-        parent.set_status("FAILED" if failed else "SUCCEEDED")
+        parent.set_status(FAILED if failed else SUCCEEDED)
 
     def _kill(self, job: ProcessJob) -> None:
         process = job.process
@@ -919,7 +919,7 @@ def list_jobs(backend: moto_batch.BatchBackend, queue: str | None, array_job_id:
         jobs = [job for job in jobs if all(_filter_matches(job, f.get("name", ""), f.get("values") or [])
                                            for f in filters)]
         return sorted(jobs, key=lambda job: job.job_created_at, reverse=True)
-    status = job_status or "RUNNING"
+    status = job_status or RUNNING
     return [job for job in jobs if job.status == status]
 
 
