@@ -36,6 +36,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from operators.kit import batch_resources
+from operators.kit.delivery import send
+
 log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "airbatch"
@@ -248,9 +251,7 @@ def publish_run(dag_id: str, run_id: str, figures: dict[str, tuple[float, str]],
     """Put the run's figures into CloudWatch; on the local endpoint evaluate the pipeline's alarms as CloudWatch would.
 
     Returns (and keeps in the run folder's alarms.json) what was published and each alarm's state."""
-    from operators.kit import provisioning
-
-    spec = spec if spec is not None else provisioning.load_spec()
+    spec = spec if spec is not None else batch_resources.load_spec()
     wanted = settings(spec)
     cloudwatch, sns, local = clients(aws_conn_id)
     now = datetime.now(timezone.utc)
@@ -334,8 +335,6 @@ def alarm_message(alarm: dict[str, Any], old: str, new: str, reason: str, when: 
 def deliver(sns, alarm: dict[str, Any], new: str, reason: str, when: datetime, dag_id: str, run_id: str,
             value: float) -> None:
     """Publish a state change to the alarm's actions, as CloudWatch does, and through the notifiers."""
-    from operators.kit import notify
-
     old = alarm.get("StateValue") or "INSUFFICIENT_DATA"
     message = alarm_message(alarm, old, new, reason, when)
     subject = f'{new}: "{alarm["AlarmName"]}" ({dag_id})'[:99]
@@ -346,7 +345,7 @@ def deliver(sns, alarm: dict[str, Any], new: str, reason: str, when: datetime, d
     body = "\n".join([f"alarm {alarm['AlarmName']}: {old} -> {new}", f"why: {reason}",
                       f"metric {alarm.get('Namespace')} {alarm.get('MetricName')} {DIMENSION}={dag_id}: {value:g}",
                       f"run {run_id}"] + ([f"delivered to {', '.join(targets)}"] if targets else []))
-    notify.send("alarm", subject, body, {"dag_id": dag_id, "run_id": run_id, "alarm": message})
+    send("alarm", subject, body, {"dag_id": dag_id, "run_id": run_id, "alarm": message})
 
 
 def publish_failure(dag_id: str, run_id: str, aws_conn_id: str = "aws_default") -> dict[str, Any] | None:

@@ -2,12 +2,7 @@
 was skipped; an alarm's state change on the local endpoint (operators.kit.alarms; on AWS CloudWatch delivers it to
 the alarms' SNS topic itself).
 
-Every message goes to the local outbox (`DATA_ROOT/outbox/*.json`, one file per message, and the
-task log), which needs no server. When configured, it also goes to
-
-- SNS: `NOTIFY_SNS_TOPIC_ARN` (through the provider's `SnsNotifier` and the `aws_default` connection);
-- SMTP: `NOTIFY_EMAIL_TO` (comma-separated; through `SmtpNotifier` and the `smtp_default` connection,
-  or `NOTIFY_SMTP_CONN_ID`).
+Every message goes to the local outbox and, when configured, to SNS and e-mail (`operators.kit.delivery.send`).
 
 No message carries credentials: only run ids, counts, metrics, URIs and the error's text. An error is carried
 whole, every line of it (prep's message puts the reasons, the advice and the quarantine's path on the lines after
@@ -15,16 +10,13 @@ the first), up to ERROR_CHARS characters, with a note of what was cut.
 """
 from __future__ import annotations
 
-import html
 import json
-import logging
-import os
-import time
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-log = logging.getLogger(__name__)
+from operators.kit.delivery import send
+
 #: How many failed batch ids a failure message lists.
 FAILED_BATCHES_SHOWN = 20
 #: The most characters of an error a message carries (an e-mail or SNS message stays readable; the task log has all).
@@ -45,44 +37,6 @@ def error_text(exception: BaseException | None) -> str:
         return "no exception recorded"
     message = str(exception).strip()
     return whole_text(f"{type(exception).__name__}: {message}" if message else type(exception).__name__)
-
-
-def channels() -> list[str]:
-    found = ["outbox"]
-    if os.environ.get("NOTIFY_SNS_TOPIC_ARN"):
-        found.append("sns")
-    if os.environ.get("NOTIFY_EMAIL_TO"):
-        found.append("smtp")
-    return found
-
-
-def send(kind: str, subject: str, body: str, data: dict[str, Any], context: dict[str, Any] | None = None) -> dict:
-    """Deliver one message on every configured channel; return {"outbox": uri, "channels": [...]}."""
-    from operators.kit.engine import data_root, location, safe_name  # pandas and DuckDB stay out of DAG parsing
-
-    dag_id = data.get("dag_id", "dag")
-    outbox = location(f"{data_root()}/outbox")
-    name = safe_name(f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}-{dag_id}-{kind}")
-    uri = outbox.join(f"{name}.json")
-    outbox.write_json(uri, {"kind": kind, "subject": subject, "body": body, "data": data})
-    log.info("notification (%s): %s\n%s", kind, subject, body)
-    sent = ["outbox"]
-    context = context or {}
-    if os.environ.get("NOTIFY_SNS_TOPIC_ARN"):
-        from airflow.providers.amazon.aws.notifications.sns import SnsNotifier
-
-        SnsNotifier(target_arn=os.environ["NOTIFY_SNS_TOPIC_ARN"], subject=subject[:99],
-                    message=body).notify(context)
-        sent.append("sns")
-    if os.environ.get("NOTIFY_EMAIL_TO"):
-        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-        SmtpNotifier(to=[a.strip() for a in os.environ["NOTIFY_EMAIL_TO"].split(",") if a.strip()],
-                     from_email=os.environ.get("NOTIFY_EMAIL_FROM", "airbatch@localhost"), subject=subject,
-                     html_content=f"<pre>{html.escape(body)}</pre>",
-                     smtp_conn_id=os.environ.get("NOTIFY_SMTP_CONN_ID") or None).notify(context)
-        sent.append("smtp")
-    return {"outbox": uri, "channels": sent}
 
 
 def unit_counts(fanout: dict[str, Any]) -> str:

@@ -24,13 +24,12 @@ import os
 import time
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from operators.kit.batch_resources import DEFAULT_SPEC, load_spec
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SPEC = REPO / "config" / "batch_resources.json"
 BATCH_SERVICE_TRUST = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"}, "Action": "sts:AssumeRole"}],
@@ -90,10 +89,6 @@ class Settings:
                     f"MANAGED compute environments need DATA_ROOT (or BATCH_DATA_ROOT) as s3://bucket/prefix, not "
                     f"{settings.data_root!r}: the jobs' role is granted the batches, worklists and outputs under it")
         return settings
-
-
-def load_spec(path: Path | str = DEFAULT_SPEC) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 def compute_environment_request(name: str, ce: dict[str, Any], settings: Settings, role_arn: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import uuid
 import boto3
 import pytest
 
-from operators.kit import alarms, provisioning
+from operators.kit import alarms, batch_resources, provisioning
 from operators.kit.provisioning import Settings
 
 
@@ -150,7 +150,7 @@ def test_published_figures_drive_an_alarm_to_alarm_and_back_delivering_each_chan
 def test_a_failed_task_publishes_run_failed_and_the_failed_run_alarm_fires(local_aws, data_root, monkeypatch):
     pipeline = f"alarm_test_{uuid.uuid4().hex[:8]}"
     spec = spec_with(pipeline)
-    monkeypatch.setattr(provisioning, "load_spec", lambda path=None: spec)
+    monkeypatch.setattr(batch_resources, "load_spec", lambda path=None: spec)
     cloudwatch = boto3.client("cloudwatch", **local_aws.client_kwargs)
     alarms.provision(cloudwatch, boto3.client("sns", **local_aws.client_kwargs), spec,
                      {"created": [], "updated": [], "unchanged": []})
