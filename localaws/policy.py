@@ -172,7 +172,7 @@ def job_role_names() -> tuple[str, str]:
     """(role name, inline policy name) of the job role, from the code and spec that provision it."""
     import sys
 
-    from localaws.stack import REPO
+    from localaws.repo import REPO
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))

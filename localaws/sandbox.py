@@ -113,7 +113,7 @@ class DataGrants:
 
 
 def load_job_role_grants() -> DataGrants:
-    from localaws.stack import REPO
+    from localaws.repo import REPO
 
     spec = json.loads((REPO / "config" / "batch_resources.json").read_text())
     return DataGrants.from_job_role(spec["job_role"])

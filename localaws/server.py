@@ -193,7 +193,7 @@ class LocalAWS:
         """Apply config/batch_resources.json (UNMANAGED, `vcpus` each), as `make provision` does."""
         import boto3
 
-        from localaws.stack import REPO
+        from localaws.repo import REPO
 
         if str(REPO) not in sys.path:  # the spec and its code live beside this package
             sys.path.insert(0, str(REPO))

@@ -2,6 +2,7 @@
 
     configure(home)          environment from config/local.env, with AIRFLOW_HOME and SQLite under `home`
     migrate(home)            `airflow db migrate` once per Airflow version
+    copy_db(source, target)  a migrated DB copied, for test runs that each want their own
     running_endpoint(vcpus)  LocalAWS on a free loopback port with new credentials, the aws_default
                              connection pointed at it with the client key pair, Batch resources
                              provisioned from config/batch_resources.json; Batch jobs start at once
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-REPO = Path(__file__).resolve().parents[1]
+from localaws.repo import REPO
 
 
 def local_env(repo: Path = REPO) -> dict[str, str]:
@@ -57,15 +58,32 @@ def local_bundle(name: str, path: Path) -> dict:
 
 
 def migrate(home: Path) -> Path:
-    """A migrated Airflow metadata DB under `home` (migrated once per Airflow version)."""
+    """A migrated Airflow metadata DB under `home` (migrated once per Airflow version).
+
+    `home` need not be the environment's AIRFLOW_HOME: the migration runs with its own home and DB.
+    """
     marker = home / ".migrated"
     import airflow
 
     if not marker.exists() or marker.read_text() != airflow.__version__:
+        home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "AIRFLOW_HOME": str(home),
+               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db"}
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                       stdout=subprocess.DEVNULL, env=os.environ.copy())
+                       stdout=subprocess.DEVNULL, env=env)
         marker.write_text(airflow.__version__)
     return home / "airflow.db"
+
+
+def copy_db(source: Path, target: Path) -> Path:
+    """`target` becomes a consistent copy of the SQLite DB `source` (its WAL included): a fresh DB in no time."""
+    import sqlite3
+
+    for leftover in (target, target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+    return target
 
 
 @contextlib.contextmanager
@@ -78,7 +96,7 @@ def running_endpoint(vcpus: int | None = None, start_seconds: float = 0.0) -> It
     """
     import boto3
 
-    from localaws import LocalAWS
+    from localaws.server import LocalAWS
 
     vcpus = vcpus or int(os.environ.get("BATCH_LOCAL_VCPUS") or os.cpu_count() or 1)
     previous = os.environ.get("AIRFLOW_CONN_AWS_DEFAULT")
