@@ -136,17 +136,17 @@ def create_app():
                                                         "Content-Disposition": "attachment"})
 
     def run_job(session, dag_id: str, run_id: str, job_id: str) -> dict:
-        """DescribeJobs of `job_id`, only when it (or its array parent) is one of the run's jobs."""
-        from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+        """DescribeJobs of `job_id`, only when it (or its array parent) is one of the run's jobs; and the hook."""
+        from operators.kit.batch_hook import HouseBatchHook
 
         run_states(session, dag_id, run_id)
         if job_id.split(":")[0] not in runview.run_job_ids(session, dag_id, run_id):
             raise HTTPException(404, f"job {job_id!r} is not one of run {run_id!r}'s Batch jobs")
-        client = BatchClientHook(aws_conn_id="aws_default").client
-        jobs = client.describe_jobs(jobs=[job_id])["jobs"]
-        if not jobs:
+        hook = HouseBatchHook(aws_conn_id="aws_default")
+        job = hook.describe_job(job_id)
+        if job is None:
             raise HTTPException(404, f"AWS Batch no longer knows job {job_id!r}")
-        return jobs[0], client
+        return job, hook
 
     @app.get("/runs/{dag_id}/{run_id}/jobs/{job_id}/data.json", dependencies=can_read_run)
     def job_data(dag_id: str, run_id: str, job_id: str, session: SessionDep):
@@ -156,27 +156,12 @@ def create_app():
     def job_page(dag_id: str, run_id: str, job_id: str, session: SessionDep):
         # Where the task's Batch links point on an endpoint other than AWS's (the local one): the job's status,
         # attempts and log tail through that endpoint, read-only.
-        from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
-
-        job, client = run_job(session, dag_id, run_id, job_id)
-        lines = None
+        job, hook = run_job(session, dag_id, run_id, job_id)
         stream = runview.log_stream_of(job)
-        if stream:
-            logs = AwsLogsHook(aws_conn_id="aws_default").conn
-            try:
-                events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream,
-                                             startFromHead=False, limit=runview.JOB_LOG_LINES)["events"]
-                lines = [str(event.get("message", "")) for event in events]
-            except logs.exceptions.ResourceNotFoundException:
-                lines = None
+        lines = hook.log_tail(stream, runview.JOB_LOG_LINES) if stream else None
         failed = []
         if (job.get("arrayProperties") or {}).get("size"):
-            pages = client.get_paginator("list_jobs").paginate(arrayJobId=job["jobId"], jobStatus="FAILED")
-            for page in pages:
-                failed.extend(page["jobSummaryList"])
-                if len(failed) > runview.JOB_CHILDREN_SHOWN:
-                    break
-            failed.sort(key=lambda c: (c.get("arrayProperties") or {}).get("index", 0))
+            failed = hook.failed_children(job["jobId"], more_than=runview.JOB_CHILDREN_SHOWN)
         return HTMLResponse(runview.render_job_page(dag_id, run_id, job, lines, failed), headers=page_policy)
 
     return app

@@ -8,15 +8,16 @@ import time
 from datetime import timedelta
 from typing import Any, Sequence
 
-from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
-from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.links.batch import BatchJobDefinitionLink, BatchJobDetailsLink, BatchJobQueueLink
 from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 
-from operators.kit.triggers import (CAPACITY_WAIT, ENDED, TIMEOUT, CapacityWatch, progress_line, queue_name,
-                                    runnable_and_started)
+from batch_worker.exit_codes import EXIT_CLASSES
+
+from operators.kit.batch_hook import SHARD_TIMEOUT_REASON, HouseBatchHook
+from operators.kit.job_states import ACTIVE, ENDED, FAILED
+from operators.kit.triggers import CAPACITY_WAIT, TIMEOUT, CapacityWatch, progress_line, queue_name
 
 #: How many failed children are shown, with their reason and the tail of their log.
 FAILED_CHILDREN_SHOWN = 3
@@ -116,7 +117,7 @@ class ReadableBatchLog:
 def on_other_endpoint(operator) -> bool:
     """Whether the operator's connection sends Batch calls to an endpoint of its own (the local endpoint) rather
     than AWS's: the AWS console would not know its jobs."""
-    return bool(operator.hook.conn_config.get_service_endpoint_url("batch"))
+    return operator.hook.on_other_endpoint()
 
 
 class JobPageOnEndpoint:
@@ -157,8 +158,8 @@ class JobLogLink(JobPageOnEndpoint, CloudWatchEventsLink):
     anchor = "#log"
 
 
-class ReadableBatchClientHook(BatchClientHook):
-    """The provider's Batch hook, whose `check_job_success` logs a job's whole description: one line here."""
+class ReadableBatchClientHook(HouseBatchHook):
+    """The kit's Batch hook, whose provider's `check_job_success` logs a job's whole description: one line here."""
 
     @property
     def log(self):
@@ -218,7 +219,7 @@ class HouseBatchOperator(BatchOperator):
         self._persist_links(context)
         job = self.wait_until_ended(self.job_id, deadline=time.time() + self.execution_timeout.total_seconds())
         self._persist_cloudwatch_link(context)
-        if job["status"] == "FAILED":
+        if job["status"] == FAILED:
             self.explain_failure(job)
             raise AirflowException(f"AWS Batch job {self.job_id} FAILED: {job.get('statusReason', 'no reason given')}")
         if not job.get("arrayProperties", {}).get("size"):
@@ -226,10 +227,10 @@ class HouseBatchOperator(BatchOperator):
         self.log.info("AWS Batch job %s SUCCEEDED", self.job_id)
 
     def describe(self, job_id: str) -> dict[str, Any]:
-        jobs = self.hook.client.describe_jobs(jobs=[job_id])["jobs"]
-        if not jobs:
+        job = self.hook.describe_job(job_id)
+        if job is None:
             raise AirflowException(f"AWS Batch job {job_id} not found")
-        return jobs[0]
+        return job
 
     def wait_until_ended(self, job_id: str, deadline: float, terminate_at_deadline: bool = True) -> dict[str, Any]:
         """Poll until the job SUCCEEDED or FAILED; at `deadline` (epoch s) terminate it and raise AirflowTaskTimeout."""
@@ -247,7 +248,7 @@ class HouseBatchOperator(BatchOperator):
             if time.time() >= deadline:
                 if terminate_at_deadline:
                     self.log.error("Timeout: terminating AWS Batch job %s (%s)", job_id, job["status"])
-                    self.hook.client.terminate_job(jobId=job_id, reason="Airflow shard timeout")
+                    self.hook.terminate(job_id, reason=SHARD_TIMEOUT_REASON)
                 raise AirflowTaskTimeout(f"AWS Batch job {job_id} was still {job['status']} at the task's timeout"
                                          + ("; it was terminated" if terminate_at_deadline else ""))
             time.sleep(max(0.0, min(pause, self.poll_interval, deadline - time.time())))
@@ -264,17 +265,10 @@ class HouseBatchOperator(BatchOperator):
         if not job.get("arrayProperties", {}).get("size"):
             self.log_tail(job, label="job")
             return
-        failed = self.failed_children(job["jobId"])
+        failed = self.hook.failed_children(job["jobId"])
         self.log.warning("%d array children FAILED; showing %d", len(failed), min(len(failed), FAILED_CHILDREN_SHOWN))
         for summary in failed[:FAILED_CHILDREN_SHOWN]:
             self.log_tail(self.describe(summary["jobId"]), label=f"child {summary['jobId']}")
-
-    def failed_children(self, parent_id: str) -> list[dict[str, Any]]:
-        paginator = self.hook.client.get_paginator("list_jobs")
-        failed: list[dict[str, Any]] = []
-        for page in paginator.paginate(arrayJobId=parent_id, jobStatus="FAILED"):
-            failed.extend(page["jobSummaryList"])
-        return sorted(failed, key=lambda s: s.get("arrayProperties", {}).get("index", 0))
 
     def log_tail(self, job: dict[str, Any], label: str) -> None:
         attempts = job.get("attempts") or []
@@ -287,17 +281,8 @@ class HouseBatchOperator(BatchOperator):
                   else job.get("container", {}).get("logStreamName"))
         if not stream:
             return
-        for line in self.log_lines(stream)[-LOG_TAIL_LINES:]:
+        for line in self.hook.log_tail(stream, LOG_TAIL_LINES) or []:
             (self.log.error if " ERROR " in line else self.log.info)("%s | %s", label, line)
-
-    def log_lines(self, stream: str) -> list[str]:
-        logs = AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
-        try:
-            events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream,
-                                         startFromHead=False, limit=LOG_TAIL_LINES)["events"]
-        except logs.exceptions.ResourceNotFoundException:
-            return []
-        return [event["message"] for event in events]
 
 
 #: task_state_store key holding the submitted job of the current shard (survives retries and worker deaths).
@@ -305,12 +290,8 @@ STATE_KEY = "batch_job"
 #: Names each mapped instance. A template the project writes: `task.shard.label` is built by
 #: `plan_shards` from batch ids, and a rendered value is never rendered again.
 SHARD_LABEL = "{{ task.shard.label }}"
-ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 #: Failure classes a retry can fix; a shard whose failed batches are all of other classes fails without retry.
 RETRYABLE_CLASSES = ("transient", "lost", "not_run")
-#: The failure class of a child that ended with this exit code without recording its batches
-#: (batch_worker.runtime's exit codes); any other code (killed, lost host, timeout) is "lost".
-EXIT_CLASSES = {1: "error", 64: "config", 65: "bad_data", 75: "transient", 77: "permission_denied"}
 #: How many failed children's logs are read for their own error lines.
 CHILD_LOGS_READ = 5
 #: SubmitJob refusals that mean "slow down" (AWS Batch answers TooManyRequestsException, or a
@@ -336,7 +317,7 @@ def is_throttling(exc: BaseException | None) -> bool:
 
 def fallback_queue(queue: str) -> str | None:
     """The queue the provisioning spec names as `queue`'s fallback for capacity shortages, if any."""
-    from operators.kit.provisioning import load_spec
+    from operators.kit.batch_resources import load_spec
 
     return (load_spec()["job_queues"].get(queue) or {}).get("fallback")
 
@@ -402,7 +383,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                  "job_ids": list(earlier.get("job_ids", [])), "worklists": list(earlier.get("worklists", [])),
                  "this_try": [], "waiting_for": None, "claim": None, "submitted_at": started}
         if earlier.get("job_id"):
-            job = self.describe_or_none(earlier["job_id"])
+            job = self.hook.describe_job(earlier["job_id"])
             if job is not None and job["status"] in ACTIVE:
                 self.log.info("Reattaching to AWS Batch job %s (%s) submitted by an earlier try; not submitting "
                               "again", earlier["job_id"], job["status"])
@@ -471,7 +452,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         self.array_properties = {"size": children} if children > 1 else {}
         self.parameters = {"worklist": worklist}
         if self.retry_strategy is None:
-            from operators.kit.provisioning import load_spec
+            from operators.kit.batch_resources import load_spec
 
             self.retry_strategy = load_spec()["retry_strategy"]
         self.log.info("Submitting one %s for %d pending batches: %d child(ren) of up to %d batches; worklist %s",
@@ -538,7 +519,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                   f"unstarted work moved to {fallback}")
         # One line a person (and make rehearsal) finds in the task log, in both modes.
         self.log.warning("capacity failover: AWS Batch job %s: %s", job["jobId"], reason)
-        self.hook.client.cancel_job(jobId=job["jobId"], reason=reason)
+        self.hook.cancel(job["jobId"], reason)
         return {"job_id": job["jobId"], "queue": queue, "fallback": fallback, "runnable": runnable,
                 "waited_s": round(waited, 3), "at": time.time(), "reason": reason}
 
@@ -587,8 +568,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
             raise AirflowTaskTimeout(f"{spec.label}: {event['reason']}"
                                      + ("; the job was terminated" if waiting["mine"] else ""))
         deadline = deadline or time.time() + self.execution_timeout.total_seconds()
-        job = self.describe_or_none(waiting["job_id"]) or {
-            "jobId": waiting["job_id"], "status": "FAILED", "statusReason": (event or {}).get("reason", "job not found")}
+        job = self.hook.describe_job(waiting["job_id"]) or {
+            "jobId": waiting["job_id"], "status": FAILED, "statusReason": (event or {}).get("reason", "job not found")}
         if (event or {}).get("status") == CAPACITY_WAIT and job["status"] not in ENDED:
             # The trigger saw the shortage; the failover is sync mode's. The moved record travels in the state
             # (this operator object does not outlive the deferral), and the wait goes on, without the watch, until
@@ -626,7 +607,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
             state["shortages"] = [*state.get("shortages", []), moved]
             self.job_queue = moved["fallback"]
         if waiting["mine"]:
-            if job["status"] == "FAILED":
+            if job["status"] == FAILED:
                 self.explain_failure(job)
             if state.get("claim"):
                 engine.location(state["claim"], self.aws_conn_id).remove(state["claim"])
@@ -641,8 +622,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
         reasons: dict[str, tuple[str, str]] = {}
         for entry in state["this_try"]:
-            job = self.describe_or_none(entry["job_id"])
-            if job is not None and job["status"] == "FAILED":
+            job = self.hook.describe_job(entry["job_id"])
+            if job is not None and job["status"] == FAILED:
                 worklist = engine.location(entry["worklist"], self.aws_conn_id).read_json()
                 reasons.update(self.child_reasons(job, worklist))
         result = engine.outcome(spec, batches, self.keys_of(state["worklists"]),
@@ -708,7 +689,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         claims = [c for c in engine.read_claims(out)
                   if tuple((c.get("run") or {}).get(k) for k in ("dag_id", "run_id", "task_id", "map_index")) != me
                   and (before is None or engine.claim_order(c) < engine.claim_order(before))]
-        statuses = self.statuses([c["job_id"] for c in claims if c.get("job_id")])
+        statuses = self.hook.job_statuses([c["job_id"] for c in claims if c.get("job_id")])
         busy: dict[str, str | None] = {}
         now = time.time_ns()
         for claim in claims:
@@ -723,27 +704,16 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                 busy.setdefault(key, claim.get("job_id"))
         return busy
 
-    def statuses(self, job_ids: list[str]) -> dict[str, str]:
-        found = {}
-        for start in range(0, len(job_ids), 100):  # DescribeJobs takes up to 100 ids
-            for job in self.hook.client.describe_jobs(jobs=job_ids[start:start + 100])["jobs"]:
-                found[job["jobId"]] = job["status"]
-        return found
-
     def own_cost(self, job_ids: list[str]) -> dict[str, Any] | None:
         """This shard's jobs costed now that they have ended, with this task's Batch client (collect only adds
         the shards up); None when they cannot be described now, and collect describes them itself."""
         from operators.kit import cost
 
         try:
-            return cost.shard_cost(job_ids, lambda ids: self.hook.client.describe_jobs(jobs=ids)["jobs"])
+            return cost.shard_cost(job_ids, self.hook.describe_jobs)
         except Exception as error:  # noqa: BLE001 - a cost must never change a shard's outcome
             self.log.warning("Could not cost this shard's jobs now (%s); collect will describe them", error)
             return None
-
-    def describe_or_none(self, job_id: str) -> dict[str, Any] | None:
-        jobs = self.hook.client.describe_jobs(jobs=[job_id])["jobs"]
-        return jobs[0] if jobs else None
 
     def child_reasons(self, job: dict[str, Any], worklist: dict[str, Any]) -> dict[str, tuple[str, str]]:
         """(failure class, error) for each batch whose child FAILED, by cache key.
@@ -756,7 +726,8 @@ class UnitsOfWorkOperator(HouseBatchOperator):
 
         items, per_child = worklist["items"], int(worklist["batches_per_child"])
         if job.get("arrayProperties", {}).get("size"):
-            children = [(c.get("arrayProperties", {}).get("index", 0), c) for c in self.failed_children(job["jobId"])]
+            children = [(c.get("arrayProperties", {}).get("index", 0), c)
+                        for c in self.hook.failed_children(job["jobId"])]
         else:
             children = [(0, job)]
         reasons: dict[str, tuple[str, str]] = {}
@@ -771,7 +742,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                 attempts = full.get("attempts") or []
                 stream = (attempts[-1].get("container", {}).get("logStreamName") if attempts
                           else full.get("container", {}).get("logStreamName"))
-                for line in self.log_lines(stream) if stream else []:
+                for line in (self.hook.log_tail(stream, LOG_TAIL_LINES) or []) if stream else []:
                     record = parse_failure_line(line)
                     if record:
                         reported[record.get("key")] = record

@@ -19,6 +19,8 @@ import datetime as dt
 import json
 from typing import Any, Iterable
 
+from operators.kit.job_states import ENDED, RUNNING, SUBMITTED
+
 HISTORY_DIR = "history"
 TABLES = ("configurations", "events")
 #: Columns of each table, in order (Athena's DDL below lists the same).
@@ -66,33 +68,19 @@ def job_events(descriptions: Iterable[dict[str, Any]], *, dag_id: str, run_id: s
         index = job.get("arrayProperties", {}).get("index")
         base = {"dag_id": dag_id, "run_id": run_id, "job_id": job["jobId"], "array_index": index,
                 "queue": str(job.get("jobQueue", "")).rsplit("/", 1)[-1]}
-        events.append({**base, "at": _timestamp(job.get("createdAt")), "attempt": None, "status": "SUBMITTED",
+        events.append({**base, "at": _timestamp(job.get("createdAt")), "attempt": None, "status": SUBMITTED,
                        "reason": None, "exit_code": None})
         for number, attempt in enumerate(job.get("attempts") or [], start=1):
             container = attempt.get("container", {})
-            events.append({**base, "at": _timestamp(attempt.get("startedAt")), "attempt": number, "status": "RUNNING",
+            events.append({**base, "at": _timestamp(attempt.get("startedAt")), "attempt": number, "status": RUNNING,
                            "reason": None, "exit_code": None})
             events.append({**base, "at": _timestamp(attempt.get("stoppedAt")), "attempt": number,
                            "status": "ATTEMPT_ENDED", "reason": attempt.get("statusReason"),
                            "exit_code": container.get("exitCode")})
-        if job.get("status") in ("SUCCEEDED", "FAILED"):
+        if job.get("status") in ENDED:
             events.append({**base, "at": _timestamp(job.get("stoppedAt")), "attempt": len(job.get("attempts") or []),
                            "status": job["status"], "reason": job.get("statusReason"), "exit_code": None})
     return events
-
-
-def describe_all(batch_client, job_ids: list[str]) -> list[dict[str, Any]]:
-    """DescribeJobs of these jobs and, for array jobs, of every child (100 ids a call)."""
-    described: list[dict[str, Any]] = []
-    pending = list(job_ids)
-    while pending:
-        chunk, pending = pending[:100], pending[100:]
-        for job in batch_client.describe_jobs(jobs=chunk)["jobs"]:
-            described.append(job)
-            size = job.get("arrayProperties", {}).get("size")
-            if size:
-                pending.extend(f"{job['jobId']}:{i}" for i in range(int(size)))
-    return described
 
 
 def _frame(rows: list[dict[str, Any]], columns: dict[str, str]):

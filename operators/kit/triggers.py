@@ -21,10 +21,11 @@ import asyncio
 import time
 from typing import Any, AsyncIterator
 
-from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-ENDED = ("SUCCEEDED", "FAILED")
+from operators.kit.batch_hook import SHARD_TIMEOUT_REASON, HouseBatchHook
+from operators.kit.job_states import ENDED, RUNNABLE, STARTED, WAITING
+
 TIMEOUT = "TIMEOUT"
 #: The trigger's event when the watched job's children have sat RUNNABLE for `runnable_timeout_s` with none starting.
 CAPACITY_WAIT = "capacity_wait"
@@ -34,10 +35,9 @@ def runnable_and_started(job: dict[str, Any]) -> tuple[int, int]:
     """(children waiting for a place to run, children that ever started) of an array job; a job alone counts as one."""
     summary = job.get("arrayProperties", {}).get("statusSummary")
     if summary is None:
-        waiting = 1 if job["status"] in ("SUBMITTED", "PENDING", "RUNNABLE") else 0
-        return (1 if job["status"] == "RUNNABLE" else 0), 1 - waiting
-    return int(summary.get("RUNNABLE", 0)), sum(int(summary.get(s, 0)) for s in
-                                               ("STARTING", "RUNNING", "SUCCEEDED", "FAILED"))
+        waiting = 1 if job["status"] in WAITING else 0
+        return (1 if job["status"] == RUNNABLE else 0), 1 - waiting
+    return int(summary.get(RUNNABLE, 0)), sum(int(summary.get(s, 0)) for s in STARTED)
 
 
 class CapacityWatch:
@@ -106,8 +106,8 @@ class BatchJobWaitTrigger(BaseTrigger):
             "deadline": self.deadline, "runnable_timeout_s": self.runnable_timeout_s,
         })
 
-    def hook(self) -> BatchClientHook:
-        return BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+    def hook(self) -> HouseBatchHook:
+        return HouseBatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     #: The least time between the trigger's start and its event. A trigger that fires before the scheduler has
     #: handled the deferring try's exit (a job that ends at once) lets Airflow's scheduler take that exit for the
@@ -122,14 +122,13 @@ class BatchJobWaitTrigger(BaseTrigger):
         async def settle() -> None:
             await asyncio.sleep(max(0.0, self.settle_s - (time.monotonic() - started)))
 
-        async with await self.hook().get_async_conn() as client:
+        async with self.hook().async_calls() as batch:
             while True:
-                jobs = (await client.describe_jobs(jobs=[self.job_id]))["jobs"]
-                if not jobs:
+                job = await batch.describe_job(self.job_id)
+                if job is None:
                     yield TriggerEvent({"job_id": self.job_id, "status": "MISSING",
                                         "reason": f"AWS Batch job {self.job_id} not found"})
                     return
-                job = jobs[0]
                 progress = progress_line(job)
                 if progress != last:
                     self.log.info("AWS Batch job %s: %s", self.job_id, progress)
@@ -155,7 +154,7 @@ class BatchJobWaitTrigger(BaseTrigger):
                     reason = f"the shard's timeout passed while AWS Batch job {self.job_id} was {job['status']}"
                     if self.terminate_on_kill:
                         self.log.warning("%s: terminating it", reason)
-                        await client.terminate_job(jobId=self.job_id, reason="Airflow shard timeout")
+                        await batch.terminate(self.job_id, reason=SHARD_TIMEOUT_REASON)
                     yield TriggerEvent({"job_id": self.job_id, "status": TIMEOUT, "reason": reason})
                     return
                 remaining = self.deadline - time.time() if self.deadline is not None else self.poll_interval
@@ -166,7 +165,7 @@ class BatchJobWaitTrigger(BaseTrigger):
             return
         self.log.info("Task killed while deferred: terminating AWS Batch job %s", self.job_id)
         try:
-            async with await self.hook().get_async_conn() as client:
-                await client.terminate_job(jobId=self.job_id, reason="Airflow task killed while deferred")
+            async with self.hook().async_calls() as batch:
+                await batch.terminate(self.job_id, reason="Airflow task killed while deferred")
         except Exception:
             self.log.exception("Could not terminate AWS Batch job %s; it may still be running", self.job_id)

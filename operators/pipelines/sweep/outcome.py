@@ -66,10 +66,10 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
     import datetime as dt
 
     import pandas as pd
-    from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
     from batch_worker.workloads import get_workload
 
     from operators.kit import engine, history
+    from operators.kit.batch_hook import HouseBatchHook
 
     shard_summaries = [s for s in shard_summaries if s]
     table = engine.location(prepared["configurations"])
@@ -84,8 +84,7 @@ def summarise(shard_summaries: list[dict[str, Any]], prepared: dict[str, Any], p
     earlier = trained_before(configurations.loc[configurations["reused"], "config_key"].tolist())
 
     job_ids = [j for s in shard_summaries for j in s["job_ids"]]
-    client = BatchClientHook(aws_conn_id="aws_default").client
-    described = history.describe_all(client, job_ids)
+    described = HouseBatchHook(aws_conn_id="aws_default").describe_with_children(job_ids)
     descriptions = {job["jobId"]: job for job in described}
     ran = _batch_jobs(job_ids, descriptions)
 

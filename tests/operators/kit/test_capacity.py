@@ -1,18 +1,13 @@
-"""The shard operator's capacity helpers: throttling errors, RUNNABLE children, fallback queues, the capacity watch
-and the trigger's side of it (its CAPACITY_WAIT event against the local endpoint)."""
+"""The shard operator's capacity helpers: throttling errors, RUNNABLE children, fallback queues and the capacity watch
+(the trigger's side of it, its CAPACITY_WAIT event, is in test_triggers.py)."""
 from __future__ import annotations
 
-import asyncio
-import importlib
-import time
-
-import pytest
 from botocore.exceptions import ClientError
 
 from airflow.sdk.exceptions import AirflowException
 
-from operators.kit.batch import fallback_queue, is_throttling, runnable_and_started
-from operators.kit.triggers import CAPACITY_WAIT, BatchJobWaitTrigger, CapacityWatch
+from operators.kit.batch import fallback_queue, is_throttling
+from operators.kit.triggers import CapacityWatch, runnable_and_started
 
 
 def client_error(code: str, message: str) -> ClientError:
@@ -64,57 +59,3 @@ def test_the_capacity_watch_fires_only_when_nothing_starts_for_its_timeout():
     single = CapacityWatch(5)  # a job alone counts as one child
     assert single.observe({"status": "RUNNABLE"}, now=0) is None
     assert single.observe({"status": "RUNNABLE"}, now=5) == (1, 5)
-
-
-def test_the_trigger_survives_its_serialize_round_trip_with_the_watch():
-    trigger = BatchJobWaitTrigger(job_id="j-1", aws_conn_id="aws_default", region_name="us-east-1", poll_interval=2,
-                                  terminate_on_kill=True, deadline=1234.5, runnable_timeout_s=30.0)
-    path, kwargs = trigger.serialize()
-    module, name = path.rsplit(".", 1)
-    again = getattr(importlib.import_module(module), name)(**kwargs)  # what the triggerer does
-    assert again.serialize() == (path, kwargs) and kwargs["runnable_timeout_s"] == 30.0
-    assert BatchJobWaitTrigger(job_id="j-2").serialize()[1]["runnable_timeout_s"] is None
-
-
-@pytest.fixture
-def no_cpu_capacity(local_aws):
-    """airbatch-cpu's compute environment places nothing (the local endpoint's shortage: DISABLED) during the test."""
-    local_aws.batch.update_compute_environment(computeEnvironment="airbatch-cpu", state="DISABLED")
-    try:
-        yield local_aws
-    finally:
-        local_aws.batch.update_compute_environment(computeEnvironment="airbatch-cpu", state="ENABLED")
-
-
-def test_the_trigger_reports_a_job_stuck_runnable_and_leaves_the_failover_to_the_task(no_cpu_capacity):
-    aws = no_cpu_capacity
-    job_id = aws.batch.submit_job(jobName="trigger-capacity", jobQueue="airbatch-cpu",
-                                  jobDefinition="airbatch-worker-cpu", arrayProperties={"size": 3},
-                                  containerOverrides={"command": ["python", "-c", "pass"]})["jobId"]
-    trigger = BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2, runnable_timeout_s=1.0)
-    trigger.settle_s = 0.0
-
-    async def first_event():
-        beats = []  # the event loop stays free while the trigger waits: its polls never block it
-
-        async def heartbeat():
-            while True:
-                beats.append(time.monotonic())
-                await asyncio.sleep(0.05)
-
-        beating = asyncio.ensure_future(heartbeat())
-        try:
-            return await asyncio.wait_for(trigger.run().__anext__(), 30), beats
-        finally:
-            beating.cancel()
-
-    started = time.monotonic()
-    event, beats = asyncio.run(first_event())
-    assert time.monotonic() - started >= 1.0
-    assert max(b - a for a, b in zip(beats, beats[1:])) < 0.5
-    payload = event.payload
-    assert payload["status"] == CAPACITY_WAIT and payload["job_id"] == job_id
-    assert payload["runnable"] == 3 and payload["waited_s"] >= 1.0 and payload["queue"] == "airbatch-cpu"
-    # the trigger only observes: the job is still waiting, for the task to cancel and move
-    assert aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] in ("PENDING", "RUNNABLE")
-    aws.batch.cancel_job(jobId=job_id, reason="test over")
