@@ -5,8 +5,10 @@ import json
 import time
 from typing import Any
 
-from operators.pipelines.sweep.pipeline import FAILURE_MESSAGES_MAX, WORKLOAD
+from operators.pipelines.sweep.spec import WORKLOAD
 
+#: Failed configurations messaged one by one at most (`notify_each_failure`); the rest are in the history.
+FAILURE_MESSAGES_MAX = 100
 #: Failed configurations listed in a summary, and so at most messaged one by one (all are in the history).
 FAILED_LISTED = FAILURE_MESSAGES_MAX
 #: Sweeps the failures-by-class trend looks back over.

@@ -35,10 +35,9 @@ from operators.kit import check_conf, dag_params, stage
 from operators.kit.batch import run_shards
 from operators.kit.notify import FailureNotifier
 from operators.kit.pipeline import kit_params, params_doc
+from operators.pipelines.sweep.outcome import FAILURE_MESSAGES_MAX
+from operators.pipelines.sweep.spec import WORKLOAD
 
-WORKLOAD = "sweep_train"
-#: Sent one by one at most; the rest of the failed configurations are in the history.
-FAILURE_MESSAGES_MAX = 100
 #: Repeated configurations named in prepare's log line and the summary (all are in configurations.parquet).
 DUPLICATES_SHOWN = 20
 KIT_PARAMS_USED = ("batches_per_shard", "batches_per_child", "shard_timeout_minutes")

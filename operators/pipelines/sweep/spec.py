@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+#: The worker's workload that trains a batch of configurations (`batch_worker.workloads.sweep`).
+WORKLOAD = "sweep_train"
 MAX_CONFIGURATIONS = 100_000
 MAX_PROBLEMS_SHOWN = 20
 #: The queue of each resource class.
