@@ -9,10 +9,10 @@ run time, and a subclass that adds keys declares its own shape on top of these (
     dataset -> RunInput -> prepare -> Prepared -> plan -> [ShardPlan] -> run_shard -> ShardSummary (each)
             -> collect -> Fanout -> evaluate -> Evaluation -> decide -> Decision -> notify -> RunSummary
 
-Imports nothing but `typing`: DAG files and evaluator modules import it at parse time.
+Imports nothing but `typing`: DAG files and evaluator modules import it at parse time. Its annotations are
+evaluated (no `from __future__ import annotations`), so that `__required_keys__` and `__optional_keys__` hold
+at run time too.
 """
-from __future__ import annotations
-
 from typing import Any, NotRequired, TypedDict
 
 __all__ = ["RunInput", "Prepared", "ShardPlan", "ShardSummary", "Fanout", "LimitRow", "Lineage", "Evaluation",
