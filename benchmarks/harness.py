@@ -13,7 +13,8 @@ instead of the api-server. Two of `dag.test()`'s costs belong to that harness, n
   benchmark a bundle holding only the DAG files it runs.
 
 Everything a run does itself stays on the clock: each task's imports, prep, the array jobs, the
-polls, the evaluation, the registry and the notification.
+polls, the evaluation, the registry and the notification. `run_pipeline` is that run as every
+pipeline benchmark does it: on the local endpoint, with what the benchmarks read of it afterwards.
 """
 from __future__ import annotations
 
@@ -21,10 +22,13 @@ import json
 import os
 import shutil
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    import pandas as pd
     from airflow.models.dagrun import DagRun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,3 +85,45 @@ def timed_run(dag_file: Path, dag_id: str | None = None, **test_kwargs: Any) -> 
 def harness_line(api_start_s: float) -> str:
     return (f"not timed: dag.test()'s in-process execution API started in {api_start_s:.1f} s "
             f"(the api-server's start under the scheduler, once)")
+
+
+@dataclass
+class PipelineRun:
+    """One timed `dag.test()` of a pipeline, and what the benchmarks read of it."""
+
+    seconds: float  # `timed_run`'s clock: after the execution API's start to the end of the DAG run
+    api_start_s: float  # `start_execution_api`, not on that clock
+    run: "DagRun"
+    prepared: dict  # the `prepare` task's XCom (manifest_uri, rows_in, rows_ok, rows_quarantined, ...)
+    fanout: dict  # the `collect` task's XCom (results, batches, shards, ...)
+    outputs: "pd.DataFrame"  # every batch's result, typed by the workload's declared output
+    task_times: list[tuple[str, int, float]]  # (task_id, instances, seconds) in the order the tasks started
+
+    def xcom(self, task_id: str) -> Any:
+        from operators.kit.summary import xcom_value
+
+        return xcom_value(self.run.dag_id, self.run.run_id, task_id)
+
+
+def run_pipeline(dag_file: Path, *, logical_date: Any, run_conf: dict, data_root: Path, input_prefix: str,
+                 vcpus: int | None) -> PipelineRun:
+    """`timed_run` of the pipeline in `dag_file` with DATA_ROOT at `data_root` and its input allowed under
+    `input_prefix` (the generated input lies outside DATA_ROOT), on a local endpoint of `vcpus` started
+    for it (None: the one already running, as in the tests); prints its task times."""
+    from localaws.stack import running_endpoint
+
+    os.environ["DATA_ROOT"] = str(data_root)
+    os.environ["AIRBATCH_INPUT_PREFIXES"] = input_prefix
+    with running_endpoint(vcpus=vcpus) if vcpus is not None else nullcontext():
+        from operators.kit.engine import read_run_outputs
+        from operators.kit.summary import format_task_times, task_times, xcom_value
+
+        api_start_s = start_execution_api()
+        seconds, run = timed_run(dag_file, logical_date=logical_date, run_conf=run_conf)
+        fanout = xcom_value(run.dag_id, run.run_id, "collect")
+        times = task_times(run.dag_id, run.run_id)
+        print("pipeline task times:")
+        print(format_task_times(times))
+        return PipelineRun(seconds=seconds, api_start_s=api_start_s, run=run,
+                           prepared=xcom_value(run.dag_id, run.run_id, "prepare"), fanout=fanout,
+                           outputs=read_run_outputs(fanout["results"], None), task_times=times)

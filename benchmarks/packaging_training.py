@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.harness import PipelineRun
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -85,6 +88,32 @@ def differences(pipeline: "pd.DataFrame", single: "pd.DataFrame") -> list[str]:
                     close=("intercept", *(f"coef_{f}" for f in FEATURES), "holdout_log_loss", "holdout_auc"))
 
 
+def training_pipeline(scratch: Path, *, groups: int = 500, products_per_group: int = 200,
+                      labels_per_week: int = 50_000, weeks: int = 27, buckets: int | None = None,
+                      vcpus: int | None = 2) -> "PipelineRun":
+    """Generate labels under `scratch` (4 package types x `groups` units, `labels_per_week` for the `weeks`
+    before END) and time `packaging_training` on them (`harness.run_pipeline`: `vcpus` None runs on the
+    endpoint already running). Call after `harness.airflow_home` (or the tests' Airflow set-up)."""
+    import pendulum
+
+    from benchmarks.harness import DAGS, run_pipeline
+    from operators.pipelines.packaging import packaging_data
+
+    start_date = (dt.date.fromisoformat(END) - dt.timedelta(weeks=weeks)).isoformat()
+    conf: dict = {"queue": "airbatch-cpu", **APPROVE_ALL}
+    if buckets is not None:
+        conf["bucket_count"] = buckets
+    started = time.perf_counter()
+    labels = packaging_data.ensure(str(scratch / "labels"), until=END, groups=groups,
+                                   products_per_group=products_per_group, labels_per_week=labels_per_week,
+                                   start_date=start_date)
+    print(f"generated {weeks} weeks x {labels_per_week:,} labels for {4 * groups:,} units in "
+          f"{time.perf_counter() - started:.1f} s")
+    return run_pipeline(DAGS / "packaging_training.py", logical_date=pendulum.parse(END),
+                        run_conf={"input_uri": labels, **conf}, data_root=scratch / "root",
+                        input_prefix=str(scratch / "labels"), vcpus=vcpus)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--groups", type=int, default=500, help="product groups; units = 4 x groups")
@@ -97,43 +126,15 @@ def main() -> int:
     if min(args.groups, args.products_per_group, args.labels_per_week, args.weeks) < 1:
         parser.error("--groups, --products-per-group, --labels-per-week and --weeks must be at least 1")
 
-    from benchmarks.harness import DAGS, airflow_home, harness_line, start_execution_api, timed_run
+    from benchmarks.harness import DAGS, airflow_home, harness_line
 
     airflow_home("bench-packaging-training", [DAGS / "packaging_training.py"])
-    from localaws.stack import running_endpoint
-
-    import pendulum
-
-    from operators.pipelines.packaging import packaging_data
-
-    start_date = (dt.date.fromisoformat(END) - dt.timedelta(weeks=args.weeks)).isoformat()
-    conf: dict = {"queue": "airbatch-cpu", **APPROVE_ALL}
-    if args.buckets is not None:
-        conf["bucket_count"] = args.buckets
     with tempfile.TemporaryDirectory(prefix="packaging-bench-") as scratch:
-        started = time.perf_counter()
-        labels = packaging_data.ensure(str(Path(scratch) / "labels"), until=END, groups=args.groups,
-                                       products_per_group=args.products_per_group,
-                                       labels_per_week=args.labels_per_week, start_date=start_date)
-        print(f"generated {args.weeks} weeks x {args.labels_per_week:,} labels for {4 * args.groups:,} units in "
-              f"{time.perf_counter() - started:.1f} s")
-
-        os.environ["DATA_ROOT"] = str(Path(scratch) / "root")
-        os.environ["AIRBATCH_INPUT_PREFIXES"] = str(Path(scratch) / "labels")  # the input lies outside DATA_ROOT
-        with running_endpoint(vcpus=args.vcpus):
-            from operators.kit.engine import read_run_outputs
-            from operators.kit.summary import format_task_times, task_times, xcom_value
-
-            api_start_s = start_execution_api()
-            pipeline_s, run = timed_run(DAGS / "packaging_training.py", logical_date=pendulum.parse(END),
-                                        run_conf={"input_uri": labels, **conf})
-            prepared = xcom_value(run.dag_id, run.run_id, "prepare")
-            fanout = xcom_value(run.dag_id, run.run_id, "collect")
-            decision = xcom_value(run.dag_id, run.run_id, "decide")
-            print("pipeline task times:")
-            print(format_task_times(task_times(run.dag_id, run.run_id)))
-            pipeline_out = read_run_outputs(fanout["results"], None)
-
+        pipeline = training_pipeline(Path(scratch), groups=args.groups, products_per_group=args.products_per_group,
+                                     labels_per_week=args.labels_per_week, weeks=args.weeks, buckets=args.buckets,
+                                     vcpus=args.vcpus)
+        pipeline_s, api_start_s, pipeline_out = pipeline.seconds, pipeline.api_start_s, pipeline.outputs
+        prepared, fanout, decision = pipeline.prepared, pipeline.fanout, pipeline.xcom("decide")
         floor = floors(prepared["manifest_uri"])
 
     problems = [f"{name}: {problem}" for name, (out, _) in floor.items() for problem in differences(pipeline_out, out)]

@@ -22,11 +22,14 @@ line also gives the speedup counting it. The two outputs are then checked equal:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.harness import PipelineRun
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -41,6 +44,8 @@ APPROVE_ALL = {"approve_mape_p50": 10, "approve_coverage": 0, "approve_degenerat
 #: Targets of the pipeline's speedup over the monolith, by input rows (the largest size not above N applies).
 TARGETS = {1_000_000: 5, 2_800_000: 10, 14_000_000: 30}
 PRICE_COLUMNS = ("recommended_price", "elasticity", "holdout_mape")
+#: The workload's parameters both sides run with (the rest are the workload's defaults).
+PARAMS = {"holdout_days": 7}
 
 
 def monolith_over_batches(manifest_uri: str, params: dict) -> "pd.DataFrame":
@@ -63,6 +68,32 @@ def differences(pipeline: "pd.DataFrame", monolith: "pd.DataFrame") -> list[str]
                     names=("the pipeline", "the monolith"))
 
 
+def pricing_pipeline(rows: int, scratch: Path, *, buckets: int | None = None, rows_per_batch: int | None = None,
+                     queue: str = "airbatch-cpu", vcpus: int | None = 2) -> tuple[int, "PipelineRun"]:
+    """Generate `rows` of sales under `scratch` and time `pricing_optimization` on them (`harness.run_pipeline`:
+    `vcpus` None runs on the endpoint already running); the units generated and the run. Call after
+    `harness.airflow_home` (or the tests' Airflow set-up)."""
+    import pendulum
+
+    from benchmarks.harness import DAGS, run_pipeline
+    from operators.pipelines.pricing import pricing_data
+
+    units, _ = pricing_data.plan(rows, None, DAYS)
+    conf = {"queue": queue, **PARAMS, **APPROVE_ALL}
+    if buckets is not None:
+        conf["bucket_count"] = buckets
+    if rows_per_batch is not None:
+        conf["rows_per_batch"] = rows_per_batch
+    data = scratch / "sales"
+    started = time.perf_counter()
+    stats = pricing_data.generate(data, rows, units=units, days=DAYS, start_date="2026-01-19")
+    print(f"generated {rows} rows of {units} units in {time.perf_counter() - started:.1f} s "
+          f"({stats.get('bad_rows', 'some')} bad rows)")
+    return units, run_pipeline(DAGS / "pricing_optimization.py", logical_date=pendulum.parse(END),
+                               run_conf={"input_uri": str(data), **conf}, data_root=scratch / "root",
+                               input_prefix=str(data), vcpus=vcpus)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, required=True)
@@ -72,47 +103,17 @@ def main() -> int:
     parser.add_argument("--vcpus", type=int, default=2)
     args = parser.parse_args()
 
-    from benchmarks.harness import DAGS, airflow_home, harness_line, start_execution_api, timed_run
+    from benchmarks.harness import DAGS, airflow_home, harness_line
 
     airflow_home("bench-pricing", [DAGS / "pricing_optimization.py"])
-    from localaws.stack import running_endpoint
-
-    import pendulum
-
-    from operators.pipelines.pricing import pricing_data
-
-    units, _ = pricing_data.plan(args.rows, None, DAYS)
-    params = {"holdout_days": 7}
-    conf = {"queue": args.queue, **params, **APPROVE_ALL}
-    if args.buckets is not None:
-        conf["bucket_count"] = args.buckets
-    if args.rows_per_batch is not None:
-        conf["rows_per_batch"] = args.rows_per_batch
     with tempfile.TemporaryDirectory(prefix="pricing-bench-") as scratch:
-        data = Path(scratch) / "sales"
-        started = time.perf_counter()
-        stats = pricing_data.generate(data, args.rows, units=units, days=DAYS, start_date="2026-01-19")
-        print(f"generated {args.rows} rows of {units} units in {time.perf_counter() - started:.1f} s "
-              f"({stats.get('bad_rows', 'some')} bad rows)")
-
-        os.environ["DATA_ROOT"] = str(Path(scratch) / "root")
-        os.environ["AIRBATCH_INPUT_PREFIXES"] = str(data)  # the generated input lies outside DATA_ROOT
-        with running_endpoint(vcpus=args.vcpus):
-            from operators.kit.engine import read_run_outputs
-            from operators.kit.summary import format_task_times, task_times, xcom_value
-
-            api_start_s = start_execution_api()
-            pipeline_s, run = timed_run(DAGS / "pricing_optimization.py", logical_date=pendulum.parse(END),
-                                        run_conf={"input_uri": str(data), **conf})
-            summary = xcom_value(run.dag_id, run.run_id, "notify")
-            prepared = xcom_value(run.dag_id, run.run_id, "prepare")
-            fanout = xcom_value(run.dag_id, run.run_id, "collect")
-            print("pipeline task times:")
-            print(format_task_times(task_times(run.dag_id, run.run_id)))
-            pipeline_out = read_run_outputs(fanout["results"], None)
+        units, pipeline = pricing_pipeline(args.rows, Path(scratch), buckets=args.buckets,
+                                           rows_per_batch=args.rows_per_batch, queue=args.queue, vcpus=args.vcpus)
+        pipeline_s, api_start_s, pipeline_out = pipeline.seconds, pipeline.api_start_s, pipeline.outputs
+        summary = pipeline.xcom("notify")
 
         started = time.perf_counter()
-        monolith = monolith_over_batches(prepared["manifest_uri"], params)
+        monolith = monolith_over_batches(pipeline.prepared["manifest_uri"], PARAMS)
         monolith_s = time.perf_counter() - started
 
     problems = differences(pipeline_out, monolith)
