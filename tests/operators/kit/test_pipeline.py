@@ -254,7 +254,7 @@ def test_the_stages_of_a_run_without_a_logical_date_get_the_end_of_its_inferred_
     pipeline = UnitPipeline("probe", workload="noop", evaluator=TinyEvaluator(), model="probe",
                             source=RecordingSource(seen), **weekly_intervals("2026-01-05"), doc_md="d", tags=["t"])
     dag = pipeline.build()
-    monkeypatch.setattr(pipeline, "run_root", lambda run_id: f"/runs/{run_id}")
+    monkeypatch.setattr(pipeline, "own_run_root", lambda run_id: f"/runs/{run_id}")
     monkeypatch.setattr(pipeline, "check_run", lambda params, conf: {})
 
     def prepare_configured(uri, schema, out, bucket_count, *, window, **kwargs):
