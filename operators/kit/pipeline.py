@@ -709,7 +709,7 @@ def unit_pipeline(dag_id: str, *, workload: str, evaluator: Evaluator | None = N
                   source: DataSource | None = None, publish: PublishTarget | None = None, notify: bool | None = None,
                   poll_interval: float = 2, defaults: Mapping[str, Any] | None = None,
                   extra_params: Mapping[str, Param] | None = None, **dag_kwargs: Any) -> DAG:
-    """Build the DAG `dag_id` of a unit pipeline (its stages: this module's docstring). Options, keyword only:
+    """Build the DAG `dag_id` of a unit pipeline (its stages: this module's docstring); every option is keyword-only.
 
     Options:
         workload: the name of the workload each batch runs (a @register'ed Workload or an airbatch.workloads entry)
