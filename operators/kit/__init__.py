@@ -40,17 +40,17 @@ _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [name for names in _HOMES.values() for name in names]
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the same names for type checkers and editors (F401: exported here, not used)
     from typing import Any
 
-    from operators.kit.evaluation import Evaluator, Limit, number, quantiles
-    from operators.kit.pipeline import (DataSource, LookbackWindow, PublishTarget, UnitPipeline, check_conf,
-                                        dag_params, stage, unit_pipeline, weekly_intervals)
-    from operators.kit.report import ReportSection, figure_png, rows_table, table
-    from operators.kit.runview import skip_rest_of_run
-    from operators.kit.shapes import (Decision, Evaluation, Fanout, LimitRow, Lineage, NotCurrent, Prepared,
-                                      RunInput, RunSummary, ShardPlan, ShardSummary, VersionRecord)
-    from operators.kit.storage import data_root, location, options_for
+    from operators.kit.evaluation import Evaluator, Limit, number, quantiles  # noqa: F401
+    from operators.kit.pipeline import (DataSource, LookbackWindow, PublishTarget, UnitPipeline,  # noqa: F401
+                                        check_conf, dag_params, stage, unit_pipeline, weekly_intervals)
+    from operators.kit.report import ReportSection, figure_png, rows_table, table  # noqa: F401
+    from operators.kit.runview import skip_rest_of_run  # noqa: F401
+    from operators.kit.shapes import (Decision, Evaluation, Fanout, LimitRow, Lineage, NotCurrent,  # noqa: F401
+                                      Prepared, RunInput, RunSummary, ShardPlan, ShardSummary, VersionRecord)
+    from operators.kit.storage import data_root, location, options_for  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
