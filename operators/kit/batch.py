@@ -405,7 +405,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
             done = engine.done_markers(out, batches)
             todo = [b for b in batches if b["key"] not in done and b["key"] not in tried]
             if not todo:
-                return self.collect(context, spec, state, batches)
+                return self.shard_outcome(context, spec, state, batches)
             busy = self.claimed_elsewhere(out, {b["key"] for b in todo}, context["ti"])
             mine = [b for b in todo if b["key"] not in busy]
             self.log.info("%s: %d batches, %d done (cached or computed), %d to compute here, %d being computed by "
@@ -617,7 +617,9 @@ class UnitsOfWorkOperator(HouseBatchOperator):
                           job["status"])
         return self.advance(context, spec, state, deadline)
 
-    def collect(self, context, spec, state: dict[str, Any], batches: list[dict[str, Any]]):
+    def shard_outcome(self, context, spec, state: dict[str, Any], batches: list[dict[str, Any]]):
+        """This shard's result once nothing is left to try: its batches' outcome, with the reasons of this try's
+        failed jobs, written and returned by `finish`."""
         from operators.kit import engine
 
         reasons: dict[str, tuple[str, str]] = {}
