@@ -135,7 +135,7 @@ def test_cli_prints_stats(tmp_path, capsys):
 
 def test_ensure_writes_the_same_dataset_to_s3_once(tmp_path, local_aws):
     """A DATA_ROOT on S3 gets the same files as a local one; a second ensure finds it complete."""
-    from operators.kit.engine import storage_options
+    from operators.kit.storage import storage_options
 
     local_aws.s3.create_bucket(Bucket="pricing-datasets")
     options = storage_options("aws_default")
