@@ -239,11 +239,10 @@ def cost_line(cost: dict[str, Any]) -> str:
 
 def batch_describer(aws_conn_id: str | None = "aws_default") -> tuple[Callable[[list[str]], list[dict]], bool]:
     """DescribeJobs through the Airflow AWS connection, and whether that connection is the local endpoint."""
-    from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+    from operators.kit.batch_hook import HouseBatchHook
 
-    hook = BatchClientHook(aws_conn_id=aws_conn_id)
-    local = bool(hook.conn_config.get_service_endpoint_url("batch"))
-    return (lambda ids: hook.client.describe_jobs(jobs=ids)["jobs"]), local
+    hook = HouseBatchHook(aws_conn_id=aws_conn_id)
+    return hook.describe_jobs, hook.on_other_endpoint()
 
 
 def write_run_cost(shard_summaries: list[dict[str, Any]], run_dir: str,

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from operators.kit import cost
+from operators.kit.job_states import ENDED
 
 CPU_QUEUE = "arn:aws:batch:us-east-1:123456789012:job-queue/airbatch-cpu"
 GPU_QUEUE = "arn:aws:batch:us-east-1:123456789012:job-queue/airbatch-gpu"
@@ -172,3 +174,19 @@ def test_a_pipelines_plan_refuses_a_run_over_its_budget_before_reading_the_manif
     prepared = {"run_root": str(runs / "now"), "batches": 3000, "manifest_uri": str(tmp_path / "no-manifest")}
     with pytest.raises(ValueError, match="over budget, nothing was submitted"):
         pipeline.plan(prepared, {"budget": 20, "queue": "airbatch-cpu"})
+
+
+def test_a_run_written_on_the_local_endpoint_describes_the_shard_that_did_not_cost_itself(local_aws, tmp_path):
+    job_id = local_aws.batch.submit_job(jobName="cost-describer", jobQueue="airbatch-cpu",
+                                        jobDefinition="airbatch-worker-cpu",
+                                        containerOverrides={"command": ["python", "-c", "pass"]},
+                                        arrayProperties={"size": 2})["jobId"]
+    deadline = time.monotonic() + 60
+    while local_aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] not in ENDED:
+        assert time.monotonic() < deadline, f"job {job_id} did not end"
+        time.sleep(0.1)
+    summaries = [{"shard": 0, "job_ids": [job_id], "units": 4, "batches": 2}]
+    written = cost.write_run_cost(summaries, str(tmp_path / "run"), aws_conn_id="aws_default")
+    assert written["label"] == cost.label(True)
+    assert written["shards"][0]["jobs"] == 2 and written["queues"] == ["airbatch-cpu"]
+    assert json.loads((tmp_path / "run" / cost.COST_FILE).read_text()) == written
