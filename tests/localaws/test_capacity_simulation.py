@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from localaws.batch import LOSE_HOSTS_TAG, LOST_HOST_REASON, THROTTLE_SUBMITS_TAG
 
-from tests.operators.kit.test_engine import wait_status
+from tests.operators.kit.batch_jobs import wait_for
 
 PY = sys.executable
 
@@ -53,12 +53,12 @@ def test_a_disabled_environment_keeps_jobs_runnable_until_enabled(aws):
         time.sleep(1.0)  # several dispatcher passes
         assert aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] == "RUNNABLE"
         aws.batch.cancel_job(jobId=job_id, reason="capacity shortage")
-        cancelled = wait_status(aws, job_id)
+        cancelled = wait_for(aws, job_id)
         assert cancelled["status"] == "FAILED" and cancelled["statusReason"] == "capacity shortage"
     finally:
         aws.batch.update_compute_environment(computeEnvironment="ce-capacity", state="ENABLED")
     job_id = aws.batch.submit_job(jobName="capacity-back", jobQueue="q-capacity", jobDefinition=definition(aws))["jobId"]
-    assert wait_status(aws, job_id)["status"] == "SUCCEEDED"
+    assert wait_for(aws, job_id)["status"] == "SUCCEEDED"
 
 
 def test_throttled_submissions_are_refused_then_accepted(aws):
@@ -72,7 +72,7 @@ def test_throttled_submissions_are_refused_then_accepted(aws):
         assert "Too Many Requests" in str(refused.value)
     assert THROTTLE_SUBMITS_TAG not in aws.batch.list_tags_for_resource(resourceArn=arn)["tags"]
     job_id = aws.batch.submit_job(jobName="accepted", jobQueue="q-capacity", jobDefinition=jd)["jobId"]
-    assert wait_status(aws, job_id)["status"] == "SUCCEEDED"
+    assert wait_for(aws, job_id)["status"] == "SUCCEEDED"
 
 
 def test_a_lost_host_is_retried_by_the_retry_strategy(aws):
@@ -81,6 +81,6 @@ def test_a_lost_host_is_retried_by_the_retry_strategy(aws):
         jobName="host-loss", jobQueue="q-capacity", jobDefinition=definition(aws, "import time; time.sleep(0.2)"),
         retryStrategy={"attempts": 2, "evaluateOnExit": [{"onStatusReason": "Host EC2*", "action": "RETRY"},
                                                           {"onReason": "*", "action": "EXIT"}]})["jobId"]
-    job = wait_status(aws, job_id)
+    job = wait_for(aws, job_id)
     assert job["status"] == "SUCCEEDED"
     assert [a["statusReason"] for a in job["attempts"]][0] == LOST_HOST_REASON and len(job["attempts"]) == 2

@@ -4,12 +4,13 @@ which endpoint the connection names."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from operators.kit.batch_hook import DESCRIBE_JOBS_MAX, HouseBatchHook
-from operators.kit.job_states import ENDED, FAILED, RUNNABLE, RUNNING, SUCCEEDED
+from operators.kit.job_states import FAILED, RUNNABLE, RUNNING, SUCCEEDED
+
+from tests.operators.kit.batch_jobs import SLEEP_SCRIPT, submit, wait_for
 
 UNKNOWN_JOB = "00000000-0000-0000-0000-000000000000"
 
@@ -17,22 +18,6 @@ UNKNOWN_JOB = "00000000-0000-0000-0000-000000000000"
 @pytest.fixture
 def hook(local_aws) -> HouseBatchHook:
     return HouseBatchHook(aws_conn_id="aws_default")
-
-
-def submit(local_aws, name: str, script: str, size: int = 0) -> str:
-    return local_aws.batch.submit_job(jobName=name, jobQueue="airbatch-cpu", jobDefinition="airbatch-worker-cpu",
-                                      containerOverrides={"command": ["python", "-c", script]},
-                                      **({"arrayProperties": {"size": size}} if size else {}))["jobId"]
-
-
-def wait_for(local_aws, job_id: str, wanted: tuple[str, ...] = ENDED, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = local_aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]
-        if job["status"] in wanted:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {wanted}; last {job['status']}")
 
 
 def submit_and_end(local_aws, name: str) -> str:
@@ -101,7 +86,7 @@ def test_a_logs_tail_is_its_last_lines_and_a_missing_log_is_none(local_aws, hook
 
 
 def test_terminate_ends_a_running_job_and_cancel_a_job_that_has_not_started(local_aws, hook):
-    running = submit(local_aws, "hook-terminate", "import time; time.sleep(120)")
+    running = submit(local_aws, "hook-terminate", SLEEP_SCRIPT)
     wait_for(local_aws, running, (RUNNING,))
     hook.terminate(running, reason="stopped by the hook test")
     ended = wait_for(local_aws, running)
@@ -120,7 +105,7 @@ def test_terminate_ends_a_running_job_and_cancel_a_job_that_has_not_started(loca
 
 
 def test_the_async_calls_describe_and_terminate_on_one_client(local_aws, hook):
-    job_id = submit(local_aws, "hook-async", "import time; time.sleep(120)")
+    job_id = submit(local_aws, "hook-async", SLEEP_SCRIPT)
     wait_for(local_aws, job_id, (RUNNING,))
 
     async def scenario():

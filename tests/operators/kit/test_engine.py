@@ -1,9 +1,7 @@
-"""The engine's Airflow side: shard planning, child sizing, cache keys, and terminate-on-kill."""
+"""The engine's Airflow side: shard planning, child sizing, cache keys, run folders, shard summaries."""
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -115,94 +113,6 @@ def test_a_run_folder_refuses_a_run_that_does_not_own_it(tmp_path, monkeypatch):
     message = str(err.value)
     assert COLLIDING_RUN_IDS[0] in message and COLLIDING_RUN_IDS[1] in message and root in message
     assert "another run id" in message
-
-
-def sleeping_job(local_aws, name: str) -> str:
-    return local_aws.batch.submit_job(
-        jobName=name, jobQueue="airbatch-cpu", jobDefinition="airbatch-worker-cpu",
-        containerOverrides={"command": ["python", "-c", "import time; time.sleep(120)"]})["jobId"]
-
-
-def wait_status(local_aws, job_id: str, wanted: tuple[str, ...] = ("SUCCEEDED", "FAILED"), timeout: float = 60) -> dict:
-    """The job once its status is one of `wanted`; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = local_aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]
-        if job["status"] in wanted:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never reached {wanted}; last {job['status']}")
-
-
-def test_a_deferred_task_killed_by_a_person_terminates_its_job(local_aws):
-    from operators.kit.triggers import BatchJobWaitTrigger
-
-    job_id = sleeping_job(local_aws, "trigger-kill")
-    trigger = BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
-    assert trigger.serialize()[0] == "operators.kit.triggers.BatchJobWaitTrigger"
-
-    async def scenario():
-        waiting = asyncio.ensure_future(trigger.run().__anext__())
-        await asyncio.to_thread(wait_status, local_aws, job_id, ("RUNNING",))
-        assert not waiting.done()
-        waiting.cancel()  # what the triggerer does, then it calls on_kill() on a user action
-        await trigger.on_kill()
-
-    asyncio.run(scenario())
-    job = wait_status(local_aws, job_id, ("FAILED",))
-    assert "killed" in job["statusReason"]
-
-
-def test_the_trigger_fires_once_the_job_ends(local_aws):
-    from operators.kit.triggers import BatchJobWaitTrigger
-
-    job_id = local_aws.batch.submit_job(jobName="trigger-end", jobQueue="airbatch-cpu",
-                                        jobDefinition="airbatch-worker-cpu",
-                                        containerOverrides={"command": ["python", "-c", "pass"]})["jobId"]
-
-    async def first_event():
-        return await BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2).run().__anext__()
-
-    event = asyncio.run(first_event())
-    assert event.payload["status"] == "SUCCEEDED" and event.payload["job_id"] == job_id
-
-
-def test_the_trigger_does_not_fire_before_the_scheduler_can_have_seen_the_deferral(local_aws, monkeypatch):
-    """A job that has ended at the first poll is reported only after `settle_s` since the trigger started."""
-    from operators.kit import triggers
-
-    job_id = local_aws.batch.submit_job(jobName="trigger-settle", jobQueue="airbatch-cpu",
-                                        jobDefinition="airbatch-worker-cpu",
-                                        containerOverrides={"command": ["python", "-c", "pass"]})["jobId"]
-    wait_status(local_aws, job_id, ("SUCCEEDED",))
-    pauses = []
-    real_sleep = asyncio.sleep
-
-    async def recorded_sleep(seconds):
-        pauses.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr(triggers.asyncio, "sleep", recorded_sleep)
-    trigger = triggers.BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
-
-    async def first_event():
-        return await trigger.run().__anext__()
-
-    event = asyncio.run(first_event())
-    assert event.payload["status"] == "SUCCEEDED"
-    assert len(pauses) == 1 and 0 < pauses[0] <= trigger.settle_s  # the rest of settle_s, then the event
-
-
-def test_a_waiting_task_killed_in_sync_mode_terminates_its_job(local_aws):
-    from operators.kit.batch import UnitsOfWorkOperator
-
-    op = UnitsOfWorkOperator(task_id="kill", shard={}, job_queue="airbatch-cpu",
-                             job_definition="airbatch-worker-cpu")
-    op.on_kill()  # nothing submitted yet: nothing to terminate, no error
-    op.job_id = sleeping_job(local_aws, "sync-kill")
-    wait_status(local_aws, op.job_id, ("RUNNING",))
-    op.on_kill()
-    assert wait_status(local_aws, op.job_id, ("FAILED",))["statusReason"] == "Task killed by the user"
 
 
 def test_a_shards_summary_and_the_runs_count_units_computed_cached_and_dead_lettered():

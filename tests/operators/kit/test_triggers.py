@@ -1,6 +1,7 @@
 """The kit's triggers: each survives the trip through the triggerer's table (serialize, kwargs encrypted and read back,
-the class imported from its classpath and built from them), and the wait's CAPACITY_WAIT event against the local
-endpoint. Their kill and end events: test_engine.py."""
+the class imported from its classpath and built from them); against the local endpoint, the wait's event once its job
+ends (never before the scheduler can have seen the deferral), its CAPACITY_WAIT event, and its job terminated when a
+person kills the deferred task."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,10 @@ import pytest
 from airflow.triggers.base import BaseTrigger
 
 from operators.kit import triggers
+from operators.kit.job_states import FAILED, RUNNING, SUCCEEDED
 from operators.kit.triggers import CAPACITY_WAIT, BatchJobWaitTrigger
+
+from tests.operators.kit.batch_jobs import SLEEP_SCRIPT, submit, wait_for
 
 #: Each trigger of operators/kit/triggers.py, built as its task builds it: every argument given, and only the
 #: required ones.
@@ -116,3 +120,52 @@ def test_the_trigger_reports_a_job_stuck_runnable_and_leaves_the_failover_to_the
     # the trigger only observes: the job is still waiting, for the task to cancel and move
     assert aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] in ("PENDING", "RUNNABLE")
     aws.batch.cancel_job(jobId=job_id, reason="test over")
+
+
+def test_a_deferred_task_killed_by_a_person_terminates_its_job(local_aws):
+    job_id = submit(local_aws, "trigger-kill", SLEEP_SCRIPT)
+    trigger = BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
+    assert trigger.serialize()[0] == "operators.kit.triggers.BatchJobWaitTrigger"
+
+    async def scenario():
+        waiting = asyncio.ensure_future(trigger.run().__anext__())
+        await asyncio.to_thread(wait_for, local_aws, job_id, (RUNNING,))
+        assert not waiting.done()
+        waiting.cancel()  # what the triggerer does, then it calls on_kill() on a user action
+        await trigger.on_kill()
+
+    asyncio.run(scenario())
+    job = wait_for(local_aws, job_id, (FAILED,))
+    assert "killed" in job["statusReason"]
+
+
+def test_the_trigger_fires_once_the_job_ends(local_aws):
+    job_id = submit(local_aws, "trigger-end", "pass")
+
+    async def first_event():
+        return await BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2).run().__anext__()
+
+    event = asyncio.run(first_event())
+    assert event.payload["status"] == SUCCEEDED and event.payload["job_id"] == job_id
+
+
+def test_the_trigger_does_not_fire_before_the_scheduler_can_have_seen_the_deferral(local_aws, monkeypatch):
+    """A job that has ended at the first poll is reported only after `settle_s` since the trigger started."""
+    job_id = submit(local_aws, "trigger-settle", "pass")
+    wait_for(local_aws, job_id, (SUCCEEDED,))
+    pauses = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(seconds):
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(triggers.asyncio, "sleep", recorded_sleep)
+    trigger = BatchJobWaitTrigger(job_id=job_id, poll_interval=0.2)
+
+    async def first_event():
+        return await trigger.run().__anext__()
+
+    event = asyncio.run(first_event())
+    assert event.payload["status"] == SUCCEEDED
+    assert len(pauses) == 1 and 0 < pauses[0] <= trigger.settle_s  # the rest of settle_s, then the event

@@ -1,12 +1,15 @@
-"""The house Batch operator through the real local endpoint: one readable log line per Batch call, never boto's raw
-answers; its links know which endpoint they are on."""
+"""The house Batch operators through the real local endpoint: one readable log line per Batch call, never boto's raw
+answers; their links know which endpoint they are on; a task killed while it waits terminates its job. (Their
+capacity helpers: test_capacity.py.)"""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-pytestmark = pytest.mark.system
+from operators.kit.job_states import FAILED, RUNNING
+
+from tests.operators.kit.batch_jobs import SLEEP_SCRIPT, submit, wait_for
 
 
 def logged(entries: list[dict]) -> list[str]:
@@ -18,6 +21,7 @@ def logged(entries: list[dict]) -> list[str]:
     return lines
 
 
+@pytest.mark.system
 def test_a_batch_jobs_log_names_the_job_in_one_line_without_the_api_answers(local_aws, data_root):
     from structlog.testing import capture_logs
 
@@ -49,6 +53,7 @@ def test_a_batch_jobs_log_names_the_job_in_one_line_without_the_api_answers(loca
     assert f"AWS Batch job {operator.job_id} terminated" in lines
 
 
+@pytest.mark.system
 def test_the_links_know_the_local_endpoint_from_aws(local_aws, monkeypatch):
     """On the local endpoint the Batch links open the run view's job page (tests/plugins/test_run_view.py); on AWS
     (a connection without an endpoint) they stay the provider's console links."""
@@ -62,3 +67,15 @@ def test_the_links_know_the_local_endpoint_from_aws(local_aws, monkeypatch):
         "JobDetailsLink", "JobDefinitionLink", "JobQueueLink", "JobLogLink"}
     assert JobDetailsLink().format_link(region_name="eu-west-1", aws_domain="aws.amazon.com", job_id="j-1") == \
         "https://console.aws.amazon.com/batch/home?region=eu-west-1#jobs/detail/j-1"  # the provider's, on AWS
+
+
+def test_a_waiting_task_killed_in_sync_mode_terminates_its_job(local_aws):
+    from operators.kit.batch import UnitsOfWorkOperator
+
+    op = UnitsOfWorkOperator(task_id="kill", shard={}, job_queue="airbatch-cpu",
+                             job_definition="airbatch-worker-cpu")
+    op.on_kill()  # nothing submitted yet: nothing to terminate, no error
+    op.job_id = submit(local_aws, "sync-kill", SLEEP_SCRIPT)
+    wait_for(local_aws, op.job_id, (RUNNING,))
+    op.on_kill()
+    assert wait_for(local_aws, op.job_id, (FAILED,))["statusReason"] == "Task killed by the user"
