@@ -1,13 +1,14 @@
-"""Cost: attempts' times x the job's vCPUs/GPUs x the rate table; per run, shard and unit; the budget check."""
+"""Cost: attempts' times x the job's vCPUs/GPUs x the rate table; per run, shard and unit; the budget check; a run's
+cost written from its jobs on the local endpoint."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from operators.kit import cost
-from operators.kit.job_states import ENDED
+
+from tests.operators.kit.batch_jobs import submit, wait_for
 
 CPU_QUEUE = "arn:aws:batch:us-east-1:123456789012:job-queue/airbatch-cpu"
 GPU_QUEUE = "arn:aws:batch:us-east-1:123456789012:job-queue/airbatch-gpu"
@@ -177,14 +178,8 @@ def test_a_pipelines_plan_refuses_a_run_over_its_budget_before_reading_the_manif
 
 
 def test_a_run_written_on_the_local_endpoint_describes_the_shard_that_did_not_cost_itself(local_aws, tmp_path):
-    job_id = local_aws.batch.submit_job(jobName="cost-describer", jobQueue="airbatch-cpu",
-                                        jobDefinition="airbatch-worker-cpu",
-                                        containerOverrides={"command": ["python", "-c", "pass"]},
-                                        arrayProperties={"size": 2})["jobId"]
-    deadline = time.monotonic() + 60
-    while local_aws.batch.describe_jobs(jobs=[job_id])["jobs"][0]["status"] not in ENDED:
-        assert time.monotonic() < deadline, f"job {job_id} did not end"
-        time.sleep(0.1)
+    job_id = submit(local_aws, "cost-describer", "pass", size=2)
+    wait_for(local_aws, job_id)
     summaries = [{"shard": 0, "job_ids": [job_id], "units": 4, "batches": 2}]
     written = cost.write_run_cost(summaries, str(tmp_path / "run"), aws_conn_id="aws_default")
     assert written["label"] == cost.label(True)

@@ -1,4 +1,5 @@
-"""Loading the plugin costs every Airflow process almost nothing: the run view's app is built at its first request.
+"""The plugin (plugins/airbatch_runs.py): loading it costs every Airflow process almost nothing, the run view's app
+is built at its first request.
 
 Every task's process loads the plugins (for their listeners), so what the plugin imports at load time
 is paid once per task. The app itself is served through the real api-server in test_run_view.py.
