@@ -15,7 +15,7 @@ from batch_worker import runtime
 from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, cache_key, child_slice, children_needed,
                                 params_digest)
 from batch_worker.workloads import get_workload
-from tests.localaws.test_batch_contract import s3_data_root
+from tests.localaws.test_batch import s3_data_root
 
 
 def make_batches(tmp_path: Path, count: int = 4) -> list[dict]:

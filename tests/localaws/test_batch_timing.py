@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from localaws import batch as local_batch
-from tests.localaws.test_batch_contract import host_folder
+from tests.localaws.test_batch import host_folder
 
 PY = sys.executable
 WALK = ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.localaws.test_batch_contract import PY, assert_process_gone, host_folder, host_pids
-from tests.localaws.test_endpoint_security import Served
+from tests.localaws.test_batch import PY, assert_process_gone, host_folder, host_pids
+from tests.localaws.test_guard import Served
 
 #: the job: a process of its own in its group, both carrying the job's marker (argv[2]), then a long sleep; the file
 #: argv[1] says it has started (the test finds the host's pids by the marker: a job's own pids are its namespace's)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from localaws import sandbox
-from tests.localaws.test_batch_contract import PY
-from tests.localaws.test_endpoint_security import Served
+from tests.localaws.test_batch import PY
+from tests.localaws.test_guard import Served
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None and os.geteuid() != 0,
                                 reason="needs Debian's bubblewrap (make venv installs it as root)")

@@ -14,7 +14,7 @@ import s3fs
 
 from localaws import policy
 from operators.kit.provisioning import job_role_policy, load_spec
-from tests.localaws.test_endpoint_security import Served
+from tests.localaws.test_guard import Served
 
 BUCKET, PREFIX = "data-bucket", "team"
 

@@ -113,7 +113,7 @@ def test_the_job_key_pair_cannot_call_batch(local_aws):
             call()
         assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
     # nor touch data its role's policy does not grant (this endpoint's DATA_ROOT is local: it grants no S3 at all;
-    # tests/localaws/test_job_role_policy.py has the s3:// case)
+    # tests/localaws/test_policy.py has the s3:// case)
     local_aws.s3.create_bucket(Bucket="job-key-bucket")
     with pytest.raises(botocore.exceptions.ClientError) as refused:
         boto3.client("s3", **keys).put_object(Bucket="job-key-bucket", Key="k", Body=b"a job may not write here")
