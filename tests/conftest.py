@@ -1,21 +1,30 @@
 """Test set-up: the same config/local.env as the local stack, with a test AIRFLOW_HOME and DATA_ROOT.
 
-The environment is set before anything imports Airflow. The Airflow metadata DB is migrated once
-(`.airflow/tests/airflow.db`); the local AWS endpoint runs in-process on a free loopback port.
+The environment is set before anything imports Airflow. The Airflow metadata DB is migrated once per
+checkout and Airflow version (`.airflow/tests/migrated/`); each test process (the single one, or each
+pytest-xdist worker: `make test` runs several) starts from its own fresh copy of it in its own Airflow
+home (`.airflow/tests/main/`, `.airflow/tests/gw0/`, ...), so runs in parallel never share a SQLite DB.
+The local AWS endpoint runs in-process on a free loopback port, one per test process.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from localaws.server import START_SECONDS_ENV
-from localaws.stack import REPO, configure, local_bundle, migrate, running_endpoint
+from localaws.stack import (REPO, check_param_schemas_once, configure, copy_db, local_bundle, migrate,
+                           running_endpoint)
 
 # AIRBATCH_TEST_HOME lets two test runs in one checkout keep separate Airflow DBs.
-TEST_HOME = Path(os.environ.get("AIRBATCH_TEST_HOME") or REPO / ".airflow" / "tests")
+TESTS_HOME = Path(os.environ.get("AIRBATCH_TEST_HOME") or REPO / ".airflow" / "tests")
+MIGRATED_HOME = TESTS_HOME / "migrated"
+# This process's own Airflow home: pytest-xdist names its workers gw0, gw1, ... before conftest is imported.
+TEST_HOME = TESTS_HOME / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 # Test homes hold an Airflow DB, logs and the endpoint's credentials: private to the user, like the
 # local stack's (scripts/env.sh). Whatever the tests start inherits the umask.
@@ -35,9 +44,12 @@ def keep_private(folder: Path) -> None:
             pass
 
 
+keep_private(TESTS_HOME)
 keep_private(TEST_HOME)
 # The product's DAGs plus DAGs that exist only for tests.
 configure(TEST_HOME, extra_bundles=[local_bundle("test-dags", REPO / "tests" / "fixture_dags")])
+# dag.test() re-checks every Param's schema before each task: half a system test's time (localaws/stack.py).
+check_param_schemas_once()
 # Batch jobs start at once in tests (the in-process endpoint, and an endpoint a test starts with this
 # environment): a test about the start latency asks for it (tests/localaws/test_batch_timing.py).
 os.environ[START_SECONDS_ENV] = "0"
@@ -45,8 +57,18 @@ os.environ[START_SECONDS_ENV] = "0"
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """A migrated Airflow metadata DB (migrated once; later sessions reuse it)."""
-    return migrate(TEST_HOME)
+    """This process's Airflow metadata DB: a fresh copy of the DB migrated once per checkout and version."""
+    with open(TESTS_HOME / ".migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker migrates; the others wait for it, then copy
+        try:
+            migrated = migrate(MIGRATED_HOME)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    copy_db(migrated, TEST_HOME / "airflow.db")
+    settings = sys.modules.get("airflow.settings")
+    if getattr(settings, "engine", None) is not None:
+        settings.engine.dispose()  # a connection opened before the copy would still see the old file
+    return TEST_HOME / "airflow.db"
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +84,17 @@ def data_root(tmp_path, monkeypatch) -> Path:
     root.mkdir(mode=0o700)
     monkeypatch.setenv("DATA_ROOT", str(root))
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first, so that parallel workers (`make test`: pytest-xdist) do not end on one of them.
+
+    Starting a whole stack (tests/scripts) takes minutes, a system test tens of seconds, most others less
+    than one; the sort is stable, so within each group the tests keep their files' order.
+    """
+    def weight(item) -> int:
+        if item.nodeid.startswith("tests/scripts/"):
+            return 0
+        return 1 if item.get_closest_marker("system") else 2
+
+    items.sort(key=weight)
