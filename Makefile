@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ENV := source scripts/env.sh
 
-.PHONY: venv demo up test test-ui provision rehearsal soak clean
+.PHONY: venv demo up test test-fast test-ui provision rehearsal soak clean
 
 venv: $(STAMP)
 
@@ -45,8 +45,16 @@ soak: $(STAMP)
 
 # tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
+# The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own Airflow home, SQLite DB and
+# local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so more
+# workers than cores pays; the longest tests start first. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not rehearsal and not soak"
+	$(ENV) && python -m pytest -q -m "not rehearsal and not soak" -n $(TEST_WORKERS) --dist load
+
+## The edit loop's subset: every test but the system tests (whole runs, stacks, benchmarks), in parallel.
+test-fast: $(STAMP)
+	$(ENV) && python -m pytest -q -m "not system and not rehearsal and not soak" -n $(TEST_WORKERS) --dist load
 
 ## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
 ## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).

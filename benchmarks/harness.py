@@ -38,10 +38,12 @@ DAGS = REPO / "dags"
 def airflow_home(name: str, dag_files: Sequence[Path]) -> Path:
     """Configure this process's Airflow under `.airflow/<name>` with one DAG bundle holding only `dag_files`
     (links to them), and migrate its DB when Airflow's version changed. Call before anything imports Airflow."""
-    from localaws.stack import configure, local_bundle, migrate
+    from localaws.stack import check_param_schemas_once, configure, local_bundle, migrate
 
     home = REPO / ".airflow" / name
     configure(home)
+    # dag.test() re-checks every Param's schema before each task, which a scheduler does not: not the pipeline's time
+    check_param_schemas_once()
     bundle = home / "bundles" / name
     shutil.rmtree(bundle, ignore_errors=True)
     bundle.mkdir(parents=True)
