@@ -1,4 +1,4 @@
-"""The engine's Airflow side: shard planning, child sizing, cache keys, run folders, shard summaries."""
+"""The engine's Airflow side: shard planning, child sizing, run folders, shard summaries."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from batch_worker.cache import cache_key
 from batch_worker.workloads import get_workload
 from operators.kit import engine, prep
 from operators.pipelines.noop import noop_data
@@ -21,13 +20,6 @@ def test_children_plan_packs_batches_so_children_stay_few():
     assert engine.children_plan(10, batches_per_child=3) == (3, 4)
     # never more than 10,000 children, whatever is asked
     assert engine.children_plan(20_000, batches_per_child=1) == (2, 10_000)
-
-
-def test_cache_key_changes_with_content_code_version_and_params():
-    base = cache_key("abc", "noop", "1", {"salt": ""})
-    assert base == cache_key("abc", "noop", "1", {"salt": ""})
-    assert len({base, cache_key("abd", "noop", "1", {"salt": ""}), cache_key("abc", "noop", "2", {"salt": ""}),
-                cache_key("abc", "noop", "1", {"salt": "x"}), cache_key("abc", "pricing", "1", {"salt": ""})}) == 5
 
 
 @pytest.fixture
