@@ -1,7 +1,6 @@
-"""The run view's logic without a run: the note's counts, confinement to the run's folders, the approval page's link."""
+"""The run view's logic without a run: the note's counts, confinement to the run's folders, its address."""
 from __future__ import annotations
 
-import jinja2
 import pytest
 
 from operators.kit import runview
@@ -58,25 +57,6 @@ def test_a_report_is_served_only_from_a_registry_version_that_belongs_to_the_run
 def test_the_run_view_address_quotes_the_run_id():
     assert runview.run_view_path("pricing", "manual__2026-02-16T00:00:00+00:00") == \
         "/airbatch/runs/pricing/manual__2026-02-16T00%3A00%3A00%2B00%3A00"
-
-
-def test_the_approval_page_links_to_the_run_view_and_its_report():
-    from operators.kit.approval import review_request
-
-    ask = review_request(task_id="ask_reviewer", model="probe")
-    evaluation = {"version": "v7", "proposal": "review", "reasons": ["mape 0.143 > approve limit 0.12"],
-                  "lines": ["MAPE 0.143"], "report_location": "DATA_ROOT/registry/probe/versions/v7/report.html",
-                  "run_view": "/airbatch/runs/pricing/r1"}
-
-    class TaskInstance:
-        @staticmethod
-        def xcom_pull(task_ids):
-            return evaluation
-
-    body = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(ask.body).render(ti=TaskInstance())
-    assert "[Run view: batches, dead letters, version, cost](/airbatch/runs/pricing/r1)" in body
-    assert "([open](/airbatch/runs/pricing/r1/report))" in body
-    assert "Report: DATA_ROOT/registry/probe/versions/v7/report.html" in body
 
 
 def test_the_page_escapes_what_the_run_recorded():

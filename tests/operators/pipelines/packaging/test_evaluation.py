@@ -1,8 +1,6 @@
 """Packaging's evaluator: metrics over all units, deltas against the last approved version, the limits' proposals."""
 from __future__ import annotations
 
-import datetime as dt
-
 import pandas as pd
 import pytest
 
@@ -102,16 +100,6 @@ def test_summary_lines_and_report_sections():
     assert page.count("data:image/png;base64,") == 1 and "one_class" in page and "Label balance" in page
     first = evaluator.summary_lines(*evaluated(outputs(), units=4))
     assert first[-1] == "no approved version before this one: nothing to compare with"
-
-
-def test_synthetic_source_needs_a_first_day_for_drift(tmp_path):
-    from operators.pipelines.packaging.source import SyntheticLabels
-
-    params = {name: param.value for name, param in SyntheticLabels().params().items()}
-    params.update(input_uri=None, dataset_drift=0.5)
-    with pytest.raises(ValueError, match=r"dataset_drift \(0.5\) needs dataset_drift_from"):
-        SyntheticLabels().resolve(params, str(tmp_path), dt.datetime(2026, 2, 2))
-    assert SyntheticLabels().resolve({"input_uri": "/data/labels.csv"}, str(tmp_path), None) == "/data/labels.csv"
 
 
 def test_without_any_holdout_auc_the_auc_limit_is_not_checked_and_says_so():
