@@ -30,6 +30,7 @@ def test_the_target_follows_the_input_rows():
         kernel_limit.parse_figures(line + " extra=1")
 
 
+@pytest.mark.system
 @pytest.mark.timeout(600)
 def test_the_pipeline_and_its_kernel_agree_and_the_figures_parse(airflow_db, local_aws, data_root, tmp_path,
                                                                    monkeypatch, capsys):

@@ -24,6 +24,7 @@ import pytest
 from localaws.credentials import Credentials, KeyPair
 from localaws.server import free_port, wait_until_ready
 from localaws.stack import REPO
+from operators.kit.job_states import STATUSES
 
 pytestmark = pytest.mark.system
 
@@ -34,11 +35,29 @@ TEMPLATE_LOGIN = "{{ conn.aws_default.login }}"
 CANARIES = (CANARY_LOGIN.encode(), CANARY_PASSWORD.encode())
 
 
-class JobEnvironmentSampler(threading.Thread):
-    """Reads /proc/<pid>/environ of every Batch job process (those with AWS_BATCH_JOB_ID) until stopped."""
+def parent_pid(pid: int) -> int | None:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the command name, which may hold spaces
 
-    def __init__(self) -> None:
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid and pid != 1:
+        if pid == ancestor:
+            return True
+        pid = parent_pid(pid)
+    return False
+
+
+class JobEnvironmentSampler(threading.Thread):
+    """Reads /proc/<pid>/environ of every Batch job process (those with AWS_BATCH_JOB_ID) of one endpoint until
+    stopped: its descendants only, since tests running beside this one start jobs of their own endpoints."""
+
+    def __init__(self, endpoint_pid: int) -> None:
         super().__init__(daemon=True)
+        self.endpoint_pid = endpoint_pid
         self.stop_event = threading.Event()
         self.environments: dict[int, bytes] = {}
 
@@ -51,7 +70,7 @@ class JobEnvironmentSampler(threading.Thread):
                     environ = (entry / "environ").read_bytes()
                 except OSError:  # gone, or not ours
                     continue
-                if b"AWS_BATCH_JOB_ID=" in environ:
+                if b"AWS_BATCH_JOB_ID=" in environ and descends_from(int(entry.name), self.endpoint_pid):
                     self.environments[int(entry.name)] = environ
 
     def stop(self) -> dict[int, bytes]:
@@ -68,9 +87,6 @@ def holders(folder: Path) -> list[str]:
             if any(canary in data for canary in CANARIES):
                 found.append(str(path))
     return found
-
-
-STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 
 
 def all_job_descriptions(batch) -> list[dict]:
@@ -109,11 +125,11 @@ def test_the_connections_keys_reach_no_file_log_job_description_or_job_environme
            "DATA_ROOT": str(data), "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection), "SHARD_RETRY_DELAY_S": "1",
            "BATCH_LOCAL_VCPUS": "2"}
     endpoint_log = tmp_path / "endpoint.log"
-    sampler = JobEnvironmentSampler()
     with open(endpoint_log, "wb") as log:
         endpoint = subprocess.Popen([sys.executable, "-m", "localaws", "serve", "--port", str(port),
                                      "--credentials", str(credentials_file)],
                                     env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    sampler = JobEnvironmentSampler(endpoint.pid)
     try:
         wait_until_ready(url, timeout=120)
         sampler.start()
