@@ -47,14 +47,15 @@ soak: $(STAMP)
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own Airflow home, SQLite DB and
 # local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so more
-# workers than cores pays; the longest tests start first. TEST_WORKERS=0 runs it in one process.
+# workers than cores pays; the longest tests start first and are handed out two at a time (--maxschedchunk),
+# so no worker ends the run with a queue of them. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not rehearsal and not soak" -n $(TEST_WORKERS) --dist load
+	$(ENV) && python -m pytest -q -m "not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 ## The edit loop's subset: every test but the system tests (whole runs, stacks, benchmarks), in parallel.
 test-fast: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not system and not rehearsal and not soak" -n $(TEST_WORKERS) --dist load
+	$(ENV) && python -m pytest -q -m "not system and not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 ## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
 ## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).

@@ -38,7 +38,8 @@ DAGS = REPO / "dags"
 def airflow_home(name: str, dag_files: Sequence[Path]) -> Path:
     """Configure this process's Airflow under `.airflow/<name>` with one DAG bundle holding only `dag_files`
     (links to them), and migrate its DB when Airflow's version changed. Call before anything imports Airflow."""
-    from localaws.stack import check_param_schemas_once, configure, local_bundle, migrate
+    from localaws.stack import configure, local_bundle, migrate
+    from operators.kit.param_checks import check_param_schemas_once
 
     home = REPO / ".airflow" / name
     configure(home)

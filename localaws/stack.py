@@ -3,7 +3,6 @@
     configure(home)          environment from config/local.env, with AIRFLOW_HOME and SQLite under `home`
     migrate(home)            `airflow db migrate` once per Airflow version
     copy_db(source, target)  a migrated DB copied, for test runs that each want their own
-    check_param_schemas_once()  dag.test() without re-checking each Param's schema on every serialisation
     running_endpoint(vcpus)  LocalAWS on a free loopback port with new credentials, the aws_default
                              connection pointed at it with the client key pair, Batch resources
                              provisioned from config/batch_resources.json; Batch jobs start at once
@@ -85,38 +84,6 @@ def copy_db(source: Path, target: Path) -> Path:
     with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
         src.backup(dst)
     return target
-
-
-def check_param_schemas_once() -> None:
-    """Check each distinct JSON schema against its metaschema once per process, not on every validation.
-
-    `dag.test()` serialises the whole DAG before each task, and serialising resolves every Param:
-    `jsonschema.validate` first checks the Param's schema against the metaschema (Draft 2020-12, with
-    its dynamic references), then validates the value. A pricing run did that about 5,000 times, half of
-    the run's time; a scheduler serialises a DAG once per parse. The schema check is a pure function of
-    the schema, so one success is remembered; values are still validated every time, and a schema that
-    fails its check raises as before. This is `jsonschema.validate` otherwise line for line.
-    """
-    import jsonschema
-    from jsonschema import exceptions, validators
-
-    if getattr(jsonschema.validate, "checks_schemas_once", False):
-        return
-    checked: set[tuple[type, str]] = set()
-
-    def validate(instance, schema, cls=None, *args, **kwargs):
-        if cls is None:
-            cls = validators.validator_for(schema)
-        key = (cls, json.dumps(schema, sort_keys=True, default=repr))
-        if key not in checked:
-            cls.check_schema(schema)
-            checked.add(key)
-        error = exceptions.best_match(cls(schema, *args, **kwargs).iter_errors(instance))
-        if error is not None:
-            raise error
-
-    validate.checks_schemas_once = True
-    jsonschema.validate = validate
 
 
 @contextlib.contextmanager

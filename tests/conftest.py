@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from localaws.server import START_SECONDS_ENV
-from localaws.stack import (REPO, check_param_schemas_once, configure, copy_db, local_bundle, migrate,
-                           running_endpoint)
+from localaws.stack import REPO, configure, copy_db, local_bundle, migrate, running_endpoint
+from operators.kit.param_checks import check_param_schemas_once
 
 # AIRBATCH_TEST_HOME lets two test runs in one checkout keep separate Airflow DBs.
 TESTS_HOME = Path(os.environ.get("AIRBATCH_TEST_HOME") or REPO / ".airflow" / "tests")
@@ -48,7 +48,7 @@ keep_private(TESTS_HOME)
 keep_private(TEST_HOME)
 # The product's DAGs plus DAGs that exist only for tests.
 configure(TEST_HOME, extra_bundles=[local_bundle("test-dags", REPO / "tests" / "fixture_dags")])
-# dag.test() re-checks every Param's schema before each task: half a system test's time (localaws/stack.py).
+# dag.test() re-checks every Param's schema before each task: half a system test's time (operators/kit/param_checks.py).
 check_param_schemas_once()
 # Batch jobs start at once in tests (the in-process endpoint, and an endpoint a test starts with this
 # environment): a test about the start latency asks for it (tests/localaws/test_batch_timing.py).
