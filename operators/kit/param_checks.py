@@ -10,7 +10,7 @@ def check_param_schemas_once() -> None:
     Airflow resolves every Param each time it serialises a DAG (`dag.test()` and `airflow dags test`:
     before each task; the dag-processor: each parse), and `jsonschema.validate` first checks the Param's
     schema against the metaschema (Draft 2020-12, with its dynamic references), then validates the value.
-    A pricing run under `dag.test()` did that about 5,000 times, half of the run's time. The schema check is
+    A house pipeline's run under `dag.test()` did that about 5,000 times, half of its time. The schema check is
     a pure function of the schema, so one success is remembered; values are still validated every time,
     and a schema that fails its check raises as before. This is `jsonschema.validate` otherwise line for
     line. Every Airflow process calls it at start (plugins/airflow_local_settings.py), and so do the

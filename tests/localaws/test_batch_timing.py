@@ -36,6 +36,29 @@ def start_latency(seconds: float) -> Iterator[None]:
         dispatcher.start_seconds = before
 
 
+@contextlib.contextmanager
+def recorded_transitions() -> Iterator[dict[str, list[str]]]:
+    """Every status each job of the in-process endpoint takes, in order, as its dispatcher sets it.
+
+    Exact on any machine, where a poll (StatusRecorder) misses a status shorter than its interval plus
+    the time a busy machine keeps the poller from running: for a client's view, use StatusRecorder.
+    """
+    seen: dict[str, list[str]] = {}
+    original = local_batch.ProcessJob.set_status
+
+    def set_status(job, value: str) -> None:
+        history = seen.setdefault(job.job_id, [job.status])  # the status it was created with, first
+        original(job, value)
+        if history[-1] != job.status:
+            history.append(job.status)
+
+    local_batch.ProcessJob.set_status = set_status
+    try:
+        yield seen
+    finally:
+        local_batch.ProcessJob.set_status = original
+
+
 class StatusRecorder:
     """Polls the statuses of the jobs it watches (DescribeJobs, or ListJobs by job name) every `interval` s.
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
 import signal
 import stat
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -70,6 +70,26 @@ def listening_sockets() -> dict[int, list[str]]:
     return found
 
 
+def rest_api(stack):
+    """Airflow's REST API of the stack, logged in as its admin (scripts/rehearsal.py's client). Waiting on it
+    costs a request where a poll with the CLI started a whole Airflow process each time."""
+    spec = importlib.util.spec_from_file_location("rehearsal", REPO / "scripts" / "rehearsal.py")
+    rehearsal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearsal)
+    passwords = json.loads((stack.home / "simple_auth_manager_passwords.json.generated").read_text())
+    return rehearsal.Api(f"http://127.0.0.1:{stack.env['AIRFLOW__API__PORT']}", "admin", passwords["admin"])
+
+
+def registered(api, dag_id: str) -> bool:
+    """The dag-processor has registered `dag_id` (a little after the stack is ready)."""
+    try:
+        return api.get(f"/api/v2/dags/{dag_id}")["dag_id"] == dag_id
+    except Exception as error:  # 404 until then
+        if "HTTP 404" not in str(error):
+            raise
+        return False
+
+
 def airflow_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", 'source scripts/env.sh && exec airflow "$@"', "airflow", *args],
                           cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
@@ -92,23 +112,18 @@ def test_up_on_another_port_runs_tasks_listens_on_loopback_only_and_stops_as_a_w
     # deferrable, an array) and BatchSensor (poking, deferrable) run under the live scheduler and triggerer
     # against the endpoint's start latency (a deferrable task saw its job end before it deferred).
     runs = {"batch_smoke": {"shards": 1, "children": 2}, "stock_batch_with_latency": {"prefix": "under-up"}}
+    api = rest_api(stack)
     for dag_id, conf in runs.items():
-        trigger = None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # the dag-processor registers the DAG a little after start
-            trigger = airflow_cli(stack.env, "dags", "unpause", dag_id)
-            if trigger.returncode == 0:
-                trigger = airflow_cli(stack.env, "dags", "trigger", dag_id, "--run-id", "on_another_port",
-                                      "--conf", json.dumps(conf))
-                break
-            time.sleep(3)
+        wait_for(lambda: registered(api, dag_id), 300, f"{dag_id} registered", proc, log)
+        unpaused = airflow_cli(stack.env, "dags", "unpause", dag_id)
+        assert unpaused.returncode == 0, unpaused.stderr[-2000:]
+        trigger = airflow_cli(stack.env, "dags", "trigger", dag_id, "--run-id", "on_another_port",
+                              "--conf", json.dumps(conf))
         assert trigger.returncode == 0, trigger.stderr[-2000:]
 
     def run_state(dag_id):
-        runs = airflow_cli(stack.env, "dags", "list-runs", dag_id, "-o", "json")
-        listed = runs.stdout.strip().splitlines()[-1:] if runs.returncode == 0 else []  # warnings come first
-        states = {run["run_id"]: run["state"] for run in json.loads(listed[0])} if listed else {}
-        return states.get("on_another_port") in ("success", "failed") and states["on_another_port"]
+        state = api.run_state(dag_id, "on_another_port")
+        return state in ("success", "failed") and state
 
     for dag_id in runs:
         assert wait_for(lambda: run_state(dag_id), 600, f"end of the {dag_id} run", proc, log) == "success", \
@@ -183,11 +198,9 @@ def test_up_restarts_a_component_whose_heartbeat_stops_and_a_restart_keeps_the_d
     port = stack.env["AIRFLOW__API__PORT"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health/ping", timeout=30) as response:
         assert response.status == 200
+    api = rest_api(stack)
+    wait_for(lambda: registered(api, "batch_smoke"), 300, "batch_smoke registered", first, first_log)
     unpaused = airflow_cli(stack.env, "dags", "unpause", "batch_smoke")
-    deadline = time.monotonic() + 300
-    while unpaused.returncode != 0 and time.monotonic() < deadline:  # registered a little after start
-        time.sleep(3)
-        unpaused = airflow_cli(stack.env, "dags", "unpause", "batch_smoke")
     assert unpaused.returncode == 0, unpaused.stderr[-2000:]
 
     hung = stack_sessions(stack.home)["scheduler"]
