@@ -96,6 +96,13 @@ cleanup() {
     echo "stopping Airflow (${!SESSIONS[*]})" 2>/dev/null || true
     stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[@]}"
   fi
+  # A component started in the instant the stop began (a watchdog's restart) is in no recorded session
+  # yet: any process still writing to this home's component logs is stopped with its session.
+  local pid stray=()
+  for pid in $(ps -e -o pid=); do
+    component_of_this_home "$pid" && stray+=("$(ps -o sid= -p "$pid" | tr -d ' ')")
+  done
+  (( ${#stray[@]} )) && stop_sessions "$STOP_GRACE_SECONDS" $(printf '%s\n' "${stray[@]}" | sort -u)
   stop_endpoint || true
   python -m localdb stop >/dev/null 2>&1 || true
   [[ -f "$STACK_FILE" ]] && awk -v me="$$" '$1 == "owner" && $2 == me { found = 1 } END { exit !found }' "$STACK_FILE" \

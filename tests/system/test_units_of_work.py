@@ -306,7 +306,8 @@ def test_a_shard_whose_job_never_ends_fails_at_its_timeout_and_the_job_is_termin
                                                                                       data_root, deferrable):
     before = {j["jobId"] for j in shard_jobs(local_aws)}
     run = run_dag({"units": 20, "bucket_count": 2, "batches_per_shard": 2, "batches_per_child": 1, "sleep_s": 3000,
-                   "shard_timeout_minutes": 0.1, "salt": f"timeout-{deferrable}"}, retries=0, deferrable=deferrable)
+                   # 30 s: on a busy machine the shard's job is submitted well inside its timeout
+                   "shard_timeout_minutes": 0.5, "salt": f"timeout-{deferrable}"}, retries=0, deferrable=deferrable)
     assert run.state == DagRunState.FAILED
     [ti] = task_instances(run, "run_shard")
     assert ti.state == TaskInstanceState.FAILED
