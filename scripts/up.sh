@@ -95,14 +95,15 @@ cleanup() {
   if (( ${#SESSIONS[@]} )); then
     echo "stopping Airflow (${!SESSIONS[*]})" 2>/dev/null || true
     stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[@]}"
+    # A component started in the instant the stop began (a watchdog's restart) is in no recorded session
+    # yet: any process still writing to this home's component logs is stopped with its session. Only a
+    # make up that started components does this: one that refused to start must leave the running stack be.
+    local pid stray=()
+    for pid in $(ps -e -o pid=); do
+      component_of_this_home "$pid" && stray+=("$(ps -o sid= -p "$pid" | tr -d ' ')")
+    done
+    (( ${#stray[@]} )) && stop_sessions "$STOP_GRACE_SECONDS" $(printf '%s\n' "${stray[@]}" | sort -u)
   fi
-  # A component started in the instant the stop began (a watchdog's restart) is in no recorded session
-  # yet: any process still writing to this home's component logs is stopped with its session.
-  local pid stray=()
-  for pid in $(ps -e -o pid=); do
-    component_of_this_home "$pid" && stray+=("$(ps -o sid= -p "$pid" | tr -d ' ')")
-  done
-  (( ${#stray[@]} )) && stop_sessions "$STOP_GRACE_SECONDS" $(printf '%s\n' "${stray[@]}" | sort -u)
   stop_endpoint || true
   python -m localdb stop >/dev/null 2>&1 || true
   [[ -f "$STACK_FILE" ]] && awk -v me="$$" '$1 == "owner" && $2 == me { found = 1 } END { exit !found }' "$STACK_FILE" \
