@@ -89,15 +89,20 @@ port_in_use() {
   (exec 3<>"/dev/tcp/${AIRFLOW__API__HOST:-127.0.0.1}/$AIRFLOW__API__PORT") 2>/dev/null
 }
 
+# Set once this make up owns the home (it wrote itself into the stack file): only then does its stop
+# stop anything. One that refused to start (a stack already runs for this home, the port is taken)
+# leaves that stack's components, its endpoint and its database alone.
+OWNS_HOME=0
+
 cleanup() {
   # A second signal, or a terminal that went away, must not cut the stop short.
   trap '' INT TERM HUP PIPE
+  (( OWNS_HOME )) || return 0
   if (( ${#SESSIONS[@]} )); then
     echo "stopping Airflow (${!SESSIONS[*]})" 2>/dev/null || true
     stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[@]}"
     # A component started in the instant the stop began (a watchdog's restart) is in no recorded session
-    # yet: any process still writing to this home's component logs is stopped with its session. Only a
-    # make up that started components does this: one that refused to start must leave the running stack be.
+    # yet: any process still writing to this home's component logs is stopped with its session.
     local pid stray=()
     for pid in $(ps -e -o pid=); do
       component_of_this_home "$pid" && stray+=("$(ps -o sid= -p "$pid" | tr -d ' ')")
@@ -175,6 +180,7 @@ ln -sfn "$(basename "$COMPONENT_LOGS")" "$LOG_ROOT/latest"
 # Older starts' logs beyond the last KEEP_LOG_FOLDERS go.
 ls -1d "$LOG_ROOT"/*Z-* 2>/dev/null | sort | head -n "-$KEEP_LOG_FOLDERS" | xargs -r rm -rf
 echo "owner $$" >"$STACK_FILE"
+OWNS_HOME=1
 python -m localdb start --log "$COMPONENT_LOGS/postgres.log" || fail "the local database did not start (log: $COMPONENT_LOGS/postgres.log)"
 airflow db migrate >"$COMPONENT_LOGS/migrate.log" 2>&1 || { cat "$COMPONENT_LOGS/migrate.log" >&2; fail "airflow db migrate failed"; }
 start_endpoint

@@ -150,8 +150,12 @@ def test_up_on_another_port_runs_tasks_listens_on_loopback_only_and_stops_as_a_w
     assert again.wait(timeout=120) != 0
     assert f"already running for {stack.home} (make up, pid {proc.pid})" in tail(again_log)
     assert proc.poll() is None
-    running = processes_naming(stack.marker)  # the refusing one stopped none of the first one's components
+    # The refusing one stopped none of the first one's components, nor its endpoint or its database.
+    running = processes_naming(stack.marker)
     assert all(pid in running for name, pid in stack_sessions(stack.home).items() if name != "owner"), running
+    endpoint = int((stack.home / "localaws.pid").read_text().split()[0])
+    assert endpoint in running and set(postgres) <= set(running), (endpoint, postgres, running)
+    assert api.run_state("batch_smoke", "on_another_port") == "success"  # the DB still answers
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=180) != 0
