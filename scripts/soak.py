@@ -187,11 +187,17 @@ def tree_cpu_seconds(pids) -> float:
     return total
 
 
-#: How each process of the stack names itself (Airflow's processes rename themselves), and its kind.
+#: How each process of the stack names itself (Airflow's processes rename themselves), and its kind, first
+#: match first: an idle LocalExecutor worker is "airflow worker -- LocalExecutor: <idle>", one running a task
+#: "airflow supervisor: ...", and the task's own process (forked by the supervisor) "airflow worker -- <id>".
 KINDS = (("api_server", "api-server"), ("api-server", "api-server"), ("dag-processor", "dag-processor"),
          ("dag_processor", "dag-processor"), ("scheduler", "scheduler"), ("triggerer", "triggerer"),
-         ("airflow worker", "executor workers"), ("supervisor", "task processes"), ("postgres", "postgres"),
-         ("localaws", "local endpoint"), ("batch_worker", "Batch jobs"))
+         ("LocalExecutor", "executor workers"), ("supervisor", "task processes"), ("airflow worker", "task processes"),
+         ("postgres", "postgres"), ("localaws", "local endpoint"), ("batch_worker", "Batch jobs"))
+
+
+def kind_of(command: str) -> str:
+    return next((name for needle, name in KINDS if needle in command), "other")
 
 
 def memory_by_kind(processes: dict[int, str]) -> dict[str, dict[str, float]]:
@@ -204,8 +210,7 @@ def memory_by_kind(processes: dict[int, str]) -> dict[str, dict[str, float]]:
         except OSError:
             continue
         values = {line.split()[0].rstrip(":"): int(line.split()[1]) for line in rollup[1:] if len(line.split()) >= 2}
-        kind = next((name for needle, name in KINDS if needle in command), "other")
-        entry = kinds.setdefault(kind, {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0})
+        entry = kinds.setdefault(kind_of(command), {"rss_mb": 0.0, "pss_mb": 0.0, "processes": 0})
         entry["rss_mb"] += values.get("Rss", 0) / 1024
         entry["pss_mb"] += values.get("Pss", 0) / 1024
         entry["processes"] += 1
