@@ -49,6 +49,42 @@ def status_kb(pid: int, field: str) -> int | None:
     return None
 
 
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def command_of(pid: int) -> str | None:
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                or None)
+    except OSError:
+        return None
+
+
+def with_descendants(processes: dict[int, str]) -> dict[int, str]:
+    """`processes` and every live descendant of theirs: a task's own process (forked by an executor worker, its
+    title and environment rewritten, its output a pipe) and a Batch job's (under bwrap, started by the endpoint)
+    name the stack nowhere themselves."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents().items():
+        children.setdefault(parent, []).append(pid)
+    found, pending = dict(processes), list(processes)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found and (command := command_of(child)):
+                found[child] = command
+                pending.append(child)
+    return found
+
+
 class MemorySampler:
     """Reads `processes()` (pid -> command) every `interval` seconds in a thread of its own: the peak RSS of
     each process seen, by kind, and the largest sum of RSS of one kind at one reading."""
@@ -57,6 +93,7 @@ class MemorySampler:
         self.processes, self.interval = processes, interval
         self.peak_kb: dict[int, tuple[str, int]] = {}  # pid -> (kind, peak RSS)
         self.kind_sum_kb: dict[str, int] = {}
+        self.example: dict[str, str] = {}  # kind -> the command line of one of its processes
         self.readings = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
@@ -76,11 +113,12 @@ class MemorySampler:
 
     def read_once(self) -> None:
         sums: dict[str, int] = {}
-        for pid, command in self.processes().items():
+        for pid, command in with_descendants(self.processes()).items():
             peak, now = status_kb(pid, "VmHWM"), status_kb(pid, "VmRSS")
             if peak is None or now is None:
                 continue
             kind = kind_of(command)
+            self.example.setdefault(kind, command[:160])
             seen = self.peak_kb.get(pid, (kind, 0))[1]
             self.peak_kb[pid] = (kind, max(seen, peak))
             sums[kind] = sums.get(kind, 0) + now
@@ -88,15 +126,16 @@ class MemorySampler:
             self.kind_sum_kb[kind] = max(self.kind_sum_kb.get(kind, 0), total)
         self.readings += 1
 
-    def by_kind(self) -> dict[str, dict[str, int]]:
-        """{kind: {"processes", "peak_process_mb" (the largest peak of one process), "peak_sum_mb"}}."""
-        kinds: dict[str, dict[str, int]] = {}
+    def by_kind(self) -> dict[str, dict]:
+        """{kind: {"processes", "peak_process_mb" (the largest peak of one process), "peak_sum_mb", "example"}}."""
+        kinds: dict[str, dict] = {}
         for kind, peak in self.peak_kb.values():
             entry = kinds.setdefault(kind, {"processes": 0, "peak_process_mb": 0, "peak_sum_mb": 0})
             entry["processes"] += 1
             entry["peak_process_mb"] = max(entry["peak_process_mb"], round(peak / 1024))
         for kind, entry in kinds.items():
             entry["peak_sum_mb"] = round(self.kind_sum_kb.get(kind, 0) / 1024)
+            entry["example"] = self.example.get(kind, "")
         return dict(sorted(kinds.items()))
 
 

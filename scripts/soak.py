@@ -189,11 +189,13 @@ def tree_cpu_seconds(pids) -> float:
 
 #: How each process of the stack names itself (Airflow's processes rename themselves), and its kind, first
 #: match first: an idle LocalExecutor worker is "airflow worker -- LocalExecutor: <idle>", one running a task
-#: "airflow supervisor: ...", and the task's own process (forked by the supervisor) "airflow worker -- <id>".
-KINDS = (("api_server", "api-server"), ("api-server", "api-server"), ("dag-processor", "dag-processor"),
+#: "airflow supervisor: ...", and the task's own process (forked by the supervisor) "airflow worker -- <id>". A Batch
+#: job's processes (bwrap, env, the worker) carry its command, `batch-worker`, and paths of the endpoint's folders.
+KINDS = (("batch-worker", "Batch jobs"), ("batch_worker", "Batch jobs"),
+         ("api_server", "api-server"), ("api-server", "api-server"), ("dag-processor", "dag-processor"),
          ("dag_processor", "dag-processor"), ("scheduler", "scheduler"), ("triggerer", "triggerer"),
          ("LocalExecutor", "executor workers"), ("supervisor", "task processes"), ("airflow worker", "task processes"),
-         ("postgres", "postgres"), ("localaws", "local endpoint"), ("batch_worker", "Batch jobs"))
+         ("postgres", "postgres"), ("localaws", "local endpoint"), ("up.sh", "make up"))
 
 
 def kind_of(command: str) -> str:
