@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from tests.dags.test_trigger_form import api  # noqa: F401 (the in-process REST API fixture)
+from tests.dags.test_trigger_form import api, serialized_dags  # noqa: F401 (the in-process REST API, the DAGs in the DB)
 
 DAG_ID = "pricing_optimization"
 #: Three weekly intervals no other test runs: logical dates 2026-06-01, -08 and -15.
@@ -141,7 +141,7 @@ def test_the_ui_bundle_sends_the_form_only_when_override_is_ticked():
         "the backfill dialog's submit changed: re-check the Backfills section of docs/pricing.md"
 
 
-def test_the_cli_gives_dag_run_conf_to_every_run(clean_backfills):
+def test_the_cli_gives_dag_run_conf_to_every_run(serialized_dags, clean_backfills):  # noqa: F811
     from sqlalchemy import select
 
     from airflow.cli import cli_parser
@@ -159,6 +159,7 @@ def test_the_cli_gives_dag_run_conf_to_every_run(clean_backfills):
     assert len(runs) == 3 and all(r["conf"] == SMALL for r in runs)
 
 
+@pytest.mark.slow
 def test_a_paused_dags_backfill_runs_stay_queued_until_it_is_unpaused(api, clean_backfills, monkeypatch):  # noqa: F811
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session

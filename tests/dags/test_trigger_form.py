@@ -18,23 +18,29 @@ DAG_IDS = sorted(p.stem for p in (REPO / "dags").glob("*.py"))
 
 
 @pytest.fixture(scope="module")
-def api(airflow_db):
+def serialized_dags(airflow_db):
+    """The project's DAGs in the test metadata DB, as the dag-processor writes them (whatever ran before)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=REPO / "dags", bundle_name="dags-folder")
+    assert not bag.import_errors, bag.import_errors
+    sync_bag_to_db(bag, "dags-folder", None)
+
+
+@pytest.fixture(scope="module")
+def api(serialized_dags):
     from fastapi.testclient import TestClient
 
     from airflow.api_fastapi.app import create_app, purge_cached_app
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
 
     patch = pytest.MonkeyPatch()
     patch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
                  "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
     patch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
     patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))  # this test's tokens only
-    DagBundlesManager().sync_bundles_to_db()
-    bag = BundleDagBag(dag_folder=str(REPO / "dags"), bundle_path=REPO / "dags", bundle_name="dags-folder")
-    assert not bag.import_errors, bag.import_errors
-    sync_bag_to_db(bag, "dags-folder", None)
     purge_cached_app()
     app = create_app("core")
     token = app.state.auth_manager.generate_jwt(SimpleAuthManagerUser(username="form", role="admin"))
