@@ -53,9 +53,10 @@ TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(ENV) && python -m pytest -q -m "not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
-## The edit loop's subset: every test but the system tests (whole runs, stacks, benchmarks), in parallel.
+## The edit loop's subset: every test but the system tests (whole runs, stacks, benchmarks) and the slow ones
+## (seconds of CPU each: many processes, a restart, a fresh interpreter per case), in parallel.
 test-fast: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not system and not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+	$(ENV) && python -m pytest -q -m "not system and not slow and not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
 
 ## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
 ## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).

@@ -89,12 +89,14 @@ def data_root(tmp_path, monkeypatch) -> Path:
 def pytest_collection_modifyitems(config, items):
     """The longest tests first, so that parallel workers (`make test`: pytest-xdist) do not end on one of them.
 
-    Starting a whole stack (tests/scripts) takes minutes, a system test tens of seconds, most others less
-    than one; the sort is stable, so within each group the tests keep their files' order.
+    Starting a whole stack (tests/scripts) takes minutes, a system test tens of seconds, a slow one seconds,
+    most others less than one; the sort is stable, so within each group the tests keep their files' order.
     """
     def weight(item) -> int:
         if item.nodeid.startswith("tests/scripts/"):
             return 0
-        return 1 if item.get_closest_marker("system") else 2
+        if item.get_closest_marker("system"):
+            return 1
+        return 2 if item.get_closest_marker("slow") else 3
 
     items.sort(key=weight)

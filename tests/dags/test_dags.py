@@ -60,6 +60,7 @@ print(json.dumps({"modules": sorted(sys.modules), "events": events}))
 PARSE_TIME_FORBIDDEN = (HEAVY - {"boto3"}) | {"matplotlib", "s3fs", "aiobotocore", "moto", "sklearn", "torch"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
 def test_parsing_in_a_fresh_interpreter_loads_no_heavy_module_and_touches_no_network(path):
     out = subprocess.run([sys.executable, "-c", PARSE_PROBE, str(path)], capture_output=True, text=True,
@@ -88,6 +89,7 @@ def test_scheduled_dags_start_paused_and_unscheduled_ones_run_when_triggered(bag
         assert bool(dag.is_paused_upon_creation) == (dag_id in scheduled), dag_id
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_form_runs_the_small_suite_by_default_on_the_local_endpoint():
     def default_small(env_type: str) -> bool:
         code = ("import json, sys; from airflow.dag_processing.dagbag import DagBag; "

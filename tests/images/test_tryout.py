@@ -123,6 +123,7 @@ def test_text_that_is_not_a_value_of_its_column_leaves_its_row_out_named_by_row_
     assert f"non_numeric:seq: 1 (first: {bad} row 2, unit unit_id='u2': seq = 'first' is not a number)" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_wrong_parameter_or_workload_is_a_usage_error(tmp_path):
     sample = str(noop_sample(tmp_path))
     unknown = batch_worker_try("noop", sample, "--params", '{"sleep": 1}')

@@ -445,6 +445,7 @@ def test_children_wait_runnable_while_the_environment_is_full(aws, tmp_path):
     assert peak == 2
 
 
+@pytest.mark.slow
 def test_a_large_array_does_not_start_all_children_at_once(aws):
     jd = register(aws, "", container={"command": ["true"]})  # the cheapest process: this is about scheduling
     parent = submit(aws, jd, queue="q-ce-four", arrayProperties={"size": 3000})

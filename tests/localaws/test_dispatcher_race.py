@@ -37,6 +37,7 @@ def fine_thread_switching():
     sys.setswitchinterval(interval)
 
 
+@pytest.mark.slow
 def test_parents_end_while_describe_and_list_jobs_poll_hard(local_aws, race_queue, fine_thread_switching):
     batch = local_aws.batch
     definition = f"race-{uuid.uuid4().hex[:6]}"

@@ -291,6 +291,7 @@ def run_job(served: Served, script: str) -> str:
     return "\n".join(e["message"] for e in events)
 
 
+@pytest.mark.slow
 def test_jobs_get_a_batch_environment_and_nothing_of_the_endpoints_and_a_restart_keeps_keys_and_definitions(tmp_path):
     credentials = tmp_path / "credentials.json"
     log = tmp_path / "endpoint.log"
@@ -586,6 +587,7 @@ def test_the_body_limit_is_set_by_the_environment_and_a_chunked_body_past_it_is_
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="small-bucket")["Contents"]] == ["fits"]
 
 
+@pytest.mark.slow
 def test_a_large_body_with_a_wrong_signature_is_not_buffered(tmp_path):
     """400 MB with a valid key id and a zero signature: refused before a byte of it is read (the endpoint's
     peak memory stays where it was; reading it first took it from about 180 MB to 540 MB)."""
