@@ -90,7 +90,9 @@ def pytest_collection_modifyitems(config, items):
     """The longest tests first, so that parallel workers (`make test`: pytest-xdist) do not end on one of them.
 
     Starting a whole stack (tests/scripts) takes minutes, a system test tens of seconds, a slow one seconds,
-    most others less than one; the sort is stable, so within each group the tests keep their files' order.
+    most others less than one. Modules move as a whole, at the place of their longest test, and the sort
+    is stable: each module's tests stay together and in their file's order, so a worker sets each module
+    fixture up once (one set up twice on a worker's endpoint would create its resources twice).
     """
     def weight(item) -> int:
         if item.nodeid.startswith("tests/scripts/"):
@@ -99,4 +101,8 @@ def pytest_collection_modifyitems(config, items):
             return 1
         return 2 if item.get_closest_marker("slow") else 3
 
-    items.sort(key=weight)
+    module_weight: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        module_weight[module] = min(module_weight.get(module, 3), weight(item))
+    items.sort(key=lambda item: module_weight[item.nodeid.split("::", 1)[0]])

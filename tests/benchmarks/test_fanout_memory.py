@@ -26,7 +26,7 @@ def test_a_process_peak_is_kept_after_it_frees_its_memory_and_counted_under_its_
     hog = subprocess.Popen([sys.executable, "-c", HOG], stdout=subprocess.PIPE, text=True)
     try:
         assert hog.stdout.readline().strip() == "freed"
-        sampler = fanout_memory.MemorySampler(lambda: {hog.pid: "python -m batch_worker.run", 1: "init"})
+        sampler = fanout_memory.MemorySampler(lambda: {hog.pid: "python -m batch_worker.run"})
         sampler.read_once()
         kinds = sampler.by_kind()
         assert kinds["Batch jobs"]["processes"] == 1
