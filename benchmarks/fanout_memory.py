@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
 from rehearsal import RehearsalError, wait_run  # noqa: E402  (scripts/ is not a package)
-from soak import SoakError, Stack, kind_of, say  # noqa: E402
+from soak import SoakError, Stack, kind_of, say, with_descendants  # noqa: E402
 
 LIMIT_MB = 2048
 
@@ -47,42 +46,6 @@ def status_kb(pid: int, field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def parents() -> dict[int, int]:
-    """pid -> parent pid of every live process."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                found[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
-
-
-def command_of(pid: int) -> str | None:
-    try:
-        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                or None)
-    except OSError:
-        return None
-
-
-def with_descendants(processes: dict[int, str]) -> dict[int, str]:
-    """`processes` and every live descendant of theirs: a task's own process (forked by an executor worker, its
-    title and environment rewritten, its output a pipe) and a Batch job's (under bwrap, started by the endpoint)
-    name the stack nowhere themselves."""
-    children: dict[int, list[int]] = {}
-    for pid, parent in parents().items():
-        children.setdefault(parent, []).append(pid)
-    found, pending = dict(processes), list(processes)
-    while pending:
-        for child in children.get(pending.pop(), ()):
-            if child not in found and (command := command_of(child)):
-                found[child] = command
-                pending.append(child)
-    return found
 
 
 class MemorySampler:
@@ -141,14 +104,19 @@ class MemorySampler:
 
 def database_size(stack: Stack) -> dict[str, float]:
     """The metadata DB's size as PostgreSQL counts it, and its data folder on disk, in MB."""
-    query = ("import sqlalchemy, sys; e = sqlalchemy.create_engine(sys.argv[1]); c = e.connect(); "
-             "print(c.execute(sqlalchemy.text(\"SELECT pg_database_size('airflow')\")).scalar())")
-    url = subprocess.run([sys.executable, "-m", "localdb", "--home", str(stack.home), "url"], cwd=REPO,
-                         capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    size = subprocess.run([sys.executable, "-c", query, url], cwd=REPO, capture_output=True, text=True,
-                          check=True, timeout=60).stdout.strip()
-    on_disk = sum(path.stat().st_size for path in (stack.home / "postgres" / "data").rglob("*") if path.is_file())
-    return {"db_mb": round(int(size) / 2**20, 1), "db_folder_mb": round(on_disk / 2**20, 1)}
+    import sqlalchemy
+
+    from localdb import LocalDB
+
+    db = LocalDB(stack.home)
+    engine = sqlalchemy.create_engine(db.url())
+    try:
+        with engine.connect() as connection:
+            size = connection.execute(sqlalchemy.text("SELECT pg_database_size('airflow')")).scalar()
+    finally:
+        engine.dispose()
+    on_disk = sum(path.stat().st_size for path in db.data.rglob("*") if path.is_file())
+    return {"db_mb": round(size / 2**20, 1), "db_folder_mb": round(on_disk / 2**20, 1)}
 
 
 def fanout(args: argparse.Namespace) -> dict:

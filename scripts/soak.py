@@ -162,16 +162,48 @@ class Stack:
                 pass
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of a live process; None once it is gone."""
+    try:
+        # the field after the command name, which may hold spaces and parentheses
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def own_ancestry() -> set[int]:
     """This process and those it runs under (`make soak ... --root DIR` names the folder too)."""
     pids, pid = set(), os.getpid()
-    while pid > 1 and pid not in pids:
+    while pid is not None and pid > 1 and pid not in pids:
         pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
+        pid = parent_pid(pid)
     return pids
+
+
+def command_of(pid: int) -> str | None:
+    """A live process's command line, its arguments joined by spaces; None once it is gone (or a kernel thread)."""
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                or None)
+    except OSError:
+        return None
+
+
+def with_descendants(processes: dict[int, str]) -> dict[int, str]:
+    """`processes` (pid -> command) and every live descendant of theirs: a task's own process (forked by an
+    executor worker, its title and environment rewritten, its output a pipe) and a Batch job's (under bwrap,
+    started by the endpoint) name the stack nowhere themselves."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and (parent := parent_pid(int(proc.name))) is not None:
+            children.setdefault(parent, []).append(int(proc.name))
+    found, pending = dict(processes), list(processes)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found and (command := command_of(child)):
+                found[child] = command
+                pending.append(child)
+    return found
 
 
 def tree_cpu_seconds(pids) -> float:

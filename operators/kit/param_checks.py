@@ -14,7 +14,7 @@ def check_param_schemas_once() -> None:
     a pure function of the schema, so one success is remembered; values are still validated every time,
     and a schema that fails its check raises as before. This is `jsonschema.validate` otherwise line for
     line. Every Airflow process calls it at start (plugins/airflow_local_settings.py), and so do the
-    tests and benchmarks that run `dag.test()` in their own process (localaws/stack.py).
+    tests and benchmarks that run `dag.test()` in their own process (tests/conftest.py, benchmarks/harness.py).
     """
     import jsonschema
     from jsonschema import exceptions, validators
