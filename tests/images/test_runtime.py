@@ -480,3 +480,46 @@ def test_a_combines_batches_that_raises_leaves_the_batches_to_run_one_at_a_time(
     code, done = run_slice_outputs(tmp_path, items, "out")
     assert code == 0 and len(done) == 4 and all("group" not in marker for _, marker in done.values())
     assert "workload noop: combines_batches raised KeyError: 'missing'; its batches run one at a time" in caplog.text
+
+
+
+class Exited(Exception):
+    """os._exit, caught: the code it was given."""
+
+
+@pytest.mark.parametrize("raised, code, printed", [
+    (None, runtime.EXIT_BAD_DATA, ""),  # main returned 65
+    (SystemExit(2), 2, ""),  # argparse's usage error (it printed its own message)
+    (SystemExit(None), 0, ""),
+    (SystemExit("cannot go on"), runtime.EXIT_ERROR, "cannot go on"),
+    (KeyboardInterrupt(), 130, ""),
+    (RuntimeError("a bug in the worker"), runtime.EXIT_ERROR, "RuntimeError: a bug in the worker"),
+])
+def test_the_command_ends_with_mains_code_and_skips_the_teardown_that_can_abort(monkeypatch, capsys, raised, code,
+                                                                               printed):
+    """Arrow's thread pools can abort the interpreter's teardown (exit 134 after the work is done): the
+    command exits through os._exit with the code main gave, after flushing what it printed."""
+    def main():
+        print("the slice's last line")
+        if raised is not None:
+            raise raised
+        return runtime.EXIT_BAD_DATA
+
+    def exit_now(given):
+        raise Exited(given)
+
+    monkeypatch.setattr(runtime, "main", main)
+    monkeypatch.setattr(runtime.os, "_exit", exit_now)
+    with pytest.raises(Exited) as exited:
+        runtime.console_main()
+    assert exited.value.args == (code,)
+    out, err = capsys.readouterr()
+    assert out == "the slice's last line\n"
+    assert printed in err and (printed or err == "")
+
+
+def test_the_installed_command_is_the_one_that_skips_the_teardown():
+    from importlib.metadata import entry_points
+
+    (command,) = entry_points(group="console_scripts", name="batch-worker")
+    assert command.value == "batch_worker.runtime:console_main"

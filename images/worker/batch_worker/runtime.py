@@ -420,5 +420,34 @@ def main(argv: list[str] | None = None) -> int:
     return run(args.worklist, index)
 
 
+def console_main() -> None:
+    """The `batch-worker` command: `main`, then an exit that skips the interpreter's teardown.
+
+    Arrow's native thread pools can still be tearing down while the interpreter finalizes, and then
+    the process aborts with "terminate called without an active exception" (SIGABRT, exit 134)
+    after its work is done and recorded (apache/arrow#34314): Batch would count a finished child
+    as lost. Everything the worker writes is closed before `main` returns, so after flushing the
+    logs and the standard streams `os._exit` ends the process with `main`'s own code.
+    """
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's --help (0) and its usage errors (2)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_ERROR)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 128 + 2
+    except BaseException:  # noqa: BLE001 - a bug in the worker itself: show where, as Python would
+        traceback.print_exc()
+        code = EXIT_ERROR
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
