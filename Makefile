@@ -47,16 +47,20 @@ soak: $(STAMP)
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own Airflow home, SQLite DB and
 # local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so more
-# workers than cores pays; the longest tests start first and are handed out two at a time (--maxschedchunk),
-# so no worker ends the run with a queue of them. TEST_WORKERS=0 runs it in one process.
+# workers than cores pays. The longest tests start first; the tests that share a module's or a package's
+# fixture go to one worker as one group (--dist loadgroup; tests/conftest.py names the groups), so a costly
+# fixture is set up once, not once per worker. TEST_WORKERS=0 runs it in one process.
+# The suite starts hundreds of interpreters that import the project: they keep its compiled bytecode
+# (__pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE is set, or each would compile it again.
 TEST_WORKERS ?= 4
+PYTEST := env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+	$(ENV) && $(PYTEST) -m "not rehearsal and not soak"
 
 ## The edit loop's subset: every test but the system tests (whole runs, stacks, benchmarks) and the slow ones
 ## (seconds of CPU each: many processes, a restart, a fresh interpreter per case), in parallel.
 test-fast: $(STAMP)
-	$(ENV) && python -m pytest -q -m "not system and not slow and not rehearsal and not soak" -n $(TEST_WORKERS) --dist load --maxschedchunk 2
+	$(ENV) && $(PYTEST) -m "not system and not slow and not rehearsal and not soak"
 
 ## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
 ## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).

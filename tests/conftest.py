@@ -19,6 +19,9 @@ import pytest
 from localaws.server import START_SECONDS_ENV
 from localaws.stack import REPO, configure, copy_db, local_bundle, migrate, running_endpoint
 from operators.kit.param_checks import check_param_schemas_once
+from tests.fixture_groups import fixture_group, write_groups
+
+pytest_plugins = ["tests.fixture_groups"]  # the controller's scheduler of those groups
 
 # AIRBATCH_TEST_HOME lets two test runs in one checkout keep separate Airflow DBs.
 TESTS_HOME = Path(os.environ.get("AIRBATCH_TEST_HOME") or REPO / ".airflow" / "tests")
@@ -87,12 +90,15 @@ def data_root(tmp_path, monkeypatch) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest tests first, so that parallel workers (`make test`: pytest-xdist) do not end on one of them.
+    """The longest tests first, so that parallel workers (`make test`: pytest-xdist) do not end on one of them;
+    the tests that share a module's or a package's fixture on one worker (tests/fixture_groups.py).
 
     Starting a whole stack (tests/scripts) takes minutes, a system test tens of seconds, a slow one seconds,
-    most others less than one. Modules move as a whole, at the place of their longest test, and the sort
-    is stable: each module's tests stay together and in their file's order, so a worker sets each module
-    fixture up once (one set up twice on a worker's endpoint would create its resources twice).
+    most others less than one. A module or package fixture can cost as much as its tests (a pipeline run
+    that a run view's tests read, Airflow's API app, an endpoint): its tests form one group, set up on one
+    worker instead of on each. Each group, and each module, moves as a whole to the place of its longest
+    test, and the sort is stable: tests stay together and in their file's order, so a worker sets each
+    module fixture up once (one set up twice on a worker's endpoint would create its resources twice).
     """
     def weight(item) -> int:
         if item.nodeid.startswith("tests/scripts/"):
@@ -101,8 +107,10 @@ def pytest_collection_modifyitems(config, items):
             return 1
         return 2 if item.get_closest_marker("slow") else 3
 
-    module_weight: dict[str, int] = {}
+    unit_of = {item.nodeid: fixture_group(item) or item.nodeid.split("::", 1)[0] for item in items}
+    unit_weight: dict[str, int] = {}
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        module_weight[module] = min(module_weight.get(module, 3), weight(item))
-    items.sort(key=lambda item: module_weight[item.nodeid.split("::", 1)[0]])
+        unit = unit_of[item.nodeid]
+        unit_weight[unit] = min(unit_weight.get(unit, 3), weight(item))
+    items.sort(key=lambda item: unit_weight[unit_of[item.nodeid]])
+    write_groups(config, items)
