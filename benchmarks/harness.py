@@ -18,9 +18,12 @@ pipeline benchmark does it: on the local endpoint, with what the benchmarks read
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
+sys.path.insert(0, str(REPO / "scripts"))  # soak.py's /proc walks
 
 
 def airflow_home(name: str, dag_files: Sequence[Path]) -> Path:
@@ -90,6 +94,67 @@ def harness_line(api_start_s: float) -> str:
             f"(the api-server's start under the scheduler, once)")
 
 
+class CpuClock(threading.Thread):
+    """The CPU seconds of this process and all its descendants (the endpoint's Batch jobs, their children),
+    sampled against the wall clock while a run goes on, so that a task's CPU can be read off its span.
+
+    Each sample sums utime, stime and the reaped children's times of this process and of every live
+    descendant (`scripts/soak.py`'s walk): a process that ends moves into its parent's reaped times, so the
+    sum only grows. Walking /proc every `interval` s costs about 1% of a core.
+    """
+
+    def __init__(self, interval: float = 0.25):
+        super().__init__(name="cpu-clock", daemon=True)
+        self.interval, self.samples = interval, []  # (time.time(), CPU seconds)
+        self._stop_event = threading.Event()
+
+    @staticmethod
+    def read() -> float:
+        from soak import tree_cpu_seconds, with_descendants
+
+        return tree_cpu_seconds(with_descendants({os.getpid(): "this process"}))
+
+    def run(self) -> None:
+        while True:
+            self.samples.append((time.time(), self.read()))
+            if self._stop_event.wait(self.interval):
+                break
+
+    def __enter__(self) -> "CpuClock":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
+        self.samples.append((time.time(), self.read()))
+
+
+def cpu_between(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """The CPU seconds spent between two wall-clock times, each end read off the samples by linear interpolation
+    (clamped to the first and last sample)."""
+    def at(moment: float) -> float:
+        times = [t for t, _ in samples]
+        i = bisect.bisect_left(times, moment)
+        if i == 0:
+            return samples[0][1]
+        if i == len(samples):
+            return samples[-1][1]
+        (t0, c0), (t1, c1) = samples[i - 1], samples[i]
+        return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c1
+
+    return max(0.0, at(end) - at(start))
+
+
+def task_cpu(samples: Sequence[tuple[float, float]], rows) -> dict[str, float]:
+    """CPU seconds by task_id over each task's span (its first instance's start to its last one's end), from
+    (task_id, start, end) rows (`operators.kit.summary.task_rows`)."""
+    from operators.kit.summary import task_windows
+
+    return {task_id: cpu_between(samples, start.timestamp(), end.timestamp())
+            for task_id, (start, end, _) in task_windows(rows).items()}
+
+
 @dataclass
 class PipelineRun:
     """One timed `dag.test()` of a pipeline, and what the benchmarks read of it."""
@@ -101,6 +166,8 @@ class PipelineRun:
     fanout: dict  # the `collect` task's XCom (results, batches, shards, ...)
     outputs: "pd.DataFrame"  # every batch's result, typed by the workload's declared output
     task_times: list[tuple[str, int, float]]  # (task_id, instances, seconds) in the order the tasks started
+    cpu_s: float = 0.0  # CPU seconds of the run on `seconds`' clock, this process and its descendants (CpuClock)
+    task_cpu_s: dict[str, float] | None = None  # CPU seconds by task, over each task's span
 
     def xcom(self, task_id: str) -> Any:
         from operators.kit.summary import xcom_value
@@ -119,14 +186,19 @@ def run_pipeline(dag_file: Path, *, logical_date: Any, run_conf: dict, data_root
     os.environ["AIRBATCH_INPUT_PREFIXES"] = input_prefix
     with running_endpoint(vcpus=vcpus) if vcpus is not None else nullcontext():
         from operators.kit.engine import read_run_outputs
-        from operators.kit.summary import format_task_times, task_times, xcom_value
+        from operators.kit.summary import format_task_times, task_rows, task_spans, xcom_value
 
         api_start_s = start_execution_api()
-        seconds, run = timed_run(dag_file, logical_date=logical_date, run_conf=run_conf)
+        with CpuClock() as clock:
+            cpu_before = clock.read()
+            seconds, run = timed_run(dag_file, logical_date=logical_date, run_conf=run_conf)
+            cpu_s = clock.read() - cpu_before
         fanout = xcom_value(run.dag_id, run.run_id, "collect")
-        times = task_times(run.dag_id, run.run_id)
+        rows = task_rows(run.dag_id, run.run_id)
+        times = task_spans(rows)
         print("pipeline task times:")
         print(format_task_times(times))
         return PipelineRun(seconds=seconds, api_start_s=api_start_s, run=run,
                            prepared=xcom_value(run.dag_id, run.run_id, "prepare"), fanout=fanout,
-                           outputs=read_run_outputs(fanout["results"], None), task_times=times)
+                           outputs=read_run_outputs(fanout["results"], None), task_times=times, cpu_s=cpu_s,
+                           task_cpu_s=task_cpu(clock.samples, rows))

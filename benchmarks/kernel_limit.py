@@ -29,7 +29,10 @@ they differ. The kernel runs after the pipeline (it needs prep's batches), so on
 the two sides may meet different loads: the load average is printed. Prints both units per second,
 the pipeline's task times, where the pipeline's seconds go against the kernel's (prepare, run_shard,
 evaluate, and the rest: every other task and `dag.test()`'s own time between tasks; each also as a
-multiple of kernel_s), and ends with one line of figures:
+multiple of kernel_s), the CPU seconds of each (this process and its descendants, the Batch jobs
+included, sampled by `harness.CpuClock`) against the kernel's, with the ratio that no overlap of the
+pipeline's tasks could pass on these cores (its CPU seconds over the cores are the least wall time it
+can take), and ends with one line of figures:
 
     rows=... units=... batches=... kernel_s=... kernel_units_per_s=... pipeline_s=...
     pipeline_units_per_s=... pipeline_vs_kernel=... target=... met=...
@@ -77,6 +80,7 @@ class KernelRun:
     processes: int
     read_s: float  # summed over the processes
     run_s: float  # summed over the processes
+    cpu_s: float = 0.0  # CPU seconds on `seconds`' clock, summed over the processes
 
 
 def shares(manifest: "pd.DataFrame", processes: int) -> list[list[str]]:
@@ -102,7 +106,7 @@ def _kernel_share(workload_name: str, params: dict, uris: list[str], start, resu
         workload = get_workload(workload_name)
         get_xp()  # the array module, as a worker has it by its second batch
         start.wait()
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         frames, read_s, run_s = [], 0.0, 0.0
         for uri in uris:
             at = time.monotonic()
@@ -110,8 +114,8 @@ def _kernel_share(workload_name: str, params: dict, uris: list[str], start, resu
             read_at = time.monotonic()
             frames.append(workload.run(batch, params))
             read_s, run_s = read_s + read_at - at, run_s + time.monotonic() - read_at
-        ended = time.monotonic()
-        results.put((started, ended, read_s, run_s, frames))
+        ended, cpu_s = time.monotonic(), time.process_time() - cpu_started
+        results.put((started, ended, read_s, run_s, frames, cpu_s))
     except BaseException:  # the parent waits for every share: it must hear of a failure
         start.abort()
         results.put(traceback.format_exc())
@@ -153,7 +157,8 @@ def run_kernel(manifest_uri: str, workload_name: str, params: dict, processes: i
         raise SystemExit(f"a kernel process failed:\n{failures[0]}")
     return KernelRun(seconds=max(r[1] for r in received) - min(r[0] for r in received),
                      outputs=pd.concat([frame for r in received for frame in r[4]], ignore_index=True),
-                     processes=len(workers), read_s=sum(r[2] for r in received), run_s=sum(r[3] for r in received))
+                     processes=len(workers), read_s=sum(r[2] for r in received), run_s=sum(r[3] for r in received),
+                     cpu_s=sum(r[5] for r in received))
 
 
 def shard_workload(fanout: dict) -> tuple[str, dict]:
@@ -196,6 +201,19 @@ def breakdown_line(task_times: list[tuple[str, int, float]], pipeline_s: float, 
             + f" = pipeline {pipeline_s:.2f} s ({pipeline_s / kernel_s:.1f}x)")
 
 
+def cpu_line(task_cpu_s: dict[str, float], pipeline_cpu_s: float, kernel_cpu_s: float, kernel_s: float,
+             cores: int) -> str:
+    """The pipeline's CPU seconds by task against the kernel's, and the ratio no overlap of its tasks can pass on
+    these cores: the pipeline cannot take less wall time than its CPU seconds over the cores."""
+    named = {task_id: task_cpu_s.get(task_id, 0.0) for task_id in NAMED_TASKS}
+    rest = max(0.0, pipeline_cpu_s - sum(named.values()))
+    floor_s = pipeline_cpu_s / cores
+    return (f"cpu: pipeline {pipeline_cpu_s:.1f} CPU-s (" + ", ".join(f"{n} {v:.1f}" for n, v in named.items())
+            + f", rest {rest:.1f}) against the kernel's {kernel_cpu_s:.1f} CPU-s; on {cores} core(s) the pipeline's "
+            f"CPU alone needs {floor_s:.2f} s however its tasks overlap: pipeline_vs_kernel at most "
+            f"{kernel_s / floor_s if floor_s else float('inf'):.2f}")
+
+
 def figures_line(rows: int, units: int, batches: int, kernel_s: float, pipeline_s: float) -> str:
     ratio = kernel_s / pipeline_s
     target = next((t for size, t in sorted(TARGETS.items(), reverse=True) if rows >= size), None)
@@ -232,6 +250,8 @@ def against_kernel(pipeline: "PipelineRun", rows: int, processes: int) -> int:
     print("outputs: " + ("equal (every declared column; floats within 1e-6)" if not problems
                          else "DIFFER: " + "; ".join(problems)))
     print(breakdown_line(pipeline.task_times, pipeline.seconds, kernel.seconds))
+    print(cpu_line(pipeline.task_cpu_s or {}, pipeline.cpu_s, kernel.cpu_s, kernel.seconds,
+                   len(os.sched_getaffinity(0))))
     print("load average (1, 5, 15 min) now: " + ", ".join(f"{load:.2f}" for load in os.getloadavg())
           + " (a shared machine's figures move with it)")
     print(figures_line(rows, units, batches, kernel.seconds, pipeline.seconds))

@@ -94,16 +94,33 @@ def xcom_value(dag_id: str, run_id: str, task_id: str, key: str = "return_value"
     return json.loads(value) if isinstance(value, str) else value
 
 
-def task_times(dag_id: str, run_id: str) -> list[tuple[str, int, float]]:
-    """(task_id, instances, seconds) of a run's finished task instances (`task_spans`)."""
+def task_rows(dag_id: str, run_id: str) -> list[tuple]:
+    """(task_id, start_date, end_date) of each task instance of a run."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.execute(select(TaskInstance.task_id, TaskInstance.start_date, TaskInstance.end_date).where(
-            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)).all()
-    return task_spans(rows)
+        return [tuple(row) for row in session.execute(
+            select(TaskInstance.task_id, TaskInstance.start_date, TaskInstance.end_date).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)).all()]
+
+
+def task_times(dag_id: str, run_id: str) -> list[tuple[str, int, float]]:
+    """(task_id, instances, seconds) of a run's finished task instances (`task_spans`)."""
+    return task_spans(task_rows(dag_id, run_id))
+
+
+def task_windows(rows) -> dict[str, tuple]:
+    """{task_id: (first start, last end, finished instances)} from (task_id, start, end) rows, in the order the
+    tasks started; unfinished instances are left out."""
+    spans: dict[str, list] = {}
+    for task_id, start, end in rows:
+        if start is None or end is None:
+            continue
+        span = spans.setdefault(task_id, [start, end, 0])
+        span[0], span[1], span[2] = min(span[0], start), max(span[1], end), span[2] + 1
+    return {task_id: tuple(span) for task_id, span in sorted(spans.items(), key=lambda item: item[1][0])}
 
 
 def task_spans(rows) -> list[tuple[str, int, float]]:
@@ -112,13 +129,7 @@ def task_spans(rows) -> list[tuple[str, int, float]]:
     A task's seconds span its first instance's start to its last one's end, so the mapped instances of
     a task count once however they overlap; unfinished instances are left out.
     """
-    spans: dict[str, list] = {}
-    for task_id, start, end in rows:
-        if start is None or end is None:
-            continue
-        span = spans.setdefault(task_id, [start, end, 0])
-        span[0], span[1], span[2] = min(span[0], start), max(span[1], end), span[2] + 1
-    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    ordered = task_windows(rows).items()
     return [(task_id, n, (end - start).total_seconds()) for task_id, (start, end, n) in ordered]
 
 

@@ -43,6 +43,14 @@ def test_the_pipeline_and_its_kernel_agree_and_the_figures_parse(airflow_db, loc
     lines = capsys.readouterr().out.strip().splitlines()
     assert "outputs: equal (every declared column; floats within 1e-6)" in lines
     assert any(line.startswith("breakdown against the kernel's ") for line in lines)
+    [cpu] = [line for line in lines if line.startswith("cpu: ")]
+    spent = re.match(r"cpu: pipeline (\S+) CPU-s \(prepare (\S+), run_shard (\S+), evaluate (\S+), rest (\S+)\) "
+                     r"against the kernel's (\S+) CPU-s; on \d+ core\(s\) .* at most (\S+)$", cpu)
+    assert spent, cpu
+    pipeline_cpu, prepare, run_shard, evaluate, rest, kernel_cpu, most = map(float, spent.groups())
+    assert prepare > 0 and run_shard > 0 and kernel_cpu > 0  # the shard's Batch jobs are counted: they read and run
+    assert pipeline_cpu == pytest.approx(prepare + run_shard + evaluate + rest, abs=0.3)
+    assert most > 0
     assert FIGURES_LINE.fullmatch(lines[-1]), lines[-1]
     figures = kernel_limit.parse_figures(lines[-1])
     assert figures["rows"] == "20000" and int(figures["units"]) == len(pipeline.outputs) > 0
