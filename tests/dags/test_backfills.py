@@ -106,6 +106,7 @@ def post_backfill(api, dag_run_conf) -> dict:  # noqa: F811
     return response.json()
 
 
+@pytest.mark.slow  # a backfill's runs: seconds of CPU
 def test_the_rest_api_gives_the_backfills_conf_to_every_run_and_so_to_its_params(api, clean_backfills):  # noqa: F811
     backfill = post_backfill(api, SMALL)
     assert backfill["dag_run_conf"] == SMALL and stored_conf(backfill["id"]) == SMALL
@@ -116,6 +117,7 @@ def test_the_rest_api_gives_the_backfills_conf_to_every_run_and_so_to_its_params
     assert {k: params[k] for k in SMALL} == SMALL
 
 
+@pytest.mark.slow  # a backfill's runs: seconds of CPU
 def test_the_ui_dialog_without_override_sends_null_and_the_runs_get_the_dags_defaults(api, clean_backfills):  # noqa: F811
     """The request Airflow 3.3.2's backfill dialog sends when "Override parameters on existing runs" is not ticked
     (its default), whatever the params form holds: `dag_run_conf: null`."""

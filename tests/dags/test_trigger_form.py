@@ -99,6 +99,7 @@ def test_a_value_outside_its_range_is_refused_by_the_api_not_clamped(api, dag_id
     assert f"Invalid input for param {name}" in response.json()["detail"]
 
 
+@pytest.mark.slow  # a dag.test() run: seconds of CPU
 def test_contradictory_workload_parameters_are_accepted_by_airflow_and_refused_by_the_first_task(
         api, data_root):
     """Airflow 3.3 checks each param against its own JSON Schema only (no DAG-level hook runs when a run is
@@ -125,6 +126,7 @@ def test_contradictory_workload_parameters_are_accepted_by_airflow_and_refused_b
     assert not (data_root / "datasets").exists()  # refused before the synthetic dataset was generated
 
 
+@pytest.mark.slow  # a dag.test() run: seconds of CPU
 def test_an_unknown_param_is_refused_by_the_first_task_naming_it(api, data_root, capfd):
     conf, _ = form_defaults(api, "units_of_work")
     response = trigger(api, "units_of_work", {**conf, "max_chnage": 0.2})
@@ -165,6 +167,7 @@ def test_nan_or_infinity_in_a_trigger_is_refused_by_the_api_naming_the_param(api
             or (spelled == "Infinity" and "is greater than the maximum" in detail)), detail
 
 
+@pytest.mark.slow  # a dag.test() run each: seconds of CPU
 @pytest.mark.parametrize("dag_id, conf, words", [
     ("batch_smoke", {"repeats": 2}, "unknown run param(s) ['repeats']; known: ['children', 'fail_index', 'queue', "
                                     "'shards', 'sleep_s']"),
