@@ -208,8 +208,8 @@ def cpu_line(task_cpu_s: dict[str, float], pipeline_cpu_s: float, kernel_cpu_s: 
     named = {task_id: task_cpu_s.get(task_id, 0.0) for task_id in NAMED_TASKS}
     rest = max(0.0, pipeline_cpu_s - sum(named.values()))
     floor_s = pipeline_cpu_s / cores
-    return (f"cpu: pipeline {pipeline_cpu_s:.1f} CPU-s (" + ", ".join(f"{n} {v:.1f}" for n, v in named.items())
-            + f", rest {rest:.1f}) against the kernel's {kernel_cpu_s:.1f} CPU-s; on {cores} core(s) the pipeline's "
+    return (f"cpu: pipeline {pipeline_cpu_s:.2f} CPU-s (" + ", ".join(f"{n} {v:.2f}" for n, v in named.items())
+            + f", rest {rest:.2f}) against the kernel's {kernel_cpu_s:.2f} CPU-s; on {cores} core(s) the pipeline's "
             f"CPU alone needs {floor_s:.2f} s however its tasks overlap: pipeline_vs_kernel at most "
             f"{kernel_s / floor_s if floor_s else float('inf'):.2f}")
 
