@@ -1,7 +1,8 @@
 """The local Batch in time, as AWS's: a start latency spread over SUBMITTED, PENDING, RUNNABLE and STARTING.
 
 The session's endpoint starts jobs at once (start_seconds=0); each test here sets a latency for its
-own jobs with `start_latency` and watches them with a `StatusRecorder`, a poller in a thread of its own.
+own jobs with `start_latency` and records their statuses with a `StatusRecorder`, as the endpoint's
+dispatcher sets them (a poll would miss a status that lasts less than its interval on a busy machine).
 The waits are bounded; the time assertions are lower bounds (a stage cannot end early), which a slow
 machine cannot break.
 """
@@ -36,91 +37,58 @@ def start_latency(seconds: float) -> Iterator[None]:
         dispatcher.start_seconds = before
 
 
-@contextlib.contextmanager
-def recorded_transitions() -> Iterator[dict[str, list[str]]]:
+class StatusRecorder:
     """Every status each job of the in-process endpoint takes, in order, as its dispatcher sets it.
 
-    Exact on any machine, where a poll (StatusRecorder) misses a status shorter than its interval plus
-    the time a busy machine keeps the poller from running: for a client's view, use StatusRecorder.
-    """
-    seen: dict[str, list[str]] = {}
-    original = local_batch.ProcessJob.set_status
-
-    def set_status(job, value: str) -> None:
-        history = seen.setdefault(job.job_id, [job.status])  # the status it was created with, first
-        original(job, value)
-        if history[-1] != job.status:
-            history.append(job.status)
-
-    local_batch.ProcessJob.set_status = set_status
-    try:
-        yield seen
-    finally:
-        local_batch.ProcessJob.set_status = original
-
-
-class StatusRecorder:
-    """Polls the statuses of the jobs it watches (DescribeJobs, or ListJobs by job name) every `interval` s.
-
-    `seen[job_id]` holds (status, time.monotonic()) for each status in the order first observed.
+    `seen[job_id]` holds (status, time.monotonic()) for each status: the status a job was created with
+    at its createdAt, each later one when the dispatcher set it. Exact on any machine, where a client's
+    poll of DescribeJobs misses a status shorter than its interval plus the time a busy machine keeps
+    the poller from running (a job that runs for milliseconds is RUNNING for that long).
     """
 
-    def __init__(self, client_kwargs: dict, *, queue: str | None = None, name_prefix: str | None = None,
-                 interval: float = 0.02, timeout: float = 300):
-        self.client = boto3.client("batch", **client_kwargs)
-        self.queue, self.name_prefix = queue, name_prefix
-        self.interval, self.deadline = interval, time.monotonic() + timeout
-        self.watched: list[str] = []
+    def __init__(self):
         self.seen: dict[str, list[tuple[str, float]]] = {}
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="status-recorder", daemon=True)
+        self._lock = threading.Lock()
+        self._original = local_batch.ProcessJob.set_status
 
-    def watch(self, *job_ids: str) -> None:
-        self.watched = [*self.watched, *job_ids]
-
-    def _poll(self) -> list[dict]:
-        if self.name_prefix:  # a filter lists every status
-            pages = self.client.get_paginator("list_jobs").paginate(
-                jobQueue=self.queue, filters=[{"name": "JOB_NAME", "values": [f"{self.name_prefix}*"]}])
-            return [job for page in pages for job in page["jobSummaryList"]]
-        ids = self.watched
-        return self.client.describe_jobs(jobs=ids)["jobs"] if ids else []
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set() and time.monotonic() < self.deadline:
-                now = time.monotonic()
-                for job in self._poll():
-                    statuses = self.seen.setdefault(job["jobId"], [])
-                    if not statuses or statuses[-1][0] != job["status"]:
-                        statuses.append((job["status"], now))
-                self._stop.wait(self.interval)
-        except BaseException as exc:  # shown by the test
-            self.errors.append(exc)
+    def _record(self, job, before: str) -> None:
+        with self._lock:
+            history = self.seen.get(job.job_id)
+            if history is None:  # created with `before` at createdAt; an array child is PENDING from its spawn
+                created = job.job_created_at.timestamp() - (time.time() - time.monotonic())
+                history = self.seen[job.job_id] = [(job.status if job.parent is not None else before, created)]
+            if history[-1][0] != job.status:
+                history.append((job.status, time.monotonic()))
 
     def statuses(self, job_id: str) -> list[str]:
-        return [status for status, _ in self.seen.get(job_id, [])]
+        with self._lock:
+            return [status for status, _ in self.seen.get(job_id, [])]
 
     def first(self, job_id: str, status: str) -> float:
-        return next(at for seen, at in self.seen.get(job_id, []) if seen == status)
+        with self._lock:
+            return next(at for seen, at in self.seen.get(job_id, []) if seen == status)
 
     def wait_ended(self, *job_ids: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.errors:
+        while time.monotonic() < deadline:
             if all(self.statuses(job_id)[-1:] in (["SUCCEEDED"], ["FAILED"]) for job_id in job_ids):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"not ended in {timeout} s: {({j: self.statuses(j) for j in job_ids})} {self.errors}")
+        raise AssertionError(f"not ended in {timeout} s: {({j: self.statuses(j) for j in job_ids})}")
 
     def __enter__(self) -> "StatusRecorder":
-        self._thread.start()
+        recorder, original = self, self._original
+
+        def set_status(job, value: str) -> None:
+            before = job.status
+            original(job, value)
+            recorder._record(job, before)
+
+        local_batch.ProcessJob.set_status = set_status
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        assert not self.errors, self.errors
+        local_batch.ProcessJob.set_status = self._original
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +129,9 @@ def test_a_job_walks_every_status_and_its_process_starts_only_after_the_latency(
     started = tmp_path / "started"
     definition = register(aws, f"import time; open({str(started)!r}, 'w').write(repr(time.time())); time.sleep(0.5)",
                           folder=tmp_path)
-    with start_latency(3.0), StatusRecorder(aws.client_kwargs) as recorder:
+    with start_latency(3.0), StatusRecorder() as recorder:
         submitted = time.monotonic()
         job_id = submit(aws, definition)
-        recorder.watch(job_id)
         recorder.wait_ended(job_id, timeout=60)
     assert recorder.statuses(job_id) == WALK
     assert recorder.first(job_id, "RUNNING") - submitted >= 2.7
@@ -177,9 +144,8 @@ def test_a_job_walks_every_status_and_its_process_starts_only_after_the_latency(
 
 def test_each_stage_before_running_takes_its_share_of_the_latency(aws):
     definition = register(aws, "pass")
-    with start_latency(2.0), StatusRecorder(aws.client_kwargs) as recorder:
+    with start_latency(2.0), StatusRecorder() as recorder:
         job_id = submit(aws, definition)
-        recorder.watch(job_id)
         recorder.wait_ended(job_id, timeout=60)
     assert recorder.statuses(job_id) == WALK
     at = dict(recorder.seen[job_id])
@@ -191,9 +157,8 @@ def test_each_stage_before_running_takes_its_share_of_the_latency(aws):
 
 def test_an_array_parent_is_pending_while_its_children_walk_to_running(aws):
     definition = register(aws, "import time; time.sleep(1.0)")
-    with start_latency(2.0), StatusRecorder(aws.client_kwargs) as recorder:
+    with start_latency(2.0), StatusRecorder() as recorder:
         parent = submit(aws, definition, arrayProperties={"size": 3})
-        recorder.watch(parent, f"{parent}:0", f"{parent}:2")
         recorder.wait_ended(parent, timeout=60)
     ended = describe(aws, parent)
     # AWS: a parent goes PENDING when a child goes RUNNABLE and stays PENDING while children run
@@ -206,9 +171,8 @@ def test_an_array_parent_is_pending_while_its_children_walk_to_running(aws):
 
 def test_a_job_takes_its_vcpus_when_it_leaves_runnable_and_holds_them_while_starting(aws):
     definition = register(aws, "import time; time.sleep(1.0)", vcpus=2)  # each fills the 2-vCPU environment
-    with start_latency(2.0), StatusRecorder(aws.client_kwargs) as recorder:
+    with start_latency(2.0), StatusRecorder() as recorder:
         first, second = submit(aws, definition, vcpus_queue=2), submit(aws, definition, vcpus_queue=2)
-        recorder.watch(first, second)
         recorder.wait_ended(first, second, timeout=60)
     assert recorder.statuses(first) == recorder.statuses(second) == WALK
     # the second waits RUNNABLE while the first is STARTING (no process yet: its vCPUs are taken) and RUNNING
@@ -220,9 +184,8 @@ def test_a_job_takes_its_vcpus_when_it_leaves_runnable_and_holds_them_while_star
 
 def test_terminating_a_starting_job_fails_it_and_frees_its_vcpus_cancel_leaves_it(aws):
     definition = register(aws, "import time; time.sleep(0.2)", vcpus=2)
-    with start_latency(4.0), StatusRecorder(aws.client_kwargs) as recorder:
+    with start_latency(4.0), StatusRecorder() as recorder:
         job_id = submit(aws, definition, vcpus_queue=2)
-        recorder.watch(job_id)
         deadline = time.monotonic() + 30
         while "STARTING" not in recorder.statuses(job_id):
             assert time.monotonic() < deadline, recorder.statuses(job_id)
@@ -246,9 +209,8 @@ def test_terminating_a_starting_job_fails_it_and_frees_its_vcpus_cancel_leaves_i
 def test_a_retried_attempt_walks_runnable_and_starting_again(aws):
     definition = register(aws, "import os, sys, time; time.sleep(0.3); "
                                "sys.exit(0 if os.environ['AWS_BATCH_JOB_ATTEMPT'] == '2' else 75)")
-    with start_latency(1.0), StatusRecorder(aws.client_kwargs) as recorder:
+    with start_latency(1.0), StatusRecorder() as recorder:
         job_id = submit(aws, definition, retryStrategy={"attempts": 2})
-        recorder.watch(job_id)
         recorder.wait_ended(job_id, timeout=60)
     assert recorder.statuses(job_id) == [*WALK[:5], "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]
     job = describe(aws, job_id)
