@@ -13,7 +13,7 @@ import pytest
 from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
 from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger
 from airflow.utils.state import DagRunState
-from tests.localaws.test_batch_timing import WALK, recorded_transitions, start_latency
+from tests.localaws.test_batch_timing import WALK, StatusRecorder, start_latency
 from tests.system.test_batch_smoke import load_dag
 
 pytestmark = pytest.mark.system
@@ -24,7 +24,7 @@ JOB = {"command": ["python", "-c", "import time; time.sleep(1); print('stock job
 
 
 def test_the_stock_trigger_fires_once_the_job_has_walked_to_succeeded(local_aws):
-    with start_latency(LATENCY), recorded_transitions() as transitions:
+    with start_latency(LATENCY), StatusRecorder() as transitions:
         job_id = local_aws.batch.submit_job(jobName=f"stock-trigger-{uuid.uuid4().hex[:6]}", jobQueue="airbatch-cpu",
                                             jobDefinition="airbatch-worker-cpu", containerOverrides=JOB)["jobId"]
         trigger = BatchJobTrigger(job_id=job_id, aws_conn_id="aws_default", waiter_delay=1, waiter_max_attempts=120)
@@ -35,7 +35,7 @@ def test_the_stock_trigger_fires_once_the_job_has_walked_to_succeeded(local_aws)
 
         event = asyncio.run(asyncio.wait_for(first_event(), timeout=180))
     assert event.payload == {"status": "success", "job_id": job_id}
-    assert transitions[job_id] == WALK  # the trigger fired on SUCCEEDED, the job's last status
+    assert transitions.statuses(job_id) == WALK  # the trigger fired on SUCCEEDED, the job's last status
 
 
 @pytest.mark.timeout(600)
@@ -46,7 +46,7 @@ def test_the_stock_operator_and_sensor_pass_each_way_they_wait(airflow_db, local
     prefix = f"stock-{uuid.uuid4().hex[:6]}"
     dag = load_dag("stock_batch_with_latency", folder="tests/fixture_dags")
     # the statuses as the endpoint set them: a poll would miss the array parent's half second SUBMITTED when busy
-    with start_latency(LATENCY), recorded_transitions() as transitions:
+    with start_latency(LATENCY), StatusRecorder() as transitions:
         run = dag.test(run_conf={"prefix": prefix})
     output = capfd.readouterr().out
     assert run.state == DagRunState.SUCCESS, {ti.task_id: ti.state for ti in run.get_task_instances()}
@@ -55,10 +55,10 @@ def test_the_stock_operator_and_sensor_pass_each_way_they_wait(airflow_db, local
     assert sorted(names) == sorted(f"{prefix}-{task}" for task in ("sync", "deferred", "array", "for_poke",
                                                                      "for_trigger"))
     for task in ("sync", "deferred", "for_poke", "for_trigger"):
-        assert transitions[names[f"{prefix}-{task}"]["jobId"]] == WALK, task
+        assert transitions.statuses(names[f"{prefix}-{task}"]["jobId"]) == WALK, task
     # an array parent, as on AWS: PENDING while its children run
     parent = names[f"{prefix}-array"]
-    assert transitions[parent["jobId"]] == ["SUBMITTED", "PENDING", "SUCCEEDED"]
+    assert transitions.statuses(parent["jobId"]) == ["SUBMITTED", "PENDING", "SUCCEEDED"]
     assert parent["arrayProperties"]["size"] == 3 and parent["arrayProperties"]["statusSummary"]["SUCCEEDED"] == 3
     # the deferrable operator and sensor deferred (their job not ended yet) and resumed from the trigger's event
     assert output.count("Pausing task as DEFERRED.") == 2, output[-5000:]
