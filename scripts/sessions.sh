@@ -17,7 +17,11 @@ session_members() {
   ps -e -o pid=,sid=,stat= | awk -v sid="$1" '$2 == sid && $3 !~ /^Z/ { print $1 }'
 }
 
-# stop_sessions GRACE SID...: SIGTERM to every process of each session; SIGKILL to those left after GRACE s.
+# A SIGKILLed process is gone within moments unless the kernel holds it (e.g. blocked on a dead disk).
+KILL_WAIT_SECONDS=${KILL_WAIT_SECONDS:-30}
+
+# stop_sessions GRACE SID...: SIGTERM to every process of each session; SIGKILL to those left after GRACE s;
+# returns once they are gone (a killed process can take a while to exit: a restart must not overlap it).
 stop_sessions() {
   local grace=$1; shift
   local sid pids deadline=$((SECONDS + grace))
@@ -36,5 +40,13 @@ stop_sessions() {
     pids=$(session_members "$sid")
     [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null
   done
+  deadline=$((SECONDS + KILL_WAIT_SECONDS))
+  while (( SECONDS < deadline )); do
+    pids=""
+    for sid in "$@"; do pids+=$(session_members "$sid"); done
+    [[ -z "$pids" ]] && return 0
+    sleep 0.2
+  done
+  echo "processes of session(s) $* outlived SIGKILL for ${KILL_WAIT_SECONDS} s: $(echo $pids)" >&2
   return 0
 }

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+# Imported below before pytest registers it as a plugin: rewrite its asserts from the start, or pytest warns
+# on every run that it cannot.
+pytest.register_assert_rewrite("tests.fixture_groups")
+
 from localaws.server import START_SECONDS_ENV
 from localaws.stack import REPO, configure, copy_db, local_bundle, migrate, running_endpoint
 from operators.kit.param_checks import check_param_schemas_once
