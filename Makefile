@@ -46,13 +46,15 @@ soak: $(STAMP)
 # tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own Airflow home, SQLite DB and
-# local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so more
-# workers than cores pays. The longest tests start first; the tests that share a module's or a package's
+# local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so one worker
+# more than the cores pays; more than that cost CPU (each worker's own collection, DB copy and endpoint, and
+# tests that poll longer on a busier machine: 871 CPU-s with 3, 973 with 4, 1,013 with 6 here) and were no
+# faster on 2 cores. The longest tests start first; the tests that share a module's or a package's
 # fixture go to one worker as one group (--dist loadgroup; tests/conftest.py names the groups), so a costly
 # fixture is set up once, not once per worker. TEST_WORKERS=0 runs it in one process.
 # The suite starts hundreds of interpreters that import the project: they keep its compiled bytecode
 # (__pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE is set, or each would compile it again.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 PYTEST := env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: $(STAMP)
 	$(ENV) && $(PYTEST) -m "not rehearsal and not soak"
