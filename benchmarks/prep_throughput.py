@@ -12,11 +12,14 @@ duplicate key), writes it as one Parquet file (or, with `--csv`, one CSV file), 
                 no checks, no manifest (with `--pandas-rows`, on a file of that many rows, its
                 times scaled linearly to `--rows`)
 
+With `--steps`, prep's own DuckDB statements are printed too, the costliest first, each with its CPU
+and wall seconds (where prep's time goes: the bucket hash, the partitioned write, the checks).
+
 Wall seconds are the figures compared; CPU seconds (all threads of this process) are printed too,
 since they are steadier than wall time on a shared machine. Each method runs `--repeats` times;
 the fastest run counts.
 
-Usage (from the repo root): python benchmarks/prep_throughput.py [--rows N] [--buckets B] [--csv]
+Usage (from the repo root): python benchmarks/prep_throughput.py [--rows N] [--buckets B] [--csv] [--steps]
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +40,7 @@ import duckdb  # noqa: E402
 import pandas as pd  # noqa: E402
 from batch_worker.schema import Column, InputSchema  # noqa: E402
 
-from operators.kit.prep import BUCKET_COLUMN, bucketing_sql, prepare  # noqa: E402
+from operators.kit.prep import BUCKET_COLUMN, bucketing_sql, duckdb_prepare, prepare  # noqa: E402
 
 SCHEMA = InputSchema(
     columns=(
@@ -88,9 +92,36 @@ def timed(run, out: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def run_prep(source: Path, buckets: int):
+class TimedConnection:
+    """A DuckDB connection that records each statement's CPU and wall seconds (this process, all threads)."""
+
+    def __init__(self, connection, steps: list[tuple[float, float, str]]):
+        self._connection, self._steps = connection, steps
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def execute(self, sql: str, *args, **kwargs):
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        # A SELECT whose rows prep fetches afterwards (the duplicate-key hashes) counts only its start here.
+        result = self._connection.execute(sql, *args, **kwargs)
+        self._steps.append((cpu_seconds() - cpu, time.perf_counter() - wall, " ".join(sql.split())))
+        return result
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def run_prep(source: Path, buckets: int, steps: list | None = None):
     def run(out: Path) -> None:
-        result = prepare(str(source), SCHEMA, str(out), buckets)
+        if steps is None:
+            result = prepare(str(source), SCHEMA, str(out), buckets)
+        else:
+            steps.clear()
+            connect = duckdb.connect  # the module prep imports is this one: patched, it must call the real one
+            with mock.patch.object(duckdb_prepare.duckdb, "connect",
+                                   lambda *a, **k: TimedConnection(connect(*a, **k), steps)):
+                result = prepare(str(source), SCHEMA, str(out), buckets)
         run.summary = (f"prep: rows_in={result.rows_in} ok={result.rows_ok} quarantined={result.rows_quarantined} "
                        f"batches={result.batches} units={result.units}")
     return run
@@ -131,6 +162,7 @@ def main() -> None:
                         help="run the pandas loop on this many rows and scale its time linearly (default: all)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--csv", action="store_true", help="write the input as one CSV file instead of Parquet")
+    parser.add_argument("--steps", action="store_true", help="print prep's DuckDB statements by CPU seconds")
     args = parser.parse_args()
     pandas_rows = args.pandas_rows if args.pandas_rows and args.pandas_rows < args.rows else None
     pandas_scale = args.rows / pandas_rows if pandas_rows else 1.0
@@ -148,7 +180,8 @@ def main() -> None:
             with duckdb.connect() as con:
                 con.execute(f"COPY (SELECT * FROM '{source}' LIMIT {pandas_rows}) "
                             f"TO '{pandas_source}' ({'FORMAT csv, HEADER true' if args.csv else 'FORMAT parquet'})")
-        prep = run_prep(source, args.buckets)
+        steps: list[tuple[float, float, str]] | None = [] if args.steps else None
+        prep = run_prep(source, args.buckets, steps)
         methods = {
             "prep": prep,
             "duckdb_copy": run_duckdb_copy(source, args.buckets),
@@ -163,6 +196,11 @@ def main() -> None:
                 if name not in best or wall < best[name][0]:
                     best[name] = (wall, cpu)
         print(prep.summary)
+        if steps:
+            print("\nprep's statements (the last prep run), by CPU seconds:")
+            for cpu, wall, sql in sorted(steps, reverse=True):
+                if cpu >= 0.01:
+                    print(f"  cpu {cpu:6.2f} s  wall {wall:6.2f} s  {sql[:110]}")
 
     rows_per_s = {name: args.rows / wall for name, (wall, _) in best.items()}
     print(f"\n{'method':<12} {'wall_s':>8} {'cpu_s':>8} {'rows/s':>12}")
