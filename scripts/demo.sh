@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$REPO/scripts/localaws.sh"
 source "$REPO/scripts/sessions.sh"
+source "$REPO/scripts/airflow_db.sh"
 # The main job: pricing_optimization on 4.2M generated rows of 100,000 units in 3,000 batches, for
 # the week ending Monday 2026-02-16 (its window: the 28 days before). Override with DEMO_DAG,
 # DEMO_DATE and DEMO_CONF (JSON), e.g. DEMO_DAG=units_of_work DEMO_DATE= make demo.
@@ -44,34 +45,14 @@ trap cleanup EXIT
 trap 'interrupted 130' INT
 trap 'interrupted 143' TERM
 
-# The DB's schema revision and this Airflow's release; empty when there is no migrated DB yet.
-db_revision() {
-  python - <<'PY'
-import importlib.metadata, os
-import sqlalchemy
-url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
-if not url.startswith("sqlite:///") or os.path.isfile(url.removeprefix("sqlite:///")):
-    try:
-        with sqlalchemy.create_engine(url).connect() as db:
-            revision = db.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
-    except Exception:  # no DB, no table, no driver: migrate
-        revision = None
-    if revision:
-        print(f"{importlib.metadata.version('apache-airflow')} {revision} {url}")
-PY
-}
-
 start=$(date +%s)
 # The local metadata DB (localdb/): started here unless make up runs it; stopped again at the end if so.
 if [[ "$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" == "$(python -m localdb url)" ]] && ! python -m localdb status >/dev/null; then
   python -m localdb start >/dev/null || exit 1
   STARTED_DB=1
 fi
-# `airflow db migrate` takes seconds even when there is nothing to do: skipped when the DB is at the
-# revision this Airflow release left it at last time; otherwise it runs while the endpoint starts.
-MIGRATED_STAMP="$AIRFLOW_HOME/migrated.stamp"
-revision=$(db_revision)
-if [[ -z "$revision" || ! -f "$MIGRATED_STAMP" || "$(cat "$MIGRATED_STAMP")" != "$revision" ]]; then
+# Migrated only when the DB needs it (scripts/airflow_db.sh), while the endpoint starts.
+if migration_needed; then
   airflow db migrate >"$AIRFLOW_HOME/migrate.log" 2>&1 &
   MIGRATE_PID=$!
 fi
@@ -79,7 +60,7 @@ start_endpoint
 if [[ -n "$MIGRATE_PID" ]]; then
   wait "$MIGRATE_PID" || { MIGRATE_PID=""; cat "$AIRFLOW_HOME/migrate.log" >&2; exit 1; }
   MIGRATE_PID=""
-  db_revision >"$MIGRATED_STAMP"
+  record_migration
 fi
 # The local endpoint provisions Batch from config/batch_resources.json as it starts; another endpoint
 # (AWS itself) is provisioned here.

@@ -17,6 +17,7 @@ KEEP_LOG_FOLDERS=10
 export ENDPOINT_LOG="$COMPONENT_LOGS/localaws.log"
 source "$REPO/scripts/localaws.sh"
 source "$REPO/scripts/sessions.sh"
+source "$REPO/scripts/airflow_db.sh"
 # Airflow's components get SIGTERM first, SIGKILL after this: the whole stop stays within 30 s.
 STOP_GRACE_SECONDS=20
 READY_TIMEOUT_SECONDS=360
@@ -182,9 +183,17 @@ ls -1d "$LOG_ROOT"/*Z-* 2>/dev/null | sort | head -n "-$KEEP_LOG_FOLDERS" | xarg
 echo "owner $$" >"$STACK_FILE"
 OWNS_HOME=1
 python -m localdb start --log "$COMPONENT_LOGS/postgres.log" || fail "the local database did not start (log: $COMPONENT_LOGS/postgres.log)"
-airflow db migrate >"$COMPONENT_LOGS/migrate.log" 2>&1 || { cat "$COMPONENT_LOGS/migrate.log" >&2; fail "airflow db migrate failed"; }
+# Migrated only when the DB needs it: a new home, or a new Airflow release (scripts/airflow_db.sh).
+if migration_needed; then
+  airflow db migrate >"$COMPONENT_LOGS/migrate.log" 2>&1 || { cat "$COMPONENT_LOGS/migrate.log" >&2; fail "airflow db migrate failed"; }
+  record_migration
+else
+  echo "metadata DB: at this Airflow's revision, not migrated ($(cut -d' ' -f1-2 "$MIGRATED_STAMP"))"
+fi
 start_endpoint
-python -m operators.kit.provisioning apply
+# The local endpoint provisions Batch from config/batch_resources.json as it starts; another endpoint
+# (AWS itself) is provisioned here.
+endpoint_is_local || python -m operators.kit.provisioning apply
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
 declare -A RESTARTS=()

@@ -114,31 +114,3 @@ def test_with_report_the_follower_prints_the_run_report_once_the_run_has_ended(t
     assert lines[0].endswith("starting no_such_dag_for_reports"), follower.stdout + follower.stderr
     assert "no_such_dag_for_reports: latest run missing" in lines[1:], follower.stdout
     assert follower.returncode == 1  # no successful run to report
-
-
-def test_the_demo_migrates_only_a_db_that_is_not_at_the_recorded_revision(tmp_path):
-    """The revision the demo compares with the one it recorded after its last `airflow db migrate`."""
-    import os
-    import sqlite3
-    import subprocess
-
-    from localaws.stack import REPO
-
-    script = (REPO / "scripts" / "demo.sh").read_text()
-    function = script[script.index("db_revision() {"):script.index("\n}\n", script.index("db_revision() {")) + 3]
-
-    def revision(url: str) -> str:
-        return subprocess.run(["bash", "-c", function + "db_revision"], capture_output=True, text=True, check=True,
-                              env={**os.environ, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}, timeout=60).stdout.strip()
-
-    db = tmp_path / "airflow.db"
-    assert revision(f"sqlite:///{db}") == ""  # no DB yet: migrate
-    with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
-        con.execute("INSERT INTO alembic_version VALUES ('abc123')")
-    first = revision(f"sqlite:///{db}")
-    assert first.split()[1:] == ["abc123", f"sqlite:///{db}"] and first.split()[0][0].isdigit()  # release, revision, DB
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE alembic_version SET version_num = 'def456'")
-    assert revision(f"sqlite:///{db}") != first  # another revision: migrate again
-    assert revision("postgresql+psycopg2://airflow@/airflow?host=/nonexistent") == ""  # a database that does not answer
