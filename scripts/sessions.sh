@@ -20,33 +20,35 @@ session_members() {
 # A SIGKILLed process is gone within moments unless the kernel holds it (e.g. blocked on a dead disk).
 KILL_WAIT_SECONDS=${KILL_WAIT_SECONDS:-30}
 
+# sessions_gone SECONDS SID...: wait up to SECONDS for every process of each session to be gone; false if
+# some are left (their pids in LEFT).
+sessions_gone() {
+  local sid deadline=$((SECONDS + $1)); shift
+  while :; do
+    LEFT=""
+    for sid in "$@"; do LEFT+=$(session_members "$sid"); done
+    [[ -z "$LEFT" ]] && return 0
+    (( SECONDS < deadline )) || return 1
+    sleep 0.2
+  done
+}
+
 # stop_sessions GRACE SID...: SIGTERM to every process of each session; SIGKILL to those left after GRACE s;
 # returns once they are gone (a killed process can take a while to exit: a restart must not overlap it).
 stop_sessions() {
   local grace=$1; shift
-  local sid pids deadline=$((SECONDS + grace))
+  local sid pids
   for sid in "$@"; do
     pids=$(session_members "$sid")
     # SIGCONT after it: a stopped process (SIGSTOP, a debugger gone) handles the SIGTERM too.
     [[ -n "$pids" ]] && { kill -TERM $pids 2>/dev/null; kill -CONT $pids 2>/dev/null; }
   done
-  while (( SECONDS < deadline )); do
-    pids=""
-    for sid in "$@"; do pids+=$(session_members "$sid"); done
-    [[ -z "$pids" ]] && return 0
-    sleep 0.5
-  done
+  sessions_gone "$grace" "$@" && return 0
   for sid in "$@"; do
     pids=$(session_members "$sid")
     [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null
   done
-  deadline=$((SECONDS + KILL_WAIT_SECONDS))
-  while (( SECONDS < deadline )); do
-    pids=""
-    for sid in "$@"; do pids+=$(session_members "$sid"); done
-    [[ -z "$pids" ]] && return 0
-    sleep 0.2
-  done
-  echo "processes of session(s) $* outlived SIGKILL for ${KILL_WAIT_SECONDS} s: $(echo $pids)" >&2
+  sessions_gone "$KILL_WAIT_SECONDS" "$@" && return 0
+  echo "processes of session(s) $* outlived SIGKILL for ${KILL_WAIT_SECONDS} s: $(echo $LEFT)" >&2
   return 0
 }
