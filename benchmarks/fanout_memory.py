@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,8 @@ sys.path.insert(0, str(REPO))
 
 from rehearsal import RehearsalError, wait_run  # noqa: E402  (scripts/ is not a package)
 from soak import SoakError, Stack, kind_of, say, with_descendants  # noqa: E402
+
+from benchmarks.harness import PeriodicSampler  # noqa: E402
 
 LIMIT_MB = 2048
 
@@ -48,31 +49,22 @@ def status_kb(pid: int, field: str) -> int | None:
     return None
 
 
-class MemorySampler:
+class MemorySampler(PeriodicSampler):
     """Reads `processes()` (pid -> command) every `interval` seconds in a thread of its own: the peak RSS of
     each process seen, by kind, and the largest sum of RSS of one kind at one reading."""
 
+    name = "memory-sampler"
+
     def __init__(self, processes, interval: float = 0.5):
-        self.processes, self.interval = processes, interval
+        super().__init__(interval)
+        self.processes = processes
         self.peak_kb: dict[int, tuple[str, int]] = {}  # pid -> (kind, peak RSS)
         self.kind_sum_kb: dict[str, int] = {}
         self.example: dict[str, str] = {}  # kind -> the command line of one of its processes
         self.readings = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
 
-    def __enter__(self) -> "MemorySampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.read_once()
-            self._stop.wait(self.interval)
+    def sample(self) -> None:
+        self.read_once()
 
     def read_once(self) -> None:
         sums: dict[str, int] = {}

@@ -94,7 +94,37 @@ def harness_line(api_start_s: float) -> str:
             f"(the api-server's start under the scheduler, once)")
 
 
-class CpuClock(threading.Thread):
+class PeriodicSampler:
+    """Calls `sample()` every `interval` seconds in a daemon thread of its own while in a `with` block, and once
+    more at its end (so the last reading is taken after what ran inside the block)."""
+
+    name = "sampler"
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._stop_event = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            if self._stop_event.wait(self.interval):
+                break
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop_event.set()
+        self._thread.join(timeout=60)
+        self.sample()
+
+
+class CpuClock(PeriodicSampler):
     """The CPU seconds of this process and all its descendants (the endpoint's Batch jobs and their children),
     sampled against the wall clock while a run goes on, so that a task's CPU can be read off its span.
 
@@ -106,12 +136,13 @@ class CpuClock(threading.Thread):
     `interval` s costs about 1% of a core.
     """
 
+    name = "cpu-clock"
+
     def __init__(self, interval: float = 0.25):
-        super().__init__(name="cpu-clock", daemon=True)
-        self.interval, self.samples = interval, []  # (time.time(), CPU seconds)
+        super().__init__(interval)
+        self.samples: list[tuple[float, float]] = []  # (time.time(), CPU seconds)
         self._seen: dict[tuple[int, int], float] = {}  # (pid, start time in ticks) -> its CPU seconds when last seen
         self._lock = threading.Lock()
-        self._stop_event = threading.Event()
 
     def read(self) -> float:
         from soak import with_descendants
@@ -126,19 +157,7 @@ class CpuClock(threading.Thread):
                     pass
             return sum(self._seen.values())
 
-    def run(self) -> None:
-        while True:
-            self.samples.append((time.time(), self.read()))
-            if self._stop_event.wait(self.interval):
-                break
-
-    def __enter__(self) -> "CpuClock":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop_event.set()
-        self.join(timeout=30)
+    def sample(self) -> None:
         self.samples.append((time.time(), self.read()))
 
 
