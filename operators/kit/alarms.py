@@ -182,6 +182,10 @@ def run_figures(summary: dict[str, Any], failed: bool = False) -> dict[str, tupl
 
 # --- clients -----------------------------------------------------------------------------------------------------
 
+# botocore's retries of a CloudWatch or SNS call (with its back-off between attempts)
+RETRIES = {"max_attempts": 3, "mode": "standard"}
+
+
 def clients(aws_conn_id: str = "aws_default"):
     """(cloudwatch, sns, local) through the Airflow connection; `local`: its endpoint is not AWS's (moto's)."""
     from botocore.config import Config
@@ -189,7 +193,7 @@ def clients(aws_conn_id: str = "aws_default"):
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
     # A CloudWatch that does not answer must not hold a run's last stage for long.
-    config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
+    config = Config(connect_timeout=5, read_timeout=20, retries=RETRIES)
     made = []
     local = False
     for service in ("cloudwatch", "sns"):

@@ -21,13 +21,17 @@ def sns_inbox(local_aws, topic_arn: str):
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     boto3.client("sns", **local_aws.client_kwargs).subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
 
-    def received() -> list[dict]:
+    def received(quiet_seconds: int = 2) -> list[dict]:
+        """What arrived: read until a read finds nothing after the first message, or after `quiet_seconds` of
+        nothing at all (the local endpoint delivers an alarm's message before set_alarm_state returns, so a
+        message that was sent is waiting already)."""
         messages = []
         deadline = time.monotonic() + 10
+        quiet_until = time.monotonic() + quiet_seconds
         while time.monotonic() < deadline:
             got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
             messages += [json.loads(m["Body"]) for m in got]
-            if messages and not got:
+            if not got and (messages or time.monotonic() >= quiet_until):
                 break
         return messages
 
@@ -165,6 +169,8 @@ def test_metrics_that_cannot_be_published_are_said_and_do_not_raise(monkeypatch,
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
         "conn_type": "aws", "login": "x", "password": "y",
         "extra": {"region_name": "us-east-1", "endpoint_url": "http://127.0.0.1:9"}}))
+    # one attempt: the retries of a refused connection, with their back-off, would only make the test wait
+    monkeypatch.setattr(alarms, "RETRIES", {**alarms.RETRIES, "max_attempts": 1})
     result = alarms.publish_summary("units_of_work", "r", {"rows_in": 1, "rows_quarantined": 0}, None)
     assert "metrics not published to CloudWatch" in result["error"] and "aws_default" in result["error"]
     assert alarms.publish_failure("units_of_work", "r") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import email
 import json
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def test_smtp_delivers_the_same_message(data_root, monkeypatch):
             "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airbatch@localhost"}}))
         monkeypatch.setenv("NOTIFY_EMAIL_TO", "pricing-team@example.com")
         sent = notify.notify_success(success_summary())
-        loop.join(timeout=15)
+        deadline = time.monotonic() + 15
+        while not received and loop.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         server.close()
     assert sent["channels"] == ["outbox", "smtp"]
