@@ -151,6 +151,16 @@ execution_api_answers() {
   curl -fsS --max-time 60 -o /dev/null "$API/execution/health/ping" 2>/dev/null
 }
 
+# A component started so far that has exited already is named, with its log's last lines, and stops the start:
+# the dag-processor, started beside the api-server, is checked while the api-server is still starting too.
+check_started_components() {
+  local name
+  for name in "${!SESSIONS[@]}"; do
+    alive "${SESSIONS[$name]}" || { tail -n 40 "$COMPONENT_LOGS/$name.log" >&2
+      fail "Airflow's $name exited while starting (its log, above: $COMPONENT_LOGS/$name.log)"; }
+  done
+}
+
 start_component() {  # start_component NAME: in a session of its own, recorded in the stack file
   local name=$1
   # shellcheck disable=SC2086  # the command is words by design
@@ -202,8 +212,7 @@ start_component dag-processor
 echo "waiting for Airflow at $API (logs: $COMPONENT_LOGS/)"
 deadline=$((SECONDS + READY_TIMEOUT_SECONDS))
 until execution_api_answers; do
-  alive "${SESSIONS[api-server]}" || { tail -n 40 "$COMPONENT_LOGS/api-server.log" >&2
-    fail "Airflow's api-server exited while starting (its log, above: $COMPONENT_LOGS/api-server.log)"; }
+  check_started_components
   (( SECONDS < deadline )) || fail "the execution API did not answer within $READY_TIMEOUT_SECONDS s (log: $COMPONENT_LOGS/api-server.log)"
   sleep 1
 done
@@ -212,10 +221,7 @@ start_component triggerer
 
 # A run queued before every component answers fails its first task, so report ready only then.
 while :; do
-  for name in "${!SESSIONS[@]}"; do
-    alive "${SESSIONS[$name]}" || { tail -n 40 "$COMPONENT_LOGS/$name.log" >&2
-      fail "Airflow's $name exited while starting (its log, above: $COMPONENT_LOGS/$name.log)"; }
-  done
+  check_started_components
   waiting=$(unhealthy_components "$started_at")
   [[ -z "$waiting" ]] && break
   (( SECONDS < deadline )) || fail "not healthy after $READY_TIMEOUT_SECONDS s: $waiting (logs: $COMPONENT_LOGS/)"

@@ -204,11 +204,16 @@ def test_up_after_a_killed_one_stops_its_leftovers_keeps_the_db_and_each_start_i
 
 
 def test_up_names_the_component_that_died_while_starting_and_stops_the_rest(stack):
-    # A triggerer that cannot start: its capacity is not a number.
-    proc, log = stack(extra={"AIRFLOW__TRIGGERER__CAPACITY": "many"})
+    # A dag-processor that cannot start: its number of parsing processes is not a number. It is started beside
+    # the api-server and named while the api-server still starts (its log's last lines with it).
+    proc, log = stack(extra={"AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "many"})
     assert proc.wait(timeout=600) != 0, tail(log)
-    assert "Airflow's triggerer exited while starting" in tail(log)
+    assert "Airflow's dag-processor exited while starting" in tail(log)
+    assert 'Failed to convert value to int. Please check "parsing_processes"' in tail(log)
     assert "Airflow is ready" not in tail(log)
+    # named before the api-server answered: the scheduler and the triggerer, started only then, never were
+    started = {path.name for path in (stack.home / "logs" / "up" / "latest").iterdir()}
+    assert "dag-processor.log" in started and not {"scheduler.log", "triggerer.log"} & started, started
     wait_until_gone(stack.marker, 60)
 
 
