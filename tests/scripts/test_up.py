@@ -188,10 +188,8 @@ def test_up_after_a_killed_one_stops_its_leftovers_keeps_the_db_and_each_start_i
     # The database was kept, and not migrated again: it is at the revision the first start left.
     assert "metadata DB: at this Airflow's revision, not migrated" in tail(second_log)
     assert "not migrated" not in tail(first_log)
-    # (read with the CLI, on the stack's PostgreSQL)
-    listed = airflow_cli(stack.env, "dags", "list", "-o", "json")
-    dags = {dag["dag_id"]: dag for dag in json.loads(listed.stdout.strip().splitlines()[-1])}
-    assert str(dags["batch_smoke"]["is_paused"]).lower() == "false", dags["batch_smoke"]
+    # (read through the new api-server, from the stack's PostgreSQL)
+    assert rest_api(stack).get("/api/v2/dags/batch_smoke")["is_paused"] is False
     # Each start keeps its own component logs; `latest` is the newest.
     logs = stack.home / "logs" / "up"
     starts = sorted(folder for folder in logs.iterdir() if folder.is_dir() and not folder.is_symlink())
