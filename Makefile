@@ -46,23 +46,26 @@ soak: $(STAMP)
 # tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own Airflow home, SQLite DB and
-# local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so one worker
-# more than the cores pays; more than that cost CPU (each worker's own collection, DB copy and endpoint, and
-# tests that poll longer on a busier machine: 871 CPU-s with 3, 973 with 4, 1,013 with 6 here) and were no
-# faster on 2 cores. The longest tests start first; the tests that share a module's or a package's
-# fixture go to one worker as one group (--dist loadgroup; tests/conftest.py names the groups), so a costly
-# fixture is set up once, not once per worker. TEST_WORKERS=0 runs it in one process.
+# local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so workers beyond
+# the cores pay while those waits leave a core idle. Each worker costs CPU too (its own collection, DB copy
+# and endpoint). Quiet runs here, back to back: make test 8 min 6 s with 4 workers (775 CPU-s) against
+# 8 min 29 s with 3 (740); make test-fast 1 min 40 s with 3 against 1 min 44 s with 4 and 1 min 52 s with 2.
+# The longest tests start first; the tests that share a module's or a package's fixture go to one worker
+# as one group (--dist loadgroup; tests/conftest.py names the groups), so a costly fixture is set up once,
+# not once per worker. TEST_WORKERS=0 runs it in one process.
 # The suite starts hundreds of interpreters that import the project: they keep its compiled bytecode
 # (__pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE is set, or each would compile it again.
-TEST_WORKERS ?= 3
-PYTEST := env -u PYTHONDONTWRITEBYTECODE python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+TEST_WORKERS ?= 4
+FAST_TEST_WORKERS ?= 3
+PYTEST := env -u PYTHONDONTWRITEBYTECODE python -m pytest -q --dist loadgroup --no-loadscope-reorder
+
 test: $(STAMP)
-	$(ENV) && $(PYTEST) -m "not rehearsal and not soak"
+	$(ENV) && $(PYTEST) -n $(TEST_WORKERS) -m "not rehearsal and not soak"
 
 ## The edit loop's subset: every test but the system tests (whole runs, stacks, benchmarks) and the slow ones
 ## (seconds of CPU each: many processes, a restart, a fresh interpreter per case), in parallel.
 test-fast: $(STAMP)
-	$(ENV) && $(PYTEST) -m "not system and not slow and not rehearsal and not soak"
+	$(ENV) && $(PYTEST) -n $(FAST_TEST_WORKERS) -m "not system and not slow and not rehearsal and not soak"
 
 ## The browser test (tests/ui): Debian's Chromium (installed here when missing) through playwright against
 ## make up's stack on free ports; prints the folder of its screenshots. Not part of make test (minutes).
