@@ -33,11 +33,16 @@ def freeze_at_exit() -> None:
 
 
 def nanobind_loaded() -> bool:
-    """True when an extension module of the process defines nanobind types or functions."""
-    for module in list(sys.modules.values()):
-        if not str(getattr(module, "__file__", "") or "").endswith((".so", ".pyd")):
-            continue
-        for value in list(vars(module).values()):
-            if "nanobind" in (type(value).__module__, type(type(value)).__module__):
-                return True
+    """True when an extension module of the process defines nanobind types or functions (and when that cannot
+    be told: an exception in an atexit handler would print its traceback at every exit)."""
+    try:
+        for module in list(sys.modules.values()):
+            if not str(getattr(module, "__file__", "") or "").endswith((".so", ".pyd")):
+                continue
+            for value in list(vars(module).values()):
+                if "nanobind" in (getattr(type(value), "__module__", None),
+                                  getattr(type(type(value)), "__module__", None)):
+                    return True
+    except Exception:  # noqa: BLE001 - a module with an odd namespace: exit as CPython would
+        return True
     return False

@@ -31,3 +31,13 @@ def test_a_process_that_loaded_duckdb_exits_as_before_with_no_leak_report():
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "frozen False", done.stdout + done.stderr[-2000:]
     assert "leaked" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_module_whose_namespace_cannot_be_read_leaves_the_exit_as_before():
+    # an extension module holding an object whose class's __module__ raises
+    odd = ("import types; module = types.ModuleType('odd'); module.__file__ = 'odd.so'; "
+           "module.__dict__['x'] = type('Meta', (type,), {'__module__': property(lambda cls: 1 / 0)})('X', (), {})(); "
+           "sys.modules['odd'] = module")
+    done = exit_of(odd)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "frozen False", done.stdout + done.stderr[-2000:]
