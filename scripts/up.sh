@@ -63,9 +63,14 @@ owner_of_this_home() {  # owner_of_this_home PID: a make up started with this AI
   tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "AIRFLOW_HOME=$AIRFLOW_HOME"
 }
 
-component_of_this_home() {  # component_of_this_home PID: writes to this home's component logs
-  # (Airflow's processes rename themselves with setproctitle, which overwrites their environment.)
-  [[ "$(readlink "/proc/$1/fd/1" 2>/dev/null)" == "$LOG_ROOT/"* ]]
+component_of_this_home() {  # component_of_this_home PID: writes to one of this home's Airflow component logs
+  # (Airflow's processes rename themselves with setproctitle, which overwrites their environment). The
+  # database and the endpoint log into the same folders, and are stopped their own way, after Airflow.
+  local out
+  out=$(readlink "/proc/$1/fd/1" 2>/dev/null) || return 1
+  [[ "$out" == "$LOG_ROOT/"*.log ]] || return 1
+  out=${out##*/}
+  [[ -n "${COMMANDS[${out%.log}]+set}" ]]
 }
 
 stop_previous_stack() {
@@ -104,9 +109,9 @@ cleanup() {
     stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[@]}"
     # A component started in the instant the stop began (a watchdog's restart) is in no recorded session
     # yet: any process still writing to this home's component logs is stopped with its session.
-    local pid stray=()
+    local pid sid stray=()
     for pid in $(ps -e -o pid=); do
-      component_of_this_home "$pid" && stray+=("$(ps -o sid= -p "$pid" | tr -d ' ')")
+      component_of_this_home "$pid" && sid=$(ps -o sid= -p "$pid") && stray+=("${sid// /}")
     done
     (( ${#stray[@]} )) && stop_sessions "$STOP_GRACE_SECONDS" $(printf '%s\n' "${stray[@]}" | sort -u)
   fi

@@ -40,3 +40,19 @@ def test_stop_sessions_names_what_outlives_sigkill_and_does_not_wait_forever(tmp
     """)
     assert result.returncode == 0, result.stderr
     assert "outlived SIGKILL for 1 s" in result.stderr, result.stderr
+
+
+def test_a_member_gone_before_its_sigcont_does_not_end_a_caller_under_set_e(tmp_path):
+    # make up stops its components under `set -e`: a process that exits between the SIGTERM and the SIGCONT
+    # (a database backend does at once) makes `kill` fail, and that must not end the stop halfway.
+    result = run_bash(f"""
+        set -euo pipefail
+        start_session {tmp_path}/member.log bash -c 'while :; do sleep 0.1; done'
+        sid=$SESSION_PID
+        sleep 0.5
+        kill() {{ if [[ $1 == -CONT ]]; then command kill -KILL "${{@:2}}"; sleep 0.2; command kill "$@"; else command kill "$@"; fi; }}
+        stop_sessions 5 "$sid"
+        echo "after the stop"
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "after the stop", result.stdout + result.stderr
