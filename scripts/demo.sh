@@ -27,7 +27,7 @@ stop_progress() {
 }
 STARTED_DB=""
 cleanup() {
-  [[ -n "$MIGRATE_PID" ]] && { kill -TERM "$MIGRATE_PID" 2>/dev/null; wait "$MIGRATE_PID" 2>/dev/null; MIGRATE_PID=""; }
+  [[ -n "$MIGRATE_PID" ]] && { kill -TERM "$MIGRATE_PID" 2>/dev/null || true; wait "$MIGRATE_PID" 2>/dev/null || true; MIGRATE_PID=""; }
   stop_progress
   [[ -n "$DAG_RUN_PID" ]] && stop_sessions "$RUN_GRACE_SECONDS" "$DAG_RUN_PID"
   stop_endpoint

@@ -40,14 +40,15 @@ stop_sessions() {
   local sid pids
   for sid in "$@"; do
     pids=$(session_members "$sid")
-    # SIGCONT after it: a stopped process (SIGSTOP, a debugger gone) handles the SIGTERM too. A process that
-    # exited in between makes `kill` fail, which must not end a caller running under `set -e` (make up's stop).
-    [[ -n "$pids" ]] && { kill -TERM $pids 2>/dev/null; kill -CONT $pids 2>/dev/null; true; }
+    # SIGCONT after it: a stopped process (SIGSTOP, a debugger gone) handles the SIGTERM too. Bash's kill fails
+    # when every pid it is given is gone (they exited since they were listed), and that must not end a caller
+    # running under `set -e` (make up's stop): hence `|| true` on each (set -e still applies inside `{ ...; }`).
+    if [[ -n "$pids" ]]; then kill -TERM $pids 2>/dev/null || true; kill -CONT $pids 2>/dev/null || true; fi
   done
   sessions_gone "$grace" "$@" && return 0
   for sid in "$@"; do
     pids=$(session_members "$sid")
-    [[ -n "$pids" ]] && { kill -KILL $pids 2>/dev/null; true; }
+    if [[ -n "$pids" ]]; then kill -KILL $pids 2>/dev/null || true; fi
   done
   sessions_gone "$KILL_WAIT_SECONDS" "$@" && return 0
   echo "processes of session(s) $* outlived SIGKILL for ${KILL_WAIT_SECONDS} s: $(echo $LEFT)" >&2

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from localaws.stack import REPO
 from tests.scripts.stack_processes import (batch_job_processes, kill_leftovers, processes_naming, script_environment,
                                            start_script, tail, wait_for, wait_until_gone)
 
@@ -97,6 +98,37 @@ def test_interrupting_the_demo_stops_the_run_its_batch_job_and_the_endpoint(how,
         written += [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
         assert written and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in written), \
             {str(p): oct(p.stat().st_mode) for p in written if p.stat().st_mode & 0o077}
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(timeout=60)
+        kill_leftovers(marker)
+
+
+def test_interrupting_the_demo_while_it_migrates_stops_the_migration_the_endpoint_and_the_database(tmp_path):
+    # A migration that takes long (a new Airflow release on a large DB): here `airflow db migrate` is a stand-in
+    # that sleeps, first on PATH, while every other `airflow` command is Airflow's own.
+    marker = str(tmp_path)
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "airflow").write_text('#!/usr/bin/env bash\n[[ "$1 $2" == "db migrate" ]] && exec sleep 600\n'
+                                   f'exec {REPO / ".venv" / "bin" / "airflow"} "$@"\n')
+    (shims / "airflow").chmod(0o700)
+    env = script_environment(tmp_path, DEMO_DAG="units_of_work", DEMO_DATE="")
+    log = tmp_path / "demo.out"
+    demo = start_script(f'PATH={shims}:$PATH exec scripts/demo.sh', env, log)
+    try:
+        # the endpoint has started beside the migration, and the demo waits for the migration now
+        wait_for(lambda: "local AWS endpoint:" in tail(log), 300, "the endpoint", demo, log)
+        assert any(cmd.startswith("sleep 600") for cmd in processes_naming(marker).values())
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=120) == 143, tail(log)
+        assert "demo interrupted" in tail(log)
+        # the migration, the endpoint and the database the demo started are gone, and the migration is not
+        # recorded as done
+        wait_until_gone(marker, 60)
+        assert not (tmp_path / "airflow" / "localaws.pid").exists()
+        assert not (tmp_path / "airflow" / "migrated.stamp").exists()
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
