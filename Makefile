@@ -46,16 +46,18 @@ soak: $(STAMP)
 # tests/scripts/test_rehearsal.py runs make rehearsal's script (about ten minutes here), so it is left
 # out: run it with `python -m pytest -m rehearsal tests/scripts/test_rehearsal.py`.
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each with its own Airflow home, SQLite DB and
-# local endpoint (tests/conftest.py): most tests wait on processes more than they compute, so workers beyond
-# the cores pay while those waits leave a core idle. Each worker costs CPU too (its own collection, DB copy
-# and endpoint). Quiet runs here, back to back: make test 8 min 6 s with 4 workers (775 CPU-s) against
-# 8 min 29 s with 3 (740); make test-fast 1 min 40 s with 3 against 1 min 44 s with 4 and 1 min 52 s with 2.
+# local endpoint (tests/conftest.py): most tests wait on processes more than they compute (a Batch job's
+# sleep, a retry's delay, a stack's start), so workers beyond the cores fill the time those waits leave a
+# core idle, until their own cost (each collects the suite, copies the DB and starts an endpoint) and the
+# contention outweigh it. Quiet runs here, back to back on one machine: make test 8 min 44 s with 4 workers,
+# 8 min 11 s with 5, 7 min 38 s with 6, 8 min 10 s with 8; make test-fast 1 min 40 s with 3 against 1 min 44 s
+# with 4 and 1 min 52 s with 2.
 # The longest tests start first; the tests that share a module's or a package's fixture go to one worker
 # as one group (--dist loadgroup; tests/conftest.py names the groups), so a costly fixture is set up once,
 # not once per worker. TEST_WORKERS=0 runs it in one process.
 # The suite starts hundreds of interpreters that import the project: they keep its compiled bytecode
 # (__pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE is set, or each would compile it again.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 FAST_TEST_WORKERS ?= 3
 PYTEST := env -u PYTHONDONTWRITEBYTECODE python -m pytest -q --dist loadgroup --no-loadscope-reorder
 
