@@ -40,9 +40,9 @@ stop_sessions() {
   local sid pids
   for sid in "$@"; do
     pids=$(session_members "$sid")
-    # SIGCONT after it: a stopped process (SIGSTOP, a debugger gone) handles the SIGTERM too. A process that
-    # exited since it was listed makes `kill` fail, which must not end a caller running under `set -e` (make
-    # up's stop): each kill has its own `|| true` (inside a `{ ...; }` after `&&`, set -e still applies).
+    # SIGCONT after it: a stopped process (SIGSTOP, a debugger gone) handles the SIGTERM too. Bash's kill fails
+    # when every pid it is given is gone (they exited since they were listed), and that must not end a caller
+    # running under `set -e` (make up's stop): hence `|| true` on each (set -e still applies inside `{ ...; }`).
     if [[ -n "$pids" ]]; then kill -TERM $pids 2>/dev/null || true; kill -CONT $pids 2>/dev/null || true; fi
   done
   sessions_gone "$grace" "$@" && return 0
