@@ -435,7 +435,7 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "map_index": ti.map_index,
                "try_number": ti.try_number}
         claim = engine.new_claim(out, (b["key"] for b in pending), run)
-        # Two runs may claim the same batches at the same moment: the earlier claim keeps them.
+        # Two runs may claim the same batches at the same moment: the claim that comes first keeps them.
         taken = self.claimed_elsewhere(out, set(claim["keys"]), ti, before=claim)
         if taken:
             pending = [b for b in pending if b["key"] not in taken]
@@ -683,14 +683,20 @@ class UnitsOfWorkOperator(HouseBatchOperator):
         """Of `keys`, those another task's in-flight claim holds: key -> its job id (None: not submitted yet).
 
         In flight: its job is active, or it has no job yet and is younger than CLAIM_SUBMIT_GRACE_S.
-        Claims of ended or abandoned jobs are removed. With `before`, only claims older than it count.
+        Claims of ended or abandoned jobs are removed. With `before`, only claims that come before it count
+        (engine.claims_before: in ticket order, once none is still choosing its ticket).
         """
         from operators.kit import engine
 
         me = (ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
-        claims = [c for c in engine.read_claims(out)
-                  if tuple((c.get("run") or {}).get(k) for k in ("dag_id", "run_id", "task_id", "map_index")) != me
-                  and (before is None or engine.claim_order(c) < engine.claim_order(before))]
+
+        def mine(claim: dict[str, Any]) -> bool:
+            return tuple((claim.get("run") or {}).get(k) for k in ("dag_id", "run_id", "task_id", "map_index")) == me
+
+        if before is None:
+            claims = [c for c in engine.read_claims(out) if not mine(c)]
+        else:
+            claims = engine.claims_before(out, before, keys, ignore=mine)
         statuses = self.hook.job_statuses([c["job_id"] for c in claims if c.get("job_id")])
         busy: dict[str, str | None] = {}
         now = time.time_ns()

@@ -24,7 +24,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 from batch_worker.cache import (DONE_FILE, FAILED_FILE, RESULT_FILE, WORKLIST_FORMAT, cache_key, children_needed,
@@ -335,10 +335,19 @@ def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[
 
 
 # --- claims: batches a job is computing now, so that another run waits instead of computing them twice ----
+#
+# Two runs that claim the same batches at the same moment must agree which claim comes first. A claim is ordered by
+# a ticket, as in Lamport's bakery, not by the clock: a run is written first without a ticket ("choosing"), then
+# takes one above every ticket it can see, and a claim that must know whether it comes first waits for any claim
+# still choosing. By the clock, a claim whose write was delayed (its process descheduled between reading the clock
+# and writing) carried an earlier time than a claim that had already looked and not seen it: both ran the batches.
 
 CLAIMS_DIR = "_claims"
 #: A claim whose job is not submitted yet counts as in flight for this long, then as abandoned.
 CLAIM_SUBMIT_GRACE_S = 300
+#: How long a claim waits for another still choosing its ticket (two writes, moments apart, unless its task died);
+#: one that chose no ticket by then comes first, and counts as in flight until CLAIM_SUBMIT_GRACE_S.
+CLAIM_CHOOSE_WAIT_S = 30
 
 
 def write_claim(out: Location, claim: dict[str, Any]) -> str:
@@ -349,10 +358,15 @@ def write_claim(out: Location, claim: dict[str, Any]) -> str:
 
 
 def new_claim(out: Location, keys: Iterable[str], run: dict[str, Any]) -> dict[str, Any]:
+    """A claim on `keys` for `run`, written, then given its ticket: one above every ticket written so far."""
     created = time.time_ns()
-    claim = {"claim_id": f"{created}-{os.urandom(4).hex()}", "created_ns": created, "job_id": None,
+    claim = {"claim_id": f"{created}-{os.urandom(4).hex()}", "created_ns": created, "ticket": None, "job_id": None,
              "keys": sorted(keys), "run": run}
     claim["uri"] = write_claim(out, claim)
+    tickets = [int(other["ticket"]) for other in read_claims(out)
+               if other["claim_id"] != claim["claim_id"] and other.get("ticket") is not None]
+    claim["ticket"] = 1 + max(tickets, default=0)
+    write_claim(out, claim)
     return claim
 
 
@@ -369,8 +383,30 @@ def read_claims(out: Location) -> list[dict[str, Any]]:
     return claims
 
 
+def choosing(claim: dict[str, Any]) -> bool:
+    """Written, its ticket not yet (a claim written before tickets existed has no such field, and is not)."""
+    return "ticket" in claim and claim["ticket"] is None
+
+
 def claim_order(claim: dict[str, Any]) -> tuple[int, str]:
-    return int(claim["created_ns"]), str(claim["claim_id"])
+    """The lower ticket first, then the lower id; a claim written before tickets existed comes before any."""
+    return int(claim.get("ticket") or 0), str(claim["claim_id"])
+
+
+def claims_before(out: Location, claim: dict[str, Any], keys: set[str],
+                  ignore: Callable[[dict[str, Any]], bool] = lambda other: False) -> list[dict[str, Any]]:
+    """The other claims on any of `keys` that come before `claim` (those `ignore` names aside), once none of them
+    is still choosing its ticket: one is waited for up to CLAIM_CHOOSE_WAIT_S from its own start, then comes first."""
+    while True:
+        overlapping = [other for other in read_claims(out)
+                       if other["claim_id"] != claim["claim_id"] and keys.intersection(other["keys"])
+                       and not ignore(other)]
+        now = time.time_ns()
+        waiting = [other for other in overlapping
+                   if choosing(other) and now - int(other["created_ns"]) < CLAIM_CHOOSE_WAIT_S * 1e9]
+        if not waiting:
+            return [other for other in overlapping if choosing(other) or claim_order(other) < claim_order(claim)]
+        time.sleep(0.1)
 
 
 # --- collect --------------------------------------------------------------------------------------------

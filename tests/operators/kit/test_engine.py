@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,63 @@ def test_a_shards_summary_and_the_runs_count_units_computed_cached_and_dead_lett
     combined = engine.combine([summary, older])
     assert (combined["units"], combined["units_computed"], combined["units_cached"], combined["units_failed"]) == \
         (46, 5, 7, 22)
+
+
+# -- claims ---------------------------------------------------------------------------------------------------
+
+def claim_for(out, run_id: str, keys=("k1", "k2")):
+    return engine.new_claim(out, keys, {"dag_id": "d", "run_id": run_id, "task_id": "t", "map_index": 0})
+
+
+def test_a_claim_whose_write_was_delayed_comes_after_one_that_looked_before_it_was_written(tmp_path, monkeypatch):
+    out = engine.location(str(tmp_path / "outputs"))
+    # run b claims and looks: nothing before it
+    second = claim_for(out, "b")
+    assert engine.claims_before(out, second, {"k1", "k2"}) == []
+    # run a read the clock before b did, but its claim is written only now (its process was descheduled)
+    monkeypatch.setattr(engine.time, "time_ns", lambda: second["created_ns"] - 1_000_000)
+    first_by_clock = claim_for(out, "a", ("k2", "k3"))
+    monkeypatch.undo()
+    assert first_by_clock["created_ns"] < second["created_ns"] and first_by_clock["ticket"] > second["ticket"]
+    # so a gives way to b for the batch they share: one of the two computes it, not both
+    assert [c["claim_id"] for c in engine.claims_before(out, first_by_clock, {"k2", "k3"})] == [second["claim_id"]]
+    assert engine.claims_before(out, second, {"k1", "k2"}) == []
+
+
+def test_a_claim_waits_for_one_still_choosing_its_ticket_then_orders_by_tickets(tmp_path):
+    out = engine.location(str(tmp_path / "outputs"))
+    mine = claim_for(out, "mine")
+    choosing = {"claim_id": "0-choosing", "created_ns": time.time_ns(), "ticket": None, "job_id": None,
+                "keys": ["k1"], "run": {"run_id": "other"}}
+    engine.write_claim(out, choosing)
+
+    def chooses_a_later_ticket():
+        time.sleep(0.5)
+        engine.write_claim(out, {**choosing, "ticket": mine["ticket"] + 1})
+
+    chooser = threading.Thread(target=chooses_a_later_ticket)
+    started = time.monotonic()
+    chooser.start()
+    before = engine.claims_before(out, mine, {"k1"})
+    chooser.join(timeout=30)
+    # counted as first while it chose, it came after: only its ticket tells
+    assert before == [] and time.monotonic() - started >= 0.5
+
+
+def test_a_claim_abandoned_while_choosing_and_one_from_before_tickets_come_first_without_a_wait(tmp_path):
+    out = engine.location(str(tmp_path / "outputs"))
+    mine = claim_for(out, "mine")
+    long_ago = time.time_ns() - int((engine.CLAIM_CHOOSE_WAIT_S + 1) * 1e9)
+    engine.write_claim(out, {"claim_id": "1-abandoned", "created_ns": long_ago, "ticket": None, "job_id": None,
+                             "keys": ["k1"], "run": {"run_id": "died"}})
+    engine.write_claim(out, {"claim_id": "2-before-tickets", "created_ns": long_ago, "job_id": "job-1",
+                             "keys": ["k2"], "run": {"run_id": "older release"}})
+    engine.write_claim(out, {"claim_id": "3-elsewhere", "created_ns": long_ago, "ticket": None, "job_id": None,
+                             "keys": ["k9"], "run": {"run_id": "other batches"}})
+    started = time.monotonic()
+    before = engine.claims_before(out, mine, {"k1", "k2"})
+    assert sorted(c["claim_id"] for c in before) == ["1-abandoned", "2-before-tickets"]
+    assert time.monotonic() - started < engine.CLAIM_CHOOSE_WAIT_S
+    # and a claim a caller ignores (its own task's earlier try) is not waited for nor counted
+    assert engine.claims_before(out, mine, {"k1", "k2"}, ignore=lambda c: c["run"]["run_id"] == "died") \
+        == [c for c in before if c["claim_id"] == "2-before-tickets"]
