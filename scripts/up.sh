@@ -19,12 +19,7 @@ source "$REPO/scripts/localaws.sh"
 source "$REPO/scripts/sessions.sh"
 source "$REPO/scripts/airflow_db.sh"
 # Airflow's components get SIGTERM first, SIGKILL after this: the whole stop stays within 30 s.
-STOP_GRACE_SECONDS="${UP_STOP_GRACE_SECONDS:-20}"
-# What a component that exited left in its session (the scheduler's LocalExecutor workers, their task
-# processes) gets SIGKILL after this instead: forked from the component, they kept its SIGTERM handler,
-# which does nothing in them, so idle workers sat out the whole stop grace (a killed scheduler's
-# restart took 24 s, not 4); a task process handles its SIGTERM within moments.
-ORPHAN_GRACE_SECONDS="${UP_ORPHAN_GRACE_SECONDS:-5}"
+STOP_GRACE_SECONDS=20
 READY_TIMEOUT_SECONDS=360
 # A task killed by a stop or a restart of the stack (its process gone with the scheduler that ran it)
 # runs again rather than failing its run: one retry for tasks that set none, ten seconds later (a
@@ -179,14 +174,14 @@ start_component() {  # start_component NAME: in a session of its own, recorded i
   echo "$name $SESSION_PID" >>"$STACK_FILE"
 }
 
-restart_component() {  # restart_component NAME WHY [GRACE]: GRACE seconds for its session to stop (STOP_GRACE_SECONDS)
-  local name=$1 why=$2 grace=${3:-$STOP_GRACE_SECONDS}
+restart_component() {  # restart_component NAME WHY
+  local name=$1 why=$2
   RESTARTS[$name]=$(( ${RESTARTS[$name]:-0} + 1 ))
   if (( RESTARTS[$name] > MAX_RESTARTS )); then
     fail "Airflow's $name $why, again after $MAX_RESTARTS restarts: stopping the stack (log: $COMPONENT_LOGS/$name.log)"
   fi
   echo "make up: Airflow's $name $why: restarting it ($(( RESTARTS[$name] )) of $MAX_RESTARTS; log: $COMPONENT_LOGS/$name.log)" >&2
-  stop_sessions "$grace" "${SESSIONS[$name]}"
+  stop_sessions "$STOP_GRACE_SECONDS" "${SESSIONS[$name]}"
   start_component "$name"
 }
 
@@ -248,7 +243,7 @@ while :; do
   sleep "$WATCH_SECONDS" &
   wait "$!" || true
   for name in "${!SESSIONS[@]}"; do
-    alive "${SESSIONS[$name]}" || restart_component "$name" "exited (see $COMPONENT_LOGS/$name.log)" "$ORPHAN_GRACE_SECONDS"
+    alive "${SESSIONS[$name]}" || restart_component "$name" "exited (see $COMPONENT_LOGS/$name.log)"
   done
   waiting=" $(unhealthy_components "$(date -u -d "-60 seconds" +%Y-%m-%dT%H:%M:%S+00:00)") "
   for name in api-server scheduler triggerer dag-processor; do
