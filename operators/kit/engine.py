@@ -337,7 +337,7 @@ def outcome(spec: ShardSpec, batches: list[dict[str, Any]], submitted_keys: set[
 # --- claims: batches a job is computing now, so that another run waits instead of computing them twice ----
 #
 # Two runs that claim the same batches at the same moment must agree which claim comes first. A claim is ordered by
-# a ticket, as in Lamport's bakery, not by the clock: a run is written first without a ticket ("choosing"), then
+# a ticket, as in Lamport's bakery, not by the clock: a claim is written first without a ticket ("choosing"), then
 # takes one above every ticket it can see, and a claim that must know whether it comes first waits for any claim
 # still choosing. By the clock, a claim whose write was delayed (its process descheduled between reading the clock
 # and writing) carried an earlier time than a claim that had already looked and not seen it: both ran the batches.
